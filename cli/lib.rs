@@ -1,0 +1,4 @@
+//! pgnomad: a compiler from one stack file to the Nomad jobs of a highly available
+//! PostgreSQL stack, and the operations that put it on a cluster.
+
+pub mod stack;

@@ -1,0 +1,42 @@
+//! Defaults of the stack file, stated once.
+//!
+//! `vagrant/` and `terraform/` must agree with these (CSI plugin IDs, datacenter, node pool,
+//! ports, image names); `tests/infra_defaults.rs` reads all of them and fails on any drift.
+
+/// Nomad datacenter the jobs are placed in.
+pub const DATACENTER: &str = "dc1";
+/// Nomad region.
+pub const REGION: &str = "global";
+/// Nomad namespace.
+pub const NAMESPACE: &str = "default";
+/// Nomad node pool.
+pub const NODE_POOL: &str = "default";
+
+/// CSI plugin that provides one volume per Postgres member (the lab runs the hostpath driver
+/// under this ID; the Terraform AWS example sets `plugin_id = "aws-ebs0"` in its stack file).
+pub const CSI_PLUGIN_ID: &str = "hostpath";
+/// CSI plugin ID of the AWS EBS driver job in `terraform/`.
+pub const AWS_EBS_CSI_PLUGIN_ID: &str = "aws-ebs0";
+
+/// Ports (the same inside the task and, with static mapping disabled, as Nomad's `to`).
+pub const POSTGRES_PORT: u16 = 5432;
+pub const PATRONI_PORT: u16 = 8008;
+pub const PGBOUNCER_PORT: u16 = 6432;
+pub const PGADMIN_PORT: u16 = 5050;
+pub const EXPORTER_PORT: u16 = 9187;
+pub const PGBACKREST_TLS_PORT: u16 = 8432;
+/// Consul HTTP API port on every client node (Patroni's DCS endpoint).
+pub const CONSUL_HTTP_PORT: u16 = 8500;
+
+/// The Postgres + Patroni + pgBackRest + PgBouncer image built from `packs/image/Dockerfile`;
+/// the tag is the Postgres major version.
+pub const POSTGRES_IMAGE_REPO: &str = "pgnomad/postgres";
+pub const PGADMIN_IMAGE: &str = "dpage/pgadmin4:8";
+
+/// Default Postgres major version.
+pub const POSTGRES_VERSION: u32 = 15;
+
+/// Consul's default `session_ttl_min`; Patroni asks for sessions of ttl/2 seconds.
+pub const CONSUL_SESSION_TTL_MIN_SECS: u32 = 10;
+/// The lowered `session_ttl_min` the Vagrant lab and Terraform servers configure.
+pub const LAB_CONSUL_SESSION_TTL_MIN_SECS: u32 = 5;
