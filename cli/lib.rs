@@ -1,4 +1,7 @@
 //! pgnomad: a compiler from one stack file to the Nomad jobs of a highly available
 //! PostgreSQL stack, and the operations that put it on a cluster.
 
+pub mod compile;
+pub mod config;
+pub mod nomad;
 pub mod stack;

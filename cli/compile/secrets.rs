@@ -1,0 +1,97 @@
+//! Which secrets each job reads. Values are never known here: `run` generates them (or
+//! the operator provides them) and stores them where the jobs read them.
+
+use serde::Serialize;
+
+use crate::config::Facts;
+
+/// How a secret comes to exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// A random password pgnomad generates (CSPRNG, 32 alphanumeric characters).
+    Password,
+    /// Part of the pgBackRest TLS certificate set pgnomad generates.
+    Certificate,
+    /// Only the operator can provide it (cloud credentials, a Consul token).
+    Operator,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecretKey {
+    pub key: String,
+    pub origin: Origin,
+    pub description: String,
+}
+
+fn key(key: &str, origin: Origin, description: &str) -> SecretKey {
+    SecretKey { key: key.to_owned(), origin, description: description.to_owned() }
+}
+
+pub fn user_password_key(user: &str) -> String {
+    format!("password_{user}")
+}
+
+/// Every secret of the postgres job, with what it is for.
+pub fn postgres_secrets(facts: &Facts) -> Vec<SecretKey> {
+    let mut keys = vec![
+        key("superuser_password", Origin::Password, "password of the `postgres` superuser (Patroni's own connections)"),
+        key("replication_password", Origin::Password, "password of the `replicator` role that replicas stream with"),
+        key("pgbouncer_auth_password", Origin::Password, "password of `pgbouncer_auth`, the role PgBouncer runs auth_query as"),
+    ];
+    for user in &facts.users {
+        keys.push(key(&user_password_key(user), Origin::Password, &format!("password of application user `{user}`")));
+    }
+    if facts.dcs == "consul" {
+        keys.push(key("consul_token", Origin::Operator, "Consul ACL token for Patroni (empty when Consul runs without ACLs)"));
+    }
+    keys.extend(backup_common(facts, "tls_server"));
+    keys
+}
+
+fn backup_common(facts: &Facts, side: &str) -> Vec<SecretKey> {
+    let mut keys = Vec::new();
+    if !facts.backup.enabled {
+        return keys;
+    }
+    if facts.backup.cipher {
+        keys.push(key("repo_cipher_pass", Origin::Password, "passphrase that encrypts the pgBackRest repository"));
+    }
+    if facts.backup.repo_type == "s3" {
+        keys.push(key("s3_key", Origin::Operator, "S3 access key ID of the backup bucket"));
+        keys.push(key("s3_key_secret", Origin::Operator, "S3 secret access key of the backup bucket"));
+    }
+    keys.push(key("tls_ca_crt", Origin::Certificate, "CA certificate of pgBackRest's TLS connections"));
+    keys.push(key(&format!("{side}_crt"), Origin::Certificate, "pgBackRest TLS certificate"));
+    keys.push(key(&format!("{side}_key"), Origin::Certificate, "pgBackRest TLS private key"));
+    keys
+}
+
+pub fn pgbouncer_secrets(_facts: &Facts) -> Vec<SecretKey> {
+    vec![key("pgbouncer_auth_password", Origin::Password, "password of `pgbouncer_auth`, the role PgBouncer runs auth_query as")]
+}
+
+pub fn pgadmin_secrets(_facts: &Facts) -> Vec<SecretKey> {
+    vec![key("pgadmin_password", Origin::Password, "password of pgAdmin's admin login")]
+}
+
+pub fn backup_secrets(facts: &Facts) -> Vec<SecretKey> {
+    backup_common(facts, "tls_client")
+}
+
+fn names(keys: Vec<SecretKey>) -> Vec<String> {
+    keys.into_iter().map(|k| k.key).collect()
+}
+
+pub fn postgres_keys(facts: &Facts) -> Vec<String> {
+    names(postgres_secrets(facts))
+}
+pub fn pgbouncer_keys(facts: &Facts) -> Vec<String> {
+    names(pgbouncer_secrets(facts))
+}
+pub fn pgadmin_keys(facts: &Facts) -> Vec<String> {
+    names(pgadmin_secrets(facts))
+}
+pub fn backup_keys(facts: &Facts) -> Vec<String> {
+    names(backup_secrets(facts))
+}

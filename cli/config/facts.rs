@@ -1,0 +1,194 @@
+//! What the pack templates know about the stack: a flat, serializable view of it, the same
+//! for every runtime.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::stack::{Backup, BackupKind, Dcs, Repo, Stack, SynchronousMode};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Facts {
+    pub cluster: String,
+    /// Patroni's `scope` and pgBackRest's stanza.
+    pub scope: String,
+    pub pg_version: u32,
+    pub members: Vec<MemberFacts>,
+    /// postgresql.conf parameters: pgnomad's defaults overlaid with the stack's.
+    pub parameters: BTreeMap<String, String>,
+    /// Extra pg_hba lines from the stack, before pgnomad's own.
+    pub pg_hba: Vec<String>,
+    pub users: Vec<String>,
+    pub databases: Vec<DatabaseFacts>,
+    /// "off", "on" or "strict".
+    pub synchronous_mode: &'static str,
+    pub patroni: PatroniFacts,
+    pub pgbouncer: PgBouncerFacts,
+    pub pgadmin_email: String,
+    pub backup: BackupFacts,
+    pub dcs: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberFacts {
+    pub name: String,
+    pub index: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseFacts {
+    pub name: String,
+    pub owner: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PatroniFacts {
+    pub ttl: u32,
+    pub loop_wait: u32,
+    pub retry_timeout: u32,
+    pub primary_start_timeout: u32,
+    pub maximum_lag_on_failover: u64,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PgBouncerFacts {
+    pub pool_mode: String,
+    pub default_pool_size: u32,
+    pub max_client_conn: u32,
+    pub reserve_pool_size: u32,
+    pub query_wait_timeout: u32,
+    pub server_login_retry: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupFacts {
+    pub enabled: bool,
+    /// "s3" or "volume".
+    pub repo_type: &'static str,
+    pub s3_endpoint: String,
+    pub s3_bucket: String,
+    pub s3_region: String,
+    pub s3_uri_style: String,
+    pub s3_verify_tls: bool,
+    /// The repo's path: the S3 prefix, or the mount point of the repo volume.
+    pub repo_path: String,
+    pub cipher: bool,
+    pub retention_full: u32,
+    pub retention_diff: u32,
+    pub wal_archiving: bool,
+    pub from_standby: bool,
+    pub kinds: Vec<&'static str>,
+}
+
+/// postgresql.conf defaults pgnomad sets for a replicated cluster; the stack's `parameters`
+/// win over them.
+fn default_parameters(stack: &Stack) -> BTreeMap<String, String> {
+    let members = stack.postgres.members.value;
+    let mut parameters: BTreeMap<String, String> = [
+        ("password_encryption", "scram-sha-256"),
+        ("wal_level", "replica"),
+        ("hot_standby", "on"),
+        ("wal_log_hints", "on"),
+        ("max_wal_size", "1GB"),
+        ("wal_keep_size", "128MB"),
+        ("max_connections", "200"),
+        ("shared_buffers", "128MB"),
+        ("log_line_prefix", "%m [%p] %q%u@%d "),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    // Room for every member plus a base backup and pg_rewind at the same time.
+    parameters.insert("max_wal_senders".into(), (members + 5).max(10).to_string());
+    parameters.insert("max_replication_slots".into(), (members + 5).max(10).to_string());
+    parameters
+}
+
+impl Facts {
+    pub fn new(stack: &Stack) -> Self {
+        let mut parameters = default_parameters(stack);
+        parameters.extend(stack.postgres.parameters.clone());
+        let members = (0..stack.postgres.members.value).map(|index| MemberFacts { name: member_name(index), index }).collect();
+        Facts {
+            cluster: stack.cluster.name.value.clone(),
+            scope: stack.cluster.name.value.clone(),
+            pg_version: stack.postgres.version.value,
+            members,
+            parameters,
+            pg_hba: stack.postgres.pg_hba.clone(),
+            users: stack.postgres.users.iter().map(|u| u.value.clone()).collect(),
+            databases: stack
+                .postgres
+                .databases
+                .iter()
+                .map(|d| DatabaseFacts { name: d.name.value.clone(), owner: d.owner.clone() })
+                .collect(),
+            synchronous_mode: match stack.postgres.synchronous_mode {
+                SynchronousMode::Off => "off",
+                SynchronousMode::On => "on",
+                SynchronousMode::Strict => "strict",
+            },
+            patroni: PatroniFacts {
+                ttl: stack.patroni.ttl.value,
+                loop_wait: stack.patroni.loop_wait.value,
+                retry_timeout: stack.patroni.retry_timeout.value,
+                primary_start_timeout: stack.patroni.primary_start_timeout,
+                maximum_lag_on_failover: stack.patroni.maximum_lag_on_failover,
+                tags: stack.patroni.tags.clone(),
+            },
+            pgbouncer: PgBouncerFacts {
+                pool_mode: stack.pgbouncer.pool_mode.clone(),
+                default_pool_size: stack.pgbouncer.default_pool_size,
+                max_client_conn: stack.pgbouncer.max_client_conn,
+                reserve_pool_size: stack.pgbouncer.reserve_pool_size,
+                query_wait_timeout: stack.pgbouncer.query_wait_timeout.value,
+                server_login_retry: stack.pgbouncer.server_login_retry,
+            },
+            pgadmin_email: stack.pgadmin.email.value.clone(),
+            backup: backup_facts(&stack.backup),
+            dcs: match stack.patroni.dcs {
+                Dcs::Consul => "consul",
+                Dcs::Etcd3 { .. } => "etcd3",
+            },
+        }
+    }
+}
+
+fn backup_facts(backup: &Backup) -> BackupFacts {
+    let kinds = BackupKind::ALL.iter().filter(|k| backup.schedules.iter().any(|s| s.kind == **k)).map(|k| k.name()).collect();
+    let mut facts = BackupFacts {
+        enabled: backup.enabled,
+        repo_type: "volume",
+        s3_endpoint: String::new(),
+        s3_bucket: String::new(),
+        s3_region: String::new(),
+        s3_uri_style: String::new(),
+        s3_verify_tls: true,
+        repo_path: String::new(),
+        cipher: backup.cipher,
+        retention_full: backup.retention_full,
+        retention_diff: backup.retention_diff,
+        wal_archiving: backup.enabled && backup.wal_archiving,
+        from_standby: backup.from_standby,
+        kinds,
+    };
+    match &backup.repo {
+        Repo::S3 { endpoint, bucket, region, path, uri_style, verify_tls } => {
+            facts.repo_type = "s3";
+            facts.s3_endpoint = endpoint.clone();
+            facts.s3_bucket = bucket.value.clone();
+            facts.s3_region = region.clone();
+            facts.s3_uri_style = uri_style.clone();
+            facts.s3_verify_tls = *verify_tls;
+            facts.repo_path = path.clone();
+        }
+        Repo::Volume { path, .. } => facts.repo_path = path.clone(),
+    }
+    facts
+}
+
+/// A member's name: its Nomad task group and its Patroni name, stable across reschedules.
+pub fn member_name(index: u32) -> String {
+    format!("member-{index}")
+}

@@ -1,0 +1,126 @@
+//! Config files of the stack's programs (patroni.yml, pgbouncer.ini, pgbackrest.conf, …)
+//! rendered from pack templates.
+//!
+//! A pack template holds *holes* for what is only known at run time: addresses, ports,
+//! paths, secrets, the DCS section, the current primary. A `Runtime` fills them: for Nomad
+//! with template expressions that Nomad's `template` block resolves on the client, for
+//! `pgnomad dev` with concrete values. Everything else in the file is the same bytes for
+//! both, so the real-process tests of `dev` exercise what goes into the Nomad jobs.
+//!
+//! Pack templates use minijinja with `[[ … ]]` for values, `[% … %]` for statements and
+//! `[# … #]` for comments, so that `{{ … }}` stays free for Nomad's own templates.
+
+pub mod facts;
+pub mod runtime;
+
+use std::collections::BTreeMap;
+
+use minijinja::{Environment, Value};
+
+pub use facts::{Facts, MemberFacts};
+pub use runtime::{Holes, MemberAddress, Runtime};
+
+/// Every pack file, by its path under `packs/`, with the built-in content.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("postgres/patroni.yml", include_str!("../../packs/postgres/patroni.yml")),
+    ("postgres/bootstrap.sql", include_str!("../../packs/postgres/bootstrap.sql")),
+    ("postgres/on-role-change.sh", include_str!("../../packs/postgres/on-role-change.sh")),
+    ("postgres/pgbackrest.conf", include_str!("../../packs/postgres/pgbackrest.conf")),
+    ("pgbouncer/pgbouncer.ini", include_str!("../../packs/pgbouncer/pgbouncer.ini")),
+    ("pgbouncer/userlist.txt", include_str!("../../packs/pgbouncer/userlist.txt")),
+    ("pgadmin/servers.json", include_str!("../../packs/pgadmin/servers.json")),
+    ("backup/pgbackrest.conf", include_str!("../../packs/backup/pgbackrest.conf")),
+    ("backup/backup.sh", include_str!("../../packs/backup/backup.sh")),
+    ("image/Dockerfile", include_str!("../../packs/image/Dockerfile")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: not a pack file pgnomad knows (known: {known})")]
+    UnknownPackFile { path: String, known: String },
+    #[error("pack file {path}: {message}")]
+    Template { path: String, message: String },
+}
+
+/// The pack templates in use: the built-in ones, some perhaps replaced with `--packs DIR`.
+#[derive(Debug, Clone)]
+pub struct Packs {
+    files: BTreeMap<&'static str, String>,
+}
+
+impl Default for Packs {
+    fn default() -> Self {
+        Packs { files: BUILTIN.iter().map(|(path, text)| (*path, (*text).to_owned())).collect() }
+    }
+}
+
+impl Packs {
+    /// Replaces built-in files with the user's. `files` maps paths relative to the packs
+    /// directory to their text; the command layer reads them (this module does no I/O).
+    pub fn with_overrides(mut self, files: BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        for (path, text) in files {
+            let Some((known, _)) = BUILTIN.iter().find(|(p, _)| *p == path) else {
+                let known = BUILTIN.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(", ");
+                return Err(ConfigError::UnknownPackFile { path, known });
+            };
+            self.files.insert(known, text);
+        }
+        Ok(self)
+    }
+
+    pub fn source(&self, path: &str) -> Option<&str> {
+        self.files.get(path).map(String::as_str)
+    }
+
+    /// Renders one pack file with the stack's facts and the runtime's holes.
+    pub fn render(&self, path: &str, facts: &Facts, member: Option<&MemberFacts>, holes: &Holes, runtime: &dyn Runtime) -> Result<String, ConfigError> {
+        let source = self.source(path).ok_or_else(|| ConfigError::UnknownPackFile {
+            path: path.to_owned(),
+            known: BUILTIN.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(", "),
+        })?;
+        let template_error = |error: minijinja::Error| ConfigError::Template { path: path.to_owned(), message: format!("{error:#}") };
+        let mut env = Environment::new();
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .block_delimiters("[%", "%]")
+                .variable_delimiters("[[", "]]")
+                .comment_delimiters("[#", "#]")
+                .build()
+                .expect("pack delimiters are valid"),
+        );
+        env.set_keep_trailing_newline(true);
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        env.add_filter("yaml", yaml_string);
+        env.add_filter("sql", sql_literal);
+        // Literal values from the stack are escaped for the target's template engine, so a
+        // `{{` in a parameter reaches Postgres as text; holes are marked safe and pass as is.
+        let escape = runtime.literal_escaper();
+        env.set_formatter(move |out, _state, value| {
+            if value.is_safe() || value.is_undefined() {
+                write!(out, "{}", value.as_str().map_or_else(|| value.to_string(), str::to_owned)).map_err(minijinja::Error::from)
+            } else {
+                let text = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+                write!(out, "{}", escape(&text)).map_err(minijinja::Error::from)
+            }
+        });
+        env.add_template(path, source).map_err(template_error)?;
+        let context = minijinja::context! {
+            stack => Value::from_serialize(facts),
+            member => member.map(Value::from_serialize),
+            rt => holes.to_value(),
+        };
+        env.get_template(path).and_then(|t| t.render(context)).map_err(template_error)
+    }
+}
+
+/// A YAML double-quoted scalar (JSON strings are valid YAML).
+fn yaml_string(value: &str) -> Value {
+    Value::from(serde_json::to_string(value).expect("strings serialize"))
+}
+
+/// A single-quoted SQL literal.
+fn sql_literal(value: &str) -> Value {
+    Value::from(format!("'{}'", value.replace('\'', "''")))
+}

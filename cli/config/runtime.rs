@@ -1,0 +1,287 @@
+//! How the holes of a pack template are filled: by Nomad on the client (template
+//! expressions) or by `pgnomad dev` (concrete values).
+
+use std::collections::BTreeMap;
+
+use minijinja::Value;
+use serde::Serialize;
+
+use super::facts::{Facts, MemberFacts};
+use crate::stack::{Dcs, Secrets};
+
+/// The values only a runtime knows. Which ones a pack file uses depends on the file; the
+/// rest stay empty.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Holes {
+    /// `host:port` Postgres listens on, and the one others reach it at.
+    pub pg_listen: String,
+    pub pg_connect: String,
+    /// The same for Patroni's REST API.
+    pub rest_listen: String,
+    pub rest_connect: String,
+    /// Port pgBackRest's TLS server listens on inside the member.
+    pub tls_listen_port: String,
+    /// Postgres' data directory (on the member's volume).
+    pub data_dir: String,
+    /// Where the rendered config files are (scripts, patroni.yml, pgbackrest.conf).
+    pub config_dir: String,
+    /// Unix sockets, pid and lock files.
+    pub run_dir: String,
+    pub log_dir: String,
+    /// Directory holding postgres, pg_ctl, pg_rewind, …
+    pub bin_dir: String,
+    /// The pgBackRest repository path (the repo volume's mount point, or the S3 prefix).
+    pub repo_path: String,
+    /// The DCS section of patroni.yml, as YAML lines at the top level.
+    pub dcs: String,
+    /// Secret values (or the expressions that read them), by key.
+    pub secrets: BTreeMap<String, String>,
+    /// `host=… port=…` of the current primary, for pgbouncer.ini.
+    pub primary: String,
+    /// `host:port` PgBouncer listens on, and how pgAdmin reaches it.
+    pub pgbouncer_listen: String,
+    pub pgbouncer_connect_host: String,
+    pub pgbouncer_connect_port: String,
+    /// pgBackRest's TLS certificates.
+    pub tls_ca_file: String,
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    /// Members as a repeated section: the text before and after it, and its entries
+    /// (one entry with loop expressions for Nomad, one per member for `dev`).
+    pub members_begin: String,
+    pub members_end: String,
+    pub members: Vec<MemberAddress>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MemberAddress {
+    /// 1-based position, as pgBackRest numbers its `pgN-` options.
+    pub number: String,
+    pub name: String,
+    pub host: String,
+    pub pg_port: String,
+    pub tls_port: String,
+    /// "," before every entry but the first, for JSON lists.
+    pub separator: String,
+}
+
+impl Holes {
+    /// Every hole as a safe string: runtime values are never escaped.
+    pub fn to_value(&self) -> Value {
+        safe(serde_json::to_value(self).expect("holes serialize"))
+    }
+}
+
+fn safe(value: serde_json::Value) -> Value {
+    match value {
+        serde_json::Value::String(s) => Value::from_safe_string(s),
+        serde_json::Value::Array(items) => Value::from(items.into_iter().map(safe).collect::<Vec<_>>()),
+        serde_json::Value::Object(map) => Value::from(map.into_iter().map(|(k, v)| (k, safe(v))).collect::<BTreeMap<_, _>>()),
+        other => Value::from_serialize(other),
+    }
+}
+
+/// Fills holes for one target. The pack templates are the same for every runtime.
+pub trait Runtime {
+    /// Escapes literal text so that the target's own template engine leaves it alone.
+    fn literal_escaper(&self) -> fn(&str) -> String;
+    fn member(&self, facts: &Facts, member: &MemberFacts) -> Holes;
+    fn pgbouncer(&self, facts: &Facts) -> Holes;
+    fn pgadmin(&self, facts: &Facts) -> Holes;
+    fn backup(&self, facts: &Facts, kind: &str) -> Holes;
+}
+
+/// Job IDs, service names and paths inside Nomad tasks.
+pub mod names {
+    pub fn postgres_job(cluster: &str) -> String {
+        format!("{cluster}-postgres")
+    }
+    pub fn pgbouncer_job(cluster: &str) -> String {
+        format!("{cluster}-pgbouncer")
+    }
+    pub fn pgadmin_job(cluster: &str) -> String {
+        format!("{cluster}-pgadmin")
+    }
+    pub fn backup_job(cluster: &str, kind: &str) -> String {
+        format!("{cluster}-backup-{kind}")
+    }
+    /// Consul services.
+    pub fn primary_service(cluster: &str) -> String {
+        format!("{cluster}-primary")
+    }
+    pub fn replica_service(cluster: &str) -> String {
+        format!("{cluster}-replica")
+    }
+    pub fn postgres_service(cluster: &str) -> String {
+        format!("{cluster}-postgres")
+    }
+    pub fn patroni_service(cluster: &str) -> String {
+        format!("{cluster}-patroni")
+    }
+    pub fn pgbackrest_service(cluster: &str) -> String {
+        format!("{cluster}-pgbackrest")
+    }
+    pub fn exporter_service(cluster: &str) -> String {
+        format!("{cluster}-exporter")
+    }
+    pub fn pgbouncer_service(cluster: &str) -> String {
+        format!("{cluster}-pgbouncer")
+    }
+    pub fn pgadmin_service(cluster: &str) -> String {
+        format!("{cluster}-pgadmin")
+    }
+    /// Where each member's volume is mounted in its task.
+    pub const DATA_MOUNT: &str = "/var/lib/postgresql/data";
+    /// The repo volume's mount point when the repo is a volume.
+    pub const REPO_MOUNT: &str = "/var/lib/pgbackrest";
+}
+
+/// Holes as Nomad fills them on the client: `{{ env … }}`, `{{ with nomadVar … }}`,
+/// `{{ range service … }}` — resolved by Nomad's `template` block when the task starts,
+/// and re-resolved (with a reload signal) when a service or secret changes.
+#[derive(Debug, Clone)]
+pub struct NomadRuntime {
+    pub cluster: String,
+    pub secrets: Secrets,
+    pub dcs: Dcs,
+    pub consul_port: u16,
+    pub pg_port: u16,
+    pub bin_dir: String,
+}
+
+impl NomadRuntime {
+    /// An expression that reads secret `key` of job `job` when the template renders.
+    pub fn secret_expr(&self, job: &str, key: &str) -> String {
+        match &self.secrets {
+            Secrets::NomadVariables => format!("{{{{ with nomadVar \"nomad/jobs/{job}\" }}}}{{{{ .{key} }}}}{{{{ end }}}}"),
+            Secrets::Vault { mount, path_prefix, .. } => {
+                format!("{{{{ with secret \"{mount}/data/{path_prefix}/{job}\" }}}}{{{{ .Data.data.{key} }}}}{{{{ end }}}}")
+            }
+        }
+    }
+
+    fn secrets_of(&self, job: &str, keys: &[String]) -> BTreeMap<String, String> {
+        keys.iter().map(|key| (key.clone(), self.secret_expr(job, key))).collect()
+    }
+
+    fn dcs_section(&self, job: &str) -> String {
+        match &self.dcs {
+            // The Consul agent of the node the task runs on; the token comes with the secrets.
+            Dcs::Consul => format!(
+                "consul:\n  host: {{{{ env \"NOMAD_HOST_IP_pg\" }}}}:{port}\n  token: {token}\n  register_service: false\n",
+                port = self.consul_port,
+                token = self.secret_expr(job, "consul_token"),
+            ),
+            Dcs::Etcd3 { hosts } => format!("etcd3:\n  hosts: {}\n", hosts.join(",")),
+        }
+    }
+
+    fn base(&self) -> Holes {
+        Holes {
+            config_dir: "/local".into(),
+            run_dir: "/alloc/run".into(),
+            log_dir: "/alloc/logs".into(),
+            bin_dir: self.bin_dir.clone(),
+            tls_ca_file: "/secrets/tls/ca.crt".into(),
+            tls_cert_file: "/secrets/tls/tls.crt".into(),
+            tls_key_file: "/secrets/tls/tls.key".into(),
+            ..Holes::default()
+        }
+    }
+
+    fn repo_path(&self, facts: &Facts) -> String {
+        if facts.backup.repo_type == "s3" { facts.backup.repo_path.clone() } else { names::REPO_MOUNT.to_owned() }
+    }
+}
+
+impl Runtime for NomadRuntime {
+    fn literal_escaper(&self) -> fn(&str) -> String {
+        escape_go_template
+    }
+
+    fn member(&self, facts: &Facts, _member: &MemberFacts) -> Holes {
+        let job = names::postgres_job(&self.cluster);
+        Holes {
+            // Bridge networking: the task listens on the port inside its namespace and is
+            // reached at the host's address and mapped port.
+            pg_listen: "0.0.0.0:{{ env \"NOMAD_PORT_pg\" }}".into(),
+            pg_connect: "{{ env \"NOMAD_HOST_ADDR_pg\" }}".into(),
+            rest_listen: "0.0.0.0:{{ env \"NOMAD_PORT_patroni\" }}".into(),
+            rest_connect: "{{ env \"NOMAD_HOST_ADDR_patroni\" }}".into(),
+            tls_listen_port: "{{ env \"NOMAD_PORT_pgbackrest\" }}".into(),
+            data_dir: format!("{}/pgdata", names::DATA_MOUNT),
+            repo_path: self.repo_path(facts),
+            dcs: self.dcs_section(&job),
+            secrets: self.secrets_of(&job, &crate::compile::secrets::postgres_keys(facts)),
+            ..self.base()
+        }
+    }
+
+    fn pgbouncer(&self, facts: &Facts) -> Holes {
+        let job = names::pgbouncer_job(&self.cluster);
+        let primary = names::primary_service(&self.cluster);
+        Holes {
+            pgbouncer_listen: "0.0.0.0:{{ env \"NOMAD_PORT_pgbouncer\" }}".into(),
+            // While no member passes the primary check (mid-failover) PgBouncer keeps a DNS
+            // name that resolves once a new primary registers; clients wait meanwhile.
+            primary: format!(
+                "{{{{ with service \"{primary}\" }}}}{{{{ with index . 0 }}}}host={{{{ .Address }}}} port={{{{ .Port }}}}{{{{ end }}}}{{{{ else }}}}host={primary}.service.consul port={port}{{{{ end }}}}",
+                port = self.pg_port,
+            ),
+            secrets: self.secrets_of(&job, &crate::compile::secrets::pgbouncer_keys(facts)),
+            ..self.base()
+        }
+    }
+
+    fn pgadmin(&self, facts: &Facts) -> Holes {
+        let job = names::pgadmin_job(&self.cluster);
+        let postgres = names::postgres_service(&self.cluster);
+        let pgbouncer = names::pgbouncer_service(&self.cluster);
+        Holes {
+            pgbouncer_connect_host: format!("{pgbouncer}.service.consul"),
+            pgbouncer_connect_port: format!("{{{{ with service \"{pgbouncer}\" }}}}{{{{ with index . 0 }}}}{{{{ .Port }}}}{{{{ end }}}}{{{{ end }}}}"),
+            members_begin: format!("{{{{ range $i, $s := service \"{postgres}\" }}}}"),
+            members_end: "{{ end }}".into(),
+            members: vec![MemberAddress {
+                number: "{{ add $i 2 }}".into(),
+                name: "{{ index $s.ServiceMeta \"member\" }}".into(),
+                host: "{{ $s.Address }}".into(),
+                pg_port: "{{ $s.Port }}".into(),
+                tls_port: String::new(),
+                separator: ",".into(),
+            }],
+            secrets: self.secrets_of(&job, &crate::compile::secrets::pgadmin_keys(facts)),
+            ..self.base()
+        }
+    }
+
+    fn backup(&self, facts: &Facts, kind: &str) -> Holes {
+        let job = names::backup_job(&self.cluster, kind);
+        let pgbackrest = names::pgbackrest_service(&self.cluster);
+        Holes {
+            repo_path: self.repo_path(facts),
+            members_begin: format!("{{{{ range $i, $s := service \"{pgbackrest}\" }}}}"),
+            members_end: "{{ end }}".into(),
+            members: vec![MemberAddress {
+                number: "{{ add $i 1 }}".into(),
+                name: "{{ index $s.ServiceMeta \"member\" }}".into(),
+                host: "{{ $s.Address }}".into(),
+                pg_port: self.pg_port.to_string(),
+                tls_port: "{{ $s.Port }}".into(),
+                separator: String::new(),
+            }],
+            data_dir: format!("{}/pgdata", names::DATA_MOUNT),
+            secrets: self.secrets_of(&job, &crate::compile::secrets::backup_keys(facts)),
+            ..self.base()
+        }
+    }
+}
+
+/// Escapes `{{` so that Nomad's Go templates print it instead of evaluating it.
+pub fn escape_go_template(text: &str) -> String {
+    if text.contains("{{") {
+        text.replace("{{", "{{ \"{{\" }}")
+    } else {
+        text.to_owned()
+    }
+}

@@ -1,0 +1,476 @@
+//! From the syntax tree to the typed stack, filling in defaults.
+
+use super::defaults;
+use super::diagnostic::Diagnostic;
+use super::model::*;
+use super::reader::Reader;
+use super::syntax::{ByteSpan, Spanned};
+
+pub fn decode(root: &Reader<'_>) -> Option<Stack> {
+    let clusters = root.labelled_blocks("cluster");
+    let postgres_reader = root.block("postgres");
+    let patroni_reader = root.block("patroni");
+    let storage_reader = root.block("storage");
+    let pgbouncer_reader = root.block("pgbouncer");
+    let pgadmin_reader = root.block("pgadmin");
+    let backup_reader = root.block("backup");
+    let monitoring_reader = root.block("monitoring");
+    let secrets_reader = root.block("secrets");
+
+    let cluster = match clusters.len() {
+        0 => {
+            root.error(
+                Diagnostic::error(None, "the stack file has no `cluster` block")
+                    .with_help("start the file with `cluster \"main\" {}`; the name prefixes every job"),
+            );
+            return None;
+        }
+        _ => {
+            for (label, _) in clusters.iter().skip(1) {
+                root.error(
+                    Diagnostic::error(label.span.clone(), "a stack file describes one cluster")
+                        .with_help("put each cluster in its own stack file"),
+                );
+            }
+            let (name, reader) = &clusters[0];
+            cluster(name.clone(), reader)
+        }
+    };
+    let postgres = self::postgres(postgres_reader.as_ref(), &cluster);
+    let patroni = self::patroni(patroni_reader.as_ref(), &postgres);
+    let storage = self::storage(storage_reader.as_ref(), &cluster);
+    let pgbouncer = self::pgbouncer(pgbouncer_reader.as_ref());
+    let pgadmin = self::pgadmin(pgadmin_reader.as_ref());
+    let backup = self::backup(backup_reader.as_ref());
+    let monitoring = self::monitoring(monitoring_reader.as_ref());
+    let secrets = self::secrets(secrets_reader.as_ref());
+    for (_, reader) in &clusters {
+        reader.finish();
+    }
+    for reader in [&postgres_reader, &patroni_reader, &pgbouncer_reader, &pgadmin_reader, &backup_reader, &monitoring_reader, &secrets_reader].into_iter().flatten() {
+        reader.finish();
+    }
+    root.finish();
+    Some(Stack { cluster, postgres, patroni, storage, pgbouncer, pgadmin, backup, monitoring, secrets })
+}
+
+/// The span a left-out value is reported at: its block's, or the start of the file.
+fn at(reader: Option<&Reader<'_>>) -> ByteSpan {
+    reader.map_or(0..0, |r| r.span.clone())
+}
+
+fn u32_or(reader: Option<&Reader<'_>>, name: &'static str, min: i64, max: i64, default: u32) -> Spanned<u32> {
+    reader
+        .and_then(|r| r.integer(name, min, max))
+        .map(|v| Spanned::new(v.value as u32, v.span))
+        .unwrap_or_else(|| Spanned::new(default, at(reader)))
+}
+
+fn port_or(reader: Option<&Reader<'_>>, name: &'static str, default: u16) -> Spanned<u16> {
+    reader
+        .and_then(|r| r.integer(name, 1, 65535))
+        .map(|v| Spanned::new(v.value as u16, v.span))
+        .unwrap_or_else(|| Spanned::new(default, at(reader)))
+}
+
+fn string_or(reader: Option<&Reader<'_>>, name: &'static str, default: &str) -> Spanned<String> {
+    reader
+        .and_then(|r| r.string(name))
+        .unwrap_or_else(|| Spanned::new(default.to_owned(), at(reader)))
+}
+
+fn bool_or(reader: Option<&Reader<'_>>, name: &'static str, default: bool) -> bool {
+    reader.and_then(|r| r.boolean(name)).map_or(default, |b| b.value)
+}
+
+fn choice_or(reader: Option<&Reader<'_>>, name: &'static str, choices: &[&'static str], default: &'static str) -> Spanned<&'static str> {
+    reader
+        .and_then(|r| r.choice(name, choices))
+        .unwrap_or_else(|| Spanned::new(default, at(reader)))
+}
+
+fn strings(list: Option<Vec<Spanned<String>>>) -> Option<Vec<String>> {
+    list.map(|items| items.into_iter().map(|s| s.value).collect())
+}
+
+fn cluster(name: Spanned<String>, reader: &Reader<'_>) -> Cluster {
+    let datacenters = strings(reader.string_list("datacenters")).unwrap_or_else(|| vec![defaults::DATACENTER.to_owned()]);
+    let namespace = string_or(Some(reader), "namespace", defaults::NAMESPACE).value;
+    let region = string_or(Some(reader), "region", defaults::REGION).value;
+    let node_pool = string_or(Some(reader), "node_pool", defaults::NODE_POOL).value;
+    let constraints = reader
+        .labelled_blocks("constraint")
+        .into_iter()
+        .map(|(attribute, block)| {
+            let constraint = Constraint {
+                attribute: attribute.value,
+                operator: string_or(Some(&block), "operator", "=").value,
+                value: string_or(Some(&block), "value", "").value,
+            };
+            block.finish();
+            constraint
+        })
+        .collect();
+    Cluster { name, datacenters, namespace, region, node_pool, constraints }
+}
+
+fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
+    let version = u32_or(reader, "version", 13, 17, defaults::POSTGRES_VERSION);
+    let members = u32_or(reader, "members", 0, 99, 3);
+    let driver_name = choice_or(reader, "driver", &["docker", "exec", "raw_exec"], "docker");
+    let image = reader.and_then(|r| r.string("image"));
+    let bin_dir = reader.and_then(|r| r.string("bin_dir"));
+    let default_bin_dir = format!("/usr/lib/postgresql/{}/bin", version.value);
+    let driver = match driver_name.value {
+        "docker" => {
+            if let Some(bin_dir) = &bin_dir {
+                reader.unwrap().error(
+                    Diagnostic::error(bin_dir.span.clone(), "`bin_dir` only applies to the exec and raw_exec drivers")
+                        .with_help("the docker driver runs the binaries inside `image`"),
+                );
+            }
+            Driver::Docker {
+                image: image.map_or_else(|| format!("{}:{}", defaults::POSTGRES_IMAGE_REPO, version.value), |i| i.value),
+            }
+        }
+        exec => {
+            if let Some(image) = &image {
+                reader.unwrap().error(
+                    Diagnostic::error(image.span.clone(), format!("`image` only applies to the docker driver, not {exec}"))
+                        .with_help("with exec drivers the packages are installed on the hosts; set `bin_dir` if they are elsewhere"),
+                );
+            }
+            let bin_dir = bin_dir.map_or(default_bin_dir, |b| b.value);
+            if exec == "exec" { Driver::Exec { bin_dir } } else { Driver::RawExec { bin_dir } }
+        }
+    };
+    let parameters = reader
+        .and_then(|r| r.scalar_map("parameters"))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.value))
+        .collect();
+    let pg_hba = strings(reader.and_then(|r| r.string_list("pg_hba"))).unwrap_or_default();
+    let users = reader.and_then(|r| r.string_list("users"));
+    let mut databases: Vec<Database> = reader
+        .map(|r| r.labelled_blocks("database"))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, block)| {
+            let owner = block.string("owner").map_or_else(|| name.value.clone(), |o| o.value);
+            block.finish();
+            Database { name, owner }
+        })
+        .collect();
+    let mut users = users.unwrap_or_default();
+    if databases.is_empty() && users.is_empty() {
+        // A working cluster out of the box: one application database and its owner, named
+        // after nothing in particular so that it is obviously the app's.
+        let span = at(reader);
+        databases.push(Database { name: Spanned::new("app".into(), span.clone()), owner: "app".into() });
+        users.push(Spanned::new("app".into(), span));
+    }
+    for database in &databases {
+        if !users.iter().any(|u| u.value == database.owner) {
+            users.push(Spanned::new(database.owner.clone(), database.name.span.clone()));
+        }
+    }
+    let synchronous_mode = match choice_or(reader, "synchronous_mode", &["off", "on", "strict"], "on").value {
+        "off" => SynchronousMode::Off,
+        "strict" => SynchronousMode::Strict,
+        _ => SynchronousMode::On,
+    };
+    let placement = reader.and_then(|r| r.block("placement"));
+    let distinct_hosts = bool_or(placement.as_ref(), "distinct_hosts", true);
+    let spread_attribute = placement.as_ref().and_then(|p| p.string("spread")).map(|s| s.value);
+    if let Some(placement) = placement {
+        placement.finish();
+    }
+    let _ = cluster;
+    Postgres {
+        version,
+        members,
+        driver,
+        cpu: u32_or(reader, "cpu", 100, 1_000_000, 1000).value,
+        memory_mb: u32_or(reader, "memory", 128, 10_000_000, 1024).value,
+        port: port_or(reader, "port", defaults::POSTGRES_PORT),
+        parameters,
+        pg_hba,
+        databases,
+        users,
+        synchronous_mode,
+        distinct_hosts,
+        spread_attribute,
+    }
+}
+
+fn patroni(reader: Option<&Reader<'_>>, _postgres: &Postgres) -> Patroni {
+    let dcs_choice = choice_or(reader, "dcs", &["consul", "etcd3"], "consul");
+    let hosts = reader.and_then(|r| r.string_list("etcd_hosts"));
+    let dcs = match dcs_choice.value {
+        "etcd3" => match hosts {
+            Some(hosts) if !hosts.is_empty() => Dcs::Etcd3 { hosts: hosts.into_iter().map(|h| h.value).collect() },
+            _ => {
+                if let Some(r) = reader {
+                    r.error(
+                        Diagnostic::error(dcs_choice.span.clone(), "the etcd3 DCS needs `etcd_hosts`")
+                            .with_help("list the etcd endpoints, e.g. etcd_hosts = [\"10.0.0.1:2379\", \"10.0.0.2:2379\"]"),
+                    );
+                }
+                Dcs::Etcd3 { hosts: Vec::new() }
+            }
+        },
+        _ => {
+            if let Some(hosts) = hosts.filter(|h| !h.is_empty()) {
+                reader.unwrap().error(
+                    Diagnostic::error(hosts[0].span.clone(), "`etcd_hosts` is only used with dcs = \"etcd3\"")
+                        .with_help("remove it, or set dcs = \"etcd3\""),
+                );
+            }
+            Dcs::Consul
+        }
+    };
+    // Consul hands out sessions no shorter than its `session_ttl_min`; Patroni asks for
+    // ttl/2, so the default ttl is the smallest that a default Consul accepts.
+    let default_ttl = match dcs {
+        Dcs::Consul => 2 * defaults::CONSUL_SESSION_TTL_MIN_SECS,
+        Dcs::Etcd3 { .. } => 10,
+    };
+    let session_ttl_min = reader
+        .and_then(|r| r.string("consul_session_ttl_min"))
+        .and_then(|text| match parse_seconds(&text.value) {
+            Some(seconds) => Some(Spanned::new(seconds, text.span)),
+            None => {
+                reader.unwrap().error(
+                    Diagnostic::error(text.span, format!("`consul_session_ttl_min` must be a duration such as \"10s\", found \"{}\"", text.value)),
+                );
+                None
+            }
+        })
+        .unwrap_or_else(|| Spanned::new(defaults::CONSUL_SESSION_TTL_MIN_SECS, at(reader)));
+    let tags = reader
+        .and_then(|r| r.scalar_map("tags"))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.value))
+        .collect();
+    Patroni {
+        dcs,
+        dcs_span: dcs_choice.span,
+        ttl: u32_or(reader, "ttl", 1, 3600, default_ttl),
+        loop_wait: u32_or(reader, "loop_wait", 1, 3600, 2),
+        retry_timeout: u32_or(reader, "retry_timeout", 1, 3600, 4),
+        // 0 makes Patroni fail over when Postgres crashes instead of restarting it in place
+        // for up to 5 minutes; with synchronous mode no acknowledged commit is lost.
+        primary_start_timeout: u32_or(reader, "primary_start_timeout", 0, 86400, 0).value,
+        maximum_lag_on_failover: reader
+            .and_then(|r| r.integer("maximum_lag_on_failover", 0, i64::MAX))
+            .map_or(1_048_576, |v| v.value as u64),
+        consul_session_ttl_min: session_ttl_min,
+        port: port_or(reader, "port", defaults::PATRONI_PORT),
+        tags,
+    }
+}
+
+/// "10s", "1m", "30" → seconds.
+pub fn parse_seconds(text: &str) -> Option<u32> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let number: u32 = number.parse().ok()?;
+    match unit {
+        "" | "s" => Some(number),
+        "m" => number.checked_mul(60),
+        "h" => number.checked_mul(3600),
+        _ => None,
+    }
+}
+
+/// "10GiB", "500MB", "1T" → bytes. Binary and decimal units as Nomad takes them.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1000_u64.pow(2),
+        "mib" => 1 << 20,
+        "g" | "gb" => 1000_u64.pow(3),
+        "gib" => 1 << 30,
+        "t" | "tb" => 1000_u64.pow(4),
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+fn size_or(reader: Option<&Reader<'_>>, name: &'static str, default: u64) -> Spanned<u64> {
+    let Some(text) = reader.and_then(|r| r.string(name)) else {
+        return Spanned::new(default, at(reader));
+    };
+    match parse_size(&text.value) {
+        Some(bytes) => Spanned::new(bytes, text.span),
+        None => {
+            reader.unwrap().error(
+                Diagnostic::error(text.span.clone(), format!("`{name}` must be a size such as \"10GiB\", found \"{}\"", text.value))
+                    .with_help("units: B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)"),
+            );
+            Spanned::new(default, text.span)
+        }
+    }
+}
+
+fn storage(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Storage {
+    let kind = choice_or(reader, "type", &["csi", "host"], "csi");
+    let storage = match kind.value {
+        "host" => Storage::Host {
+            volume_prefix: string_or(reader, "volume_prefix", &format!("{}-member-", cluster.name.value)).value,
+        },
+        _ => Storage::Csi(CsiStorage {
+            plugin_id: string_or(reader, "plugin_id", defaults::CSI_PLUGIN_ID).value,
+            capacity_min: size_or(reader, "capacity_min", 10 << 30),
+            capacity_max: size_or(reader, "capacity_max", 20 << 30),
+            access_mode: choice_or(
+                reader,
+                "access_mode",
+                &["single-node-writer", "single-node-single-writer", "single-node-multi-writer"],
+                "single-node-writer",
+            )
+            .value
+            .to_owned(),
+            attachment_mode: choice_or(reader, "attachment_mode", &["file-system", "block-device"], "file-system").value.to_owned(),
+            fs_type: string_or(reader, "fs_type", "ext4").value,
+            mount_flags: strings(reader.and_then(|r| r.string_list("mount_flags"))).unwrap_or_else(|| vec!["noatime".into()]),
+        }),
+    };
+    if let Some(reader) = reader {
+        // Keys of the other storage type are unknown here on purpose, so a mix is reported.
+        reader.finish_for(match kind.value { "host" => &["plugin_id", "capacity_min", "capacity_max", "access_mode", "attachment_mode", "fs_type", "mount_flags"], _ => &["volume_prefix"] });
+    }
+    storage
+}
+
+fn pgbouncer(reader: Option<&Reader<'_>>) -> PgBouncer {
+    PgBouncer {
+        enabled: bool_or(reader, "enabled", true),
+        count: u32_or(reader, "count", 1, 100, 2).value,
+        port: port_or(reader, "port", defaults::PGBOUNCER_PORT),
+        pool_mode: choice_or(reader, "pool_mode", &["session", "transaction", "statement"], "transaction").value.to_owned(),
+        default_pool_size: u32_or(reader, "default_pool_size", 1, 10_000, 20).value,
+        max_client_conn: u32_or(reader, "max_client_conn", 1, 1_000_000, 1000).value,
+        reserve_pool_size: u32_or(reader, "reserve_pool_size", 0, 10_000, 5).value,
+        // Must outlast a failover, or clients see errors while the new primary is elected.
+        query_wait_timeout: u32_or(reader, "query_wait_timeout", 0, 86400, 120),
+        // PgBouncer's default of 15 s would add up to 15 s to every failover.
+        server_login_retry: u32_or(reader, "server_login_retry", 0, 3600, 1).value,
+        cpu: u32_or(reader, "cpu", 20, 1_000_000, 200).value,
+        memory_mb: u32_or(reader, "memory", 16, 10_000_000, 128).value,
+    }
+}
+
+fn pgadmin(reader: Option<&Reader<'_>>) -> PgAdmin {
+    PgAdmin {
+        enabled: bool_or(reader, "enabled", true),
+        port: port_or(reader, "port", defaults::PGADMIN_PORT),
+        email: string_or(reader, "email", "admin@example.com"),
+        image: string_or(reader, "image", defaults::PGADMIN_IMAGE).value,
+        cpu: u32_or(reader, "cpu", 50, 1_000_000, 200).value,
+        memory_mb: u32_or(reader, "memory", 128, 10_000_000, 512).value,
+    }
+}
+
+fn backup(reader: Option<&Reader<'_>>) -> Backup {
+    let repo_reader = reader.and_then(|r| r.block("repo"));
+    let repo_kind = choice_or(repo_reader.as_ref(), "type", &["s3", "volume"], "volume");
+    let repo = match repo_kind.value {
+        "s3" => {
+            let r = repo_reader.as_ref();
+            let bucket = r.and_then(|r| r.string("bucket"));
+            let bucket = match bucket {
+                Some(bucket) => bucket,
+                None => {
+                    if let Some(r) = r {
+                        r.error(Diagnostic::error(repo_kind.span.clone(), "an s3 repo needs a `bucket`"));
+                    }
+                    Spanned::new(String::new(), repo_kind.span.clone())
+                }
+            };
+            Repo::S3 {
+                endpoint: string_or(r, "endpoint", "s3.amazonaws.com").value,
+                bucket,
+                region: string_or(r, "region", "us-east-1").value,
+                path: string_or(r, "path", "/pgbackrest").value,
+                uri_style: choice_or(r, "uri_style", &["host", "path"], "host").value.to_owned(),
+                verify_tls: bool_or(r, "verify_tls", true),
+            }
+        }
+        _ => {
+            let r = repo_reader.as_ref();
+            let kind = match choice_or(r, "volume_type", &["csi", "host"], "host").value {
+                "csi" => VolumeKind::Csi,
+                _ => VolumeKind::Host,
+            };
+            Repo::Volume {
+                source: string_or(r, "source", "pgbackrest").value,
+                kind,
+                path: string_or(r, "path", "/var/lib/pgbackrest").value,
+            }
+        }
+    };
+    if let Some(r) = repo_reader {
+        r.finish_for(match repo_kind.value {
+            "s3" => &["source", "volume_type"],
+            _ => &["endpoint", "bucket", "region", "uri_style", "verify_tls"],
+        });
+    }
+    let schedule_reader = reader.and_then(|r| r.block("schedule"));
+    let defaults_cron = [(BackupKind::Full, "0 1 * * 0"), (BackupKind::Diff, "0 1 * * 1-6"), (BackupKind::Incr, "0 */4 * * *")];
+    let schedules = defaults_cron
+        .iter()
+        .filter_map(|(kind, default)| {
+            let name = kind.name();
+            let cron = match schedule_reader.as_ref().and_then(|s| s.string(name)) {
+                Some(text) if text.value == "off" => return None,
+                Some(text) => text,
+                None => Spanned::new((*default).to_owned(), at(schedule_reader.as_ref())),
+            };
+            Some(Schedule { kind: *kind, cron })
+        })
+        .collect();
+    if let Some(s) = schedule_reader {
+        s.finish();
+    }
+    Backup {
+        enabled: bool_or(reader, "enabled", true),
+        repo,
+        cipher: bool_or(reader, "cipher", true),
+        retention_full: u32_or(reader, "retention_full", 1, 9_999_999, 2).value,
+        retention_diff: u32_or(reader, "retention_diff", 1, 9_999_999, 7).value,
+        schedules,
+        time_zone: string_or(reader, "time_zone", "UTC").value,
+        wal_archiving: bool_or(reader, "wal_archiving", true),
+        from_standby: bool_or(reader, "from_standby", true),
+        tls_port: port_or(reader, "tls_port", defaults::PGBACKREST_TLS_PORT),
+    }
+}
+
+fn monitoring(reader: Option<&Reader<'_>>) -> Monitoring {
+    Monitoring {
+        postgres_exporter: bool_or(reader, "postgres_exporter", true),
+        port: port_or(reader, "port", defaults::EXPORTER_PORT),
+    }
+}
+
+fn secrets(reader: Option<&Reader<'_>>) -> Secrets {
+    match choice_or(reader, "provider", &["nomad-variables", "vault"], "nomad-variables").value {
+        "vault" => Secrets::Vault {
+            mount: string_or(reader, "vault_mount", "secret").value,
+            path_prefix: string_or(reader, "vault_path_prefix", "pgnomad").value,
+            role: reader.and_then(|r| r.string("vault_role")).map(|r| r.value),
+        },
+        _ => Secrets::NomadVariables,
+    }
+}
+

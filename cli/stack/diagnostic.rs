@@ -1,0 +1,142 @@
+//! Problems found in a stack file, with the place they were found.
+//!
+//! Building a diagnostic and rendering it are separate: the pipeline collects
+//! `Diagnostic`s, and `render` turns one into the `file:line:col` excerpt with a caret.
+
+use std::fmt::Write as _;
+use std::ops::Range;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub message: String,
+    /// Byte range in the source; `None` for problems of the whole file.
+    pub span: Option<Range<usize>>,
+    pub help: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn error(span: impl Into<Option<Range<usize>>>, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Error, message: message.into(), span: span.into(), help: None }
+    }
+
+    pub fn warning(span: impl Into<Option<Range<usize>>>, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Warning, message: message.into(), span: span.into(), help: None }
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+/// A stack file's name and text, to place diagnostics in.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+}
+
+impl Source {
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
+        Source { name: name.into(), text: text.into() }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let col = self.text[line_start..offset].chars().count() + 1;
+        (line, col)
+    }
+
+    fn line_text(&self, line: usize) -> &str {
+        self.text.lines().nth(line - 1).unwrap_or("")
+    }
+
+    /// Renders a diagnostic the way compilers do:
+    ///
+    /// ```text
+    /// error: unknown key `memebers` in `postgres`
+    ///   --> pgnomad.hcl:3:3
+    ///    |
+    ///  3 |   memebers = 3
+    ///    |   ^^^^^^^^
+    ///    = help: did you mean `members`?
+    /// ```
+    pub fn render(&self, diagnostic: &Diagnostic) -> String {
+        let mut out = String::new();
+        let label = match diagnostic.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        let _ = writeln!(out, "{label}: {}", diagnostic.message);
+        match &diagnostic.span {
+            Some(span) => {
+                let (line, col) = self.line_col(span.start);
+                let text = self.line_text(line);
+                let gutter = line.to_string().len();
+                let pad = " ".repeat(gutter);
+                let _ = writeln!(out, "{pad}--> {}:{line}:{col}", self.name);
+                let _ = writeln!(out, "{pad} |");
+                let _ = writeln!(out, "{line} | {text}");
+                // The caret covers the span on its first line, at least one character.
+                let line_rest = text.chars().count().saturating_sub(col - 1);
+                let span_chars = self.text[span.clone()].split('\n').next().unwrap_or("").chars().count();
+                let width = span_chars.min(line_rest).max(1);
+                let indent: String = text.chars().take(col - 1).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+                let _ = writeln!(out, "{pad} | {indent}{}", "^".repeat(width));
+                if let Some(help) = &diagnostic.help {
+                    let _ = writeln!(out, "{pad} = help: {help}");
+                }
+            }
+            None => {
+                let _ = writeln!(out, "  --> {}", self.name);
+                if let Some(help) = &diagnostic.help {
+                    let _ = writeln!(out, "   = help: {help}");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The closest candidate to a misspelt name, if any is close enough to be a likely typo.
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|candidate| (strsim::damerau_levenshtein(name, candidate), candidate))
+        .filter(|(distance, candidate)| *distance <= 2.max(candidate.len() / 3))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        let source = Source::new("f", "ab\ncd\n");
+        assert_eq!(source.line_col(0), (1, 1));
+        assert_eq!(source.line_col(4), (2, 2));
+    }
+
+    #[test]
+    fn suggests_close_names_only() {
+        assert_eq!(did_you_mean("memebers", ["members", "version"]), Some("members"));
+        assert_eq!(did_you_mean("zzz", ["members", "version"]), None);
+    }
+}

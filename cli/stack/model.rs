@@ -1,0 +1,228 @@
+//! The typed stack: what a stack file says, with every default filled in.
+//!
+//! Values that later checks point at keep their span (`Spanned`); a value that was left out
+//! carries the span of its block, so a message about it still lands somewhere sensible.
+
+use std::collections::BTreeMap;
+
+use super::syntax::{ByteSpan, Spanned};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stack {
+    pub cluster: Cluster,
+    pub postgres: Postgres,
+    pub patroni: Patroni,
+    pub storage: Storage,
+    pub pgbouncer: PgBouncer,
+    pub pgadmin: PgAdmin,
+    pub backup: Backup,
+    pub monitoring: Monitoring,
+    pub secrets: Secrets,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    pub name: Spanned<String>,
+    pub datacenters: Vec<String>,
+    pub namespace: String,
+    pub region: String,
+    pub node_pool: String,
+    pub constraints: Vec<Constraint>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Constraint {
+    pub attribute: String,
+    pub operator: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Driver {
+    /// The pgnomad image (Postgres, Patroni, pgBackRest, PgBouncer, postgres_exporter).
+    Docker { image: String },
+    /// Packages installed on the hosts; `bin_dir` holds postgres, pg_ctl, …
+    Exec { bin_dir: String },
+    RawExec { bin_dir: String },
+}
+
+impl Driver {
+    pub fn nomad_name(&self) -> &'static str {
+        match self {
+            Driver::Docker { .. } => "docker",
+            Driver::Exec { .. } => "exec",
+            Driver::RawExec { .. } => "raw_exec",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SynchronousMode {
+    Off,
+    On,
+    Strict,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Database {
+    pub name: Spanned<String>,
+    pub owner: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Postgres {
+    pub version: Spanned<u32>,
+    pub members: Spanned<u32>,
+    pub driver: Driver,
+    pub cpu: u32,
+    pub memory_mb: u32,
+    pub port: Spanned<u16>,
+    pub parameters: BTreeMap<String, String>,
+    pub pg_hba: Vec<String>,
+    pub databases: Vec<Database>,
+    /// Application users (login roles); their passwords are generated secrets.
+    pub users: Vec<Spanned<String>>,
+    pub synchronous_mode: SynchronousMode,
+    pub distinct_hosts: bool,
+    pub spread_attribute: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dcs {
+    /// Consul's agent on the node the member runs on.
+    Consul,
+    Etcd3 { hosts: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Patroni {
+    pub dcs: Dcs,
+    pub dcs_span: ByteSpan,
+    pub ttl: Spanned<u32>,
+    pub loop_wait: Spanned<u32>,
+    pub retry_timeout: Spanned<u32>,
+    pub primary_start_timeout: u32,
+    pub maximum_lag_on_failover: u64,
+    /// Consul's `session_ttl_min` on the servers, in seconds (Consul's default is 10).
+    pub consul_session_ttl_min: Spanned<u32>,
+    pub port: Spanned<u16>,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Storage {
+    Csi(CsiStorage),
+    /// Nomad host volumes named `<prefix><index>`, one per member, created by the operator.
+    Host { volume_prefix: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsiStorage {
+    pub plugin_id: String,
+    pub capacity_min: Spanned<u64>,
+    pub capacity_max: Spanned<u64>,
+    pub access_mode: String,
+    pub attachment_mode: String,
+    pub fs_type: String,
+    pub mount_flags: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgBouncer {
+    pub enabled: bool,
+    pub count: u32,
+    pub port: Spanned<u16>,
+    pub pool_mode: String,
+    pub default_pool_size: u32,
+    pub max_client_conn: u32,
+    pub reserve_pool_size: u32,
+    pub query_wait_timeout: Spanned<u32>,
+    pub server_login_retry: u32,
+    pub cpu: u32,
+    pub memory_mb: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgAdmin {
+    pub enabled: bool,
+    pub port: Spanned<u16>,
+    pub email: Spanned<String>,
+    pub image: String,
+    pub cpu: u32,
+    pub memory_mb: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Repo {
+    S3 {
+        endpoint: String,
+        bucket: Spanned<String>,
+        region: String,
+        path: String,
+        uri_style: String,
+        verify_tls: bool,
+    },
+    /// A volume mounted by every member (for WAL) and by the backup jobs; it must allow
+    /// several writers (e.g. an NFS-backed CSI volume) or be a host volume on a shared path.
+    Volume { source: String, kind: VolumeKind, path: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeKind {
+    Csi,
+    Host,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub kind: BackupKind,
+    pub cron: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BackupKind {
+    Full,
+    Diff,
+    Incr,
+}
+
+impl BackupKind {
+    pub const ALL: [BackupKind; 3] = [BackupKind::Full, BackupKind::Diff, BackupKind::Incr];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackupKind::Full => "full",
+            BackupKind::Diff => "diff",
+            BackupKind::Incr => "incr",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backup {
+    pub enabled: bool,
+    pub repo: Repo,
+    pub cipher: bool,
+    pub retention_full: u32,
+    pub retention_diff: u32,
+    pub schedules: Vec<Schedule>,
+    pub time_zone: String,
+    pub wal_archiving: bool,
+    /// Take backups from a standby to spare the primary.
+    pub from_standby: bool,
+    pub tls_port: Spanned<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Monitoring {
+    pub postgres_exporter: bool,
+    pub port: Spanned<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Secrets {
+    /// Nomad Variables at `nomad/jobs/<job>`: each job's workload identity reads its own.
+    NomadVariables,
+    /// Vault KV v2, one secret per job under `path_prefix`.
+    Vault { mount: String, path_prefix: String, role: Option<String> },
+}
