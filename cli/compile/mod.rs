@@ -1,4 +1,154 @@
 //! Stack → artifacts: Nomad jobs, CSI volume specs, ACL policies and secret specs.
-//! Pure: no I/O, no clock, no randomness.
+//! Pure: no I/O, no clock, no randomness — the same stack always compiles to the same bytes.
 
+mod acl;
+mod backup;
+mod common;
+mod pgadmin;
+mod pgbouncer;
+mod postgres;
 pub mod secrets;
+mod volumes;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::runtime::names;
+use crate::config::{ConfigError, Facts, NomadRuntime, Packs};
+use crate::nomad::job::{CsiVolume, Job};
+use crate::stack::{Driver, Secrets, Stack};
+
+pub use acl::{AclPolicy, AclSystem};
+pub use secrets::{Origin, SecretKey};
+
+/// Meta keys on every job pgnomad submits. Underscores, not dots: a jobspec `meta` block
+/// only takes identifiers, and the keys also become `NOMAD_META_*` variables.
+pub const META_CLUSTER: &str = "pgnomad_cluster";
+pub const META_STACK_HASH: &str = "pgnomad_stack_hash";
+pub const META_VERSION: &str = "pgnomad_version";
+
+/// Everything a stack compiles to.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    /// In the order `run` submits them: postgres, pgbouncer, pgadmin, backups.
+    pub jobs: Vec<CompiledJob>,
+    pub volumes: Vec<CsiVolume>,
+    pub acl_policies: Vec<AclPolicy>,
+    pub secrets: Vec<SecretSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobRole {
+    Postgres,
+    PgBouncer,
+    PgAdmin,
+    Backup,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledJob {
+    pub role: JobRole,
+    pub job: Job,
+}
+
+impl CompiledJob {
+    pub fn id(&self) -> &str {
+        self.job.id.as_deref().unwrap_or_default()
+    }
+}
+
+/// Where one job's secrets live and which keys it reads (never their values).
+#[derive(Debug, Clone, Serialize)]
+pub struct SecretSpec {
+    pub job: String,
+    /// `nomad/jobs/<job>` for Nomad Variables, or the Vault KV path.
+    pub path: String,
+    pub provider: &'static str,
+    pub keys: Vec<SecretKey>,
+}
+
+/// Compiles a checked stack with the given pack templates.
+pub fn compile(stack: &Stack, packs: &Packs) -> Result<Artifacts, ConfigError> {
+    let facts = Facts::new(stack);
+    let runtime = NomadRuntime {
+        cluster: stack.cluster.name.value.clone(),
+        secrets: stack.secrets.clone(),
+        dcs: stack.patroni.dcs.clone(),
+        consul_port: crate::stack::defaults::CONSUL_HTTP_PORT,
+        pg_port: stack.postgres.port.value,
+        bin_dir: match &stack.postgres.driver {
+            Driver::Docker { .. } => format!("/usr/lib/postgresql/{}/bin", stack.postgres.version.value),
+            Driver::Exec { bin_dir } | Driver::RawExec { bin_dir } => bin_dir.clone(),
+        },
+    };
+    let context = common::Context { stack, facts: &facts, packs, runtime: &runtime };
+
+    let mut jobs = vec![CompiledJob { role: JobRole::Postgres, job: postgres::job(&context)? }];
+    if stack.pgbouncer.enabled {
+        jobs.push(CompiledJob { role: JobRole::PgBouncer, job: pgbouncer::job(&context)? });
+    }
+    if stack.pgadmin.enabled {
+        jobs.push(CompiledJob { role: JobRole::PgAdmin, job: pgadmin::job(&context)? });
+    }
+    if stack.backup.enabled {
+        for schedule in &stack.backup.schedules {
+            jobs.push(CompiledJob { role: JobRole::Backup, job: backup::job(&context, schedule)? });
+        }
+    }
+    for compiled in &mut jobs {
+        stamp(&mut compiled.job, &stack.cluster.name.value);
+    }
+
+    let secrets = secret_specs(stack, &facts, &jobs);
+    Ok(Artifacts { volumes: volumes::volumes(stack), acl_policies: acl::policies(stack, &jobs), secrets, jobs })
+}
+
+/// Ownership meta: which cluster a job belongs to, and a hash of its content so that
+/// `plan` can tell a job pgnomad wrote from one edited behind its back.
+fn stamp(job: &mut Job, cluster: &str) {
+    let meta = job.meta.get_or_insert_with(Default::default);
+    meta.insert(META_CLUSTER.into(), cluster.into());
+    meta.insert(META_VERSION.into(), env!("CARGO_PKG_VERSION").into());
+    meta.remove(META_STACK_HASH);
+    let content = serde_json::to_vec(&*job).expect("jobs serialize");
+    let hash = Sha256::digest(&content);
+    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    job.meta.get_or_insert_with(Default::default).insert(META_STACK_HASH.into(), hex);
+}
+
+fn secret_specs(stack: &Stack, facts: &Facts, jobs: &[CompiledJob]) -> Vec<SecretSpec> {
+    jobs.iter()
+        .map(|compiled| {
+            let job = compiled.id().to_owned();
+            let keys = match compiled.role {
+                JobRole::Postgres => secrets::postgres_secrets(facts),
+                JobRole::PgBouncer => secrets::pgbouncer_secrets(facts),
+                JobRole::PgAdmin => secrets::pgadmin_secrets(facts),
+                JobRole::Backup => secrets::backup_secrets(facts),
+            };
+            let (provider, path) = match &stack.secrets {
+                Secrets::NomadVariables => ("nomad-variables", format!("nomad/jobs/{job}")),
+                Secrets::Vault { mount, path_prefix, .. } => ("vault", format!("{mount}/data/{path_prefix}/{job}")),
+            };
+            SecretSpec { job, path, provider, keys }
+        })
+        .filter(|spec| !spec.keys.is_empty())
+        .collect()
+}
+
+/// The IDs of a stack's jobs without compiling them (for destroy and status).
+pub fn job_ids(stack: &Stack) -> Vec<String> {
+    let c = &stack.cluster.name.value;
+    let mut ids = vec![names::postgres_job(c)];
+    if stack.pgbouncer.enabled {
+        ids.push(names::pgbouncer_job(c));
+    }
+    if stack.pgadmin.enabled {
+        ids.push(names::pgadmin_job(c));
+    }
+    if stack.backup.enabled {
+        ids.extend(stack.backup.schedules.iter().map(|s| names::backup_job(c, s.kind.name())));
+    }
+    ids
+}

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use minijinja::{Environment, Value};
 
 pub use facts::{Facts, MemberFacts};
-pub use runtime::{Holes, MemberAddress, Runtime};
+pub use runtime::{Holes, MemberAddress, NomadRuntime, Runtime};
 
 /// Every pack file, by its path under `packs/`, with the built-in content.
 pub const BUILTIN: &[(&str, &str)] = &[

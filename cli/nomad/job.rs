@@ -75,9 +75,9 @@ api_struct! {
     pub struct Constraint {
         #[serde(rename = "LTarget")]
         pub l_target: String,
+        pub operand: String,
         #[serde(rename = "RTarget")]
         pub r_target: String,
-        pub operand: String,
     }
 }
 

@@ -259,21 +259,89 @@ fn backup(stack: &Stack, out: &mut Vec<Diagnostic>) {
 }
 
 /// Checks a cron expression the way Nomad's cronexpr reads it: 5 fields (minute first),
-/// 6 or 7 (seconds first, optional year), or a macro such as `@daily`.
+/// 6 (seconds first) or 7 (and a year), or a macro such as `@daily`.
 pub fn check_cron(spec: &str) -> Result<(), String> {
+    const MACROS: [&str; 7] = ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"];
     let spec = spec.trim();
-    let expanded = match spec {
-        "@yearly" | "@annually" => "0 0 0 1 1 * *".to_owned(),
-        "@monthly" => "0 0 0 1 * * *".to_owned(),
-        "@weekly" => "0 0 0 * * 0 *".to_owned(),
-        "@daily" | "@midnight" => "0 0 0 * * * *".to_owned(),
-        "@hourly" => "0 0 * * * * *".to_owned(),
-        _ => match spec.split_whitespace().count() {
-            5 => format!("0 {spec} *"),
-            6 => format!("{spec} *"),
-            7 => spec.to_owned(),
-            n => return Err(format!("it has {n} fields, expected 5")),
-        },
+    if spec.starts_with('@') {
+        return if MACROS.contains(&spec) { Ok(()) } else { Err(format!("unknown macro {spec}; known: {}", MACROS.join(", "))) };
+    }
+    const SECOND: CronField = CronField { name: "second", min: 0, max: 59, names: &[] };
+    const MINUTE: CronField = CronField { name: "minute", min: 0, max: 59, names: &[] };
+    const HOUR: CronField = CronField { name: "hour", min: 0, max: 23, names: &[] };
+    const DAY: CronField = CronField { name: "day-of-month", min: 1, max: 31, names: &[] };
+    const MONTH: CronField = CronField {
+        name: "month",
+        min: 1,
+        max: 12,
+        names: &["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
     };
-    expanded.parse::<cron::Schedule>().map(|_| ()).map_err(|e| e.to_string())
+    const WEEKDAY: CronField = CronField { name: "day-of-week", min: 0, max: 7, names: &["sun", "mon", "tue", "wed", "thu", "fri", "sat"] };
+    const YEAR: CronField = CronField { name: "year", min: 1970, max: 2099, names: &[] };
+    let fields: Vec<&str> = spec.split_whitespace().collect();
+    let layout: &[CronField] = match fields.len() {
+        5 => &[MINUTE, HOUR, DAY, MONTH, WEEKDAY],
+        6 => &[SECOND, MINUTE, HOUR, DAY, MONTH, WEEKDAY],
+        7 => &[SECOND, MINUTE, HOUR, DAY, MONTH, WEEKDAY, YEAR],
+        n => return Err(format!("it has {n} fields, expected 5")),
+    };
+    for (text, field) in fields.iter().zip(layout) {
+        field.check(text)?;
+    }
+    Ok(())
+}
+
+struct CronField {
+    name: &'static str,
+    min: u32,
+    max: u32,
+    /// Names for 0-based (weekdays) or 1-based (months) values.
+    names: &'static [&'static str],
+}
+
+impl CronField {
+    fn value(&self, text: &str) -> Result<u32, String> {
+        let lower = text.to_ascii_lowercase();
+        if let Some(i) = self.names.iter().position(|n| *n == lower) {
+            // Month names count from 1, weekday names from 0 (Sunday).
+            return Ok(i as u32 + self.min.min(1));
+        }
+        let value: u32 = text.parse().map_err(|_| format!("{} field: \"{text}\" is not a number", self.name))?;
+        if value < self.min || value > self.max {
+            return Err(format!("{} field: {value} is out of range {}-{}", self.name, self.min, self.max));
+        }
+        Ok(value)
+    }
+
+    fn check(&self, text: &str) -> Result<(), String> {
+        for part in text.split(',') {
+            let (range, step) = match part.split_once('/') {
+                Some((range, step)) => (range, Some(step)),
+                None => (part, None),
+            };
+            if let Some(step) = step {
+                match step.parse::<u32>() {
+                    Ok(n) if n > 0 => {}
+                    _ => return Err(format!("{} field: step \"{step}\" is not a positive number", self.name)),
+                }
+            }
+            // Day fields also take cronexpr's `?`, `L`, `W` and `#` forms.
+            let special = matches!(self.name, "day-of-month" | "day-of-week") && (range == "?" || range.contains(['L', 'W', '#']));
+            if range == "*" || special {
+                continue;
+            }
+            match range.split_once('-') {
+                Some((low, high)) => {
+                    let (low, high) = (self.value(low)?, self.value(high)?);
+                    if low > high {
+                        return Err(format!("{} field: range {low}-{high} runs backwards", self.name));
+                    }
+                }
+                None => {
+                    self.value(range)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }

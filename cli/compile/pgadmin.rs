@@ -1,0 +1,56 @@
+//! `<c>-pgadmin`: pgAdmin with PgBouncer and every member already registered as servers.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use crate::config::runtime::names;
+use crate::config::{ConfigError, Runtime};
+use crate::nomad::job::*;
+
+use super::common::*;
+
+pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
+    let stack = cx.stack;
+    let c = cx.cluster();
+    let job_id = names::pgadmin_job(c);
+    let mut job = cx.job(job_id.clone(), "service");
+    let holes = cx.runtime.pgadmin(cx.facts);
+    let port_number = stack.pgadmin.port.value;
+
+    let servers = cx.pack_template("pgadmin/servers.json", None, &holes, "secrets/servers.json", Change::Noop)?;
+    let mut env = template(
+        format!("PGADMIN_DEFAULT_PASSWORD={}\n", cx.runtime.secret_expr(&job_id, "pgadmin_password")),
+        "secrets/pgadmin.env",
+        Change::Restart,
+    );
+    env.envvars = Some(true);
+
+    let task = Task {
+        name: some("pgadmin"),
+        driver: some("docker"),
+        config: Some(BTreeMap::from([
+            ("image".to_owned(), json!(stack.pgadmin.image)),
+            ("ports".to_owned(), json!(["http"])),
+        ])),
+        env: Some(BTreeMap::from([
+            ("PGADMIN_DEFAULT_EMAIL".to_owned(), stack.pgadmin.email.value.clone()),
+            ("PGADMIN_LISTEN_PORT".to_owned(), port_number.to_string()),
+            // Read on first start: the servers appear without anyone adding them by hand.
+            ("PGADMIN_SERVER_JSON_FILE".to_owned(), "/secrets/servers.json".to_owned()),
+            ("PGADMIN_CONFIG_UPGRADE_CHECK_ENABLED".to_owned(), "False".to_owned()),
+        ])),
+        resources: Some(resources(stack.pgadmin.cpu, stack.pgadmin.memory_mb)),
+        templates: Some(vec![servers, env]),
+        ..Task::default()
+    };
+    job.task_groups = Some(vec![TaskGroup {
+        name: some("pgadmin"),
+        count: Some(1),
+        networks: Some(vec![bridge(vec![port("http", port_number)])]),
+        services: Some(vec![service(names::pgadmin_service(c), "http", vec![http_check("pgadmin ping", "/misc/ping", "http")])]),
+        tasks: Some(vec![task]),
+        ..TaskGroup::default()
+    }]);
+    Ok(job)
+}

@@ -1,0 +1,46 @@
+//! `<c>-pgbouncer`: the stack's front door. It always routes to the current primary, found
+//! through Consul: when the primary changes, Nomad re-renders pgbouncer.ini and sends
+//! SIGHUP, and PgBouncer moves to the new server without dropping its clients.
+
+use crate::config::runtime::names;
+use crate::config::{ConfigError, Runtime};
+use crate::nomad::job::*;
+
+use super::common::*;
+
+pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
+    let stack = cx.stack;
+    let c = cx.cluster();
+    let mut job = cx.job(names::pgbouncer_job(c), "service");
+    let holes = cx.runtime.pgbouncer(cx.facts);
+
+    let mut task = cx.program_task("pgbouncer", "pgbouncer", vec!["/secrets/pgbouncer.ini".into()], &["pgbouncer"]);
+    task.resources = Some(resources(stack.pgbouncer.cpu, stack.pgbouncer.memory_mb));
+    task.kill_timeout = Some(Nanos::secs(30));
+    // SIGINT is PgBouncer's safe shutdown: it waits for clients to finish.
+    task.kill_signal = some("SIGINT");
+    let mut ini = cx.pack_template("pgbouncer/pgbouncer.ini", None, &holes, "secrets/pgbouncer.ini", Change::Reload)?;
+    // Consul changes come in bursts during a failover; wait for them to settle a moment.
+    ini.wait = Some(WaitConfig { min: Some(Nanos::millis(500)), max: Some(Nanos::secs(2)) });
+    task.templates = Some(vec![ini, cx.pack_template("pgbouncer/userlist.txt", None, &holes, "secrets/userlist.txt", Change::Reload)?]);
+
+    job.update = Some(UpdateStrategy {
+        max_parallel: Some(1),
+        health_check: some("checks"),
+        min_healthy_time: Some(Nanos::secs(10)),
+        healthy_deadline: Some(Nanos::secs(300)),
+        progress_deadline: Some(Nanos::secs(600)),
+        auto_revert: Some(true),
+        canary: Some(0),
+    });
+    job.task_groups = Some(vec![TaskGroup {
+        name: some("pgbouncer"),
+        count: Some(i64::from(stack.pgbouncer.count)),
+        spreads: Some(vec![Spread { attribute: some("${node.unique.id}"), weight: Some(100) }]),
+        networks: Some(vec![bridge(vec![port("pgbouncer", stack.pgbouncer.port.value)])]),
+        services: Some(vec![service(names::pgbouncer_service(c), "pgbouncer", vec![tcp_check("pgbouncer accepts", "pgbouncer")])]),
+        tasks: Some(vec![task]),
+        ..TaskGroup::default()
+    }]);
+    Ok(job)
+}

@@ -1,0 +1,218 @@
+//! `<c>-postgres`: one task group per Patroni member.
+//!
+//! One group per member (not one group with count N) because Nomad's `update` block cannot
+//! order groups: pgnomad rolls replicas first and the primary last, after a switchover.
+
+use std::collections::BTreeMap;
+
+use crate::config::runtime::names;
+use crate::config::{ConfigError, MemberFacts, Runtime};
+use crate::nomad::job::*;
+use crate::stack::{Repo, Storage, VolumeKind};
+
+use super::common::*;
+
+pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
+    let stack = cx.stack;
+    let mut job = cx.job(names::postgres_job(cx.cluster()), "service");
+    let mut constraints = job.constraints.take().unwrap_or_default();
+    if stack.postgres.distinct_hosts {
+        // Job-wide, so it holds across the member groups: two members on one host would
+        // make one host failure cost two copies of the data.
+        constraints.push(Constraint::distinct_hosts());
+    }
+    job.constraints = non_empty(constraints);
+    if let Some(attribute) = &stack.postgres.spread_attribute {
+        job.spreads = Some(vec![Spread { attribute: Some(attribute.clone()), weight: Some(100) }]);
+    }
+    job.update = Some(UpdateStrategy {
+        max_parallel: Some(1),
+        health_check: some("checks"),
+        min_healthy_time: Some(Nanos::secs(10)),
+        healthy_deadline: Some(Nanos::secs(600)),
+        progress_deadline: Some(Nanos::secs(900)),
+        // Reverting a database server under load is a decision for a person.
+        auto_revert: Some(false),
+        canary: Some(0),
+    });
+    job.task_groups = Some(cx.facts.members.iter().map(|m| member_group(cx, m)).collect::<Result<_, _>>()?);
+    Ok(job)
+}
+
+fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, ConfigError> {
+    let stack = cx.stack;
+    let c = cx.cluster();
+    let job_id = names::postgres_job(c);
+    let holes = cx.runtime.member(cx.facts, member);
+    let backup = stack.backup.enabled;
+
+    let mut ports = vec![port("pg", stack.postgres.port.value), port("patroni", stack.patroni.port.value)];
+    if backup {
+        ports.push(port("pgbackrest", stack.backup.tls_port.value));
+    }
+    if stack.monitoring.postgres_exporter {
+        ports.push(port("exporter", stack.monitoring.port.value));
+    }
+
+    let mut volumes = BTreeMap::from([("data".to_owned(), data_volume(cx, member))]);
+    let mut mounts = vec![volume_mount("data", names::DATA_MOUNT)];
+    if let (true, Repo::Volume { source, kind, .. }) = (backup, &stack.backup.repo) {
+        volumes.insert("repo".into(), repo_volume(source, *kind));
+        mounts.push(volume_mount("repo", names::REPO_MOUNT));
+    }
+
+    let member_meta = BTreeMap::from([("member".to_owned(), member.name.clone())]);
+    let with_meta = |mut s: Service| {
+        s.meta = Some(member_meta.clone());
+        s
+    };
+    // Only `/health` (Postgres up, whatever its role) counts for deployment health; the
+    // role checks pass on one member or on the others, so they are readiness only.
+    let mut services = vec![
+        with_meta(service(names::postgres_service(c), "pg", vec![http_check("postgres running", "/health", "patroni")])),
+        with_meta(Service {
+            tags: Some(vec!["primary".into()]),
+            on_update: some("ignore"),
+            ..service(names::primary_service(c), "pg", vec![http_check("patroni primary", "/primary", "patroni")])
+        }),
+        with_meta(Service {
+            tags: Some(vec!["replica".into()]),
+            on_update: some("ignore"),
+            ..service(names::replica_service(c), "pg", vec![http_check("patroni replica", "/replica", "patroni")])
+        }),
+        with_meta(service(names::patroni_service(c), "patroni", vec![http_check("patroni alive", "/liveness", "patroni")])),
+    ];
+    if backup {
+        services.push(with_meta(service(names::pgbackrest_service(c), "pgbackrest", vec![tcp_check("pgbackrest server", "pgbackrest")])));
+    }
+    if stack.monitoring.postgres_exporter {
+        services.push(with_meta(service(names::exporter_service(c), "exporter", vec![http_check("exporter metrics", "/metrics", "exporter")])));
+    }
+
+    let secrets_file = |name: &str| format!("secrets/{name}");
+    let mut patroni = cx.program_task("patroni", "patroni", vec!["/secrets/patroni.yml".into()], &["pg", "patroni"]);
+    patroni.resources = Some(resources(stack.postgres.cpu, stack.postgres.memory_mb));
+    // Patroni stops Postgres and hands over the leader key on SIGTERM; give it time to do
+    // both before Nomad kills it.
+    patroni.kill_timeout = Some(Nanos::secs(90));
+    patroni.kill_signal = some("SIGTERM");
+    patroni.volume_mounts = Some(mounts.clone());
+    let mut templates = vec![
+        cx.pack_template("postgres/patroni.yml", Some(member), &holes, &secrets_file("patroni.yml"), Change::Reload)?,
+        cx.pack_template("postgres/bootstrap.sql", Some(member), &holes, &secrets_file("bootstrap.sql"), Change::Noop)?,
+        exec_template(cx.pack_template("postgres/on-role-change.sh", Some(member), &holes, &secrets_file("on-role-change.sh"), Change::Noop)?),
+    ];
+    if backup {
+        templates.push(cx.pack_template("postgres/pgbackrest.conf", Some(member), &holes, &secrets_file("pgbackrest.conf"), Change::Noop)?);
+        templates.extend(cx.tls_templates(&job_id, "tls_server"));
+    }
+    patroni.templates = Some(templates);
+
+    let mut tasks = vec![patroni];
+    if backup {
+        // pgBackRest's TLS server lets the periodic backup jobs reach this member's data
+        // without SSH; it runs beside Patroni for the life of the member.
+        let mut server = cx.program_task("pgbackrest", "pgbackrest", vec!["--config=/secrets/pgbackrest.conf".into(), "server".into()], &["pgbackrest"]);
+        server.lifecycle = Some(TaskLifecycle { hook: some("poststart"), sidecar: Some(true) });
+        server.resources = Some(resources(100, 128));
+        server.volume_mounts = Some(mounts.clone());
+        let mut templates = vec![cx.pack_template("postgres/pgbackrest.conf", Some(member), &holes, &secrets_file("pgbackrest.conf"), Change::Restart)?];
+        templates.extend(cx.tls_templates(&job_id, "tls_server"));
+        server.templates = Some(templates);
+        tasks.push(server);
+    }
+    if stack.monitoring.postgres_exporter {
+        tasks.push(exporter_task(cx, &job_id));
+    }
+
+    Ok(TaskGroup {
+        name: Some(member.name.clone()),
+        count: Some(1),
+        tasks: Some(tasks),
+        volumes: Some(volumes),
+        networks: Some(vec![bridge(ports)]),
+        services: Some(services),
+        meta: Some(member_meta),
+        // Restart in place first: the member's data is on this node.
+        restart_policy: Some(RestartPolicy {
+            attempts: Some(3),
+            interval: Some(Nanos::secs(600)),
+            delay: Some(Nanos::secs(15)),
+            mode: some("delay"),
+        }),
+        reschedule_policy: Some(ReschedulePolicy {
+            unlimited: Some(true),
+            delay_function: some("exponential"),
+            delay: Some(Nanos::secs(30)),
+            max_delay: Some(Nanos::secs(600)),
+            attempts: None,
+            interval: None,
+        }),
+        ..TaskGroup::default()
+    })
+}
+
+fn exec_template(mut template: Template) -> Template {
+    template.perms = some("0755");
+    template
+}
+
+fn data_volume(cx: &Context<'_>, member: &MemberFacts) -> VolumeRequest {
+    match &cx.stack.storage {
+        Storage::Csi(csi) => VolumeRequest {
+            name: some("data"),
+            volume_type: some("csi"),
+            source: Some(super::volumes::member_volume_id(cx.cluster(), member.index)),
+            read_only: Some(false),
+            access_mode: Some(csi.access_mode.clone()),
+            attachment_mode: Some(csi.attachment_mode.clone()),
+            per_alloc: Some(false),
+            mount_options: None,
+        },
+        Storage::Host { volume_prefix } => VolumeRequest {
+            name: some("data"),
+            volume_type: some("host"),
+            source: Some(format!("{volume_prefix}{}", member.index)),
+            read_only: Some(false),
+            ..VolumeRequest::default()
+        },
+    }
+}
+
+/// The shared pgBackRest repository volume (every member pushes WAL into it).
+pub fn repo_volume(source: &str, kind: VolumeKind) -> VolumeRequest {
+    match kind {
+        VolumeKind::Csi => VolumeRequest {
+            name: some("repo"),
+            volume_type: some("csi"),
+            source: some(source),
+            read_only: Some(false),
+            access_mode: some("multi-node-multi-writer"),
+            attachment_mode: some("file-system"),
+            ..VolumeRequest::default()
+        },
+        VolumeKind::Host => VolumeRequest { name: some("repo"), volume_type: some("host"), source: some(source), read_only: Some(false), ..VolumeRequest::default() },
+    }
+}
+
+fn exporter_task(cx: &Context<'_>, job_id: &str) -> Task {
+    let stack = cx.stack;
+    let mut task = cx.program_task(
+        "exporter",
+        "prometheus-postgres-exporter",
+        vec![format!("--web.listen-address=:{}", stack.monitoring.port.value)],
+        &["exporter"],
+    );
+    task.lifecycle = Some(TaskLifecycle { hook: some("poststart"), sidecar: Some(true) });
+    task.resources = Some(resources(50, 64));
+    // Members share one network namespace per group, so Postgres is on localhost.
+    let env = format!(
+        "DATA_SOURCE_URI=127.0.0.1:{port}/postgres?sslmode=disable\nDATA_SOURCE_USER=postgres\nDATA_SOURCE_PASS={pass}\n",
+        port = stack.postgres.port.value,
+        pass = cx.runtime.secret_expr(job_id, "superuser_password"),
+    );
+    let mut env_template = template(env, "secrets/exporter.env", Change::Restart);
+    env_template.envvars = Some(true);
+    task.templates = Some(vec![env_template]);
+    task
+}
