@@ -2,3 +2,7 @@
 //! PostgreSQL stack, and the operations that put it on a cluster.
 
 pub mod stack;
+pub mod consul;
+pub mod nomad;
+pub mod settings;
+pub mod transport;

@@ -1,0 +1,3 @@
+//! Nomad: API models and request builders (no I/O).
+
+pub mod api;
