@@ -4,6 +4,9 @@
 pub mod commands;
 pub mod compile;
 pub mod config;
+pub mod consul;
 pub mod nomad;
 pub mod render;
+pub mod settings;
 pub mod stack;
+pub mod transport;

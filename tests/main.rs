@@ -1,1 +1,6 @@
+//! The one integration-test binary (keeps link times down).
 
+mod support;
+
+mod nomad_client;
+mod nomad_double;

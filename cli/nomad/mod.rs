@@ -1,3 +1,4 @@
-//! Nomad: the typed job model and (in `api`) the HTTP API's requests and responses.
+//! Nomad: the typed job model, and the HTTP API's requests and responses (no I/O).
 
+pub mod api;
 pub mod job;

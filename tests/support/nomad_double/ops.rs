@@ -1,0 +1,570 @@
+//! What the double's endpoints do to its state: register (with check-and-set and server-side
+//! validation), plan with a diff, placement with CSI claims, deregister, dispatch.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use super::state::{list, new_id, now_ns, str_of, Alloc, Deployment, GroupProgress, State, Table};
+use super::DoubleConfig;
+use crate::support::job_rules::{job_errors, multierror};
+
+/// An error as Nomad's HTTP layer sends it: a status and a plain-text body.
+pub type Failure = (u16, String);
+
+/// Fields the server owns; left out when comparing two job specs.
+const SERVER_FIELDS: &[&str] = &[
+    "Status", "StatusDescription", "Stable", "Version", "SubmitTime", "CreateIndex", "ModifyIndex", "JobModifyIndex",
+];
+
+fn spec_of(job: &Value) -> Value {
+    let mut spec = job.clone();
+    if let Some(object) = spec.as_object_mut() {
+        for field in SERVER_FIELDS {
+            object.remove(*field);
+        }
+    }
+    spec
+}
+
+/// Fills what Nomad's Canonicalize fills, so comparisons and validation see the same job.
+pub fn with_defaults(mut job: Value, namespace: &str) -> Value {
+    let object = job.as_object_mut().expect("a job is an object");
+    let id = object.get("ID").and_then(Value::as_str).unwrap_or_default().to_string();
+    object.entry("Name").or_insert(json!(id));
+    object.insert("Namespace".into(), json!(namespace));
+    object.entry("Region").or_insert(json!("global"));
+    object.entry("Type").or_insert(json!("service"));
+    object.entry("Priority").or_insert(json!(50));
+    object.entry("NodePool").or_insert(json!("default"));
+    object.entry("Stop").or_insert(json!(false));
+    if let Some(groups) = object.get_mut("TaskGroups").and_then(Value::as_array_mut) {
+        for group in groups {
+            if let Some(group) = group.as_object_mut() {
+                group.entry("Count").or_insert(json!(1));
+            }
+        }
+    }
+    job
+}
+
+fn group_named<'a>(job: &'a Value, name: &str) -> Option<&'a Value> {
+    list(job, "TaskGroups").iter().find(|g| str_of(g, "Name") == name)
+}
+
+fn without_count(group: &Value) -> Value {
+    let mut group = group.clone();
+    if let Some(object) = group.as_object_mut() {
+        object.remove("Count");
+    }
+    group
+}
+
+/// What the scheduler would do with one group.
+#[derive(Debug, Default, Clone)]
+pub struct GroupUpdate {
+    pub place: Vec<u64>,
+    pub stop: Vec<String>,
+    pub ignore: u64,
+    pub destructive: u64,
+    pub in_place: u64,
+}
+
+impl GroupUpdate {
+    fn annotations(&self) -> Value {
+        json!({
+            "Ignore": self.ignore, "Place": self.place.len() as u64 - self.destructive.min(self.place.len() as u64),
+            "Migrate": 0, "Stop": self.stop.len() as u64 - self.destructive.min(self.stop.len() as u64),
+            "InPlaceUpdate": self.in_place, "DestructiveUpdate": self.destructive, "Canary": 0, "Preemptions": 0,
+        })
+    }
+}
+
+impl State {
+    fn live_allocs(&self, namespace: &str, job_id: &str, group: &str) -> Vec<&Alloc> {
+        self.allocs.iter().filter(|a| a.namespace == namespace && a.job_id == job_id && a.group == group && a.is_live()).collect()
+    }
+
+    pub fn group_updates(&self, namespace: &str, previous: Option<&Value>, job: &Value) -> BTreeMap<String, GroupUpdate> {
+        let job_id = str_of(job, "ID");
+        let mut updates = BTreeMap::new();
+        let schedules_allocs = job.get("Periodic").is_none_or(Value::is_null) && job.get("ParameterizedJob").is_none_or(Value::is_null);
+        for group in list(job, "TaskGroups") {
+            let name = str_of(group, "Name");
+            let count = group["Count"].as_u64().unwrap_or(1);
+            let live = self.live_allocs(namespace, job_id, name);
+            let old_group = previous.and_then(|p| group_named(p, name));
+            let mut update = GroupUpdate::default();
+            if !schedules_allocs {
+            } else if old_group.is_some_and(|old| without_count(old) == without_count(group)) {
+                // Same spec: keep what runs, scale to the new count.
+                let mut kept: Vec<&Alloc> = live.clone();
+                kept.sort_by_key(|a| a.alloc_index);
+                update.ignore = kept.iter().filter(|a| a.alloc_index < count).count() as u64;
+                update.stop = kept.iter().filter(|a| a.alloc_index >= count).map(|a| a.id.clone()).collect();
+                update.place = (0..count).filter(|i| !kept.iter().any(|a| a.alloc_index == *i)).collect();
+            } else {
+                // Changed spec (or new group): replace every allocation.
+                update.stop = live.iter().map(|a| a.id.clone()).collect();
+                update.place = (0..count).collect();
+                update.destructive = live.iter().filter(|a| a.alloc_index < count).count() as u64;
+            }
+            updates.insert(name.to_string(), update);
+        }
+        if let Some(previous) = previous {
+            for old_group in list(previous, "TaskGroups") {
+                let name = str_of(old_group, "Name");
+                if group_named(job, name).is_none() {
+                    let stop = self.live_allocs(namespace, job_id, name).iter().map(|a| a.id.clone()).collect();
+                    updates.insert(name.to_string(), GroupUpdate { stop, ..Default::default() });
+                }
+            }
+        }
+        updates
+    }
+
+    /// Why allocation `index` of `group` cannot be placed (the scheduler's constraint text),
+    /// given the allocations about to be stopped.
+    pub fn placement_failure(&self, namespace: &str, group: &Value, index: u64, stopping: &[String]) -> Option<String> {
+        let volumes = group.get("Volumes").and_then(Value::as_object)?;
+        for request in volumes.values().filter(|v| str_of(v, "Type") == "csi") {
+            let mut source = str_of(request, "Source").to_string();
+            if request.get("PerAlloc").and_then(Value::as_bool).unwrap_or(false) {
+                source = format!("{source}[{index}]");
+            }
+            let Some(volume) = self.volumes.get(&(namespace.to_string(), source.clone())) else {
+                return Some(format!("missing CSI Volume {source}"));
+            };
+            let access_mode = match str_of(request, "AccessMode") {
+                "" => volume_access_mode(&volume.spec),
+                mode => mode.to_string(),
+            };
+            let single_writer = matches!(access_mode.as_str(), "single-node-writer" | "single-node-single-writer");
+            let read_only = request.get("ReadOnly").and_then(Value::as_bool).unwrap_or(false);
+            let claimed = self.allocs.iter().any(|a| a.is_live() && !stopping.contains(&a.id) && a.volumes.contains(&source));
+            if single_writer && !read_only && claimed {
+                return Some(format!("CSI volume {source} has exhausted its available writer claims"));
+            }
+        }
+        None
+    }
+
+    fn claimed_volumes(group: &Value, index: u64) -> Vec<String> {
+        let Some(volumes) = group.get("Volumes").and_then(Value::as_object) else { return vec![] };
+        volumes
+            .values()
+            .filter(|v| str_of(v, "Type") == "csi")
+            .map(|v| {
+                let source = str_of(v, "Source");
+                if v.get("PerAlloc").and_then(Value::as_bool).unwrap_or(false) {
+                    format!("{source}[{index}]")
+                } else {
+                    source.to_string()
+                }
+            })
+            .collect()
+    }
+
+    fn failed_allocs(&self, namespace: &str, job: &Value, updates: &BTreeMap<String, GroupUpdate>) -> Map<String, Value> {
+        let mut failed = Map::new();
+        let stopping: Vec<String> = updates.values().flat_map(|u| u.stop.clone()).collect();
+        for (name, update) in updates {
+            let Some(group) = group_named(job, name) else { continue };
+            let reasons: Vec<String> = update.place.iter().filter_map(|i| self.placement_failure(namespace, group, *i, &stopping)).collect();
+            if let Some(first) = reasons.first() {
+                failed.insert(
+                    name.clone(),
+                    json!({
+                        "NodesEvaluated": 1, "NodesFiltered": 1, "NodesInPool": 1, "NodePool": "default",
+                        "NodesAvailable": {"dc1": 1}, "ClassFiltered": null, "ConstraintFiltered": {first.clone(): 1},
+                        "NodesExhausted": 0, "ClassExhausted": null, "DimensionExhausted": null, "QuotaExhausted": null,
+                        "ResourcesExhausted": null, "Scores": null, "ScoreMetaData": null, "AllocationTime": 12000,
+                        "CoalescedFailures": reasons.len() as u64 - 1,
+                    }),
+                );
+            }
+        }
+        failed
+    }
+
+    /// `PUT /v1/jobs`: validation, check-and-set, a new version, an evaluation, a deployment
+    /// and the allocations it places.
+    pub fn register(&mut self, request: &Value, namespace: &str, config: &DoubleConfig, now: Instant) -> Result<Value, Failure> {
+        let job = with_defaults(request["Job"].clone(), namespace);
+        let errors = job_errors(&job);
+        if !errors.is_empty() {
+            return Err((500, multierror(&errors)));
+        }
+        let id = str_of(&job, "ID").to_string();
+        let key = (namespace.to_string(), id.clone());
+        let existing = self.jobs.get(&key).map(|r| r.current().clone());
+        if request.get("EnforceIndex").and_then(Value::as_bool).unwrap_or(false) {
+            let wanted = request.get("JobModifyIndex").and_then(Value::as_u64).unwrap_or(0);
+            let prefix = format!("Enforcing job modify index {wanted}");
+            match (&existing, wanted) {
+                (Some(_), 0) => return Err((500, format!("{prefix}: job already exists"))),
+                (None, w) if w > 0 => return Err((500, format!("{prefix}: job does not exist"))),
+                (Some(current), w) if current["JobModifyIndex"].as_u64() != Some(w) => {
+                    let actual = current["JobModifyIndex"].as_u64().unwrap_or(0);
+                    return Err((500, format!("{prefix}: job exists with conflicting job modify index: {actual}")));
+                }
+                _ => {}
+            }
+        }
+        Ok(self.store_job(job, existing, config, now, "job-register"))
+    }
+
+    pub fn store_job(&mut self, mut job: Value, existing: Option<Value>, config: &DoubleConfig, now: Instant, triggered_by: &str) -> Value {
+        let namespace = str_of(&job, "Namespace").to_string();
+        let id = str_of(&job, "ID").to_string();
+        let key = (namespace.clone(), id.clone());
+        let previous = existing.as_ref().filter(|e| !e["Stop"].as_bool().unwrap_or(false));
+        let index = self.bump(Table::Jobs);
+        let unchanged = existing.as_ref().is_some_and(|e| spec_of(e) == spec_of(&job));
+        let job_modify_index = if unchanged { existing.as_ref().unwrap()["JobModifyIndex"].as_u64().unwrap_or(index) } else { index };
+        let updates = self.group_updates(&namespace, previous, &job);
+        let version = match &existing {
+            Some(e) if unchanged => e["Version"].as_u64().unwrap_or(0),
+            Some(e) => e["Version"].as_u64().unwrap_or(0) + 1,
+            None => 0,
+        };
+        let create_index = existing.as_ref().and_then(|e| e["CreateIndex"].as_u64()).unwrap_or(index);
+        let object = job.as_object_mut().unwrap();
+        object.insert("Version".into(), json!(version));
+        object.insert("CreateIndex".into(), json!(create_index));
+        object.insert("ModifyIndex".into(), json!(index));
+        object.insert("JobModifyIndex".into(), json!(job_modify_index));
+        object.insert("SubmitTime".into(), json!(now_ns()));
+        object.insert("Status".into(), json!("pending"));
+        object.insert("StatusDescription".into(), json!(""));
+        object.insert("Stable".into(), json!(false));
+        let record = self.jobs.entry(key).or_insert_with(|| super::state::JobRecord { versions: vec![] });
+        if unchanged {
+            *record.versions.last_mut().unwrap() = job.clone();
+        } else {
+            record.versions.push(job.clone());
+        }
+
+        let failed = self.failed_allocs(&namespace, &job, &updates);
+        let eval_id = new_id();
+        let eval_index = self.bump(Table::Evals);
+        let changes = !unchanged && updates.values().any(|u| !u.place.is_empty() || !u.stop.is_empty());
+        let is_service = str_of(&job, "Type") == "service";
+        let deployment_id = (changes && is_service).then(new_id);
+
+        // Stop what goes away, then place.
+        let alloc_index = self.bump(Table::Allocs);
+        let stopping: Vec<String> = updates.values().flat_map(|u| u.stop.clone()).collect();
+        for alloc in self.allocs.iter_mut().filter(|a| stopping.contains(&a.id)) {
+            alloc.desired_status = "stop";
+            alloc.client_status = "complete";
+            alloc.modify_index = alloc_index;
+        }
+        for alloc in self.allocs.iter_mut().filter(|a| a.namespace == namespace && a.job_id == id && a.is_live()) {
+            alloc.job_version = version;
+        }
+        let mut progress = BTreeMap::new();
+        let group_names: Vec<String> = list(&job, "TaskGroups").iter().map(|g| str_of(g, "Name").to_string()).collect();
+        for (group_index, group_name) in group_names.iter().enumerate() {
+            let group = group_named(&job, group_name).unwrap().clone();
+            let update = &updates[group_name];
+            let mut placed = 0;
+            for &index in &update.place {
+                if failed.contains_key(group_name) && self.placement_failure(&namespace, &group, index, &stopping).is_some() {
+                    continue;
+                }
+                placed += 1;
+                self.allocs.push(Alloc {
+                    id: new_id(),
+                    eval_id: eval_id.clone(),
+                    namespace: namespace.clone(),
+                    job_id: id.clone(),
+                    job_version: version,
+                    group: group_name.clone(),
+                    group_index,
+                    alloc_index: index,
+                    deployment_id: deployment_id.clone(),
+                    desired_status: "run",
+                    client_status: "pending",
+                    client_description: "No tasks have started".into(),
+                    task_states: BTreeMap::new(),
+                    healthy: None,
+                    created_at: now,
+                    running_since: None,
+                    volumes: Self::claimed_volumes(&group, index),
+                    create_index: alloc_index,
+                    modify_index: alloc_index,
+                });
+            }
+            if deployment_id.is_some() && (!update.place.is_empty()) {
+                let nanos = |key: &str, default: i64| {
+                    group.get("Update").and_then(|u| u.get(key)).or_else(|| job.get("Update").and_then(|u| u.get(key))).and_then(Value::as_i64).unwrap_or(default)
+                };
+                let deadline_ns = nanos("ProgressDeadline", 600_000_000_000);
+                progress.insert(
+                    group_name.clone(),
+                    GroupProgress {
+                        desired_total: group["Count"].as_u64().unwrap_or(1),
+                        placed,
+                        healthy: 0,
+                        unhealthy: 0,
+                        progress_deadline_ns: deadline_ns,
+                        require_progress_by: now + std::time::Duration::from_nanos((deadline_ns as f64 * config.time_scale) as u64),
+                        min_healthy: std::time::Duration::ZERO,
+                        healthy_deadline: std::time::Duration::ZERO,
+                    },
+                );
+            }
+        }
+        if let Some(deployment_id) = &deployment_id {
+            let deployment_index = self.bump(Table::Deployments);
+            // A new deployment cancels the running one of the same job.
+            for d in self.deployments.iter_mut().filter(|d| d.namespace == namespace && d.job_id == id && d.status == "running") {
+                d.status = "cancelled";
+                d.description = "Cancelled due to newer version of job".into();
+                d.modify_index = deployment_index;
+            }
+            self.deployments.push(Deployment {
+                id: deployment_id.clone(),
+                namespace: namespace.clone(),
+                job_id: id.clone(),
+                job_version: version,
+                job_modify_index,
+                job_create_index: create_index,
+                groups: progress,
+                status: "running",
+                description: "Deployment is running".into(),
+                create_index: deployment_index,
+                modify_index: deployment_index,
+            });
+        }
+        let blocked_eval = if failed.is_empty() { String::new() } else { new_id() };
+        let queued: Map<String, Value> = failed.keys().map(|g| (g.clone(), json!(1))).collect();
+        self.evals.push(json!({
+            "ID": eval_id, "Namespace": namespace, "Priority": 50, "Type": str_of(&job, "Type"),
+            "TriggeredBy": triggered_by, "JobID": id, "JobModifyIndex": job_modify_index,
+            "DeploymentID": deployment_id.clone().unwrap_or_default(), "Status": "complete", "StatusDescription": "",
+            "BlockedEval": blocked_eval, "FailedTGAllocs": if failed.is_empty() { Value::Null } else { Value::Object(failed.clone()) },
+            "QueuedAllocations": queued, "CreateIndex": eval_index, "ModifyIndex": eval_index,
+        }));
+        if !blocked_eval.is_empty() {
+            self.evals.push(json!({
+                "ID": blocked_eval, "Namespace": namespace, "Priority": 50, "Type": str_of(&job, "Type"),
+                "TriggeredBy": "queued-allocs", "JobID": id, "JobModifyIndex": job_modify_index, "DeploymentID": "",
+                "Status": "blocked", "StatusDescription": "created to place remaining allocations", "BlockedEval": "",
+                "FailedTGAllocs": Value::Object(failed), "QueuedAllocations": {}, "PreviousEval": eval_id,
+                "CreateIndex": eval_index, "ModifyIndex": eval_index,
+            }));
+        }
+        self.refresh_job_status();
+        json!({
+            "EvalID": eval_id, "EvalCreateIndex": eval_index, "JobModifyIndex": job_modify_index,
+            "Warnings": "", "Index": self.index, "LastContact": 0, "KnownLeader": true, "NextToken": "",
+        })
+    }
+
+    /// `PUT /v1/job/:id/plan`: what register would do, without doing it.
+    pub fn plan(&self, request: &Value, namespace: &str) -> Result<Value, Failure> {
+        let job = with_defaults(request["Job"].clone(), namespace);
+        let errors = job_errors(&job);
+        if !errors.is_empty() {
+            return Err((500, multierror(&errors)));
+        }
+        let existing = self.job(namespace, str_of(&job, "ID")).map(|r| r.current().clone());
+        let previous = existing.as_ref().filter(|e| !e["Stop"].as_bool().unwrap_or(false));
+        let updates = self.group_updates(namespace, previous, &job);
+        let failed = self.failed_allocs(namespace, &job, &updates);
+        let desired: Map<String, Value> = updates.iter().map(|(g, u)| (g.clone(), u.annotations())).collect();
+        let diff = if request.get("Diff").and_then(Value::as_bool).unwrap_or(false) {
+            job_diff(previous, &job, &updates)
+        } else {
+            Value::Null
+        };
+        Ok(json!({
+            "Annotations": {"DesiredTGUpdates": desired, "PreemptedAllocs": null},
+            "FailedTGAllocs": if failed.is_empty() { Value::Null } else { Value::Object(failed) },
+            "JobModifyIndex": existing.as_ref().and_then(|e| e["JobModifyIndex"].as_u64()).unwrap_or(0),
+            "CreatedEvals": null, "Diff": diff, "NextPeriodicLaunch": "0001-01-01T00:00:00Z", "Warnings": "", "Index": self.index,
+        }))
+    }
+
+    pub fn deregister(&mut self, namespace: &str, id: &str, purge: bool) -> Result<Value, Failure> {
+        let key = (namespace.to_string(), id.to_string());
+        if !self.jobs.contains_key(&key) {
+            return Err((404, "job not found".into()));
+        }
+        let index = self.bump(Table::Jobs);
+        if purge {
+            self.jobs.remove(&key);
+        } else {
+            let current = self.jobs.get_mut(&key).unwrap().versions.last_mut().unwrap();
+            current["Stop"] = json!(true);
+            current["Status"] = json!("dead");
+            current["ModifyIndex"] = json!(index);
+        }
+        let alloc_index = self.bump(Table::Allocs);
+        for alloc in self.allocs.iter_mut().filter(|a| a.namespace == namespace && a.job_id == id && a.is_live()) {
+            alloc.desired_status = "stop";
+            alloc.client_status = "complete";
+            alloc.modify_index = alloc_index;
+        }
+        let deployment_index = self.bump(Table::Deployments);
+        for d in self.deployments.iter_mut().filter(|d| d.namespace == namespace && d.job_id == id && d.status == "running") {
+            d.status = "cancelled";
+            d.description = "Cancelled because job is stopped".into();
+            d.modify_index = deployment_index;
+        }
+        let eval_id = new_id();
+        let eval_index = self.bump(Table::Evals);
+        self.evals.push(json!({
+            "ID": eval_id, "Namespace": namespace, "Priority": 50, "Type": "service", "TriggeredBy": "job-deregister",
+            "JobID": id, "JobModifyIndex": index, "Status": "complete", "CreateIndex": eval_index, "ModifyIndex": eval_index,
+        }));
+        self.refresh_job_status();
+        Ok(json!({ "EvalID": eval_id, "EvalCreateIndex": eval_index, "JobModifyIndex": index, "VolumeEvalID": "", "VolumeEvalIndex": 0, "Index": self.index }))
+    }
+
+    /// A child job of a periodic or parameterized job (`<id>/periodic-<t>`, `<id>/dispatch-<t>-<r>`).
+    pub fn launch_child(&mut self, namespace: &str, id: &str, suffix: String, config: &DoubleConfig, now: Instant, meta: Option<&Value>) -> Result<(String, Value), Failure> {
+        let parent = self.job(namespace, id).ok_or((404, "job not found".to_string()))?.current().clone();
+        let mut child = parent.clone();
+        let child_id = format!("{id}/{suffix}");
+        let object = child.as_object_mut().unwrap();
+        object.insert("ID".into(), json!(child_id));
+        object.insert("Name".into(), json!(child_id));
+        object.insert("ParentID".into(), json!(id));
+        object.remove("Periodic");
+        object.remove("ParameterizedJob");
+        if let Some(meta) = meta.filter(|m| m.is_object()) {
+            let merged = object.entry("Meta").or_insert(json!({}));
+            if merged.is_null() {
+                *merged = json!({});
+            }
+            for (k, v) in meta.as_object().unwrap() {
+                merged[k] = v.clone();
+            }
+        }
+        let response = self.store_job(child, None, config, now, "periodic-job");
+        Ok((child_id, response))
+    }
+}
+
+fn volume_access_mode(spec: &Value) -> String {
+    match str_of(spec, "AccessMode") {
+        "" => list(spec, "RequestedCapabilities").first().map(|c| str_of(c, "AccessMode").to_string()).unwrap_or_default(),
+        mode => mode.to_string(),
+    }
+}
+
+fn field_text(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn diff_type(old: Option<&Value>, new: Option<&Value>, edited: bool) -> &'static str {
+    match (old, new) {
+        (None, Some(_)) => "Added",
+        (Some(_), None) => "Deleted",
+        _ if edited => "Edited",
+        _ => "None",
+    }
+}
+
+/// Field and object diffs of two JSON objects, in Nomad's FieldDiff/ObjectDiff shape.
+fn object_members_diff(old: &Value, new: &Value, skip: &[&str]) -> (Vec<Value>, Vec<Value>) {
+    let empty = Map::new();
+    let old_map = old.as_object().unwrap_or(&empty);
+    let new_map = new.as_object().unwrap_or(&empty);
+    let mut keys: Vec<&String> = old_map.keys().chain(new_map.keys()).filter(|k| !skip.contains(&k.as_str())).collect();
+    keys.sort();
+    keys.dedup();
+    let (mut fields, mut objects) = (Vec::new(), Vec::new());
+    for key in keys {
+        let (o, n) = (old_map.get(key).filter(|v| !v.is_null()), new_map.get(key).filter(|v| !v.is_null()));
+        let nested = o.or(n).is_some_and(|v| v.is_object() || v.is_array());
+        if nested {
+            if let Some(object) = object_diff(key, o, n) {
+                objects.push(object);
+            }
+        } else if o != n {
+            fields.push(json!({"Type": diff_type(o, n, true), "Name": key, "Old": o.map(field_text).unwrap_or_default(), "New": n.map(field_text).unwrap_or_default(), "Annotations": null}));
+        }
+    }
+    (fields, objects)
+}
+
+fn object_diff(name: &str, old: Option<&Value>, new: Option<&Value>) -> Option<Value> {
+    if old == new {
+        return None;
+    }
+    let as_object = |v: Option<&Value>| -> Value {
+        match v {
+            Some(Value::Array(items)) => Value::Object(items.iter().enumerate().map(|(i, item)| (format!("{name}[{i}]"), item.clone())).collect()),
+            Some(other) => other.clone(),
+            None => json!({}),
+        }
+    };
+    let (fields, objects) = object_members_diff(&as_object(old), &as_object(new), &[]);
+    Some(json!({"Type": diff_type(old, new, true), "Name": name, "Fields": fields, "Objects": objects}))
+}
+
+pub fn job_diff(old: Option<&Value>, new: &Value, updates: &BTreeMap<String, GroupUpdate>) -> Value {
+    let old_spec = old.map(spec_of);
+    let new_spec = spec_of(new);
+    let (fields, objects) = object_members_diff(old_spec.as_ref().unwrap_or(&json!({})), &new_spec, &["TaskGroups"]);
+    let mut names: Vec<String> = list(new, "TaskGroups").iter().map(|g| str_of(g, "Name").to_string()).collect();
+    if let Some(old) = old {
+        for g in list(old, "TaskGroups") {
+            if !names.contains(&str_of(g, "Name").to_string()) {
+                names.push(str_of(g, "Name").to_string());
+            }
+        }
+    }
+    let task_groups: Vec<Value> = names
+        .iter()
+        .map(|name| {
+            let o = old.and_then(|j| group_named(j, name));
+            let n = group_named(new, name);
+            let (fields, objects) = object_members_diff(o.unwrap_or(&json!({})), n.unwrap_or(&json!({})), &["Tasks", "Name"]);
+            let mut task_names: Vec<String> = n.map(|g| list(g, "Tasks")).unwrap_or_default().iter().map(|t| str_of(t, "Name").to_string()).collect();
+            for t in o.map(|g| list(g, "Tasks")).unwrap_or_default() {
+                if !task_names.contains(&str_of(t, "Name").to_string()) {
+                    task_names.push(str_of(t, "Name").to_string());
+                }
+            }
+            let task_of = |g: Option<&Value>, t: &str| g.and_then(|g| list(g, "Tasks").iter().find(|x| str_of(x, "Name") == t).cloned());
+            let tasks: Vec<Value> = task_names
+                .iter()
+                .map(|t| {
+                    let (to, tn) = (task_of(o, t), task_of(n, t));
+                    let (fields, objects) = object_members_diff(to.as_ref().unwrap_or(&json!({})), tn.as_ref().unwrap_or(&json!({})), &["Name"]);
+                    let kind = diff_type(to.as_ref(), tn.as_ref(), !fields.is_empty() || !objects.is_empty());
+                    let annotations: Vec<&str> = match kind {
+                        "Added" => vec!["forces create"],
+                        "Deleted" => vec!["forces destroy"],
+                        "Edited" => vec!["forces create/destroy update"],
+                        _ => vec![],
+                    };
+                    json!({"Type": kind, "Name": t, "Fields": fields, "Objects": objects, "Annotations": annotations})
+                })
+                .collect();
+            let edited = !fields.is_empty() || !objects.is_empty() || tasks.iter().any(|t| t["Type"] != "None");
+            let update = updates.get(name).cloned().unwrap_or_default();
+            let mut counts = Map::new();
+            let place = update.place.len() as u64 - update.destructive;
+            let stop = update.stop.len() as u64 - update.destructive;
+            for (key, value) in [("create", place), ("destroy", stop), ("create/destroy update", update.destructive), ("ignore", update.ignore)] {
+                if value > 0 {
+                    counts.insert(key.into(), json!(value));
+                }
+            }
+            json!({"Type": diff_type(o, n, edited), "Name": name, "Fields": fields, "Objects": objects, "Tasks": tasks, "Updates": counts})
+        })
+        .collect();
+    let edited = !fields.is_empty() || !objects.is_empty() || task_groups.iter().any(|g| g["Type"] != "None");
+    json!({"Type": diff_type(old, Some(new), edited), "ID": str_of(new, "ID"), "Fields": fields, "Objects": objects, "TaskGroups": task_groups})
+}
