@@ -4,3 +4,7 @@ mod support;
 
 mod nomad_client;
 mod nomad_double;
+
+mod cli;
+mod render;
+mod stack_fixtures;

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use super::Failure;
 
 /// The commented default stack file `init` writes.
-pub const TEMPLATE: &str = include_str!("../stack/init.hcl");
+pub const INIT_TEMPLATE: &str = include_str!("../stack/init.hcl");
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -22,7 +22,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             args.path.display()
         )));
     }
-    std::fs::write(&args.path, TEMPLATE).map_err(|e| Failure::Internal(format!("error: cannot write {}: {e}", args.path.display())))?;
+    std::fs::write(&args.path, INIT_TEMPLATE).map_err(|e| Failure::Internal(format!("error: cannot write {}: {e}", args.path.display())))?;
     eprintln!("wrote {}; next: pgnomad validate -f {0}", args.path.display());
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! print; the work is done by the pipeline (`stack` → `compile` → `render`) and `deploy`.
 
 mod init;
+pub use init::INIT_TEMPLATE;
 mod render;
 mod validate;
 

@@ -54,6 +54,13 @@ pub fn decode(root: &Reader<'_>) -> Option<Stack> {
     Some(Stack { cluster, postgres, patroni, storage, pgbouncer, pgadmin, backup, monitoring, secrets })
 }
 
+/// A Nomad node attribute as Nomad's constraints take it, `${node.datacenter}`. Written in
+/// the stack file without `${…}` (which HCL would try to interpolate), or with `$${…}`.
+fn node_attribute(text: &str) -> String {
+    let bare = text.trim().trim_start_matches("${").trim_end_matches('}');
+    format!("${{{bare}}}")
+}
+
 /// The span a left-out value is reported at: its block's, or the start of the file.
 fn at(reader: Option<&Reader<'_>>) -> ByteSpan {
     reader.map_or(0..0, |r| r.span.clone())
@@ -103,7 +110,7 @@ fn cluster(name: Spanned<String>, reader: &Reader<'_>) -> Cluster {
         .into_iter()
         .map(|(attribute, block)| {
             let constraint = Constraint {
-                attribute: attribute.value,
+                attribute: node_attribute(&attribute.value),
                 operator: string_or(Some(&block), "operator", "=").value,
                 value: string_or(Some(&block), "value", "").value,
             };
@@ -182,7 +189,7 @@ fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
     };
     let placement = reader.and_then(|r| r.block("placement"));
     let distinct_hosts = bool_or(placement.as_ref(), "distinct_hosts", true);
-    let spread_attribute = placement.as_ref().and_then(|p| p.string("spread")).map(|s| s.value);
+    let spread_attribute = placement.as_ref().and_then(|p| p.string("spread")).map(|s| node_attribute(&s.value));
     if let Some(placement) = placement {
         placement.finish();
     }

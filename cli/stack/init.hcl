@@ -7,7 +7,7 @@ cluster "main" {
   namespace   = "default"
   region      = "global"
   node_pool   = "default"
-  # constraint "${attr.kernel.name}" { operator = "=" value = "linux" }
+  # constraint "attr.kernel.name" { operator = "=" value = "linux" }   # a Nomad node attribute
 }
 
 postgres {
@@ -33,7 +33,7 @@ postgres {
 
   placement {
     distinct_hosts = true
-    # spread = "${node.datacenter}"
+    # spread = "node.datacenter"   # spread members over this node attribute
   }
 }
 

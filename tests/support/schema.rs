@@ -10,6 +10,11 @@ pub fn schema_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/nomad/nomad-api-schema.json")
 }
 
+/// The whole schema document.
+pub fn document() -> &'static Value {
+    schema()
+}
+
 fn schema() -> &'static Value {
     static SCHEMA: OnceLock<Value> = OnceLock::new();
     SCHEMA.get_or_init(|| {
