@@ -67,6 +67,25 @@ data "aws_iam_policy_document" "node" {
     resources = ["arn:aws:ssm:*:*:parameter${local.ssm_prefix}/*"]
   }
 
+  # pgBackRest repositories (repo1-s3-key-type=auto uses the instance role).
+  dynamic "statement" {
+    for_each = length(var.backup_bucket_arns) > 0 ? [1] : []
+    content {
+      sid       = "BackupBuckets"
+      actions   = ["s3:ListBucket", "s3:GetBucketLocation"]
+      resources = var.backup_bucket_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(var.backup_bucket_arns) > 0 ? [1] : []
+    content {
+      sid       = "BackupObjects"
+      actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+      resources = [for a in var.backup_bucket_arns : "${a}/*"]
+    }
+  }
+
   statement {
     sid       = "DecryptClusterSecrets"
     actions   = ["kms:Decrypt"]

@@ -263,6 +263,17 @@ variable "ebs_csi_image" {
   }
 }
 
+variable "backup_bucket_arns" {
+  description = "ARNs of S3 buckets the instances may use as pgBackRest repositories (with the instance role's credentials)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for a in var.backup_bucket_arns : can(regex("^arn:aws[a-z-]*:s3:::[a-z0-9.-]+$", a))])
+    error_message = "backup_bucket_arns must be S3 bucket ARNs such as arn:aws:s3:::my-bucket."
+  }
+}
+
 variable "tags" {
   description = "Tags added to every resource."
   type        = map(string)
