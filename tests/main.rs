@@ -1,1 +1,2 @@
 
+mod infra_defaults;
