@@ -75,4 +75,4 @@ systemctl enable consul
 if ((changed)) || ! systemctl is-active --quiet consul; then
   systemctl restart consul
 fi
-wait_for 60 "consul agent on ${NODE_NAME}" curl -fsS "http://127.0.0.1:${CONSUL_HTTP_PORT}/v1/status/peers"
+wait_for 60 "consul agent on ${NODE_NAME}" http_up "http://127.0.0.1:${CONSUL_HTTP_PORT}/v1/status/leader"

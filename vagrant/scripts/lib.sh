@@ -76,6 +76,14 @@ iface_of() {
   ip -o -4 addr show | awk -v ip="$1" '{ split($4, a, "/"); if (a[1] == ip) print $2 }'
 }
 
+# http_up URL: something answers HTTP at URL (any status: before the servers have a quorum the
+# status endpoints may answer 500, and with ACLs most others answer 403).
+http_up() {
+  local code
+  code="$(curl -s -o /dev/null -w '%{http_code}' "$1")" || true
+  [[ -n "$code" && "$code" != "000" ]]
+}
+
 require_env() {
   local v
   for v in "$@"; do

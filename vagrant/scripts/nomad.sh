@@ -132,7 +132,7 @@ systemctl enable nomad
 if ((changed)) || ! systemctl is-active --quiet nomad; then
   systemctl restart nomad
 fi
-wait_for 60 "nomad agent on ${NODE_NAME}" curl -fsS "http://127.0.0.1:${NOMAD_HTTP_PORT}/v1/status/peers"
+wait_for 60 "nomad agent on ${NODE_NAME}" http_up "http://127.0.0.1:${NOMAD_HTTP_PORT}/v1/status/leader"
 
 # Convenience for 'vagrant ssh': the CLI talks to the local agent with the management token.
 cat <<PROFILE | write_if_changed /etc/profile.d/pgnomad-lab.sh 0644 || true
