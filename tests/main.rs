@@ -2,9 +2,9 @@
 
 mod support;
 
+mod cli;
+mod infra_defaults;
 mod nomad_client;
 mod nomad_double;
-
-mod cli;
 mod render;
 mod stack_fixtures;

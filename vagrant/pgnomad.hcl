@@ -1,0 +1,36 @@
+# Stack file for the Vagrant lab (vagrant/Vagrantfile, docs/multi-host-lab.md):
+#   source vagrant/.secrets/pgnomad.env && pgnomad run -f vagrant/pgnomad.hcl
+cluster "lab" {
+  datacenters = ["dc1"]
+}
+
+postgres {
+  version = 15
+  members = 3
+}
+
+patroni {
+  dcs           = "consul"
+  ttl           = 10 # allowed because the lab's Consul servers lower session_ttl_min to 5s
+  loop_wait     = 2
+  retry_timeout = 4
+  # Patroni asks Consul for sessions of ttl/2 = 5s; Consul's default minimum is 10s.
+  consul_session_ttl_min = "5s"
+}
+
+storage {
+  type         = "csi"
+  plugin_id    = "hostpath" # the system job vagrant/jobs/csi-hostpath.nomad.hcl
+  capacity_min = "10GiB"
+  capacity_max = "20GiB"
+}
+
+backup {
+  repo {
+    type      = "s3"
+    endpoint  = "http://192.168.56.11:9000" # MinIO on node1 (vagrant/scripts/minio.sh)
+    bucket    = "pgbackrest"
+    region    = "us-east-1"
+    uri_style = "path"
+  }
+}
