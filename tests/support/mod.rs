@@ -1,9 +1,10 @@
 //! Test support: stand-ins for Nomad and Consul.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod consul_double;
 pub mod job_rules;
+pub mod jobs;
 pub mod nomad_double;
 pub mod schema;
 
