@@ -1,9 +1,24 @@
 //! Test support: stand-ins for Nomad and Consul.
+//!
+//! ```ignore
+//! let nomad = NomadDouble::start();               // or start_with(DoubleConfig { acl_token, time_scale, start_delay })
+//! let client = nomad.client();                     // NomadClient over reqwest, short backoff
+//! nomad.inject(Fault::status("GET", "/v1/job/", 503).times(2));
+//! nomad.inject(Fault::drop_connection("PUT", "/v1/jobs"));
+//! nomad.set_leader(false);                         // 500 "No cluster leader"
+//! nomad.force_index_conflict("default", "pg");     // someone else changed the job
+//! nomad.fail_group("pg", "member-1");              // Driver Failure task events
+//! nomad.set_health_oracle(|probe| probe.path != "/primary" || probe.group == "member-1");
+//! let consul = nomad.start_consul();               // health/catalog/leader from the running allocations
+//! nomad.writes();                                  // recorded requests, in order
+//! // Dropping the double panics if any request body broke the schema.
+//! ```
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod consul_double;
 pub mod job_rules;
+pub mod jobs;
 pub mod nomad_double;
 pub mod schema;
 

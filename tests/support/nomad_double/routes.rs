@@ -420,7 +420,7 @@ fn read(shared: &Shared, request: &Incoming) -> Result<Value, (u16, String)> {
             "Drivers": {"docker": {"Detected": true, "Healthy": true, "HealthDescription": "Healthy", "Attributes": null, "UpdateTime": "0001-01-01T00:00:00Z"}},
             "CreateIndex": 1, "ModifyIndex": 1,
         }]),
-        _ => return Err((404, "Invalid URL".into())),
+        _ => return Err((404, "404 page not found".into())),
     })
 }
 
@@ -538,9 +538,14 @@ fn respond(state: &mut State, shared: &Shared, request: &Incoming, has_leader: b
             state.policies.insert(name.to_string(), policy);
             json_reply(200, &Value::Null, index, has_leader)
         }
-        _ => text(405, "Invalid method"),
+        (_, ["v1", family, ..]) if KNOWN_FAMILIES.contains(family) => text(405, "Invalid method"),
+        _ => text(404, "404 page not found"),
     }
 }
+
+/// First path segments the double serves; anything else is an unknown URL (404), while a
+/// known path with the wrong method is 405, as in Nomad.
+const KNOWN_FAMILIES: &[&str] = &["jobs", "job", "deployment", "deployments", "volume", "volumes", "var", "vars", "acl", "status", "agent", "nodes", "evaluation", "evaluations", "allocations"];
 
 fn reply(result: Result<Value, (u16, String)>, index: u64, has_leader: bool) -> Response {
     match result {
