@@ -258,22 +258,192 @@ fn backup(stack: &Stack, out: &mut Vec<Diagnostic>) {
     }
 }
 
-/// Checks a cron expression the way Nomad's cronexpr reads it: 5 fields (minute first),
-/// 6 or 7 (seconds first, optional year), or a macro such as `@daily`.
+/// Checks a cron expression the way Nomad reads it (hashicorp/cronexpr): 5 fields
+/// (minute hour day-of-month month day-of-week), 6 (a year appended), 7 (seconds first,
+/// year last), or a macro such as `@daily`. Days of the week count from 0 = Sunday, and 7 is
+/// Sunday too, as in crontab; months and days may be written as names (`JAN`, `SUN`).
 pub fn check_cron(spec: &str) -> Result<(), String> {
+    const MACROS: [&str; 7] = ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"];
     let spec = spec.trim();
-    let expanded = match spec {
-        "@yearly" | "@annually" => "0 0 0 1 1 * *".to_owned(),
-        "@monthly" => "0 0 0 1 * * *".to_owned(),
-        "@weekly" => "0 0 0 * * 0 *".to_owned(),
-        "@daily" | "@midnight" => "0 0 0 * * * *".to_owned(),
-        "@hourly" => "0 0 * * * * *".to_owned(),
-        _ => match spec.split_whitespace().count() {
-            5 => format!("0 {spec} *"),
-            6 => format!("{spec} *"),
-            7 => spec.to_owned(),
-            n => return Err(format!("it has {n} fields, expected 5")),
-        },
+    if spec.starts_with('@') {
+        return if MACROS.contains(&spec) { Ok(()) } else { Err(format!("`{spec}` is not one of {}", MACROS.join(", "))) };
+    }
+    let fields: Vec<&str> = spec.split_whitespace().collect();
+    let layout: &[&CronField] = match fields.len() {
+        5 => &[&MINUTE, &HOUR, &DAY_OF_MONTH, &MONTH, &DAY_OF_WEEK],
+        6 => &[&MINUTE, &HOUR, &DAY_OF_MONTH, &MONTH, &DAY_OF_WEEK, &YEAR],
+        7 => &[&SECOND, &MINUTE, &HOUR, &DAY_OF_MONTH, &MONTH, &DAY_OF_WEEK, &YEAR],
+        n => return Err(format!("it has {n} field{}, expected 5", if n == 1 { "" } else { "s" })),
     };
-    expanded.parse::<cron::Schedule>().map(|_| ()).map_err(|e| e.to_string())
+    layout.iter().zip(&fields).try_for_each(|(field, text)| field.check(text))
+}
+
+struct CronField {
+    name: &'static str,
+    min: u32,
+    max: u32,
+    /// Names for `min`, `min + 1`, …, matched case-insensitively by their first three letters.
+    names: &'static [&'static str],
+}
+
+const SECOND: CronField = CronField { name: "second", min: 0, max: 59, names: &[] };
+const MINUTE: CronField = CronField { name: "minute", min: 0, max: 59, names: &[] };
+const HOUR: CronField = CronField { name: "hour", min: 0, max: 23, names: &[] };
+const DAY_OF_MONTH: CronField = CronField { name: "day-of-month", min: 1, max: 31, names: &[] };
+const MONTH: CronField = CronField {
+    name: "month",
+    min: 1,
+    max: 12,
+    names: &["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december"],
+};
+const DAY_OF_WEEK: CronField = CronField {
+    name: "day-of-week",
+    min: 0,
+    max: 7,
+    names: &["sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday"],
+};
+const YEAR: CronField = CronField { name: "year", min: 1970, max: 2099, names: &[] };
+
+impl CronField {
+    fn check(&self, text: &str) -> Result<(), String> {
+        text.split(',').try_for_each(|item| self.check_item(item))
+    }
+
+    fn check_item(&self, item: &str) -> Result<(), String> {
+        let (range, step) = match item.split_once('/') {
+            Some((range, step)) => (range, Some(step)),
+            None => (item, None),
+        };
+        if let Some(step) = step {
+            if !step.parse::<u32>().is_ok_and(|s| s >= 1) {
+                return Err(format!("{} step `{step}` in `{item}` must be a whole number of at least 1", self.name));
+            }
+        }
+        let is_days = self.name.starts_with("day");
+        match range {
+            "*" => return Ok(()),
+            "?" if is_days && step.is_none() => return Ok(()),
+            // cronexpr's last day of the month, last weekday of the month, nearest weekday.
+            "L" | "LW" if self.name == "day-of-month" && step.is_none() => return Ok(()),
+            _ => {}
+        }
+        if step.is_none() {
+            if let Some(day) = range.strip_suffix('W').filter(|_| self.name == "day-of-month") {
+                return self.value(day).map(|_| ());
+            }
+            if self.name == "day-of-week" {
+                if let Some(day) = range.strip_suffix('L') {
+                    return self.value(day).map(|_| ());
+                }
+                if let Some((day, nth)) = range.split_once('#') {
+                    self.value(day)?;
+                    return match nth.parse::<u32>() {
+                        Ok(1..=5) => Ok(()),
+                        _ => Err(format!("`{range}` must name the 1st to 5th weekday of the month, e.g. `FRI#2`")),
+                    };
+                }
+            }
+        }
+        match range.split_once('-') {
+            Some((from, to)) => {
+                let (from_value, to_value) = (self.value(from)?, self.value(to)?);
+                if from_value > to_value {
+                    return Err(format!("{} range `{range}` runs backwards", self.name));
+                }
+                Ok(())
+            }
+            None => self.value(range).map(|_| ()),
+        }
+    }
+
+    fn value(&self, text: &str) -> Result<u32, String> {
+        let range = format!("{}-{}", self.min, self.max);
+        if let Ok(value) = text.parse::<u32>() {
+            return if (self.min..=self.max).contains(&value) {
+                Ok(value)
+            } else {
+                Err(format!("{} {value} is out of range {range}", self.name))
+            };
+        }
+        let lower = text.to_ascii_lowercase();
+        if lower.len() >= 3 {
+            if let Some(index) = self.names.iter().position(|name| name.starts_with(&lower) && (lower.len() == 3 || lower == *name)) {
+                return Ok(self.min + index as u32);
+            }
+        }
+        let names = match self.names.first() {
+            Some(_) => format!(" or {}-{}", self.names[0][..3].to_ascii_uppercase(), self.names[self.names.len() - 1][..3].to_ascii_uppercase()),
+            None => String::new(),
+        };
+        Err(format!("`{text}` is not a {} ({range}{names})", self.name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cron_accepts_what_nomad_accepts() {
+        for spec in [
+            "0 1 * * 0",
+            "0 1 * * 7",
+            "0 1 * * 1-6",
+            "0 */4 * * *",
+            "30 2 1,15 JAN-jun sun",
+            "0 1 * * Monday",
+            "0 0 L * ?",
+            "0 0 15W * *",
+            "0 0 ? * FRI#2",
+            "0 0 ? * 5L",
+            "0 1 * * 0 2030",
+            "15 0 1 * * 0 *",
+            "@daily",
+            " @hourly ",
+        ] {
+            assert_eq!(check_cron(spec), Ok(()), "{spec}");
+        }
+    }
+
+    #[test]
+    fn cron_rejects_with_a_reason() {
+        for (spec, reason) in [
+            ("", "it has 0 fields, expected 5"),
+            ("0", "it has 1 field, expected 5"),
+            ("0 1 * *", "it has 4 fields, expected 5"),
+            ("0 1 * * * * * *", "it has 8 fields, expected 5"),
+            ("61 * * * *", "minute 61 is out of range 0-59"),
+            ("0 24 * * *", "hour 24 is out of range 0-23"),
+            ("0 0 0 * *", "day-of-month 0 is out of range 1-31"),
+            ("0 0 * 13 *", "month 13 is out of range 1-12"),
+            ("0 0 * * 8", "day-of-week 8 is out of range 0-7"),
+            ("0 0 * * 5-1", "day-of-week range `5-1` runs backwards"),
+            ("*/0 * * * *", "minute step `0` in `*/0` must be a whole number of at least 1"),
+            ("0 0 * FOO *", "`FOO` is not a month (1-12 or JAN-DEC)"),
+            ("0 0 * * su", "`su` is not a day-of-week (0-7 or SUN-SAT)"),
+            ("every day at one o'clock", "`every` is not a minute (0-59)"),
+            ("0 0 ? * FRI#6", "`FRI#6` must name the 1st to 5th weekday of the month, e.g. `FRI#2`"),
+            ("? 0 * * *", "`?` is not a minute (0-59)"),
+            ("@weekdays", "`@weekdays` is not one of @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly"),
+        ] {
+            assert_eq!(check_cron(spec), Err(reason.to_owned()), "{spec}");
+        }
+    }
+
+    #[test]
+    fn dns_label_edges() {
+        assert_eq!(dns_label("a", 52), Ok(()));
+        assert_eq!(dns_label("pg-1", 52), Ok(()));
+        assert_eq!(dns_label(&"a".repeat(52), 52), Ok(()));
+        assert_eq!(dns_label(&"a".repeat(53), 52), Err("is 53 characters long, longer than 52".into()));
+        assert_eq!(dns_label("", 52), Err("is empty".into()));
+        assert_eq!(dns_label("-a", 52), Err("must start with a lowercase letter".into()));
+        assert_eq!(dns_label("1a", 52), Err("must start with a lowercase letter".into()));
+        assert_eq!(dns_label("Main", 52), Err("must start with a lowercase letter".into()));
+        assert_eq!(dns_label("a-", 52), Err("must not end with a dash".into()));
+        assert_eq!(dns_label("a_b", 52), Err("contains '_'".into()));
+        assert_eq!(dns_label("aB", 52), Err("contains 'B'".into()));
+        assert_eq!(dns_label("a.b", 52), Err("contains '.'".into()));
+        assert_eq!(dns_label("é", 52), Err("must start with a lowercase letter".into()));
+    }
 }
