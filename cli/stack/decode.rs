@@ -19,10 +19,15 @@ pub fn decode(root: &Reader<'_>) -> Option<Stack> {
 
     let cluster = match clusters.len() {
         0 => {
-            root.error(
-                Diagnostic::error(None, "the stack file has no `cluster` block")
-                    .with_help("start the file with `cluster \"main\" {}`; the name prefixes every job"),
-            );
+            // A `cluster` block without its one label was reported already.
+            if !root.has_block("cluster") {
+                root.error(
+                    Diagnostic::error(None, "the stack file has no `cluster` block")
+                        .with_help("start the file with `cluster \"main\" {}`; the name prefixes every job"),
+                );
+            }
+            // Still report misspelt blocks: `clustre "main" {}` is the likely cause.
+            root.finish();
             return None;
         }
         _ => {

@@ -11,7 +11,7 @@ pub struct Reader<'a> {
     /// How this block is named in messages, e.g. `postgres` or `backup.repo`.
     context: String,
     body: &'a BlockBody,
-    /// Span of the block itself; values that were left out are "at" the block.
+    /// Span of the block's name; values that were left out are "at" the block.
     pub span: ByteSpan,
     known: RefCell<Vec<&'static str>>,
     diagnostics: &'a RefCell<Vec<Diagnostic>>,
@@ -28,7 +28,7 @@ impl<'a> Reader<'a> {
         } else {
             format!("{}.{}", self.context, block.ident.value)
         };
-        Reader { context, body: &block.body, span: block.span.clone(), known: RefCell::default(), diagnostics: self.diagnostics }
+        Reader { context, body: &block.body, span: block.ident.span.clone(), known: RefCell::default(), diagnostics: self.diagnostics }
     }
 
     pub fn error(&self, diagnostic: Diagnostic) {
@@ -195,6 +195,11 @@ impl<'a> Reader<'a> {
             }
         }
         out
+    }
+
+    /// Whether the body has a block of this name, whatever its labels.
+    pub fn has_block(&self, name: &str) -> bool {
+        self.body.blocks.iter().any(|b| b.ident.value == name)
     }
 
     fn blocks_named(&self, name: &'static str) -> impl Iterator<Item = &'a Block> + use<'a> {
