@@ -1,6 +1,7 @@
 //! From the syntax tree to the typed stack, filling in defaults.
 
 use super::defaults;
+use super::validate;
 use super::diagnostic::Diagnostic;
 use super::model::*;
 use super::reader::Reader;
@@ -149,12 +150,17 @@ fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
             if exec == "exec" { Driver::Exec { bin_dir } } else { Driver::RawExec { bin_dir } }
         }
     };
-    let parameters = reader
-        .and_then(|r| r.scalar_map("parameters"))
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.value))
-        .collect();
+    let parameters = reader.and_then(|r| r.scalar_map("parameters")).unwrap_or_default();
+    for (name, (key_span, _)) in &parameters {
+        // postgresql.conf names are case-insensitive: `Port` is `port`.
+        if validate::MANAGED_PARAMETERS.contains(&name.to_ascii_lowercase().as_str()) {
+            reader.unwrap().error(
+                Diagnostic::error(key_span.clone(), format!("postgresql.conf parameter `{name}` is managed by pgnomad"))
+                    .with_help("remove it from `parameters`; pgnomad sets it from the rest of the stack file"),
+            );
+        }
+    }
+    let parameters = parameters.into_iter().map(|(k, (_, v))| (k, v.value)).collect();
     let pg_hba = strings(reader.and_then(|r| r.string_list("pg_hba"))).unwrap_or_default();
     let users = reader.and_then(|r| r.string_list("users"));
     let mut databases: Vec<Database> = reader
@@ -214,7 +220,21 @@ fn patroni(reader: Option<&Reader<'_>>, _postgres: &Postgres) -> Patroni {
     let hosts = reader.and_then(|r| r.string_list("etcd_hosts"));
     let dcs = match dcs_choice.value {
         "etcd3" => match hosts {
-            Some(hosts) if !hosts.is_empty() => Dcs::Etcd3 { hosts: hosts.into_iter().map(|h| h.value).collect() },
+            Some(hosts) if !hosts.is_empty() => {
+                for host in &hosts {
+                    let valid = host
+                        .value
+                        .rsplit_once(':')
+                        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+                    if !valid {
+                        reader.unwrap().error(
+                            Diagnostic::error(host.span.clone(), format!("etcd host \"{}\" is not host:port", host.value))
+                                .with_help("write each etcd endpoint with its client port, e.g. \"10.0.0.1:2379\""),
+                        );
+                    }
+                }
+                Dcs::Etcd3 { hosts: hosts.into_iter().map(|h| h.value).collect() }
+            }
             _ => {
                 if let Some(r) = reader {
                     r.error(
@@ -257,7 +277,7 @@ fn patroni(reader: Option<&Reader<'_>>, _postgres: &Postgres) -> Patroni {
         .and_then(|r| r.scalar_map("tags"))
         .unwrap_or_default()
         .into_iter()
-        .map(|(k, v)| (k, v.value))
+        .map(|(k, (_, v))| (k, v.value))
         .collect();
     Patroni {
         dcs,

@@ -140,8 +140,9 @@ impl<'a> Reader<'a> {
         Some(out)
     }
 
-    /// An object whose values are scalars, kept as text (postgresql.conf parameters, tags).
-    pub fn scalar_map(&self, name: &'static str) -> Option<BTreeMap<String, Spanned<String>>> {
+    /// An object whose values are scalars, kept as text (postgresql.conf parameters, tags),
+    /// each with the span of its key.
+    pub fn scalar_map(&self, name: &'static str) -> Option<BTreeMap<String, (ByteSpan, Spanned<String>)>> {
         let value = self.attribute(name)?;
         let Value::Object(entries) = &value.value else {
             self.mismatch(name, "an object such as { key = \"value\" }", value);
@@ -159,7 +160,7 @@ impl<'a> Reader<'a> {
                     continue;
                 }
             };
-            if out.insert(key.value.clone(), Spanned::new(text, item.span.clone())).is_some() {
+            if out.insert(key.value.clone(), (key.span.clone(), Spanned::new(text, item.span.clone()))).is_some() {
                 self.error(Diagnostic::error(key.span.clone(), format!("`{}` is set twice in `{name}`", key.value)));
             }
         }

@@ -17,7 +17,7 @@ pub const RESERVED_ROLES: [&str; 3] = ["postgres", "replicator", "pgbouncer_auth
 
 /// postgresql.conf settings that pgnomad owns: setting them would break replication,
 /// archiving or the addresses Patroni manages.
-const MANAGED_PARAMETERS: [&str; 10] = [
+pub const MANAGED_PARAMETERS: [&str; 10] = [
     "listen_addresses",
     "port",
     "hba_file",
@@ -134,14 +134,6 @@ fn postgres(stack: &Stack, out: &mut Vec<Diagnostic>) {
             out.push(Diagnostic::error(name.span.clone(), format!("database \"{}\" is declared twice", name.value)));
         }
     }
-    for name in pg.parameters.keys() {
-        if MANAGED_PARAMETERS.contains(&name.as_str()) {
-            out.push(
-                Diagnostic::error(pg.members.span.clone(), format!("postgresql.conf parameter `{name}` is managed by pgnomad"))
-                    .with_help("remove it from `parameters`; pgnomad sets it from the stack"),
-            );
-        }
-    }
 }
 
 fn patroni(stack: &Stack, out: &mut Vec<Diagnostic>) {
@@ -174,17 +166,6 @@ fn patroni(stack: &Stack, out: &mut Vec<Diagnostic>) {
             )),
         );
     }
-    if let Dcs::Etcd3 { hosts } = &p.dcs {
-        for host in hosts {
-            let valid = host.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-            if !valid {
-                out.push(
-                    Diagnostic::error(p.dcs_span.clone(), format!("etcd host \"{host}\" is not host:port"))
-                        .with_help("e.g. \"10.0.0.1:2379\""),
-                );
-            }
-        }
-    }
 }
 
 fn storage(stack: &Stack, out: &mut Vec<Diagnostic>) {
@@ -208,7 +189,11 @@ fn ports(stack: &Stack, out: &mut Vec<Diagnostic>) {
         member_ports.push(("monitoring.port", &stack.monitoring.port));
     }
     for (i, (name, port)) in member_ports.iter().enumerate() {
-        if let Some((other, _)) = member_ports[..i].iter().find(|(_, p)| p.value == port.value) {
+        if let Some((other, other_port)) = member_ports[..i].iter().find(|(_, p)| p.value == port.value) {
+            // Point at the one set later in the file: a port that was left out is placed at
+            // its block's name or at the start of the file, before any port that was set.
+            let ((name, port), other) =
+                if other_port.span.start > port.span.start { ((other, other_port), name) } else { ((name, port), other) };
             out.push(
                 Diagnostic::error(port.span.clone(), format!("port {} of `{name}` is already used by `{other}`", port.value))
                     .with_help("every member listens on these ports side by side: give each its own"),
