@@ -122,7 +122,7 @@ fn cluster(name: Spanned<String>, reader: &Reader<'_>) -> Cluster {
 
 fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
     let version = u32_or(reader, "version", 13, 17, defaults::POSTGRES_VERSION);
-    let members = u32_or(reader, "members", 0, 99, 3);
+    let members = u32_or(reader, "members", 1, 99, 3);
     let driver_name = choice_or(reader, "driver", &["docker", "exec", "raw_exec"], "docker");
     let image = reader.and_then(|r| r.string("image"));
     let bin_dir = reader.and_then(|r| r.string("bin_dir"));
@@ -132,7 +132,7 @@ fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
             if let Some(bin_dir) = &bin_dir {
                 reader.unwrap().error(
                     Diagnostic::error(bin_dir.span.clone(), "`bin_dir` only applies to the exec and raw_exec drivers")
-                        .with_help("the docker driver runs the binaries inside `image`"),
+                        .with_help("remove it (the docker driver runs the binaries inside `image`), or set driver = \"exec\""),
                 );
             }
             Driver::Docker {
@@ -143,7 +143,7 @@ fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
             if let Some(image) = &image {
                 reader.unwrap().error(
                     Diagnostic::error(image.span.clone(), format!("`image` only applies to the docker driver, not {exec}"))
-                        .with_help("with exec drivers the packages are installed on the hosts; set `bin_dir` if they are elsewhere"),
+                        .with_help("remove it: with exec drivers Postgres is installed on the hosts; set `bin_dir` if its binaries are not in the default place"),
                 );
             }
             let bin_dir = bin_dir.map_or(default_bin_dir, |b| b.value);
@@ -267,7 +267,8 @@ fn patroni(reader: Option<&Reader<'_>>, _postgres: &Postgres) -> Patroni {
             Some(seconds) => Some(Spanned::new(seconds, text.span)),
             None => {
                 reader.unwrap().error(
-                    Diagnostic::error(text.span, format!("`consul_session_ttl_min` must be a duration such as \"10s\", found \"{}\"", text.value)),
+                    Diagnostic::error(text.span, format!("`consul_session_ttl_min` must be a duration such as \"10s\", found \"{}\"", text.value))
+                        .with_help("write whole seconds, minutes or hours with no space: \"5s\", \"1m\", \"1h\""),
                 );
                 None
             }
@@ -417,7 +418,10 @@ fn backup(reader: Option<&Reader<'_>>) -> Backup {
                 Some(bucket) => bucket,
                 None => {
                     if let Some(r) = r {
-                        r.error(Diagnostic::error(repo_kind.span.clone(), "an s3 repo needs a `bucket`"));
+                        r.error(
+                            Diagnostic::error(repo_kind.span.clone(), "an s3 repo needs a `bucket`")
+                                .with_help("add the bucket's name to `repo`, e.g. bucket = \"my-pg-backups\""),
+                        );
                     }
                     Spanned::new(String::new(), repo_kind.span.clone())
                 }

@@ -134,7 +134,10 @@ impl<'a> Reader<'a> {
         for item in items {
             match &item.value {
                 Value::String(text) => out.push(Spanned::new(text.clone(), item.span.clone())),
-                _ => self.mismatch(name, "a list of strings", item),
+                _ => self.error(Diagnostic::error(
+                    item.span.clone(),
+                    format!("items of `{name}` {} must be strings, found {}", self.where_(), item.value.kind()),
+                ).with_help("write each item in double quotes, as in [\"a\", \"b\"]")),
             }
         }
         Some(out)
@@ -178,7 +181,10 @@ impl<'a> Reader<'a> {
             );
         }
         if let Some(label) = first.labels.first() {
-            self.error(Diagnostic::error(label.span.clone(), format!("block `{name}` takes no label")));
+            self.error(
+                Diagnostic::error(label.span.clone(), format!("block `{name}` takes no label"))
+                    .with_help(format!("remove the label: `{name} {{ … }}`")),
+            );
         }
         Some(self.child(first))
     }

@@ -78,6 +78,26 @@ pub fn dns_label(name: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+const SQL_NAME_HELP: &str = "use lowercase letters, digits and '_', starting with a letter or '_', at most 63 characters";
+
+/// The rules S3 puts on bucket names (those that matter to a valid name, not to its region).
+fn s3_bucket(name: &str) -> Result<(), String> {
+    if !(3..=63).contains(&name.len()) {
+        return Err(format!("has {} characters", name.len()));
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '.')) {
+        return Err(format!("contains '{bad}'"));
+    }
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if !name.starts_with(alphanumeric) || !name.ends_with(alphanumeric) {
+        return Err("does not start and end with a letter or digit".into());
+    }
+    if name.contains("..") {
+        return Err("has two dots in a row".into());
+    }
+    Ok(())
+}
+
 /// A name that is safe as an unquoted SQL identifier and as a PgBouncer database name.
 fn sql_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 {
@@ -98,20 +118,19 @@ fn sql_name(name: &str) -> Result<(), String> {
 fn postgres(stack: &Stack, out: &mut Vec<Diagnostic>) {
     let pg = &stack.postgres;
     match pg.members.value {
-        0 => out.push(
-            Diagnostic::error(pg.members.span.clone(), "`members` in `postgres` must be at least 1")
-                .with_help("3 members survive the loss of one host without losing a write"),
-        ),
         2 if pg.synchronous_mode != SynchronousMode::Off => out.push(
-            Diagnostic::warning(pg.members.span.clone(), "2 members with synchronous mode: losing the standby stalls or unprotects writes")
-                .with_help("use 3 members so that another standby can become synchronous"),
+            Diagnostic::warning(
+                pg.members.span.clone(),
+                "2 members with synchronous mode: when the standby is lost, writes go on without a synchronous copy (\"on\") or stop (\"strict\")",
+            )
+            .with_help("use 3 members so that another standby can become synchronous, or set synchronous_mode = \"off\" to accept asynchronous replication"),
         ),
         _ => {}
     }
     let mut users: BTreeMap<&str, &ByteSpan> = BTreeMap::new();
     for user in &pg.users {
         if let Err(problem) = sql_name(&user.value) {
-            out.push(Diagnostic::error(user.span.clone(), format!("user name \"{}\" {problem}", user.value)));
+            out.push(Diagnostic::error(user.span.clone(), format!("user name \"{}\" {problem}", user.value)).with_help(SQL_NAME_HELP));
         } else if RESERVED_ROLES.contains(&user.value.as_str()) {
             out.push(
                 Diagnostic::error(user.span.clone(), format!("user name \"{}\" is reserved for pgnomad's own role", user.value))
@@ -119,19 +138,25 @@ fn postgres(stack: &Stack, out: &mut Vec<Diagnostic>) {
             );
         }
         if users.insert(&user.value, &user.span).is_some() {
-            out.push(Diagnostic::error(user.span.clone(), format!("user \"{}\" is listed twice", user.value)));
+            out.push(Diagnostic::error(user.span.clone(), format!("user \"{}\" is listed twice", user.value)).with_help("remove the repeated name"));
         }
     }
     let mut databases: BTreeMap<&str, ()> = BTreeMap::new();
     for database in &pg.databases {
         let name = &database.name;
         if let Err(problem) = sql_name(&name.value) {
-            out.push(Diagnostic::error(name.span.clone(), format!("database name \"{}\" {problem}", name.value)));
+            out.push(Diagnostic::error(name.span.clone(), format!("database name \"{}\" {problem}", name.value)).with_help(SQL_NAME_HELP));
         } else if ["postgres", "template0", "template1", "pgbouncer"].contains(&name.value.as_str()) {
-            out.push(Diagnostic::error(name.span.clone(), format!("database name \"{}\" is reserved", name.value)));
+            out.push(
+                Diagnostic::error(name.span.clone(), format!("database name \"{}\" is reserved", name.value))
+                    .with_help("PostgreSQL or PgBouncer has a database of that name already; choose another"),
+            );
         }
         if databases.insert(&name.value, ()).is_some() {
-            out.push(Diagnostic::error(name.span.clone(), format!("database \"{}\" is declared twice", name.value)));
+            out.push(
+                Diagnostic::error(name.span.clone(), format!("database \"{}\" is declared twice", name.value))
+                    .with_help("merge the two `database` blocks into one"),
+            );
         }
     }
 }
@@ -161,7 +186,7 @@ fn patroni(stack: &Stack, out: &mut Vec<Diagnostic>) {
                 ),
             )
             .with_help(format!(
-                "set ttl to at least {} or, if your Consul servers lower `session_ttl_min`, say so with consul_session_ttl_min",
+                "set ttl to at least {} or, if your Consul servers have a lower `session_ttl_min`, say so: consul_session_ttl_min = \"5s\"",
                 2 * p.consul_session_ttl_min.value
             )),
         );
@@ -171,10 +196,16 @@ fn patroni(stack: &Stack, out: &mut Vec<Diagnostic>) {
 fn storage(stack: &Stack, out: &mut Vec<Diagnostic>) {
     if let Storage::Csi(csi) = &stack.storage {
         if csi.capacity_min.value == 0 {
-            out.push(Diagnostic::error(csi.capacity_min.span.clone(), "`capacity_min` in `storage` must be more than 0"));
+            out.push(
+                Diagnostic::error(csi.capacity_min.span.clone(), "`capacity_min` in `storage` must be more than 0")
+                    .with_help("give the smallest volume size Postgres may get, e.g. \"10GiB\""),
+            );
         }
         if csi.capacity_min.value > csi.capacity_max.value {
-            out.push(Diagnostic::error(csi.capacity_max.span.clone(), "`capacity_max` in `storage` is smaller than `capacity_min`"));
+            out.push(
+                Diagnostic::error(csi.capacity_max.span.clone(), "`capacity_max` in `storage` is smaller than `capacity_min`")
+                    .with_help("raise `capacity_max` (20GiB when left out) to at least `capacity_min`, or lower `capacity_min`"),
+            );
         }
     }
 }
@@ -211,7 +242,7 @@ fn pgbouncer(stack: &Stack, out: &mut Vec<Diagnostic>) {
                 b.query_wait_timeout.span.clone(),
                 format!("query_wait_timeout {}s is not longer than a failover (up to ttl + loop_wait = {failover}s)", b.query_wait_timeout.value),
             )
-            .with_help("clients waiting through a failover would get errors; raise it"),
+            .with_help(format!("clients waiting through a failover would get errors: set `query_wait_timeout` in `pgbouncer` to more than {failover} (seconds), or to 0 to wait without limit")),
         );
     }
 }
@@ -219,7 +250,10 @@ fn pgbouncer(stack: &Stack, out: &mut Vec<Diagnostic>) {
 fn pgadmin(stack: &Stack, out: &mut Vec<Diagnostic>) {
     let a = &stack.pgadmin;
     if a.enabled && !a.email.value.contains('@') {
-        out.push(Diagnostic::error(a.email.span.clone(), format!("pgAdmin's `email` \"{}\" is not an email address", a.email.value)));
+        out.push(
+            Diagnostic::error(a.email.span.clone(), format!("pgAdmin's `email` \"{}\" is not an email address", a.email.value))
+                .with_help("pgAdmin's first login is an email address, e.g. \"dba@example.com\""),
+        );
     }
 }
 
@@ -229,8 +263,13 @@ fn backup(stack: &Stack, out: &mut Vec<Diagnostic>) {
         return;
     }
     if let Repo::S3 { bucket, .. } = &b.repo {
-        if !bucket.value.is_empty() && !bucket.value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.') {
-            out.push(Diagnostic::error(bucket.span.clone(), format!("bucket name \"{}\" is not a valid S3 bucket name", bucket.value)));
+        if !bucket.value.is_empty() {
+            if let Err(problem) = s3_bucket(&bucket.value) {
+                out.push(
+                    Diagnostic::error(bucket.span.clone(), format!("bucket name \"{}\" is not a valid S3 bucket name: it {problem}", bucket.value))
+                        .with_help("S3 bucket names have 3 to 63 lowercase letters, digits, dots and dashes, and start and end with a letter or digit"),
+                );
+            }
         }
     }
     for schedule in &b.schedules {
