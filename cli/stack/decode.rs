@@ -503,3 +503,54 @@ fn secrets(reader: Option<&Reader<'_>>) -> Secrets {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_seconds_edges() {
+        assert_eq!(parse_seconds("10s"), Some(10));
+        assert_eq!(parse_seconds("30"), Some(30));
+        assert_eq!(parse_seconds(" 5s "), Some(5));
+        assert_eq!(parse_seconds("0s"), Some(0));
+        assert_eq!(parse_seconds("1m"), Some(60));
+        assert_eq!(parse_seconds("2h"), Some(7200));
+        assert_eq!(parse_seconds(""), None);
+        assert_eq!(parse_seconds("s"), None);
+        assert_eq!(parse_seconds("5 s"), None);
+        assert_eq!(parse_seconds("5 seconds"), None);
+        assert_eq!(parse_seconds("5S"), None);
+        assert_eq!(parse_seconds("5ms"), None);
+        assert_eq!(parse_seconds("1.5s"), None);
+        assert_eq!(parse_seconds("-5s"), None);
+        assert_eq!(parse_seconds("1m30s"), None);
+        assert_eq!(parse_seconds("4294967295"), Some(u32::MAX));
+        assert_eq!(parse_seconds("4294967296"), None);
+        assert_eq!(parse_seconds("2000000h"), None);
+    }
+
+    #[test]
+    fn parse_size_edges() {
+        assert_eq!(parse_size("10GiB"), Some(10 << 30));
+        assert_eq!(parse_size("10GB"), Some(10_000_000_000));
+        assert_eq!(parse_size("10gb"), Some(10_000_000_000));
+        assert_eq!(parse_size("10 GB"), Some(10_000_000_000));
+        assert_eq!(parse_size("500MB"), Some(500_000_000));
+        assert_eq!(parse_size("500MiB"), Some(500 << 20));
+        assert_eq!(parse_size("1T"), Some(1_000_000_000_000));
+        assert_eq!(parse_size("1TiB"), Some(1 << 40));
+        assert_eq!(parse_size("4k"), Some(4000));
+        assert_eq!(parse_size("4KiB"), Some(4096));
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("512B"), Some(512));
+        assert_eq!(parse_size("0"), Some(0));
+        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("GiB"), None);
+        assert_eq!(parse_size("10 gigs"), None);
+        assert_eq!(parse_size("1.5GiB"), None);
+        assert_eq!(parse_size("-1GiB"), None);
+        assert_eq!(parse_size("10PB"), None);
+        assert_eq!(parse_size("20000000TiB"), None);
+    }
+}
