@@ -2,7 +2,7 @@ cluster "main" {
   datacenters = ["dc1", "dc2"]
   namespace   = "databases"
 
-  constraint "${attr.kernel.name}" {
+  constraint "$${attr.kernel.name}" {
     value = "linux"
   }
 }
