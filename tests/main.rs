@@ -7,4 +7,5 @@ mod infra_defaults;
 mod nomad_client;
 mod nomad_double;
 mod render;
+mod stack_errors;
 mod stack_fixtures;

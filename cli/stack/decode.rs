@@ -1,6 +1,7 @@
 //! From the syntax tree to the typed stack, filling in defaults.
 
 use super::defaults;
+use super::validate;
 use super::diagnostic::Diagnostic;
 use super::model::*;
 use super::reader::Reader;
@@ -19,10 +20,15 @@ pub fn decode(root: &Reader<'_>) -> Option<Stack> {
 
     let cluster = match clusters.len() {
         0 => {
-            root.error(
-                Diagnostic::error(None, "the stack file has no `cluster` block")
-                    .with_help("start the file with `cluster \"main\" {}`; the name prefixes every job"),
-            );
+            // A `cluster` block without its one label was reported already.
+            if !root.has_block("cluster") {
+                root.error(
+                    Diagnostic::error(None, "the stack file has no `cluster` block")
+                        .with_help("start the file with `cluster \"main\" {}`; the name prefixes every job"),
+                );
+            }
+            // Still report misspelt blocks: `clustre "main" {}` is the likely cause.
+            root.finish();
             return None;
         }
         _ => {
@@ -123,7 +129,7 @@ fn cluster(name: Spanned<String>, reader: &Reader<'_>) -> Cluster {
 
 fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
     let version = u32_or(reader, "version", 13, 17, defaults::POSTGRES_VERSION);
-    let members = u32_or(reader, "members", 0, 99, 3);
+    let members = u32_or(reader, "members", 1, 99, 3);
     let driver_name = choice_or(reader, "driver", &["docker", "exec", "raw_exec"], "docker");
     let image = reader.and_then(|r| r.string("image"));
     let bin_dir = reader.and_then(|r| r.string("bin_dir"));
@@ -133,7 +139,7 @@ fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
             if let Some(bin_dir) = &bin_dir {
                 reader.unwrap().error(
                     Diagnostic::error(bin_dir.span.clone(), "`bin_dir` only applies to the exec and raw_exec drivers")
-                        .with_help("the docker driver runs the binaries inside `image`"),
+                        .with_help("remove it (the docker driver runs the binaries inside `image`), or set driver = \"exec\""),
                 );
             }
             Driver::Docker {
@@ -144,19 +150,24 @@ fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
             if let Some(image) = &image {
                 reader.unwrap().error(
                     Diagnostic::error(image.span.clone(), format!("`image` only applies to the docker driver, not {exec}"))
-                        .with_help("with exec drivers the packages are installed on the hosts; set `bin_dir` if they are elsewhere"),
+                        .with_help("remove it: with exec drivers Postgres is installed on the hosts; set `bin_dir` if its binaries are not in the default place"),
                 );
             }
             let bin_dir = bin_dir.map_or(default_bin_dir, |b| b.value);
             if exec == "exec" { Driver::Exec { bin_dir } } else { Driver::RawExec { bin_dir } }
         }
     };
-    let parameters = reader
-        .and_then(|r| r.scalar_map("parameters"))
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.value))
-        .collect();
+    let parameters = reader.and_then(|r| r.scalar_map("parameters")).unwrap_or_default();
+    for (name, (key_span, _)) in &parameters {
+        // postgresql.conf names are case-insensitive: `Port` is `port`.
+        if validate::MANAGED_PARAMETERS.contains(&name.to_ascii_lowercase().as_str()) {
+            reader.unwrap().error(
+                Diagnostic::error(key_span.clone(), format!("postgresql.conf parameter `{name}` is managed by pgnomad"))
+                    .with_help("remove it from `parameters`; pgnomad sets it from the rest of the stack file"),
+            );
+        }
+    }
+    let parameters = parameters.into_iter().map(|(k, (_, v))| (k, v.value)).collect();
     let pg_hba = strings(reader.and_then(|r| r.string_list("pg_hba"))).unwrap_or_default();
     let users = reader.and_then(|r| r.string_list("users"));
     let mut databases: Vec<Database> = reader
@@ -216,7 +227,21 @@ fn patroni(reader: Option<&Reader<'_>>, _postgres: &Postgres) -> Patroni {
     let hosts = reader.and_then(|r| r.string_list("etcd_hosts"));
     let dcs = match dcs_choice.value {
         "etcd3" => match hosts {
-            Some(hosts) if !hosts.is_empty() => Dcs::Etcd3 { hosts: hosts.into_iter().map(|h| h.value).collect() },
+            Some(hosts) if !hosts.is_empty() => {
+                for host in &hosts {
+                    let valid = host
+                        .value
+                        .rsplit_once(':')
+                        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+                    if !valid {
+                        reader.unwrap().error(
+                            Diagnostic::error(host.span.clone(), format!("etcd host \"{}\" is not host:port", host.value))
+                                .with_help("write each etcd endpoint with its client port, e.g. \"10.0.0.1:2379\""),
+                        );
+                    }
+                }
+                Dcs::Etcd3 { hosts: hosts.into_iter().map(|h| h.value).collect() }
+            }
             _ => {
                 if let Some(r) = reader {
                     r.error(
@@ -249,7 +274,8 @@ fn patroni(reader: Option<&Reader<'_>>, _postgres: &Postgres) -> Patroni {
             Some(seconds) => Some(Spanned::new(seconds, text.span)),
             None => {
                 reader.unwrap().error(
-                    Diagnostic::error(text.span, format!("`consul_session_ttl_min` must be a duration such as \"10s\", found \"{}\"", text.value)),
+                    Diagnostic::error(text.span, format!("`consul_session_ttl_min` must be a duration such as \"10s\", found \"{}\"", text.value))
+                        .with_help("write whole seconds, minutes or hours with no space: \"5s\", \"1m\", \"1h\""),
                 );
                 None
             }
@@ -259,7 +285,7 @@ fn patroni(reader: Option<&Reader<'_>>, _postgres: &Postgres) -> Patroni {
         .and_then(|r| r.scalar_map("tags"))
         .unwrap_or_default()
         .into_iter()
-        .map(|(k, v)| (k, v.value))
+        .map(|(k, (_, v))| (k, v.value))
         .collect();
     Patroni {
         dcs,
@@ -399,7 +425,10 @@ fn backup(reader: Option<&Reader<'_>>) -> Backup {
                 Some(bucket) => bucket,
                 None => {
                     if let Some(r) = r {
-                        r.error(Diagnostic::error(repo_kind.span.clone(), "an s3 repo needs a `bucket`"));
+                        r.error(
+                            Diagnostic::error(repo_kind.span.clone(), "an s3 repo needs a `bucket`")
+                                .with_help("add the bucket's name to `repo`, e.g. bucket = \"my-pg-backups\""),
+                        );
                     }
                     Spanned::new(String::new(), repo_kind.span.clone())
                 }
@@ -481,3 +510,54 @@ fn secrets(reader: Option<&Reader<'_>>) -> Secrets {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_seconds_edges() {
+        assert_eq!(parse_seconds("10s"), Some(10));
+        assert_eq!(parse_seconds("30"), Some(30));
+        assert_eq!(parse_seconds(" 5s "), Some(5));
+        assert_eq!(parse_seconds("0s"), Some(0));
+        assert_eq!(parse_seconds("1m"), Some(60));
+        assert_eq!(parse_seconds("2h"), Some(7200));
+        assert_eq!(parse_seconds(""), None);
+        assert_eq!(parse_seconds("s"), None);
+        assert_eq!(parse_seconds("5 s"), None);
+        assert_eq!(parse_seconds("5 seconds"), None);
+        assert_eq!(parse_seconds("5S"), None);
+        assert_eq!(parse_seconds("5ms"), None);
+        assert_eq!(parse_seconds("1.5s"), None);
+        assert_eq!(parse_seconds("-5s"), None);
+        assert_eq!(parse_seconds("1m30s"), None);
+        assert_eq!(parse_seconds("4294967295"), Some(u32::MAX));
+        assert_eq!(parse_seconds("4294967296"), None);
+        assert_eq!(parse_seconds("2000000h"), None);
+    }
+
+    #[test]
+    fn parse_size_edges() {
+        assert_eq!(parse_size("10GiB"), Some(10 << 30));
+        assert_eq!(parse_size("10GB"), Some(10_000_000_000));
+        assert_eq!(parse_size("10gb"), Some(10_000_000_000));
+        assert_eq!(parse_size("10 GB"), Some(10_000_000_000));
+        assert_eq!(parse_size("500MB"), Some(500_000_000));
+        assert_eq!(parse_size("500MiB"), Some(500 << 20));
+        assert_eq!(parse_size("1T"), Some(1_000_000_000_000));
+        assert_eq!(parse_size("1TiB"), Some(1 << 40));
+        assert_eq!(parse_size("4k"), Some(4000));
+        assert_eq!(parse_size("4KiB"), Some(4096));
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("512B"), Some(512));
+        assert_eq!(parse_size("0"), Some(0));
+        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("GiB"), None);
+        assert_eq!(parse_size("10 gigs"), None);
+        assert_eq!(parse_size("1.5GiB"), None);
+        assert_eq!(parse_size("-1GiB"), None);
+        assert_eq!(parse_size("10PB"), None);
+        assert_eq!(parse_size("20000000TiB"), None);
+    }
+}

@@ -85,6 +85,9 @@ impl Source {
         let _ = writeln!(out, "{label}: {}", diagnostic.message);
         match &diagnostic.span {
             Some(span) => {
+                // A span may end past the text (a syntax error at the end of the file).
+                let start = span.start.min(self.text.len());
+                let span = start..span.end.clamp(start, self.text.len());
                 let (line, col) = self.line_col(span.start);
                 let text = self.line_text(line);
                 let gutter = line.to_string().len();
@@ -118,7 +121,9 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str
     candidates
         .into_iter()
         .map(|candidate| (strsim::damerau_levenshtein(name, candidate), candidate))
-        .filter(|(distance, candidate)| *distance <= 2.max(candidate.len() / 3))
+        // Allow about one edit in three, but never as many edits as the name has characters:
+        // "ab" is no typo of "on".
+        .filter(|(distance, candidate)| *distance <= 2.max(candidate.len() / 3) && *distance < name.chars().count())
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, candidate)| candidate)
 }
@@ -138,5 +143,40 @@ mod tests {
     fn suggests_close_names_only() {
         assert_eq!(did_you_mean("memebers", ["members", "version"]), Some("members"));
         assert_eq!(did_you_mean("zzz", ["members", "version"]), None);
+    }
+
+    #[test]
+    fn did_you_mean_edges() {
+        // Nothing to choose from, an empty name, exact matches.
+        assert_eq!(did_you_mean("members", []), None);
+        assert_eq!(did_you_mean("", ["a", "ttl"]), None);
+        assert_eq!(did_you_mean("ttl", ["ttl", "tls"]), Some("ttl"));
+        // A transposition counts as one edit.
+        assert_eq!(did_you_mean("datacentres", ["datacenters"]), Some("datacenters"));
+        assert_eq!(did_you_mean("Members", ["members"]), Some("members"));
+        // Short names: two edits are allowed, but not a complete rewrite.
+        assert_eq!(did_you_mean("tl", ["ttl"]), Some("ttl"));
+        assert_eq!(did_you_mean("ab", ["on", "off"]), None);
+        assert_eq!(did_you_mean("x", ["y"]), None);
+        // Long names allow a third of their length.
+        assert_eq!(did_you_mean("primary_strat_timeot", ["primary_start_timeout"]), Some("primary_start_timeout"));
+        assert_eq!(did_you_mean("port", ["postgres_exporter"]), None);
+        // The closest wins; on a tie, the first candidate.
+        assert_eq!(did_you_mean("consull", ["etcd3", "consul"]), Some("consul"));
+        assert_eq!(did_you_mean("of", ["off", "on"]), Some("off"));
+    }
+
+    #[test]
+    fn renders_a_span_past_the_end_of_the_text() {
+        let source = Source::new("f.hcl", "cluster \"main\" {");
+        let rendered = source.render(&Diagnostic::error(16..17, "invalid HCL: expected `}`"));
+        assert_eq!(rendered, "error: invalid HCL: expected `}`\n --> f.hcl:1:17\n  |\n1 | cluster \"main\" {\n  |                 ^\n");
+    }
+
+    #[test]
+    fn caret_stops_at_the_end_of_the_first_line() {
+        let source = Source::new("f.hcl", "a = [\n  1,\n]\n");
+        let rendered = source.render(&Diagnostic::error(4..12, "x"));
+        assert!(rendered.ends_with("1 | a = [\n  |     ^\n"), "{rendered}");
     }
 }

@@ -11,7 +11,7 @@ pub struct Reader<'a> {
     /// How this block is named in messages, e.g. `postgres` or `backup.repo`.
     context: String,
     body: &'a BlockBody,
-    /// Span of the block itself; values that were left out are "at" the block.
+    /// Span of the block's name; values that were left out are "at" the block.
     pub span: ByteSpan,
     known: RefCell<Vec<&'static str>>,
     diagnostics: &'a RefCell<Vec<Diagnostic>>,
@@ -28,7 +28,7 @@ impl<'a> Reader<'a> {
         } else {
             format!("{}.{}", self.context, block.ident.value)
         };
-        Reader { context, body: &block.body, span: block.span.clone(), known: RefCell::default(), diagnostics: self.diagnostics }
+        Reader { context, body: &block.body, span: block.ident.span.clone(), known: RefCell::default(), diagnostics: self.diagnostics }
     }
 
     pub fn error(&self, diagnostic: Diagnostic) {
@@ -134,14 +134,18 @@ impl<'a> Reader<'a> {
         for item in items {
             match &item.value {
                 Value::String(text) => out.push(Spanned::new(text.clone(), item.span.clone())),
-                _ => self.mismatch(name, "a list of strings", item),
+                _ => self.error(Diagnostic::error(
+                    item.span.clone(),
+                    format!("items of `{name}` {} must be strings, found {}", self.where_(), item.value.kind()),
+                ).with_help("write each item in double quotes, as in [\"a\", \"b\"]")),
             }
         }
         Some(out)
     }
 
-    /// An object whose values are scalars, kept as text (postgresql.conf parameters, tags).
-    pub fn scalar_map(&self, name: &'static str) -> Option<BTreeMap<String, Spanned<String>>> {
+    /// An object whose values are scalars, kept as text (postgresql.conf parameters, tags),
+    /// each with the span of its key.
+    pub fn scalar_map(&self, name: &'static str) -> Option<BTreeMap<String, (ByteSpan, Spanned<String>)>> {
         let value = self.attribute(name)?;
         let Value::Object(entries) = &value.value else {
             self.mismatch(name, "an object such as { key = \"value\" }", value);
@@ -159,7 +163,7 @@ impl<'a> Reader<'a> {
                     continue;
                 }
             };
-            if out.insert(key.value.clone(), Spanned::new(text, item.span.clone())).is_some() {
+            if out.insert(key.value.clone(), (key.span.clone(), Spanned::new(text, item.span.clone()))).is_some() {
                 self.error(Diagnostic::error(key.span.clone(), format!("`{}` is set twice in `{name}`", key.value)));
             }
         }
@@ -177,7 +181,10 @@ impl<'a> Reader<'a> {
             );
         }
         if let Some(label) = first.labels.first() {
-            self.error(Diagnostic::error(label.span.clone(), format!("block `{name}` takes no label")));
+            self.error(
+                Diagnostic::error(label.span.clone(), format!("block `{name}` takes no label"))
+                    .with_help(format!("remove the label: `{name} {{ … }}`")),
+            );
         }
         Some(self.child(first))
     }
@@ -195,6 +202,11 @@ impl<'a> Reader<'a> {
             }
         }
         out
+    }
+
+    /// Whether the body has a block of this name, whatever its labels.
+    pub fn has_block(&self, name: &str) -> bool {
+        self.body.blocks.iter().any(|b| b.ident.value == name)
     }
 
     fn blocks_named(&self, name: &'static str) -> impl Iterator<Item = &'a Block> + use<'a> {

@@ -73,17 +73,32 @@ pub struct BlockBody {
 
 /// Parses HCL text into a body of literal attributes and blocks.
 pub fn parse(text: &str) -> Result<BlockBody, Vec<Diagnostic>> {
-    let body = hcl_edit::parser::parse_body(text).map_err(|error| {
-        let location = error.location();
-        let offset = location.offset().min(text.len());
-        vec![Diagnostic::error(offset..offset + 1, format!("invalid HCL: {}", error.message()))]
-    })?;
+    let body = hcl_edit::parser::parse_body(text).map_err(|error| vec![syntax_error(text, error.location().offset(), error.message())])?;
     let mut diagnostics = Vec::new();
     let converted = convert_body(&body, &mut diagnostics);
     if diagnostics.is_empty() {
         Ok(converted)
     } else {
         Err(diagnostics)
+    }
+}
+
+/// A diagnostic for hcl-edit's parse error at `offset`, in words a stack file's author knows.
+fn syntax_error(text: &str, offset: usize, message: &str) -> Diagnostic {
+    let offset = offset.min(text.len());
+    // hcl-edit rejects a key given twice in one body or object, pointing at the second one.
+    if message.contains("found redefined") {
+        let key_len = text[offset..].find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-')).unwrap_or(text.len() - offset);
+        let key = &text[offset..offset + key_len];
+        return Diagnostic::error(offset..offset + key_len.max(1), format!("`{key}` is set twice")).with_help("keep one of them");
+    }
+    let diagnostic = Diagnostic::error(offset..offset + 1, format!("invalid HCL: {message}"));
+    if message.contains("expected `}`") {
+        diagnostic.with_help("every block `{` needs its closing `}`; a setting is written `key = value`, one per line")
+    } else if message.contains("expected `{`") {
+        diagnostic.with_help("a setting is written `key = value`; a block is `name { … }` or `name \"label\" { … }`")
+    } else {
+        diagnostic
     }
 }
 

@@ -17,7 +17,7 @@ pub const RESERVED_ROLES: [&str; 3] = ["postgres", "replicator", "pgbouncer_auth
 
 /// postgresql.conf settings that pgnomad owns: setting them would break replication,
 /// archiving or the addresses Patroni manages.
-const MANAGED_PARAMETERS: [&str; 10] = [
+pub const MANAGED_PARAMETERS: [&str; 10] = [
     "listen_addresses",
     "port",
     "hba_file",
@@ -78,6 +78,26 @@ pub fn dns_label(name: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+const SQL_NAME_HELP: &str = "use lowercase letters, digits and '_', starting with a letter or '_', at most 63 characters";
+
+/// The rules S3 puts on bucket names (those that matter to a valid name, not to its region).
+fn s3_bucket(name: &str) -> Result<(), String> {
+    if !(3..=63).contains(&name.len()) {
+        return Err(format!("has {} characters", name.len()));
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '.')) {
+        return Err(format!("contains '{bad}'"));
+    }
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if !name.starts_with(alphanumeric) || !name.ends_with(alphanumeric) {
+        return Err("does not start and end with a letter or digit".into());
+    }
+    if name.contains("..") {
+        return Err("has two dots in a row".into());
+    }
+    Ok(())
+}
+
 /// A name that is safe as an unquoted SQL identifier and as a PgBouncer database name.
 fn sql_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 {
@@ -98,20 +118,19 @@ fn sql_name(name: &str) -> Result<(), String> {
 fn postgres(stack: &Stack, out: &mut Vec<Diagnostic>) {
     let pg = &stack.postgres;
     match pg.members.value {
-        0 => out.push(
-            Diagnostic::error(pg.members.span.clone(), "`members` in `postgres` must be at least 1")
-                .with_help("3 members survive the loss of one host without losing a write"),
-        ),
         2 if pg.synchronous_mode != SynchronousMode::Off => out.push(
-            Diagnostic::warning(pg.members.span.clone(), "2 members with synchronous mode: losing the standby stalls or unprotects writes")
-                .with_help("use 3 members so that another standby can become synchronous"),
+            Diagnostic::warning(
+                pg.members.span.clone(),
+                "2 members with synchronous mode: when the standby is lost, writes go on without a synchronous copy (\"on\") or stop (\"strict\")",
+            )
+            .with_help("use 3 members so that another standby can become synchronous, or set synchronous_mode = \"off\" to accept asynchronous replication"),
         ),
         _ => {}
     }
     let mut users: BTreeMap<&str, &ByteSpan> = BTreeMap::new();
     for user in &pg.users {
         if let Err(problem) = sql_name(&user.value) {
-            out.push(Diagnostic::error(user.span.clone(), format!("user name \"{}\" {problem}", user.value)));
+            out.push(Diagnostic::error(user.span.clone(), format!("user name \"{}\" {problem}", user.value)).with_help(SQL_NAME_HELP));
         } else if RESERVED_ROLES.contains(&user.value.as_str()) {
             out.push(
                 Diagnostic::error(user.span.clone(), format!("user name \"{}\" is reserved for pgnomad's own role", user.value))
@@ -119,26 +138,24 @@ fn postgres(stack: &Stack, out: &mut Vec<Diagnostic>) {
             );
         }
         if users.insert(&user.value, &user.span).is_some() {
-            out.push(Diagnostic::error(user.span.clone(), format!("user \"{}\" is listed twice", user.value)));
+            out.push(Diagnostic::error(user.span.clone(), format!("user \"{}\" is listed twice", user.value)).with_help("remove the repeated name"));
         }
     }
     let mut databases: BTreeMap<&str, ()> = BTreeMap::new();
     for database in &pg.databases {
         let name = &database.name;
         if let Err(problem) = sql_name(&name.value) {
-            out.push(Diagnostic::error(name.span.clone(), format!("database name \"{}\" {problem}", name.value)));
+            out.push(Diagnostic::error(name.span.clone(), format!("database name \"{}\" {problem}", name.value)).with_help(SQL_NAME_HELP));
         } else if ["postgres", "template0", "template1", "pgbouncer"].contains(&name.value.as_str()) {
-            out.push(Diagnostic::error(name.span.clone(), format!("database name \"{}\" is reserved", name.value)));
+            out.push(
+                Diagnostic::error(name.span.clone(), format!("database name \"{}\" is reserved", name.value))
+                    .with_help("PostgreSQL or PgBouncer has a database of that name already; choose another"),
+            );
         }
         if databases.insert(&name.value, ()).is_some() {
-            out.push(Diagnostic::error(name.span.clone(), format!("database \"{}\" is declared twice", name.value)));
-        }
-    }
-    for name in pg.parameters.keys() {
-        if MANAGED_PARAMETERS.contains(&name.as_str()) {
             out.push(
-                Diagnostic::error(pg.members.span.clone(), format!("postgresql.conf parameter `{name}` is managed by pgnomad"))
-                    .with_help("remove it from `parameters`; pgnomad sets it from the stack"),
+                Diagnostic::error(name.span.clone(), format!("database \"{}\" is declared twice", name.value))
+                    .with_help("merge the two `database` blocks into one"),
             );
         }
     }
@@ -169,31 +186,26 @@ fn patroni(stack: &Stack, out: &mut Vec<Diagnostic>) {
                 ),
             )
             .with_help(format!(
-                "set ttl to at least {} or, if your Consul servers lower `session_ttl_min`, say so with consul_session_ttl_min",
+                "set ttl to at least {} or, if your Consul servers have a lower `session_ttl_min`, say so: consul_session_ttl_min = \"5s\"",
                 2 * p.consul_session_ttl_min.value
             )),
         );
-    }
-    if let Dcs::Etcd3 { hosts } = &p.dcs {
-        for host in hosts {
-            let valid = host.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-            if !valid {
-                out.push(
-                    Diagnostic::error(p.dcs_span.clone(), format!("etcd host \"{host}\" is not host:port"))
-                        .with_help("e.g. \"10.0.0.1:2379\""),
-                );
-            }
-        }
     }
 }
 
 fn storage(stack: &Stack, out: &mut Vec<Diagnostic>) {
     if let Storage::Csi(csi) = &stack.storage {
         if csi.capacity_min.value == 0 {
-            out.push(Diagnostic::error(csi.capacity_min.span.clone(), "`capacity_min` in `storage` must be more than 0"));
+            out.push(
+                Diagnostic::error(csi.capacity_min.span.clone(), "`capacity_min` in `storage` must be more than 0")
+                    .with_help("give the smallest volume size Postgres may get, e.g. \"10GiB\""),
+            );
         }
         if csi.capacity_min.value > csi.capacity_max.value {
-            out.push(Diagnostic::error(csi.capacity_max.span.clone(), "`capacity_max` in `storage` is smaller than `capacity_min`"));
+            out.push(
+                Diagnostic::error(csi.capacity_max.span.clone(), "`capacity_max` in `storage` is smaller than `capacity_min`")
+                    .with_help("raise `capacity_max` (20GiB when left out) to at least `capacity_min`, or lower `capacity_min`"),
+            );
         }
     }
 }
@@ -208,7 +220,11 @@ fn ports(stack: &Stack, out: &mut Vec<Diagnostic>) {
         member_ports.push(("monitoring.port", &stack.monitoring.port));
     }
     for (i, (name, port)) in member_ports.iter().enumerate() {
-        if let Some((other, _)) = member_ports[..i].iter().find(|(_, p)| p.value == port.value) {
+        if let Some((other, other_port)) = member_ports[..i].iter().find(|(_, p)| p.value == port.value) {
+            // Point at the one set later in the file: a port that was left out is placed at
+            // its block's name or at the start of the file, before any port that was set.
+            let ((name, port), other) =
+                if other_port.span.start > port.span.start { ((other, other_port), name) } else { ((name, port), other) };
             out.push(
                 Diagnostic::error(port.span.clone(), format!("port {} of `{name}` is already used by `{other}`", port.value))
                     .with_help("every member listens on these ports side by side: give each its own"),
@@ -226,7 +242,7 @@ fn pgbouncer(stack: &Stack, out: &mut Vec<Diagnostic>) {
                 b.query_wait_timeout.span.clone(),
                 format!("query_wait_timeout {}s is not longer than a failover (up to ttl + loop_wait = {failover}s)", b.query_wait_timeout.value),
             )
-            .with_help("clients waiting through a failover would get errors; raise it"),
+            .with_help(format!("clients waiting through a failover would get errors: set `query_wait_timeout` in `pgbouncer` to more than {failover} (seconds), or to 0 to wait without limit")),
         );
     }
 }
@@ -234,7 +250,10 @@ fn pgbouncer(stack: &Stack, out: &mut Vec<Diagnostic>) {
 fn pgadmin(stack: &Stack, out: &mut Vec<Diagnostic>) {
     let a = &stack.pgadmin;
     if a.enabled && !a.email.value.contains('@') {
-        out.push(Diagnostic::error(a.email.span.clone(), format!("pgAdmin's `email` \"{}\" is not an email address", a.email.value)));
+        out.push(
+            Diagnostic::error(a.email.span.clone(), format!("pgAdmin's `email` \"{}\" is not an email address", a.email.value))
+                .with_help("pgAdmin's first login is an email address, e.g. \"dba@example.com\""),
+        );
     }
 }
 
@@ -244,8 +263,13 @@ fn backup(stack: &Stack, out: &mut Vec<Diagnostic>) {
         return;
     }
     if let Repo::S3 { bucket, .. } = &b.repo {
-        if !bucket.value.is_empty() && !bucket.value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.') {
-            out.push(Diagnostic::error(bucket.span.clone(), format!("bucket name \"{}\" is not a valid S3 bucket name", bucket.value)));
+        if !bucket.value.is_empty() {
+            if let Err(problem) = s3_bucket(&bucket.value) {
+                out.push(
+                    Diagnostic::error(bucket.span.clone(), format!("bucket name \"{}\" is not a valid S3 bucket name: it {problem}", bucket.value))
+                        .with_help("S3 bucket names have 3 to 63 lowercase letters, digits, dots and dashes, and start and end with a letter or digit"),
+                );
+            }
         }
     }
     for schedule in &b.schedules {
@@ -258,90 +282,192 @@ fn backup(stack: &Stack, out: &mut Vec<Diagnostic>) {
     }
 }
 
-/// Checks a cron expression the way Nomad's cronexpr reads it: 5 fields (minute first),
-/// 6 (seconds first) or 7 (and a year), or a macro such as `@daily`.
+/// Checks a cron expression the way Nomad reads it (hashicorp/cronexpr): 5 fields
+/// (minute hour day-of-month month day-of-week), 6 (a year appended), 7 (seconds first,
+/// year last), or a macro such as `@daily`. Days of the week count from 0 = Sunday, and 7 is
+/// Sunday too, as in crontab; months and days may be written as names (`JAN`, `SUN`).
 pub fn check_cron(spec: &str) -> Result<(), String> {
     const MACROS: [&str; 7] = ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"];
     let spec = spec.trim();
     if spec.starts_with('@') {
-        return if MACROS.contains(&spec) { Ok(()) } else { Err(format!("unknown macro {spec}; known: {}", MACROS.join(", "))) };
+        return if MACROS.contains(&spec) { Ok(()) } else { Err(format!("`{spec}` is not one of {}", MACROS.join(", "))) };
     }
-    const SECOND: CronField = CronField { name: "second", min: 0, max: 59, names: &[] };
-    const MINUTE: CronField = CronField { name: "minute", min: 0, max: 59, names: &[] };
-    const HOUR: CronField = CronField { name: "hour", min: 0, max: 23, names: &[] };
-    const DAY: CronField = CronField { name: "day-of-month", min: 1, max: 31, names: &[] };
-    const MONTH: CronField = CronField {
-        name: "month",
-        min: 1,
-        max: 12,
-        names: &["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
-    };
-    const WEEKDAY: CronField = CronField { name: "day-of-week", min: 0, max: 7, names: &["sun", "mon", "tue", "wed", "thu", "fri", "sat"] };
-    const YEAR: CronField = CronField { name: "year", min: 1970, max: 2099, names: &[] };
     let fields: Vec<&str> = spec.split_whitespace().collect();
-    let layout: &[CronField] = match fields.len() {
-        5 => &[MINUTE, HOUR, DAY, MONTH, WEEKDAY],
-        6 => &[SECOND, MINUTE, HOUR, DAY, MONTH, WEEKDAY],
-        7 => &[SECOND, MINUTE, HOUR, DAY, MONTH, WEEKDAY, YEAR],
-        n => return Err(format!("it has {n} fields, expected 5")),
+    let layout: &[&CronField] = match fields.len() {
+        5 => &[&MINUTE, &HOUR, &DAY_OF_MONTH, &MONTH, &DAY_OF_WEEK],
+        6 => &[&MINUTE, &HOUR, &DAY_OF_MONTH, &MONTH, &DAY_OF_WEEK, &YEAR],
+        7 => &[&SECOND, &MINUTE, &HOUR, &DAY_OF_MONTH, &MONTH, &DAY_OF_WEEK, &YEAR],
+        n => return Err(format!("it has {n} field{}, expected 5", if n == 1 { "" } else { "s" })),
     };
-    for (text, field) in fields.iter().zip(layout) {
-        field.check(text)?;
-    }
-    Ok(())
+    layout.iter().zip(&fields).try_for_each(|(field, text)| field.check(text))
 }
 
 struct CronField {
     name: &'static str,
     min: u32,
     max: u32,
-    /// Names for 0-based (weekdays) or 1-based (months) values.
+    /// Names for `min`, `min + 1`, …, matched case-insensitively by their first three letters.
     names: &'static [&'static str],
 }
 
+const SECOND: CronField = CronField { name: "second", min: 0, max: 59, names: &[] };
+const MINUTE: CronField = CronField { name: "minute", min: 0, max: 59, names: &[] };
+const HOUR: CronField = CronField { name: "hour", min: 0, max: 23, names: &[] };
+const DAY_OF_MONTH: CronField = CronField { name: "day-of-month", min: 1, max: 31, names: &[] };
+const MONTH: CronField = CronField {
+    name: "month",
+    min: 1,
+    max: 12,
+    names: &["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december"],
+};
+const DAY_OF_WEEK: CronField = CronField {
+    name: "day-of-week",
+    min: 0,
+    max: 7,
+    names: &["sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday"],
+};
+const YEAR: CronField = CronField { name: "year", min: 1970, max: 2099, names: &[] };
+
 impl CronField {
-    fn value(&self, text: &str) -> Result<u32, String> {
-        let lower = text.to_ascii_lowercase();
-        if let Some(i) = self.names.iter().position(|n| *n == lower) {
-            // Month names count from 1, weekday names from 0 (Sunday).
-            return Ok(i as u32 + self.min.min(1));
-        }
-        let value: u32 = text.parse().map_err(|_| format!("{} field: \"{text}\" is not a number", self.name))?;
-        if value < self.min || value > self.max {
-            return Err(format!("{} field: {value} is out of range {}-{}", self.name, self.min, self.max));
-        }
-        Ok(value)
+    fn check(&self, text: &str) -> Result<(), String> {
+        text.split(',').try_for_each(|item| self.check_item(item))
     }
 
-    fn check(&self, text: &str) -> Result<(), String> {
-        for part in text.split(',') {
-            let (range, step) = match part.split_once('/') {
-                Some((range, step)) => (range, Some(step)),
-                None => (part, None),
-            };
-            if let Some(step) = step {
-                match step.parse::<u32>() {
-                    Ok(n) if n > 0 => {}
-                    _ => return Err(format!("{} field: step \"{step}\" is not a positive number", self.name)),
-                }
+    fn check_item(&self, item: &str) -> Result<(), String> {
+        let (range, step) = match item.split_once('/') {
+            Some((range, step)) => (range, Some(step)),
+            None => (item, None),
+        };
+        if let Some(step) = step {
+            if !step.parse::<u32>().is_ok_and(|s| s >= 1) {
+                return Err(format!("{} step `{step}` in `{item}` must be a whole number of at least 1", self.name));
             }
-            // Day fields also take cronexpr's `?`, `L`, `W` and `#` forms.
-            let special = matches!(self.name, "day-of-month" | "day-of-week") && (range == "?" || range.contains(['L', 'W', '#']));
-            if range == "*" || special {
-                continue;
+        }
+        let is_days = self.name.starts_with("day");
+        match range {
+            "*" => return Ok(()),
+            "?" if is_days && step.is_none() => return Ok(()),
+            // cronexpr's last day of the month, last weekday of the month, nearest weekday.
+            "L" | "LW" if self.name == "day-of-month" && step.is_none() => return Ok(()),
+            _ => {}
+        }
+        if step.is_none() {
+            if let Some(day) = range.strip_suffix('W').filter(|_| self.name == "day-of-month") {
+                return self.value(day).map(|_| ());
             }
-            match range.split_once('-') {
-                Some((low, high)) => {
-                    let (low, high) = (self.value(low)?, self.value(high)?);
-                    if low > high {
-                        return Err(format!("{} field: range {low}-{high} runs backwards", self.name));
-                    }
+            if self.name == "day-of-week" {
+                if let Some(day) = range.strip_suffix('L') {
+                    return self.value(day).map(|_| ());
                 }
-                None => {
-                    self.value(range)?;
+                if let Some((day, nth)) = range.split_once('#') {
+                    self.value(day)?;
+                    return match nth.parse::<u32>() {
+                        Ok(1..=5) => Ok(()),
+                        _ => Err(format!("`{range}` must name the 1st to 5th weekday of the month, e.g. `FRI#2`")),
+                    };
                 }
             }
         }
-        Ok(())
+        match range.split_once('-') {
+            Some((from, to)) => {
+                let (from_value, to_value) = (self.value(from)?, self.value(to)?);
+                if from_value > to_value {
+                    return Err(format!("{} range `{range}` runs backwards", self.name));
+                }
+                Ok(())
+            }
+            None => self.value(range).map(|_| ()),
+        }
+    }
+
+    fn value(&self, text: &str) -> Result<u32, String> {
+        let range = format!("{}-{}", self.min, self.max);
+        if let Ok(value) = text.parse::<u32>() {
+            return if (self.min..=self.max).contains(&value) {
+                Ok(value)
+            } else {
+                Err(format!("{} {value} is out of range {range}", self.name))
+            };
+        }
+        let lower = text.to_ascii_lowercase();
+        if lower.len() >= 3 {
+            if let Some(index) = self.names.iter().position(|name| name.starts_with(&lower) && (lower.len() == 3 || lower == *name)) {
+                return Ok(self.min + index as u32);
+            }
+        }
+        let names = match self.names.first() {
+            Some(_) => format!(" or {}-{}", self.names[0][..3].to_ascii_uppercase(), self.names[self.names.len() - 1][..3].to_ascii_uppercase()),
+            None => String::new(),
+        };
+        Err(format!("`{text}` is not a {} ({range}{names})", self.name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cron_accepts_what_nomad_accepts() {
+        for spec in [
+            "0 1 * * 0",
+            "0 1 * * 7",
+            "0 1 * * 1-6",
+            "0 */4 * * *",
+            "30 2 1,15 JAN-jun sun",
+            "0 1 * * Monday",
+            "0 0 L * ?",
+            "0 0 15W * *",
+            "0 0 ? * FRI#2",
+            "0 0 ? * 5L",
+            "0 1 * * 0 2030",
+            "15 0 1 * * 0 *",
+            "@daily",
+            " @hourly ",
+        ] {
+            assert_eq!(check_cron(spec), Ok(()), "{spec}");
+        }
+    }
+
+    #[test]
+    fn cron_rejects_with_a_reason() {
+        for (spec, reason) in [
+            ("", "it has 0 fields, expected 5"),
+            ("0", "it has 1 field, expected 5"),
+            ("0 1 * *", "it has 4 fields, expected 5"),
+            ("0 1 * * * * * *", "it has 8 fields, expected 5"),
+            ("61 * * * *", "minute 61 is out of range 0-59"),
+            ("0 24 * * *", "hour 24 is out of range 0-23"),
+            ("0 0 0 * *", "day-of-month 0 is out of range 1-31"),
+            ("0 0 * 13 *", "month 13 is out of range 1-12"),
+            ("0 0 * * 8", "day-of-week 8 is out of range 0-7"),
+            ("0 0 * * 5-1", "day-of-week range `5-1` runs backwards"),
+            ("*/0 * * * *", "minute step `0` in `*/0` must be a whole number of at least 1"),
+            ("0 0 * FOO *", "`FOO` is not a month (1-12 or JAN-DEC)"),
+            ("0 0 * * su", "`su` is not a day-of-week (0-7 or SUN-SAT)"),
+            ("every day at one o'clock", "`every` is not a minute (0-59)"),
+            ("0 0 ? * FRI#6", "`FRI#6` must name the 1st to 5th weekday of the month, e.g. `FRI#2`"),
+            ("? 0 * * *", "`?` is not a minute (0-59)"),
+            ("@weekdays", "`@weekdays` is not one of @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly"),
+        ] {
+            assert_eq!(check_cron(spec), Err(reason.to_owned()), "{spec}");
+        }
+    }
+
+    #[test]
+    fn dns_label_edges() {
+        assert_eq!(dns_label("a", 52), Ok(()));
+        assert_eq!(dns_label("pg-1", 52), Ok(()));
+        assert_eq!(dns_label(&"a".repeat(52), 52), Ok(()));
+        assert_eq!(dns_label(&"a".repeat(53), 52), Err("is 53 characters long, longer than 52".into()));
+        assert_eq!(dns_label("", 52), Err("is empty".into()));
+        assert_eq!(dns_label("-a", 52), Err("must start with a lowercase letter".into()));
+        assert_eq!(dns_label("1a", 52), Err("must start with a lowercase letter".into()));
+        assert_eq!(dns_label("Main", 52), Err("must start with a lowercase letter".into()));
+        assert_eq!(dns_label("a-", 52), Err("must not end with a dash".into()));
+        assert_eq!(dns_label("a_b", 52), Err("contains '_'".into()));
+        assert_eq!(dns_label("aB", 52), Err("contains 'B'".into()));
+        assert_eq!(dns_label("a.b", 52), Err("contains '.'".into()));
+        assert_eq!(dns_label("é", 52), Err("must start with a lowercase letter".into()));
     }
 }

@@ -1,0 +1,5 @@
+cluster "main" {}
+
+postgres {
+  bin_dir = "/usr/lib/postgresql/16/bin"
+}

@@ -1,0 +1,7 @@
+cluster "main" {}
+
+postgres {
+  database {
+    owner = "app"
+  }
+}

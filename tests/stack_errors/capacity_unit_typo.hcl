@@ -1,0 +1,5 @@
+cluster "main" {}
+
+storage {
+  capacity_min = "10 gigs"
+}

@@ -1,0 +1,5 @@
+cluster "main" {}
+
+pgbouncer {
+  pool_mode = "transation"
+}

@@ -1,0 +1,5 @@
+cluster "main" {}
+
+patroni {
+  ttl = 10
+}

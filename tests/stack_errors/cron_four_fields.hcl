@@ -1,0 +1,7 @@
+cluster "main" {}
+
+backup {
+  schedule {
+    full = "0 1 * *"
+  }
+}

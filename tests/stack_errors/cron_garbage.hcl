@@ -1,0 +1,7 @@
+cluster "main" {}
+
+backup {
+  schedule {
+    diff = "every day at one"
+  }
+}

@@ -1,0 +1,7 @@
+cluster "main" {}
+
+backup {
+  schedule {
+    full = "every sunday at one o'clock"
+  }
+}

@@ -1,0 +1,7 @@
+cluster "main" {}
+
+backup {
+  schedule {
+    incr = "61 */4 * * *"
+  }
+}

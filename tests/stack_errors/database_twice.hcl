@@ -1,0 +1,6 @@
+cluster "main" {}
+
+postgres {
+  database "app" {}
+  database "app" {}
+}

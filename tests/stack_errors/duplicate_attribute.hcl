@@ -1,0 +1,6 @@
+cluster "main" {}
+
+postgres {
+  members = 3
+  members = 5
+}

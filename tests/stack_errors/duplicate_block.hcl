@@ -1,0 +1,9 @@
+cluster "main" {}
+
+postgres {
+  members = 3
+}
+
+postgres {
+  version = 16
+}

@@ -1,0 +1,5 @@
+cluster "main" {}
+
+patroni {
+  dcs = "etcd3"
+}

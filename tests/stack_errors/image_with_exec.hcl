@@ -1,0 +1,6 @@
+cluster "main" {}
+
+postgres {
+  driver = "exec"
+  image  = "postgres:16"
+}

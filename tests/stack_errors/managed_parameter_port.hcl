@@ -1,0 +1,8 @@
+cluster "main" {}
+
+postgres {
+  parameters = {
+    shared_buffers = "1GB"
+    port           = 5433
+  }
+}

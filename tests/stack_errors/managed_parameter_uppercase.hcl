@@ -1,0 +1,7 @@
+cluster "main" {}
+
+postgres {
+  parameters = {
+    Archive_Mode = "off"
+  }
+}

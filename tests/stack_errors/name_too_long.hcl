@@ -1,0 +1,1 @@
+cluster "a-very-long-cluster-name-that-will-not-fit-in-dns-labels" {}

@@ -1,0 +1,1 @@
+cluster "pg_main" {}

@@ -1,0 +1,3 @@
+postgres {
+  members = 3
+}

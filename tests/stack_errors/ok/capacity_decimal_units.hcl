@@ -1,0 +1,6 @@
+cluster "main" {}
+
+storage {
+  capacity_min = "10GB"
+  capacity_max = "1TB"
+}

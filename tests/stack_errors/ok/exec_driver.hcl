@@ -1,0 +1,7 @@
+cluster "main" {}
+
+postgres {
+  driver  = "exec"
+  bin_dir = "/usr/pgsql-16/bin"
+  version = 16
+}

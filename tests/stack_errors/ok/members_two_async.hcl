@@ -1,0 +1,6 @@
+cluster "main" {}
+
+postgres {
+  members          = 2
+  synchronous_mode = "off"
+}

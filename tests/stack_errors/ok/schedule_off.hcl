@@ -1,0 +1,8 @@
+cluster "main" {}
+
+backup {
+  schedule {
+    diff = "off"
+    incr = "off"
+  }
+}

@@ -1,0 +1,5 @@
+cluster "main" {}
+
+patroni {
+  retry_timeout = 10
+}

@@ -1,0 +1,5 @@
+cluster "main" {}
+
+pgadmin {
+  email = "admin"
+}

@@ -1,0 +1,5 @@
+cluster "main" {}
+
+backup {
+  tls_port = 9187
+}

@@ -1,0 +1,5 @@
+cluster "main" {}
+
+pgbouncer {
+  count = -2
+}

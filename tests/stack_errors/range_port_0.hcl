@@ -1,0 +1,5 @@
+cluster "main" {}
+
+pgbouncer {
+  port = 0
+}

@@ -1,0 +1,5 @@
+cluster "main" {}
+
+postgres {
+  port = 70000
+}

@@ -1,0 +1,5 @@
+cluster "main" {}
+
+postgres {
+  version = 18
+}

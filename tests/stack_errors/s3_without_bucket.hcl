@@ -1,0 +1,7 @@
+cluster "main" {}
+
+backup {
+  repo {
+    type = "s3"
+  }
+}

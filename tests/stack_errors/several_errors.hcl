@@ -1,0 +1,10 @@
+cluster "main" {}
+
+postgres {
+  members  = "three"
+  verison  = 16
+}
+
+pgbouncer {
+  pool_mode = "sessions"
+}

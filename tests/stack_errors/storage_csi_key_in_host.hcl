@@ -1,0 +1,6 @@
+cluster "main" {}
+
+storage {
+  type      = "host"
+  plugin_id = "hostpath"
+}

@@ -1,0 +1,6 @@
+cluster "main" {}
+
+storage {
+  type          = "csi"
+  volume_prefix = "pg-"
+}

@@ -1,0 +1,2 @@
+cluster "main" {
+  namespace = "prod"

@@ -1,0 +1,3 @@
+cluster "main" {}
+
+cluster "second" {}

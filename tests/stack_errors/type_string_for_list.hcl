@@ -1,0 +1,3 @@
+cluster "main" {
+  datacenters = "dc1"
+}

@@ -1,0 +1,5 @@
+cluster "main" {}
+
+postgres {
+  members = "3"
+}

@@ -1,0 +1,5 @@
+cluster "main" {}
+
+pgbouncr {
+  count = 2
+}

@@ -1,0 +1,1 @@
+clustre "main" {}

@@ -1,0 +1,5 @@
+cluster "main" {}
+
+monitoring {
+  grafana = true
+}

@@ -1,0 +1,5 @@
+cluster "main" {}
+
+postgres {
+  memebers = 3
+}

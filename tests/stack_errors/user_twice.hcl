@@ -1,0 +1,5 @@
+cluster "main" {}
+
+postgres {
+  users = ["app", "reporting", "app"]
+}

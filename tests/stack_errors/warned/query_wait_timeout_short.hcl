@@ -1,0 +1,5 @@
+cluster "main" {}
+
+pgbouncer {
+  query_wait_timeout = 15
+}
