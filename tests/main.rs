@@ -1,1 +1,3 @@
 
+mod packs;
+mod support_procs;

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use minijinja::{Environment, Value};
 
 pub use facts::{Facts, MemberFacts};
-pub use local::{LocalDcs, LocalRuntime};
+pub use local::{LocalDcs, LocalRuntime, MemberPorts};
 pub use runtime::{Holes, MemberAddress, Runtime};
 
 /// Every pack file, by its path under `packs/`, with the built-in content.

@@ -186,7 +186,8 @@ impl NomadRuntime {
 
     fn base(&self) -> Holes {
         Holes {
-            config_dir: "/local".into(),
+            // compile writes every rendered file under /secrets: most hold a secret.
+            config_dir: "/secrets".into(),
             run_dir: "/alloc/run".into(),
             log_dir: "/alloc/logs".into(),
             bin_dir: self.bin_dir.clone(),

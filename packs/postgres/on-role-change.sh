@@ -15,7 +15,7 @@ stanza='[[ stack.scope ]]'
 backup='[[ "yes" if stack.backup.enabled else "no" ]]'
 
 log() {
-    printf '%s on-role-change[%s]: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$$" "$*" >&2
+    printf '%s on-role-change (pid %s): %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$$" "$*" >&2
 }
 
 apply_sql() {
