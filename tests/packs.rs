@@ -86,6 +86,19 @@ backup {
 }
 "#;
 
+/// One member with backups to a volume repo.
+const ONE: &str = r#"
+cluster "solo" {}
+postgres {
+  members = 1
+}
+backup {
+  schedule {
+    full = "0 1 * * 1"
+  }
+}
+"#;
+
 fn stack(text: &str) -> Stack {
     match pgnomad::stack::load(&Source::new("stack.hcl", text)) {
         Ok(checked) => checked.stack,
@@ -113,6 +126,7 @@ fn local(state_dir: &Path, host: &str, facts: &Facts, dcs: LocalDcs) -> LocalRun
         host: host.to_owned(),
         state_dir: state_dir.to_path_buf(),
         bin_dir: PG_BIN.to_owned(),
+        os_user: "postgres".to_owned(),
         dcs,
         members: facts.members.iter().map(|_| MemberPorts { pg: free_port(host), rest: free_port(host), tls: free_port(host) }).collect(),
         pgbouncer_port: free_port(host),
@@ -183,6 +197,19 @@ fn member_dirs(rt: &LocalRuntime, facts: &Facts, index: usize) -> pgnomad::confi
         std::fs::create_dir_all(dir).unwrap();
     }
     holes
+}
+
+/// The items of the last list `key:` in patroni.yml (postgresql.pg_hba comes after
+/// bootstrap.pg_hba), unquoted.
+fn yaml_list(text: &str, key: &str) -> Vec<String> {
+    let header = format!("  {key}:");
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().rposition(|l| *l == header).unwrap_or_else(|| panic!("no {key} in patroni.yml"));
+    lines[start + 1..]
+        .iter()
+        .map_while(|l| l.trim_start().strip_prefix("- "))
+        .map(|item| if item.starts_with('"') { serde_json::from_str(item).unwrap() } else { item.to_owned() })
+        .collect()
 }
 
 /// A pack-rendered line `key: '<value>'` of patroni.yml, unquoted.
@@ -372,8 +399,10 @@ impl Member {
             settings.push(("archive_mode", "on".to_owned()));
             settings.push(("archive_command", yaml_single_quoted(patroni, "archive_command")));
         }
+        // What Patroni writes from postgresql.pg_hba and pg_ident.
+        let hba = [("pg_hba.conf", yaml_list(patroni, "pg_hba").join("\n") + "\n"), ("pg_ident.conf", yaml_list(patroni, "pg_ident").join("\n") + "\n")];
         chown_postgres(dir.path());
-        let pg = Postgres::start(Path::new(&holes.data_dir), Path::new(&holes.run_dir), rt.members[0].pg, &rt.secrets["superuser_password"], &settings);
+        let pg = Postgres::start(Path::new(&holes.data_dir), Path::new(&holes.run_dir), rt.members[0].pg, &rt.secrets["superuser_password"], &settings, &hba);
         Member { _dir: dir, facts, rt, files, holes, pg }
     }
 
@@ -513,4 +542,74 @@ fn on_role_change_creates_the_pgbackrest_stanza_and_wal_gets_archived() {
     assert!(info.contains("status: error (no valid backups)") && info.contains("cipher: aes-256-cbc"), "{info}");
     let archived = member.superuser("postgres", "SELECT archived_count > 0 AND failed_count = 0 FROM pg_stat_archiver");
     assert_eq!(archived, "t", "{}", member.pg.guard.log_text());
+}
+
+/// A CA, the member's server certificate and the backup job's client certificate (CN
+/// pgbackrest-client, which the member's tls-server-auth admits) in `<state>/tls`.
+fn certificates(tls: &Path, host: &str) {
+    let openssl = require("openssl", "openssl");
+    std::fs::create_dir_all(tls).unwrap();
+    let sh = |args: &[&str]| {
+        run_ok(&format!("openssl {}", args.join(" ")), Command::new(&openssl).current_dir(tls).args(args));
+    };
+    sh(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=pgnomad-test-ca", "-keyout", "ca.key", "-out", "ca.crt"]);
+    for (name, cn, san) in [("server", host, format!("subjectAltName=IP:{host},DNS:{host}")), ("client", "pgbackrest-client", "subjectAltName=DNS:pgbackrest-client".to_owned())] {
+        sh(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={cn}"), "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")]);
+        std::fs::write(tls.join(format!("{name}.ext")), format!("{san}\n")).unwrap();
+        sh(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.crt")]);
+    }
+}
+
+#[test]
+fn backup_sh_backs_up_a_member_through_its_pgbackrest_tls_server() {
+    let pgbackrest = require("pgbackrest", "pgbackrest");
+    let member = Member::start(ONE, true);
+    let state = member._dir.path();
+    certificates(&state.join("tls"), &member.rt.host);
+    let backup = member.rt.backup(&member.facts, "full");
+    for dir in [&backup.config_dir, &backup.run_dir, &backup.log_dir] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    write_job(&member.files, "full/backup/", &backup.config_dir);
+    chown_postgres(state);
+    for key in ["server.key", "client.key", "ca.key"] {
+        std::fs::set_permissions(state.join("tls").join(key), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    let member_conf = Path::new(&member.holes.config_dir).join("pgbackrest.conf");
+    let mut server = Guard::spawn(
+        "pgbackrest server",
+        {
+            let mut c = as_postgres(&pgbackrest);
+            c.arg(format!("--config={}", member_conf.display())).arg("server");
+            c
+        },
+        state.join("pgbackrest-server.log"),
+    );
+    let tls = (member.rt.host.as_str(), member.rt.members[0].tls);
+    wait_until("pgBackRest's TLS server", Duration::from_secs(20), || {
+        server.assert_running();
+        std::net::TcpStream::connect(tls).is_ok()
+    });
+
+    let script = Path::new(&backup.config_dir).join("backup.sh");
+    let usage = run(as_postgres("bash").arg(&script).arg("weekly"));
+    assert_eq!(usage.status.code(), Some(2), "{}", text(&usage.stderr));
+
+    // No stanza yet: backup.sh creates it, through the member's TLS server.
+    let out = run(as_postgres("bash").arg(&script).arg("full"));
+    assert!(out.status.success(), "backup.sh full failed:\n{}\n{}\nserver:\n{}", text(&out.stdout), text(&out.stderr), server.log_text());
+    assert!(text(&out.stderr).contains("full backup of solo done"), "{}", text(&out.stderr));
+    let out = run(as_postgres("bash").arg(&script).arg("incr"));
+    assert!(out.status.success(), "backup.sh incr failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));
+
+    let backup_conf = Path::new(&backup.config_dir).join("pgbackrest.conf");
+    let info = run_ok("pgbackrest info", as_postgres(&pgbackrest).arg(format!("--config={}", backup_conf.display())).args(["--stanza=solo", "info"]));
+    assert!(info.contains("status: ok") && info.contains("full backup:") && info.contains("incr backup:"), "{info}");
+
+    // A wrong client certificate is turned away: the member only serves pgbackrest-client.
+    std::fs::copy(state.join("tls/server.crt"), state.join("tls/client.crt")).unwrap();
+    std::fs::copy(state.join("tls/server.key"), state.join("tls/client.key")).unwrap();
+    let refused = run(as_postgres("bash").arg(&script).arg("full"));
+    assert!(!refused.status.success(), "a backup with the server's certificate as client got through");
+    assert!(text(&refused.stderr).contains("backup.sh: stanza-create for solo failed"), "{}", text(&refused.stderr));
 }

@@ -147,7 +147,8 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    pub fn start(data_dir: &Path, run_dir: &Path, port: u16, superuser_password: &str, settings: &[(&str, String)]) -> Postgres {
+    /// `files` (pg_hba.conf, …) replace initdb's in the data directory before the start.
+    pub fn start(data_dir: &Path, run_dir: &Path, port: u16, superuser_password: &str, settings: &[(&str, String)], files: &[(&str, String)]) -> Postgres {
         let initdb = pg_bin("initdb");
         let postgres = pg_bin("postgres");
         let parent = data_dir.parent().expect("data dir has a parent");
@@ -165,6 +166,10 @@ impl Postgres {
                 .arg(format!("--pwfile={}", pwfile.display())),
         );
         std::fs::remove_file(&pwfile).unwrap();
+        for (name, text) in files {
+            std::fs::write(data_dir.join(name), text).unwrap();
+        }
+        chown_postgres(data_dir);
         let mut cmd = as_postgres(&postgres);
         cmd.arg("-D").arg(data_dir);
         let base = [
@@ -187,11 +192,11 @@ impl Postgres {
         Postgres { port, run_dir: run_dir.to_path_buf(), guard }
     }
 
-    /// psql over the unix socket as `user` with `password`, in `database`.
+    /// psql over TCP as `user` with `password`, in `database` (the socket is for the
+    /// member's own OS user).
     pub fn psql(&self, user: &str, password: &str, database: &str) -> Command {
         let mut cmd = Command::new(require("psql", "postgresql-client-15"));
-        cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-h"])
-            .arg(&self.run_dir)
+        cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-h", "127.0.0.1"])
             .args(["-p", &self.port.to_string(), "-U", user, "-d", database])
             .env("PGPASSWORD", password)
             .env_remove("PGPASSFILE");

@@ -37,6 +37,8 @@ pub struct LocalRuntime {
     pub state_dir: PathBuf,
     /// Directory holding postgres, pg_ctl, … (e.g. /usr/lib/postgresql/15/bin).
     pub bin_dir: String,
+    /// The OS user the members run as (the developer's own, or `postgres` under root).
+    pub os_user: String,
     pub dcs: LocalDcs,
     /// Ports of each member, by member index.
     pub members: Vec<MemberPorts>,
@@ -64,6 +66,7 @@ impl LocalRuntime {
             run_dir: self.dir(part, "run"),
             log_dir: self.dir(part, "log"),
             bin_dir: self.bin_dir.clone(),
+            os_user: self.os_user.clone(),
             tls_ca_file: tls("ca.crt"),
             tls_cert_file: tls(&format!("{tls_side}.crt")),
             tls_key_file: tls(&format!("{tls_side}.key")),

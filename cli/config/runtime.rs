@@ -32,6 +32,9 @@ pub struct Holes {
     pub log_dir: String,
     /// Directory holding postgres, pg_ctl, pg_rewind, …
     pub bin_dir: String,
+    /// The OS user Postgres and pgBackRest run as; it may log in as `postgres` over the
+    /// unix socket without a password (peer).
+    pub os_user: String,
     /// The pgBackRest repository path (the repo volume's mount point, or the S3 prefix).
     pub repo_path: String,
     /// The DCS section of patroni.yml, as YAML lines at the top level.
@@ -191,6 +194,7 @@ impl NomadRuntime {
             run_dir: "/alloc/run".into(),
             log_dir: "/alloc/logs".into(),
             bin_dir: self.bin_dir.clone(),
+            os_user: "postgres".into(),
             tls_ca_file: "/secrets/tls/ca.crt".into(),
             tls_cert_file: "/secrets/tls/tls.crt".into(),
             tls_key_file: "/secrets/tls/tls.key".into(),

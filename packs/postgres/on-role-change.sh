@@ -27,22 +27,14 @@ pgbackrest_run() {
     pgbackrest --config="$config_dir/pgbackrest.conf" --stanza="$stanza" "$@"
 }
 
-# Callbacks get no password from Patroni: write the superuser's to a private file
-# (printf is a builtin, so the password is on no command line).
-local_pgpass() {
-    local file="$run_dir/on-role-change.pgpass"
-    (umask 077 && printf '*:*:*:postgres:%s\n' '[[ rt.secrets.superuser_password ]]' >"$file")
-    printf '%s' "$file"
-}
-
 promoted() {
     exec 9>"$run_dir/on-role-change.lock"
     if ! flock --wait 600 9; then
         log "an earlier run still holds $run_dir/on-role-change.lock; giving up"
         return 1
     fi
-    PGPASSFILE="$(local_pgpass)"
-    export PGPASSFILE PGHOST="$run_dir" PGPORT="$pg_port" PGUSER=postgres PGDATABASE=postgres
+    # As postgres over the socket: pg_hba admits this OS user by peer.
+    export PGHOST="$run_dir" PGPORT="$pg_port" PGUSER=postgres PGDATABASE=postgres
     local in_recovery=""
     for _ in $(seq 60); do
         in_recovery="$(psql -XAtc 'SELECT pg_is_in_recovery()' 2>/dev/null || true)"
