@@ -142,7 +142,6 @@ pub fn text(bytes: &[u8]) -> String {
 /// superuser's password set and SCRAM everywhere (as Patroni's initdb and pg_hba do).
 pub struct Postgres {
     pub port: u16,
-    pub run_dir: PathBuf,
     pub guard: Guard,
 }
 
@@ -189,7 +188,7 @@ impl Postgres {
             guard.assert_running();
             Command::new(&pg_isready).args(["-q", "-h"]).arg(run_dir).args(["-p", &port.to_string()]).status().is_ok_and(|s| s.success())
         });
-        Postgres { port, run_dir: run_dir.to_path_buf(), guard }
+        Postgres { port, guard }
     }
 
     /// psql over TCP as `user` with `password`, in `database` (the socket is for the
