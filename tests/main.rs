@@ -1,11 +1,13 @@
 //! The one integration-test binary (keeps link times down).
 
 mod support;
+mod support_procs;
 
 mod cli;
 mod infra_defaults;
 mod nomad_client;
 mod nomad_double;
+mod packs;
 mod render;
 mod stack_errors;
 mod stack_fixtures;

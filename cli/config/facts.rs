@@ -53,6 +53,7 @@ pub struct PatroniFacts {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PgBouncerFacts {
+    pub enabled: bool,
     pub pool_mode: String,
     pub default_pool_size: u32,
     pub max_client_conn: u32,
@@ -138,6 +139,7 @@ impl Facts {
                 tags: stack.patroni.tags.clone(),
             },
             pgbouncer: PgBouncerFacts {
+                enabled: stack.pgbouncer.enabled,
                 pool_mode: stack.pgbouncer.pool_mode.clone(),
                 default_pool_size: stack.pgbouncer.default_pool_size,
                 max_client_conn: stack.pgbouncer.max_client_conn,

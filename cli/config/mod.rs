@@ -11,6 +11,7 @@
 //! `[# … #]` for comments, so that `{{ … }}` stays free for Nomad's own templates.
 
 pub mod facts;
+pub mod local;
 pub mod runtime;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use std::collections::BTreeMap;
 use minijinja::{Environment, Value};
 
 pub use facts::{Facts, MemberFacts};
+pub use local::{LocalDcs, LocalRuntime, MemberPorts};
 pub use runtime::{Holes, MemberAddress, NomadRuntime, Runtime};
 
 /// Every pack file, by its path under `packs/`, with the built-in content.
@@ -115,12 +117,23 @@ impl Packs {
     }
 }
 
-/// A YAML double-quoted scalar (JSON strings are valid YAML).
-fn yaml_string(value: &str) -> Value {
-    Value::from(serde_json::to_string(value).expect("strings serialize"))
+/// A YAML double-quoted scalar (JSON strings are valid YAML). Not for holes: quoting a
+/// Nomad template expression would break it, so the template must quote those itself.
+fn yaml_string(value: Value) -> Result<Value, minijinja::Error> {
+    if value.is_safe() {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            "`yaml` quotes stack values, not runtime holes: write \"[[ rt.… ]]\" instead",
+        ));
+    }
+    let text = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+    Ok(Value::from(serde_json::to_string(&text).expect("strings serialize")))
 }
 
-/// A single-quoted SQL literal.
-fn sql_literal(value: &str) -> Value {
-    Value::from(format!("'{}'", value.replace('\'', "''")))
+/// A single-quoted SQL literal. A hole stays a hole: its value (a generated password) has
+/// no quote to double, and its expression must reach the target unescaped.
+fn sql_literal(value: Value) -> Value {
+    let text = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+    let literal = format!("'{}'", text.replace('\'', "''"));
+    if value.is_safe() { Value::from_safe_string(literal) } else { Value::from(literal) }
 }

@@ -16,6 +16,8 @@ pub struct Holes {
     /// `host:port` Postgres listens on, and the one others reach it at.
     pub pg_listen: String,
     pub pg_connect: String,
+    /// The port of `pg_listen`: it names the unix socket, and pgBackRest connects with it.
+    pub pg_port: String,
     /// The same for Patroni's REST API.
     pub rest_listen: String,
     pub rest_connect: String,
@@ -30,6 +32,9 @@ pub struct Holes {
     pub log_dir: String,
     /// Directory holding postgres, pg_ctl, pg_rewind, …
     pub bin_dir: String,
+    /// The OS user Postgres and pgBackRest run as; it may log in as `postgres` over the
+    /// unix socket without a password (peer).
+    pub os_user: String,
     /// The pgBackRest repository path (the repo volume's mount point, or the S3 prefix).
     pub repo_path: String,
     /// The DCS section of patroni.yml, as YAML lines at the top level.
@@ -38,8 +43,10 @@ pub struct Holes {
     pub secrets: BTreeMap<String, String>,
     /// `host=… port=…` of the current primary, for pgbouncer.ini.
     pub primary: String,
-    /// `host:port` PgBouncer listens on, and how pgAdmin reaches it.
-    pub pgbouncer_listen: String,
+    /// Address and port PgBouncer listens on (pgbouncer.ini takes them apart), and how
+    /// pgAdmin reaches it.
+    pub pgbouncer_listen_addr: String,
+    pub pgbouncer_listen_port: String,
     pub pgbouncer_connect_host: String,
     pub pgbouncer_connect_port: String,
     /// pgBackRest's TLS certificates.
@@ -61,6 +68,10 @@ pub struct MemberAddress {
     pub host: String,
     pub pg_port: String,
     pub tls_port: String,
+    /// The member's data directory and unix socket directory as its own task sees them
+    /// (pgBackRest's `pgN-path`, `pgN-socket-path`).
+    pub data_dir: String,
+    pub socket_dir: String,
     /// "," before every entry but the first, for JSON lists.
     pub separator: String,
 }
@@ -178,10 +189,12 @@ impl NomadRuntime {
 
     fn base(&self) -> Holes {
         Holes {
-            config_dir: "/local".into(),
+            // compile writes every rendered file under /secrets: most hold a secret.
+            config_dir: "/secrets".into(),
             run_dir: "/alloc/run".into(),
             log_dir: "/alloc/logs".into(),
             bin_dir: self.bin_dir.clone(),
+            os_user: "postgres".into(),
             tls_ca_file: "/secrets/tls/ca.crt".into(),
             tls_cert_file: "/secrets/tls/tls.crt".into(),
             tls_key_file: "/secrets/tls/tls.key".into(),
@@ -206,6 +219,7 @@ impl Runtime for NomadRuntime {
             // reached at the host's address and mapped port.
             pg_listen: "0.0.0.0:{{ env \"NOMAD_PORT_pg\" }}".into(),
             pg_connect: "{{ env \"NOMAD_HOST_ADDR_pg\" }}".into(),
+            pg_port: "{{ env \"NOMAD_PORT_pg\" }}".into(),
             rest_listen: "0.0.0.0:{{ env \"NOMAD_PORT_patroni\" }}".into(),
             rest_connect: "{{ env \"NOMAD_HOST_ADDR_patroni\" }}".into(),
             tls_listen_port: "{{ env \"NOMAD_PORT_pgbackrest\" }}".into(),
@@ -221,7 +235,8 @@ impl Runtime for NomadRuntime {
         let job = names::pgbouncer_job(&self.cluster);
         let primary = names::primary_service(&self.cluster);
         Holes {
-            pgbouncer_listen: "0.0.0.0:{{ env \"NOMAD_PORT_pgbouncer\" }}".into(),
+            pgbouncer_listen_addr: "0.0.0.0".into(),
+            pgbouncer_listen_port: "{{ env \"NOMAD_PORT_pgbouncer\" }}".into(),
             // While no member passes the primary check (mid-failover) PgBouncer keeps a DNS
             // name that resolves once a new primary registers; clients wait meanwhile.
             primary: format!(
@@ -248,7 +263,9 @@ impl Runtime for NomadRuntime {
                 host: "{{ $s.Address }}".into(),
                 pg_port: "{{ $s.Port }}".into(),
                 tls_port: String::new(),
-                separator: ",".into(),
+                data_dir: String::new(),
+                socket_dir: String::new(),
+                separator: "{{ if $i }},{{ end }}".into(),
             }],
             secrets: self.secrets_of(&job, &crate::compile::secrets::pgadmin_keys(facts)),
             ..self.base()
@@ -268,7 +285,9 @@ impl Runtime for NomadRuntime {
                 host: "{{ $s.Address }}".into(),
                 pg_port: self.pg_port.to_string(),
                 tls_port: "{{ $s.Port }}".into(),
-                separator: String::new(),
+                data_dir: format!("{}/pgdata", names::DATA_MOUNT),
+                socket_dir: "/alloc/run".into(),
+                separator: "{{ if $i }},{{ end }}".into(),
             }],
             data_dir: format!("{}/pgdata", names::DATA_MOUNT),
             secrets: self.secrets_of(&job, &crate::compile::secrets::backup_keys(facts)),
