@@ -7,6 +7,7 @@ pub mod config;
 pub mod consul;
 pub mod nomad;
 pub mod render;
+pub mod secrets;
 pub mod settings;
 pub mod stack;
 pub mod transport;

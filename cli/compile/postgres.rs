@@ -83,7 +83,12 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
         with_meta(service(names::patroni_service(c), "patroni", vec![http_check("patroni alive", "/liveness", "patroni")])),
     ];
     if backup {
-        services.push(with_meta(service(names::pgbackrest_service(c), "pgbackrest", vec![tcp_check("pgbackrest server", "pgbackrest")])));
+        // Tagged with the member so that `member-N.<c>-pgbackrest.service.consul` names it:
+        // the name on the TLS server's certificate.
+        services.push(with_meta(Service {
+            tags: Some(vec![member.name.clone()]),
+            ..service(names::pgbackrest_service(c), "pgbackrest", vec![tcp_check("pgbackrest server", "pgbackrest")])
+        }));
     }
     if stack.monitoring.postgres_exporter {
         services.push(with_meta(service(names::exporter_service(c), "exporter", vec![http_check("exporter metrics", "/metrics", "exporter")])));

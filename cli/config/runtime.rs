@@ -141,6 +141,11 @@ pub mod names {
     pub fn pgadmin_service(cluster: &str) -> String {
         format!("{cluster}-pgadmin")
     }
+    /// The DNS names of the members' pgBackRest TLS servers, as the backup jobs reach them
+    /// (Consul's `<tag>.<service>.service.consul`); the server certificate holds them all.
+    pub fn pgbackrest_server_names(cluster: &str, members: u32) -> Vec<String> {
+        (0..members).map(|i| format!("member-{i}.{}.service.consul", pgbackrest_service(cluster))).collect()
+    }
     /// Where each member's volume is mounted in its task.
     pub const DATA_MOUNT: &str = "/var/lib/postgresql/data";
     /// The repo volume's mount point when the repo is a volume.
@@ -282,7 +287,9 @@ impl Runtime for NomadRuntime {
             members: vec![MemberAddress {
                 number: "{{ add $i 1 }}".into(),
                 name: "{{ index $s.ServiceMeta \"member\" }}".into(),
-                host: "{{ $s.Address }}".into(),
+                // The name the member's TLS certificate is issued for (a Consul DNS name by
+                // service tag); the port comes from the catalog, as bridge ports are mapped.
+                host: format!("{{{{ index $s.ServiceMeta \"member\" }}}}.{pgbackrest}.service.consul"),
                 pg_port: self.pg_port.to_string(),
                 tls_port: "{{ $s.Port }}".into(),
                 data_dir: format!("{}/pgdata", names::DATA_MOUNT),

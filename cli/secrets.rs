@@ -1,0 +1,133 @@
+//! Secret values: generated with the operating system's CSPRNG, never rendered, printed or
+//! put on a command line. `compile::secrets` says which keys each job reads; this module
+//! makes the values for the keys pgnomad can make.
+
+use std::collections::BTreeMap;
+
+use rand::distr::{Alphanumeric, SampleString};
+use rand::TryRngCore;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+
+use crate::compile::{Origin, SecretKey};
+
+/// The client certificate's CN, which each member's pgBackRest TLS server admits
+/// (`tls-server-auth=pgbackrest-client=<stanza>` in packs/postgres/pgbackrest.conf).
+pub const BACKUP_CLIENT_CN: &str = "pgbackrest-client";
+
+/// A random password: 32 alphanumeric characters (about 190 bits), safe unquoted in YAML,
+/// ini files, SQL literals and URLs.
+pub fn password() -> String {
+    Alphanumeric.sample_string(&mut rand::rngs::OsRng.unwrap_err(), 32)
+}
+
+/// pgBackRest's TLS material: a CA, a server certificate for the members and a client
+/// certificate for the backup jobs, all PEM.
+#[derive(Clone)]
+pub struct TlsSet {
+    pub ca_crt: String,
+    pub server_crt: String,
+    pub server_key: String,
+    pub client_crt: String,
+    pub client_key: String,
+}
+
+impl std::fmt::Debug for TlsSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsSet { .. }")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("generating pgBackRest's TLS certificates failed: {0}")]
+pub struct TlsError(#[from] rcgen::Error);
+
+/// Generates a CA and the two certificates it signs. `server_names` are the DNS names the
+/// backup jobs use to reach the members (the server certificate's SANs).
+pub fn tls_set(cluster: &str, server_names: &[String]) -> Result<TlsSet, TlsError> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.distinguished_name.push(DnType::CommonName, format!("pgnomad {cluster} pgBackRest CA"));
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+
+    let mut server_params = CertificateParams::new(server_names.to_vec())?;
+    server_params.distinguished_name.push(DnType::CommonName, format!("{cluster}-pgbackrest"));
+    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_key = KeyPair::generate()?;
+    let server = server_params.signed_by(&server_key, &ca)?;
+
+    let mut client_params = CertificateParams::new(Vec::<String>::new())?;
+    client_params.distinguished_name.push(DnType::CommonName, BACKUP_CLIENT_CN);
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = KeyPair::generate()?;
+    let client = client_params.signed_by(&client_key, &ca)?;
+
+    Ok(TlsSet {
+        ca_crt: ca.pem(),
+        server_crt: server.pem(),
+        server_key: server_key.serialize_pem(),
+        client_crt: client.pem(),
+        client_key: client_key.serialize_pem(),
+    })
+}
+
+/// Values for `keys`: what `existing` already holds is kept as it is; missing passwords and
+/// certificates are generated (certificates from `tls`, so that every job gets the same
+/// set); missing operator-provided keys are returned by name, for the caller to report.
+pub fn fill(keys: &[SecretKey], existing: &BTreeMap<String, String>, tls: &TlsSet) -> (BTreeMap<String, String>, Vec<String>) {
+    let mut values = BTreeMap::new();
+    let mut missing = Vec::new();
+    for key in keys {
+        if let Some(value) = existing.get(&key.key) {
+            values.insert(key.key.clone(), value.clone());
+            continue;
+        }
+        let value = match key.origin {
+            Origin::Password => password(),
+            Origin::Certificate => match key.key.as_str() {
+                "tls_ca_crt" => tls.ca_crt.clone(),
+                "tls_server_crt" => tls.server_crt.clone(),
+                "tls_server_key" => tls.server_key.clone(),
+                "tls_client_crt" => tls.client_crt.clone(),
+                "tls_client_key" => tls.client_key.clone(),
+                other => unreachable!("no certificate is called {other}"),
+            },
+            Origin::Operator => {
+                missing.push(key.key.clone());
+                continue;
+            }
+        };
+        values.insert(key.key.clone(), value);
+    }
+    (values, missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_long_alphanumeric_and_differ() {
+        let (a, b) = (password(), password());
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn fill_keeps_existing_values_and_reports_operator_keys() {
+        let keys = vec![
+            SecretKey { key: "superuser_password".into(), origin: Origin::Password, description: String::new() },
+            SecretKey { key: "replication_password".into(), origin: Origin::Password, description: String::new() },
+            SecretKey { key: "s3_key".into(), origin: Origin::Operator, description: String::new() },
+            SecretKey { key: "tls_ca_crt".into(), origin: Origin::Certificate, description: String::new() },
+        ];
+        let existing = BTreeMap::from([("superuser_password".to_owned(), "kept".to_owned())]);
+        let tls = tls_set("main", &["member-0.main-pgbackrest.service.consul".into()]).unwrap();
+        let (values, missing) = fill(&keys, &existing, &tls);
+        assert_eq!(values["superuser_password"], "kept");
+        assert_eq!(values["replication_password"].len(), 32);
+        assert!(values["tls_ca_crt"].starts_with("-----BEGIN CERTIFICATE-----"));
+        assert_eq!(missing, ["s3_key"]);
+    }
+}
