@@ -255,7 +255,8 @@ fn nomad_rendering_keeps_holes_as_go_templates_and_escapes_literals() {
         for kind in &facts.backup.kinds {
             let conf = find(&files, &format!("{kind}/backup/pgbackrest.conf"));
             assert!(conf.contains(&format!("{{{{ range $i, $s := service \"{cluster}-pgbackrest\" }}}}")), "{conf}");
-            assert!(conf.contains("pg{{ add $i 1 }}-host={{ $s.Address }}"), "{conf}");
+            let host = format!("pg{{{{ add $i 1 }}}}-host={{{{ index $s.ServiceMeta \"member\" }}}}.{cluster}-pgbackrest.service.consul");
+            assert!(conf.contains(&host), "{conf}");
         }
     }
     // A literal `{{` reaches Postgres as text: Go prints `{{ "{{" }}` as `{{`.
