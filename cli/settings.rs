@@ -85,6 +85,8 @@ pub enum SettingsError {
     BadAddress { source_name: String, value: String, reason: &'static str },
     #[error("{name} must be true or false, got {value:?}")]
     BadBool { name: &'static str, value: String },
+    #[error("cannot read {path}: {message}")]
+    Unreadable { path: String, message: String },
     #[error("a client certificate needs its key and a key needs its certificate (--client-cert/--client-key, NOMAD_CLIENT_CERT/NOMAD_CLIENT_KEY)")]
     HalfClientCertificate,
 }
@@ -150,6 +152,61 @@ impl ConnectionArgs {
                 ..TlsSettings::default()
             },
         })
+    }
+}
+
+/// Secrets only the operator can give, for `run` to store in Nomad Variables. Read from the
+/// environment (or a file), never from a flag: a flag's value shows in `ps` and shell history.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct OperatorSecrets {
+    /// `AWS_ACCESS_KEY_ID`: the S3 backup repository's access key.
+    pub s3_key: Option<String>,
+    /// `AWS_SECRET_ACCESS_KEY`.
+    pub s3_key_secret: Option<String>,
+    /// `PGNOMAD_PATRONI_CONSUL_TOKEN` (or `--patroni-consul-token-file`): Patroni's Consul token.
+    pub patroni_consul_token: Option<String>,
+}
+
+impl std::fmt::Debug for OperatorSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: &Option<String>| if v.is_some() { "set" } else { "unset" };
+        write!(f, "OperatorSecrets {{ s3_key: {}, s3_key_secret: {}, patroni_consul_token: {} }}", set(&self.s3_key), set(&self.s3_key_secret), set(&self.patroni_consul_token))
+    }
+}
+
+impl OperatorSecrets {
+    /// `token_file` wins over `PGNOMAD_PATRONI_CONSUL_TOKEN`.
+    pub fn from_env(env: &Environment, token_file: Option<&std::path::Path>) -> Result<Self, SettingsError> {
+        let patroni_consul_token = match token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| SettingsError::Unreadable { path: path.display().to_string(), message: e.to_string() })?
+                    .trim()
+                    .to_string(),
+            ),
+            None => env.get("PGNOMAD_PATRONI_CONSUL_TOKEN"),
+        };
+        Ok(OperatorSecrets { s3_key: env.get("AWS_ACCESS_KEY_ID"), s3_key_secret: env.get("AWS_SECRET_ACCESS_KEY"), patroni_consul_token })
+    }
+
+    /// The value of an operator-provided secret key, if the operator gave it.
+    pub fn value(&self, key: &str) -> Option<&str> {
+        match key {
+            "s3_key" => self.s3_key.as_deref(),
+            "s3_key_secret" => self.s3_key_secret.as_deref(),
+            "consul_token" => self.patroni_consul_token.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// How to give `key`, for messages.
+    pub fn how_to_provide(key: &str) -> &'static str {
+        match key {
+            "s3_key" => "export AWS_ACCESS_KEY_ID",
+            "s3_key_secret" => "export AWS_SECRET_ACCESS_KEY",
+            "consul_token" => "export PGNOMAD_PATRONI_CONSUL_TOKEN or pass --patroni-consul-token-file FILE",
+            _ => "store it in the job's Nomad Variable yourself",
+        }
     }
 }
 

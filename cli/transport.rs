@@ -23,6 +23,8 @@ pub trait Transport: Send + Sync {
 pub enum Service {
     Nomad,
     Consul,
+    /// A Patroni member's REST API (found through Consul; no token).
+    Patroni,
 }
 
 impl Service {
@@ -30,6 +32,7 @@ impl Service {
         match self {
             Service::Nomad => "check NOMAD_ADDR (or --address) and that a Nomad agent listens there",
             Service::Consul => "check CONSUL_HTTP_ADDR (or --consul-address) and that a Consul agent listens there",
+            Service::Patroni => "the address comes from Consul's <cluster>-patroni service; check that the member runs and its REST API is reachable from here",
         }
     }
 }
@@ -124,6 +127,13 @@ impl HttpTransport {
         Ok(Self::with_parts(client, base_url, Service::Consul, settings.token.clone(), Vec::new()))
     }
 
+    /// A Patroni member's REST API: short timeouts and no retries, since the caller moves on
+    /// to the next member instead.
+    pub fn patroni(address: &str) -> Result<Self, TransportError> {
+        let (client, base_url) = build_client(address, &TlsSettings::default())?;
+        Ok(Self::with_parts(client, base_url, Service::Patroni, None, Vec::new()).with_retry(RetryPolicy::none()).with_request_timeout(Duration::from_secs(2)))
+    }
+
     fn with_parts(client: reqwest::Client, base_url: String, service: Service, token: Option<String>, default_query: Vec<(String, String)>) -> Self {
         HttpTransport {
             client,
@@ -173,7 +183,7 @@ impl HttpTransport {
         if let Some(token) = &self.token {
             let header = match self.service {
                 Service::Nomad => "X-Nomad-Token",
-                Service::Consul => "X-Consul-Token",
+                Service::Consul | Service::Patroni => "X-Consul-Token",
             };
             builder = builder.header(header, token);
         }
@@ -242,7 +252,7 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 fn read_meta(headers: &reqwest::header::HeaderMap, service: Service) -> QueryMeta {
     let prefix = match service {
         Service::Nomad => "x-nomad-",
-        Service::Consul => "x-consul-",
+        Service::Consul | Service::Patroni => "x-consul-",
     };
     let header = |name: &str| headers.get(format!("{prefix}{name}")).and_then(|v| v.to_str().ok()).map(str::to_string);
     QueryMeta {
@@ -453,6 +463,10 @@ impl<T: Transport> NomadClient<T> {
 
     pub async fn delete_csi_volume(&self, volume_id: &str) -> Result<(), TransportError> {
         execute(&self.transport, &api::delete_csi_volume(volume_id), None).await.map(drop)
+    }
+
+    pub async fn list_variables(&self, prefix: &str) -> Result<Vec<api::VariableMetadata>, TransportError> {
+        self.call(api::list_variables(prefix)).await
     }
 
     pub async fn read_variable(&self, path: &str) -> Result<Option<api::Variable>, TransportError> {

@@ -1,15 +1,21 @@
 //! The command line: clap types and one thin file per command. Commands read files and
 //! print; the work is done by the pipeline (`stack` → `compile` → `render`) and `deploy`.
 
+mod destroy;
 mod init;
 pub use init::INIT_TEMPLATE;
+mod plan;
 mod render;
+mod run;
+mod status;
 mod validate;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use crate::transport::HttpTransport;
 
 use crate::stack::{self, Checked, Source};
 
@@ -18,8 +24,13 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// The stack file (or another input) is wrong; the message says where.
     pub const BAD_INPUT: u8 = 1;
-    /// A bug or an environment problem pgnomad could not handle.
+    /// A bug or an environment problem pgnomad could not handle (Nomad unreachable, …).
     pub const INTERNAL: u8 = 2;
+    /// The cluster did not converge: a failed deployment, or a timeout.
+    pub const NOT_CONVERGED: u8 = 3;
+    /// `plan` only, as `nomad job plan`: 0 no changes, 1 changes, 255 error.
+    pub const PLAN_CHANGES: u8 = 1;
+    pub const PLAN_ERROR: u8 = 255;
 }
 
 #[derive(Debug, Parser)]
@@ -38,6 +49,24 @@ enum Command {
     /// Compile the stack into Nomad jobs (HCL and JSON), volume specs, ACL policies and the
     /// list of secrets.
     Render(render::Args),
+    /// Show what `run` would change: secrets, volumes and each job's diff (Nomad's plan).
+    ///
+    /// Exit codes: 0 no changes, 1 changes, 255 error (as `nomad job plan`).
+    Plan(plan::Args),
+    /// Put the stack on the cluster: secrets, CSI volumes, postgres (until a primary is
+    /// elected), pgbouncer, pgadmin, backup jobs.
+    ///
+    /// Exit codes: 0 done, 1 bad input or refused (nothing overwritten), 2 internal or
+    /// connection error, 3 the cluster did not converge (failed deployment, timeout).
+    Run(run::Args),
+    /// Jobs, deployments, members (role, state, timeline, lag), PgBouncer, last backups.
+    ///
+    /// Exit codes: 0 shown, 1 bad input, 2 Nomad could not be read.
+    Status(status::Args),
+    /// Deregister the cluster's jobs (only those pgnomad created for this cluster).
+    ///
+    /// Exit codes: 0 done, 1 bad input or not confirmed, 2 internal or connection error.
+    Destroy(destroy::Args),
 }
 
 /// What went wrong, and so which exit code to use.
@@ -46,6 +75,9 @@ pub enum Failure {
     /// Already explained to the user (diagnostics printed).
     BadInput(String),
     Internal(String),
+    NotConverged(String),
+    /// A command-specific code (plan's 1 and 255).
+    Exit(u8, String),
 }
 
 impl Failure {
@@ -53,6 +85,8 @@ impl Failure {
         match self {
             Failure::BadInput(_) => exit::BAD_INPUT,
             Failure::Internal(_) => exit::INTERNAL,
+            Failure::NotConverged(_) => exit::NOT_CONVERGED,
+            Failure::Exit(code, _) => *code,
         }
     }
 }
@@ -63,12 +97,16 @@ pub fn main() -> ExitCode {
         Command::Init(args) => init::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Render(args) => render::run(args),
+        Command::Plan(args) => plan::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Destroy(args) => destroy::run(args),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(failure) => {
             let message = match &failure {
-                Failure::BadInput(m) | Failure::Internal(m) => m,
+                Failure::BadInput(m) | Failure::Internal(m) | Failure::NotConverged(m) | Failure::Exit(_, m) => m,
             };
             if !message.is_empty() {
                 eprintln!("{}", message.trim_end());
@@ -106,5 +144,35 @@ pub fn load_stack(path: &Path) -> Result<Checked, Failure> {
             text.push_str(&format!("\n{}: {errors} error{} in the stack file\n", source.name, if errors == 1 { "" } else { "s" }));
             Err(Failure::BadInput(text))
         }
+    }
+}
+
+/// Clients for the cluster's Nomad and Consul, from flags and the environment.
+pub fn connect(args: &crate::settings::ConnectionArgs, env: &crate::settings::Environment) -> Result<crate::deploy::Cluster<HttpTransport, HttpTransport>, Failure> {
+    let bad = |e: crate::settings::SettingsError| Failure::BadInput(format!("error: {e}"));
+    let nomad = args.nomad(env).map_err(bad)?;
+    let consul = args.consul(env).map_err(bad)?;
+    let setup = |e: crate::transport::TransportError| Failure::Internal(format!("error: {e}"));
+    Ok(crate::deploy::Cluster {
+        nomad: crate::transport::NomadClient::new(HttpTransport::nomad(&nomad).map_err(setup)?),
+        consul: crate::consul::ConsulClient::new(HttpTransport::consul(&consul).map_err(setup)?),
+    })
+}
+
+/// Runs one async operation to completion (commands stay synchronous).
+pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Failure::Internal(format!("error: cannot start the async runtime: {e}")))?;
+    Ok(runtime.block_on(future))
+}
+
+/// The exit code a deploy error calls for.
+pub fn deploy_failure(error: crate::deploy::DeployError) -> Failure {
+    let message = error.to_string();
+    if error.is_not_converged() {
+        Failure::NotConverged(message)
+    } else if error.is_refusal() {
+        Failure::BadInput(message)
+    } else {
+        Failure::Internal(message)
     }
 }

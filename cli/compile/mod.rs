@@ -20,6 +20,7 @@ use crate::stack::{Driver, Secrets, Stack};
 
 pub use acl::{AclPolicy, AclSystem};
 pub use secrets::{Origin, SecretKey};
+pub use volumes::member_volume_id;
 
 /// Meta keys on every job pgnomad submits. Underscores, not dots: a jobspec `meta` block
 /// only takes identifiers, and the keys also become `NOMAD_META_*` variables.

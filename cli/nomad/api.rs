@@ -175,6 +175,11 @@ pub fn delete_csi_volume(volume_id: &str) -> Request {
     Request::new(Method::Delete, format!("/v1/volume/csi/{}/delete", encode_segment(volume_id)))
 }
 
+/// `GET /v1/vars?prefix=…`: paths and indexes of the variables under `prefix` (no items).
+pub fn list_variables(prefix: &str) -> Request {
+    Request::get("/v1/vars").with_query("prefix", prefix)
+}
+
 pub fn read_variable(path: &str) -> Request {
     Request::get(format!("/v1/var/{}", encode_path(path)))
 }

@@ -531,6 +531,16 @@ pub struct Variable {
     pub modify_time: i64,
 }
 
+/// `server.VariableMetadata`: a variable as `GET /v1/vars` lists it, without its items.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct VariableMetadata {
+    pub namespace: String,
+    pub path: String,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct NodeListStub {

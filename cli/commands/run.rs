@@ -1,0 +1,87 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::deploy::{self, PlanScope, Quiet, Reporter, RunOptions};
+use crate::settings::{ConnectionArgs, Environment, OperatorSecrets};
+use crate::ui::TerminalReporter;
+
+use super::{block_on, connect, deploy_failure, load_stack, Failure, StackFile};
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Secrets are read from the environment, never from flags: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+for an S3 backup repository, PGNOMAD_PATRONI_CONSUL_TOKEN for Patroni on a Consul with ACLs.
+
+Exit codes: 0 done, 1 bad input or refused (nothing was overwritten), 2 internal or connection error, \
+3 the cluster did not converge (failed deployment, timeout).")]
+pub struct Args {
+    #[command(flatten)]
+    stack: StackFile,
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    /// A directory whose files replace the built-in pack templates of the same path.
+    #[arg(long, value_name = "DIR")]
+    packs: Option<PathBuf>,
+    /// Register and return without following deployments.
+    #[arg(long)]
+    detach: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Only this job of the stack (secrets and volumes are still brought up to date).
+    #[arg(long, value_name = "JOB_ID")]
+    job: Option<String>,
+    /// Register `--job` only if its JobModifyIndex is still N (from `pgnomad plan`); 0 means
+    /// it must not exist yet.
+    #[arg(long, value_name = "N", requires = "job")]
+    check_index: Option<u64>,
+    /// How long to wait for each job to converge, e.g. 900s, 15m.
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    timeout: Duration,
+    /// A file holding Patroni's Consul token (instead of PGNOMAD_PATRONI_CONSUL_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    patroni_consul_token_file: Option<PathBuf>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 90s or 15m"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{text:?}: the unit must be ms, s, m or h")),
+    }
+}
+
+pub fn run(args: Args) -> Result<(), Failure> {
+    let checked = load_stack(&args.stack.path)?;
+    let packs = super::render::load_packs(args.packs.as_deref())?;
+    let env = Environment::from_process();
+    let operator = OperatorSecrets::from_env(&env, args.patroni_consul_token_file.as_deref()).map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+    let cluster = connect(&args.connection, &env)?;
+    let options = RunOptions { detach: args.detach, scope: PlanScope { job: args.job.clone(), check_index: args.check_index }, timeout: args.timeout, operator };
+    let terminal = TerminalReporter::new();
+    let reporter: &dyn Reporter = if args.json { &Quiet } else { &terminal };
+    let result = block_on(deploy::run(&cluster, &checked.stack, &packs, &options, reporter))?;
+    match result {
+        Ok(summary) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"ok": true, "summary": summary})).expect("summaries serialize"));
+            } else {
+                print!("{}", crate::ui::run_text(&summary));
+            }
+            Ok(())
+        }
+        Err(error) => {
+            let failure = deploy_failure(error);
+            if args.json {
+                let (code, message) = match &failure {
+                    Failure::BadInput(m) | Failure::Internal(m) | Failure::NotConverged(m) | Failure::Exit(_, m) => (failure.code(), m.clone()),
+                };
+                println!("{}", serde_json::json!({"ok": false, "exit_code": code, "error": message}));
+            }
+            Err(failure)
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The secret variables of a cluster: what exists, what is missing, and the writes that add
+//! the missing keys without changing a single existing value.
+//!
+//! Some keys are shared between jobs (`pgbouncer_auth_password` in the postgres and pgbouncer
+//! variables, the pgBackRest TLS set, `repo_cipher_pass`, the S3 keys): values are pooled by
+//! key across every existing variable of the cluster, so a key added to one job gets the value
+//! another job already has.
+
+use std::collections::BTreeMap;
+
+use crate::compile::{Origin, SecretSpec};
+use crate::nomad::api::Variable;
+use crate::settings::OperatorSecrets;
+use crate::transport::{NomadClient, Transport};
+
+use super::{DeployError, Problem, SecretAction, SecretPlan};
+
+/// Keys of the pgBackRest TLS set: all generated together from one CA, so either all the keys
+/// a stack needs exist or none does.
+const TLS_KEYS: &[&str] = &["tls_ca_crt", "tls_server_crt", "tls_server_key", "tls_client_crt", "tls_client_key"];
+
+/// The cluster's variables as they are on the server, by path.
+#[derive(Debug, Clone, Default)]
+pub struct ExistingSecrets {
+    pub by_path: BTreeMap<String, Variable>,
+}
+
+impl ExistingSecrets {
+    /// Lists `nomad/jobs/<cluster>-…` once, then reads the variables the stack uses.
+    pub async fn read<N: Transport>(nomad: &NomadClient<N>, cluster: &str, specs: &[SecretSpec]) -> Result<Self, DeployError> {
+        let mut by_path = BTreeMap::new();
+        let nomad_specs: Vec<&SecretSpec> = specs.iter().filter(|s| s.provider == "nomad-variables").collect();
+        if nomad_specs.is_empty() {
+            return Ok(ExistingSecrets { by_path });
+        }
+        let listed = nomad.list_variables(&format!("nomad/jobs/{cluster}-")).await.map_err(DeployError::api("listing the cluster's secret variables"))?;
+        for spec in nomad_specs {
+            if !listed.iter().any(|v| v.path == spec.path) {
+                continue;
+            }
+            let variable = nomad.read_variable(&spec.path).await.map_err(DeployError::api(format!("reading variable {}", spec.path)))?;
+            if let Some(variable) = variable {
+                by_path.insert(spec.path.clone(), variable);
+            }
+        }
+        Ok(ExistingSecrets { by_path })
+    }
+
+    /// Values by key across every variable; the first path (in stack order) wins when two
+    /// disagree, and the disagreement is returned as a problem.
+    pub fn pool(&self, specs: &[SecretSpec]) -> (BTreeMap<String, String>, Vec<Problem>) {
+        let mut pool: BTreeMap<String, (String, String)> = BTreeMap::new();
+        let mut problems = Vec::new();
+        for spec in specs {
+            let Some(variable) = self.by_path.get(&spec.path) else { continue };
+            for (key, value) in &variable.items {
+                match pool.get(key) {
+                    None => {
+                        pool.insert(key.clone(), (value.clone(), spec.path.clone()));
+                    }
+                    Some((kept, first_path)) if kept != value && spec.keys.iter().any(|k| &k.key == key) => {
+                        problems.push(Problem::InconsistentSecret { key: key.clone(), paths: vec![first_path.clone(), spec.path.clone()] });
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        (pool.into_iter().map(|(k, (v, _))| (k, v)).collect(), problems)
+    }
+}
+
+/// What each variable needs, from what exists and what the operator gave.
+pub fn secret_plans(specs: &[SecretSpec], existing: &ExistingSecrets, operator: &OperatorSecrets) -> (Vec<SecretPlan>, Vec<Problem>) {
+    let (pool, mut problems) = existing.pool(specs);
+    let mut plans = Vec::new();
+    for spec in specs {
+        if spec.provider != "nomad-variables" {
+            plans.push(SecretPlan {
+                job: spec.job.clone(),
+                path: spec.path.clone(),
+                action: SecretAction::External,
+                keys_to_add: spec.keys.iter().map(|k| k.key.clone()).collect(),
+                missing_operator_keys: Vec::new(),
+                modify_index: 0,
+            });
+            continue;
+        }
+        let variable = existing.by_path.get(&spec.path);
+        let keys_to_add: Vec<String> = spec.keys.iter().filter(|k| variable.is_none_or(|v| !v.items.contains_key(&k.key))).map(|k| k.key.clone()).collect();
+        let missing_operator_keys: Vec<String> = spec
+            .keys
+            .iter()
+            .filter(|k| k.origin == Origin::Operator && keys_to_add.contains(&k.key))
+            .filter(|k| !pool.contains_key(&k.key) && operator.value(&k.key).is_none() && k.key != "consul_token")
+            .map(|k| k.key.clone())
+            .collect();
+        for key in &missing_operator_keys {
+            problems.push(Problem::MissingOperatorKey { job: spec.job.clone(), key: key.clone(), how: OperatorSecrets::how_to_provide(key).to_string() });
+        }
+        let action = match (variable, keys_to_add.is_empty()) {
+            (None, _) => SecretAction::Create,
+            (Some(_), true) => SecretAction::UpToDate,
+            (Some(_), false) => SecretAction::Extend,
+        };
+        plans.push(SecretPlan {
+            job: spec.job.clone(),
+            path: spec.path.clone(),
+            action,
+            keys_to_add,
+            missing_operator_keys,
+            modify_index: variable.map(|v| v.modify_index).unwrap_or(0),
+        });
+    }
+    // A TLS set can only be completed by the CA that made it, and its key is not kept.
+    let needed: Vec<&str> = TLS_KEYS.iter().copied().filter(|k| specs.iter().any(|s| s.keys.iter().any(|x| x.key == *k))).collect();
+    let present: Vec<String> = needed.iter().filter(|k| pool.contains_key(**k)).map(|k| k.to_string()).collect();
+    if !present.is_empty() && present.len() < needed.len() {
+        let missing = needed.iter().filter(|k| !pool.contains_key(**k)).map(|k| k.to_string()).collect();
+        problems.push(Problem::IncompleteTlsSet { present, missing });
+    }
+    (plans, problems)
+}
