@@ -4,6 +4,7 @@ mod support;
 mod support_procs;
 
 mod cli;
+mod deploy;
 mod infra_defaults;
 mod nomad_client;
 mod nomad_double;
