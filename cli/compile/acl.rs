@@ -46,9 +46,12 @@ pub fn policies(stack: &Stack, jobs: &[CompiledJob]) -> Vec<AclPolicy> {
         "  capabilities = [\"list-jobs\", \"read-job\", \"submit-job\", \"dispatch-job\", \"read-logs\", \"csi-list-volume\", \"csi-read-volume\", \"csi-write-volume\"]"
     );
     let _ = writeln!(rules, "\n  variables {{");
+    // `list`: run and destroy find the cluster's variables with one `GET /v1/vars?prefix=`.
     for job in jobs {
-        let _ = writeln!(rules, "    path \"nomad/jobs/{}\" {{\n      capabilities = [\"write\", \"read\", \"destroy\"]\n    }}", job.id());
+        let _ = writeln!(rules, "    path \"nomad/jobs/{}\" {{\n      capabilities = [\"write\", \"read\", \"destroy\", \"list\"]\n    }}", job.id());
     }
+    // pgnomad's own copy of the TLS set, which no workload reads (see deploy::secrets).
+    let _ = writeln!(rules, "    path \"pgnomad/{c}/*\" {{\n      capabilities = [\"write\", \"read\", \"destroy\", \"list\"]\n    }}");
     let _ = writeln!(rules, "  }}\n}}\n\nnode {{\n  policy = \"read\"\n}}\n\nplugin {{\n  policy = \"read\"\n}}");
     out.push(AclPolicy {
         system: AclSystem::Nomad,
