@@ -107,7 +107,9 @@ fn plan_run_status_plan_destroy_on_a_fresh_cluster() {
     let run = lab.pgnomad(&["run"]);
     assert_eq!(code(&run), Some(0), "{}", show(&run));
     let log = lab.write_log();
-    let mut expected: Vec<String> = JOBS_IN_ORDER.iter().map(|j| format!("PUT var nomad/jobs/{j}")).collect();
+    // pgnomad's copy of the TLS set first, so an interrupted run can complete the set.
+    let mut expected = vec!["PUT var pgnomad/main/tls".to_string()];
+    expected.extend(JOBS_IN_ORDER.iter().map(|j| format!("PUT var nomad/jobs/{j}")));
     expected.extend((0..3).map(|i| format!("PUT volume main-member-{i}")));
     expected.extend(JOBS_IN_ORDER.iter().map(|j| format!("register {j}")));
     assert_eq!(log, expected, "secrets, volumes, postgres, pgbouncer, pgadmin, backups");
@@ -163,4 +165,161 @@ fn plan_run_status_plan_destroy_on_a_fresh_cluster() {
     assert_eq!(deregistered.last().unwrap(), "deregister main-postgres", "postgres goes last");
     // Volumes and secrets are kept.
     assert!(!lab.write_log().iter().any(|w| w.starts_with("DELETE")), "{:?}", lab.write_log());
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
+}
+
+#[test]
+fn an_existing_secret_is_never_overwritten_and_its_missing_keys_are_added() {
+    let lab = Lab::new();
+    let client = lab.nomad.client();
+    let kept = std::collections::BTreeMap::from([("superuser_password".to_string(), "kept-by-the-dba".to_string())]);
+    block_on(client.put_variable("nomad/jobs/main-postgres", &kept, Some(0))).unwrap();
+    let shared = std::collections::BTreeMap::from([("pgbouncer_auth_password".to_string(), "shared-auth".to_string())]);
+    block_on(client.put_variable("nomad/jobs/main-pgbouncer", &shared, Some(0))).unwrap();
+
+    let plan = lab.pgnomad(&["plan"]);
+    let plan_text = text(&plan.stdout);
+    assert!(plan_text.contains("nomad/jobs/main-postgres: +/- add replication_password"), "{plan_text}");
+    assert!(plan_text.contains("nomad/jobs/main-pgbouncer:   up to date"), "{plan_text}");
+    assert!(!plan_text.contains("kept-by-the-dba"));
+
+    let run = lab.pgnomad(&["run"]);
+    assert_eq!(code(&run), Some(0), "{}", show(&run));
+    let postgres = lab.variable("nomad/jobs/main-postgres");
+    assert_eq!(postgres["superuser_password"], json!("kept-by-the-dba"));
+    assert_eq!(postgres["pgbouncer_auth_password"], json!("shared-auth"), "pooled from the pgbouncer variable");
+    assert_eq!(postgres["replication_password"].as_str().unwrap().len(), 32);
+    assert_eq!(lab.variable("nomad/jobs/main-pgbouncer"), json!({"pgbouncer_auth_password": "shared-auth"}));
+    // The extension was a check-and-set on the variable's index; the pgbouncer variable was not written.
+    let var_writes: Vec<RecordedRequest> = lab.nomad.writes().into_iter().filter(|w| w.path.starts_with("/v1/var/")).collect();
+    let extension = var_writes.iter().find(|w| w.path.ends_with("main-postgres") && w.query.iter().any(|(k, v)| k == "cas" && v != "0"));
+    assert!(extension.is_some(), "{var_writes:?}");
+    assert!(!var_writes[2..].iter().any(|w| w.path.ends_with("main-pgbouncer")), "{var_writes:?}");
+}
+
+#[test]
+fn an_existing_volume_is_never_recreated() {
+    let lab = Lab::new();
+    let volume = crate::stack_fixtures::compile(DEFAULT).volumes[1].clone();
+    block_on(lab.nomad.client().create_csi_volume(&serde_json::to_value(&volume).unwrap())).unwrap();
+    let run = lab.pgnomad(&["run"]);
+    assert_eq!(code(&run), Some(0), "{}", show(&run));
+    let volume_writes: Vec<String> = lab.write_log().into_iter().filter(|w| w.contains("volume")).collect();
+    assert_eq!(volume_writes, ["PUT volume main-member-1", "PUT volume main-member-0", "PUT volume main-member-2"]);
+}
+
+#[test]
+fn a_job_changed_behind_pgnomads_back_is_detected_and_not_overwritten() {
+    let lab = Lab::new();
+    assert_eq!(code(&lab.pgnomad(&["run", "--detach"])), Some(0));
+
+    // Changed by hand after pgnomad wrote it: a plain run refuses.
+    lab.nomad.force_index_conflict("default", "main-pgbouncer");
+    let registers = |lab: &Lab| lab.write_log().iter().filter(|w| w.starts_with("register")).count();
+    let before = registers(&lab);
+    let run = lab.pgnomad(&["run"]);
+    assert_eq!(code(&run), Some(1), "{}", show(&run));
+    assert!(text(&run.stderr).contains("main-pgbouncer was changed outside pgnomad"), "{}", show(&run));
+    assert_eq!(registers(&lab), before, "nothing was registered");
+
+    // Changed between `plan` and `run --check-index`: Nomad refuses the stale index.
+    let plan = lab.pgnomad(&["plan", "--json"]);
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let index = plan["jobs"].as_array().unwrap().iter().find(|j| j["id"] == "main-pgbouncer").unwrap()["check_index"].as_u64().unwrap();
+    lab.nomad.force_index_conflict("default", "main-pgbouncer");
+    let index_arg = index.to_string();
+    let run = lab.pgnomad(&["run", "--job", "main-pgbouncer", "--check-index", &index_arg]);
+    assert_eq!(code(&run), Some(1), "{}", show(&run));
+    assert!(text(&run.stderr).contains("main-pgbouncer changed on the server since the plan"), "{}", show(&run));
+    assert!(text(&run.stderr).contains("it was not overwritten"), "{}", show(&run));
+    let meta = &lab.nomad.requests().iter().rev().find(|r| r.path == "/v1/jobs").unwrap().body.clone().unwrap();
+    assert_eq!(meta["JobModifyIndex"], json!(index), "the plan's index was enforced");
+}
+
+#[test]
+fn a_failed_deployment_exits_3_and_shows_the_task_events() {
+    let lab = Lab::new();
+    lab.nomad.fail_group("main-postgres", "member-1");
+    let run = lab.pgnomad(&["run"]);
+    assert_eq!(code(&run), Some(3), "{}", show(&run));
+    let stderr = text(&run.stderr);
+    assert!(stderr.contains("deployment") && stderr.contains("of main-postgres failed"), "{stderr}");
+    assert!(stderr.contains("main-postgres.member-1[0] (failed)"), "{stderr}");
+    assert!(stderr.contains("Driver Failure: failed to create container: simulated driver failure"), "{stderr}");
+    assert!(!lab.write_log().iter().any(|w| w == "register main-pgbouncer"), "nothing after a failed postgres");
+}
+
+/// One fault at one step: the run stops with a clear report; the next run converges.
+fn fault_then_rerun(fault: Fault, expect_in_stderr: &str, expect_code: i32) {
+    let lab = Lab::new();
+    lab.nomad.inject(fault.clone());
+    let run = lab.pgnomad(&["run"]);
+    assert_eq!(code(&run), Some(expect_code), "fault {fault:?}\n{}", show(&run));
+    assert!(text(&run.stderr).contains(expect_in_stderr), "fault {fault:?}\n{}", show(&run));
+    let rerun = lab.pgnomad(&["run"]);
+    assert_eq!(code(&rerun), Some(0), "re-run after {fault:?}\n{}", show(&rerun));
+    let plan = lab.pgnomad(&["plan"]);
+    assert_eq!(code(&plan), Some(0), "converged after {fault:?}\n{}", show(&plan));
+}
+
+#[test]
+fn a_server_error_on_each_write_stops_the_run_and_a_rerun_converges() {
+    fault_then_rerun(Fault::status("PUT", "/v1/var/nomad/jobs/main-pgadmin", 503), "writing variable nomad/jobs/main-pgadmin: Nomad answered 503", 2);
+    fault_then_rerun(Fault::status("PUT", "/v1/volume/csi/main-member-2", 500), "creating CSI volume main-member-2: Nomad answered 500", 2);
+    fault_then_rerun(Fault::status("PUT", "/v1/jobs", 503), "registering main-postgres: Nomad answered 503", 2);
+}
+
+#[test]
+fn a_dropped_connection_stops_the_run_and_a_rerun_converges() {
+    fault_then_rerun(Fault::drop_connection("PUT", "/v1/jobs"), "registering main-postgres", 2);
+    // Reads are retried: a dropped watch is invisible, four in a row are reported.
+    fault_then_rerun(Fault::drop_connection("GET", "/v1/job/main-postgres/deployment").times(4), "watching the deployment of main-postgres", 2);
+}
+
+#[test]
+fn no_leader_is_reported_with_a_hint_and_a_rerun_converges() {
+    let lab = Lab::new();
+    lab.nomad.set_leader(false);
+    let run = lab.pgnomad(&["run"]);
+    assert_eq!(code(&run), Some(2), "{}", show(&run));
+    assert!(text(&run.stderr).contains("No cluster leader"), "{}", show(&run));
+    assert!(text(&run.stderr).contains("hint: the Nomad servers have no leader"), "{}", show(&run));
+    assert!(lab.write_log().is_empty());
+    lab.nomad.set_leader(true);
+    let rerun = lab.pgnomad(&["run"]);
+    assert_eq!(code(&rerun), Some(0), "{}", show(&rerun));
+}
+
+#[test]
+fn destroy_never_touches_a_job_pgnomad_does_not_own() {
+    let lab = Lab::with_stack("cluster \"main\" {}\npgadmin {\n  enabled = false\n}\n");
+    let client = lab.nomad.client();
+    let options = pgnomad::nomad::api::RegisterOptions::default();
+    block_on(client.register_job(&simple_job("main-postgres-old"), options)).unwrap();
+    block_on(client.register_job(&simple_job("main-pgadmin"), options)).unwrap();
+    assert_eq!(code(&lab.pgnomad(&["run", "--detach"])), Some(0));
+
+    // With pgAdmin in the stack, its ID is taken by a job pgnomad did not make.
+    std::fs::write(lab.dir.path().join("pgnomad.hcl"), DEFAULT).unwrap();
+    let plan = lab.pgnomad(&["plan"]);
+    assert_eq!(code(&plan), Some(255), "{}", show(&plan));
+    assert!(text(&plan.stdout).contains("job main-pgadmin exists but was not created by pgnomad"), "{}", show(&plan));
+    let run = lab.pgnomad(&["run"]);
+    assert_eq!(code(&run), Some(1), "{}", show(&run));
+
+    let destroy = lab.pgnomad(&["destroy", "--yes", "--delete-secrets", "--delete-volumes"]);
+    assert_eq!(code(&destroy), Some(0), "{}", show(&destroy));
+    assert!(text(&destroy.stderr).contains("main-pgadmin — it has no pgnomad_cluster meta"), "{}", show(&destroy));
+    let log = lab.write_log();
+    let deregistered: Vec<&String> = log.iter().filter(|w| w.starts_with("deregister")).collect();
+    assert_eq!(deregistered.len(), 5, "{log:?}");
+    assert!(!deregistered.iter().any(|w| w.contains("main-postgres-old") || *w == "deregister main-pgadmin"), "{log:?}");
+    let deleted: Vec<&String> = log.iter().filter(|w| w.starts_with("DELETE")).collect();
+    assert_eq!(deleted.len(), 5 + 1 + 3, "five job variables, the TLS store and three volumes: {deleted:?}");
+    let jobs = block_on(client.list_jobs(Some("main-"))).unwrap();
+    let alive: Vec<&str> = jobs.iter().filter(|j| !j.stop).map(|j| j.id.as_str()).collect();
+    assert_eq!(alive, ["main-pgadmin", "main-postgres-old"]);
 }

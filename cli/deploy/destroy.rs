@@ -70,6 +70,10 @@ pub async fn destroy_targets<N: Transport, C: Transport>(cluster: &Cluster<N, C>
                 targets.secrets.push((path, variable.modify_index));
             }
         }
+        let store = super::secrets::tls_store_path(name);
+        if let Some(variable) = nomad.read_variable(&store).await.map_err(DeployError::api(format!("reading variable {store}")))? {
+            targets.secrets.push((store, variable.modify_index));
+        }
     }
     Ok(targets)
 }

@@ -184,7 +184,7 @@ pub async fn plan<N: Transport, C: Transport>(cluster: &Cluster<N, C>, stack: &S
     let nomad = &cluster.nomad;
 
     let existing_secrets = ExistingSecrets::read(nomad, &name, &artifacts.secrets).await?;
-    let (secrets, mut problems) = secret_plans(&artifacts.secrets, &existing_secrets, operator);
+    let (secrets, mut problems) = secret_plans(&name, &artifacts.secrets, &existing_secrets, operator);
 
     let mut volumes = Vec::new();
     if !artifacts.volumes.is_empty() {

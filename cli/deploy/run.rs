@@ -180,13 +180,17 @@ async fn write_secrets<N: Transport, C: Transport>(cluster: &Cluster<N, C>, stac
 
     reporter.step(&format!("writing {} secret variable{}", to_write.len(), if to_write.len() == 1 { "" } else { "s" }));
     for secret in &plan.secrets {
-        let spec = plan.artifacts.secrets.iter().find(|s| s.path == secret.path).expect("planned secrets have specs");
         if !matches!(secret.action, SecretAction::Create | SecretAction::Extend) {
             summary.secrets.push(SecretOutcome { path: secret.path.clone(), action: secret.action, keys_added: Vec::new() });
             continue;
         }
-        let mut items: BTreeMap<String, String> = plan.existing_secrets.by_path.get(&secret.path).map(|v| v.items.clone()).unwrap_or_default();
-        for key in spec.keys.iter().map(|k| &k.key) {
+        let (existing, keys): (_, Vec<&String>) = match plan.artifacts.secrets.iter().find(|s| s.path == secret.path) {
+            Some(spec) => (plan.existing_secrets.by_path.get(&secret.path), spec.keys.iter().map(|k| &k.key).collect()),
+            // pgnomad's copy of the TLS set (first in the plan, so it is written first).
+            None => (plan.existing_secrets.tls_store.as_ref(), secret.keys_to_add.iter().collect()),
+        };
+        let mut items: BTreeMap<String, String> = existing.map(|v| v.items.clone()).unwrap_or_default();
+        for key in keys {
             // Existing values stay exactly as they are.
             items.entry(key.clone()).or_insert_with(|| values[key].clone());
         }

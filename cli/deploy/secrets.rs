@@ -19,10 +19,25 @@ use super::{DeployError, Problem, SecretAction, SecretPlan};
 /// a stack needs exist or none does.
 const TLS_KEYS: &[&str] = &["tls_ca_crt", "tls_server_crt", "tls_server_key", "tls_client_crt", "tls_client_key"];
 
+/// Where pgnomad keeps its own copy of the TLS set. Written before any job's variable, so a
+/// run interrupted between two variables can finish the set on the next run (the CA's key is
+/// not kept, so a lost certificate could not be signed again). Outside `nomad/jobs/`, so no
+/// workload identity can read it.
+pub fn tls_store_path(cluster: &str) -> String {
+    format!("pgnomad/{cluster}/tls")
+}
+
+/// The TLS keys the stack's variables need, in a stable order.
+fn needed_tls_keys(specs: &[SecretSpec]) -> Vec<&'static str> {
+    TLS_KEYS.iter().copied().filter(|k| specs.iter().any(|s| s.provider == "nomad-variables" && s.keys.iter().any(|x| x.key == *k))).collect()
+}
+
 /// The cluster's variables as they are on the server, by path.
 #[derive(Debug, Clone, Default)]
 pub struct ExistingSecrets {
     pub by_path: BTreeMap<String, Variable>,
+    /// The variable at [`tls_store_path`], if the stack uses TLS and it exists.
+    pub tls_store: Option<Variable>,
 }
 
 impl ExistingSecrets {
@@ -31,8 +46,14 @@ impl ExistingSecrets {
         let mut by_path = BTreeMap::new();
         let nomad_specs: Vec<&SecretSpec> = specs.iter().filter(|s| s.provider == "nomad-variables").collect();
         if nomad_specs.is_empty() {
-            return Ok(ExistingSecrets { by_path });
+            return Ok(ExistingSecrets { by_path, tls_store: None });
         }
+        let store_path = tls_store_path(cluster);
+        let tls_store = if needed_tls_keys(specs).is_empty() {
+            None
+        } else {
+            nomad.read_variable(&store_path).await.map_err(DeployError::api(format!("reading variable {store_path}")))?
+        };
         let listed = nomad.list_variables(&format!("nomad/jobs/{cluster}-")).await.map_err(DeployError::api("listing the cluster's secret variables"))?;
         for spec in nomad_specs {
             if !listed.iter().any(|v| v.path == spec.path) {
@@ -43,7 +64,7 @@ impl ExistingSecrets {
                 by_path.insert(spec.path.clone(), variable);
             }
         }
-        Ok(ExistingSecrets { by_path })
+        Ok(ExistingSecrets { by_path, tls_store })
     }
 
     /// Values by key across every variable; the first path (in stack order) wins when two
@@ -65,14 +86,38 @@ impl ExistingSecrets {
                 }
             }
         }
-        (pool.into_iter().map(|(k, (v, _))| (k, v)).collect(), problems)
+        let mut pool: BTreeMap<String, String> = pool.into_iter().map(|(k, (v, _))| (k, v)).collect();
+        if let Some(store) = &self.tls_store {
+            for (key, value) in store.items.iter().filter(|(k, _)| TLS_KEYS.contains(&k.as_str())) {
+                pool.entry(key.clone()).or_insert_with(|| value.clone());
+            }
+        }
+        (pool, problems)
     }
 }
 
 /// What each variable needs, from what exists and what the operator gave.
-pub fn secret_plans(specs: &[SecretSpec], existing: &ExistingSecrets, operator: &OperatorSecrets) -> (Vec<SecretPlan>, Vec<Problem>) {
+pub fn secret_plans(cluster: &str, specs: &[SecretSpec], existing: &ExistingSecrets, operator: &OperatorSecrets) -> (Vec<SecretPlan>, Vec<Problem>) {
     let (pool, mut problems) = existing.pool(specs);
     let mut plans = Vec::new();
+    let needed = needed_tls_keys(specs);
+    if !needed.is_empty() {
+        let store = existing.tls_store.as_ref();
+        let keys_to_add: Vec<String> = needed.iter().filter(|k| store.is_none_or(|v| !v.items.contains_key(**k))).map(|k| k.to_string()).collect();
+        let action = match (store, keys_to_add.is_empty()) {
+            (None, _) => SecretAction::Create,
+            (Some(_), true) => SecretAction::UpToDate,
+            (Some(_), false) => SecretAction::Extend,
+        };
+        plans.push(SecretPlan {
+            job: "pgnomad".into(),
+            path: tls_store_path(cluster),
+            action,
+            keys_to_add,
+            missing_operator_keys: Vec::new(),
+            modify_index: store.map(|v| v.modify_index).unwrap_or(0),
+        });
+    }
     for spec in specs {
         if spec.provider != "nomad-variables" {
             plans.push(SecretPlan {
@@ -112,7 +157,6 @@ pub fn secret_plans(specs: &[SecretSpec], existing: &ExistingSecrets, operator: 
         });
     }
     // A TLS set can only be completed by the CA that made it, and its key is not kept.
-    let needed: Vec<&str> = TLS_KEYS.iter().copied().filter(|k| specs.iter().any(|s| s.keys.iter().any(|x| x.key == *k))).collect();
     let present: Vec<String> = needed.iter().filter(|k| pool.contains_key(**k)).map(|k| k.to_string()).collect();
     if !present.is_empty() && present.len() < needed.len() {
         let missing = needed.iter().filter(|k| !pool.contains_key(**k)).map(|k| k.to_string()).collect();
@@ -120,3 +164,4 @@ pub fn secret_plans(specs: &[SecretSpec], existing: &ExistingSecrets, operator: 
     }
     (plans, problems)
 }
+
