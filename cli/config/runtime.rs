@@ -215,7 +215,9 @@ impl NomadRuntime {
         Holes {
             // compile writes every rendered file under /secrets: most hold a secret.
             config_dir: "/secrets".into(),
-            run_dir: "/alloc/run".into(),
+            // Exists in every allocation and is shared by the group's tasks, so the
+            // pgBackRest server and the exporter reach Postgres' socket.
+            run_dir: "/alloc/tmp".into(),
             log_dir: "/alloc/logs".into(),
             bin_dir: self.bin_dir.clone(),
             os_user: "postgres".into(),
@@ -317,7 +319,7 @@ impl Runtime for NomadRuntime {
                 pg_port: self.pg_port.to_string(),
                 tls_port: "{{ $s.Port }}".into(),
                 data_dir: format!("{}/pgdata", names::DATA_MOUNT),
-                socket_dir: "/alloc/run".into(),
+                socket_dir: "/alloc/tmp".into(),
                 separator: "{{ if $i }},{{ end }}".into(),
             }],
             data_dir: format!("{}/pgdata", names::DATA_MOUNT),
