@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use pgnomad::config::runtime::NomadRuntime;
 use pgnomad::config::{Facts, LocalDcs, LocalRuntime, MemberPorts, Packs, Runtime};
-use pgnomad::stack::{Secrets, Source, Stack};
+use pgnomad::stack::{Source, Stack};
 
 use crate::support_procs::*;
 
@@ -136,14 +136,7 @@ fn local(state_dir: &Path, host: &str, facts: &Facts, dcs: LocalDcs) -> LocalRun
 }
 
 fn nomad(stack: &Stack) -> NomadRuntime {
-    NomadRuntime {
-        cluster: stack.cluster.name.value.clone(),
-        secrets: Secrets::NomadVariables,
-        dcs: stack.patroni.dcs.clone(),
-        consul_port: 8500,
-        pg_port: 5432,
-        bin_dir: PG_BIN.to_owned(),
-    }
+    NomadRuntime { bin_dir: PG_BIN.to_owned(), ..NomadRuntime::for_stack(stack) }
 }
 
 /// Every pack file of every job, rendered: `(job/file, text)`.

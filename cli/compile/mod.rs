@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::config::runtime::names;
 use crate::config::{ConfigError, Facts, NomadRuntime, Packs};
 use crate::nomad::job::{CsiVolume, Job};
-use crate::stack::{Driver, Secrets, Stack};
+use crate::stack::{Secrets, Stack};
 
 pub use acl::{AclPolicy, AclSystem};
 pub use secrets::{Origin, SecretKey};
@@ -72,17 +72,7 @@ pub struct SecretSpec {
 /// Compiles a checked stack with the given pack templates.
 pub fn compile(stack: &Stack, packs: &Packs) -> Result<Artifacts, ConfigError> {
     let facts = Facts::new(stack);
-    let runtime = NomadRuntime {
-        cluster: stack.cluster.name.value.clone(),
-        secrets: stack.secrets.clone(),
-        dcs: stack.patroni.dcs.clone(),
-        consul_port: crate::stack::defaults::CONSUL_HTTP_PORT,
-        pg_port: stack.postgres.port.value,
-        bin_dir: match &stack.postgres.driver {
-            Driver::Docker { .. } => format!("/usr/lib/postgresql/{}/bin", stack.postgres.version.value),
-            Driver::Exec { bin_dir } | Driver::RawExec { bin_dir } => bin_dir.clone(),
-        },
-    };
+    let runtime = NomadRuntime::for_stack(stack);
     let context = common::Context { stack, facts: &facts, packs, runtime: &runtime };
 
     let mut jobs = vec![CompiledJob { role: JobRole::Postgres, job: postgres::job(&context)? }];

@@ -114,6 +114,9 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
     patroni.templates = Some(templates);
 
     let mut tasks = vec![patroni];
+    if let Some(prepare) = prepare_volumes_task(cx, &mounts) {
+        tasks.insert(0, prepare);
+    }
     if backup {
         // pgBackRest's TLS server lets the periodic backup jobs reach this member's data
         // without SSH; it runs beside Patroni for the life of the member.
@@ -155,6 +158,24 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
         }),
         ..TaskGroup::default()
     })
+}
+
+/// A fresh CSI or host volume is owned by root, and Postgres runs as `postgres` and refuses
+/// a data directory it does not own: a short prestart task hands the mounts over. With the
+/// exec drivers Nomad refuses root tasks by default, so there the volumes must be prepared
+/// with the right owner (see the README).
+fn prepare_volumes_task(cx: &Context<'_>, mounts: &[VolumeMount]) -> Option<Task> {
+    if !matches!(cx.stack.postgres.driver, crate::stack::Driver::Docker { .. }) {
+        return None;
+    }
+    let paths: Vec<&str> = mounts.iter().filter_map(|m| m.destination.as_deref()).collect();
+    let script = format!("chown postgres:postgres {0} && chmod 0700 {0}", paths.join(" "));
+    let mut task = cx.program_task("prepare-volumes", "sh", vec!["-c".into(), script], &[]);
+    task.user = some("root");
+    task.lifecycle = Some(TaskLifecycle { hook: some("prestart"), sidecar: Some(false) });
+    task.resources = Some(resources(50, 32));
+    task.volume_mounts = Some(mounts.to_vec());
+    Some(task)
 }
 
 fn exec_template(mut template: Template) -> Template {

@@ -162,10 +162,29 @@ pub struct NomadRuntime {
     pub dcs: Dcs,
     pub consul_port: u16,
     pub pg_port: u16,
+    pub pgbouncer_port: u16,
     pub bin_dir: String,
 }
 
 impl NomadRuntime {
+    /// The runtime for a stack's jobs.
+    pub fn for_stack(stack: &crate::stack::Stack) -> Self {
+        use crate::stack::Driver;
+        NomadRuntime {
+            cluster: stack.cluster.name.value.clone(),
+            secrets: stack.secrets.clone(),
+            dcs: stack.patroni.dcs.clone(),
+            consul_port: crate::stack::defaults::CONSUL_HTTP_PORT,
+            pg_port: stack.postgres.port.value,
+            pgbouncer_port: stack.pgbouncer.port.value,
+            bin_dir: match &stack.postgres.driver {
+                // Where the pgnomad image (packs/image/Dockerfile) installs PostgreSQL.
+                Driver::Docker { .. } => format!("/usr/lib/postgresql/{}/bin", stack.postgres.version.value),
+                Driver::Exec { bin_dir } | Driver::RawExec { bin_dir } => bin_dir.clone(),
+            },
+        }
+    }
+
     /// An expression that reads secret `key` of job `job` when the template renders.
     pub fn secret_expr(&self, job: &str, key: &str) -> String {
         match &self.secrets {
@@ -196,7 +215,9 @@ impl NomadRuntime {
         Holes {
             // compile writes every rendered file under /secrets: most hold a secret.
             config_dir: "/secrets".into(),
-            run_dir: "/alloc/run".into(),
+            // Exists in every allocation and is shared by the group's tasks, so the
+            // pgBackRest server and the exporter reach Postgres' socket.
+            run_dir: "/alloc/tmp".into(),
             log_dir: "/alloc/logs".into(),
             bin_dir: self.bin_dir.clone(),
             os_user: "postgres".into(),
@@ -259,7 +280,12 @@ impl Runtime for NomadRuntime {
         let pgbouncer = names::pgbouncer_service(&self.cluster);
         Holes {
             pgbouncer_connect_host: format!("{pgbouncer}.service.consul"),
-            pgbouncer_connect_port: format!("{{{{ with service \"{pgbouncer}\" }}}}{{{{ with index . 0 }}}}{{{{ .Port }}}}{{{{ end }}}}{{{{ end }}}}"),
+            // Falls back to PgBouncer's own port so servers.json stays valid JSON even if no
+            // PgBouncer passes its check when pgAdmin starts.
+            pgbouncer_connect_port: format!(
+                "{{{{ with service \"{pgbouncer}\" }}}}{{{{ with index . 0 }}}}{{{{ .Port }}}}{{{{ end }}}}{{{{ else }}}}{}{{{{ end }}}}",
+                self.pgbouncer_port
+            ),
             members_begin: format!("{{{{ range $i, $s := service \"{postgres}\" }}}}"),
             members_end: "{{ end }}".into(),
             members: vec![MemberAddress {
@@ -293,7 +319,7 @@ impl Runtime for NomadRuntime {
                 pg_port: self.pg_port.to_string(),
                 tls_port: "{{ $s.Port }}".into(),
                 data_dir: format!("{}/pgdata", names::DATA_MOUNT),
-                socket_dir: "/alloc/run".into(),
+                socket_dir: "/alloc/tmp".into(),
                 separator: "{{ if $i }},{{ end }}".into(),
             }],
             data_dir: format!("{}/pgdata", names::DATA_MOUNT),
