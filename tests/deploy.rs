@@ -146,15 +146,25 @@ fn plan_run_status_plan_destroy_on_a_fresh_cluster() {
     let human = lab.pgnomad(&["status"]);
     assert!(text(&human.stdout).contains("member-1: allocation running, Consul passing, role unknown ("), "{}", show(&human));
 
+    block_on(lab.nomad.client().force_periodic("main-backup-full")).unwrap();
+    let status = lab.pgnomad(&["status", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(status["backups"][0]["last_run"].as_str().unwrap().starts_with("main-backup-full/periodic-"), "{status}");
+    assert_eq!(status["backups"][1]["last_run"], Value::Null, "{status}");
+
     let again = lab.pgnomad(&["plan"]);
     assert_eq!(code(&again), Some(0), "an unchanged stack plans no changes\n{}", show(&again));
 
     let writes_before = lab.nomad.writes().len();
     let rerun = lab.pgnomad(&["run"]);
     assert_eq!(code(&rerun), Some(0), "{}", show(&rerun));
+    assert!(text(&rerun.stdout).contains("up to date"), "{}", show(&rerun));
+    let json_rerun = lab.pgnomad(&["run", "--json"]);
+    let summary: Value = serde_json::from_slice(&json_rerun.stdout).expect("--json prints JSON");
+    assert_eq!(summary["ok"], json!(true));
+    assert!(summary["summary"]["jobs"].as_array().unwrap().iter().all(|j| j["action"] == "unchanged"), "{summary}");
     let new_writes: Vec<String> = lab.nomad.writes()[writes_before..].iter().filter_map(describe_write).collect();
     assert!(new_writes.is_empty(), "a re-run writes nothing: {new_writes:?}");
-    assert!(text(&rerun.stdout).contains("up to date"), "{}", show(&rerun));
 
     let refused = lab.pgnomad(&["destroy"]);
     assert_eq!(code(&refused), Some(1), "no terminal and no --yes: refuse\n{}", show(&refused));
@@ -322,4 +332,18 @@ fn destroy_never_touches_a_job_pgnomad_does_not_own() {
     let jobs = block_on(client.list_jobs(Some("main-"))).unwrap();
     let alive: Vec<&str> = jobs.iter().filter(|j| !j.stop).map(|j| j.id.as_str()).collect();
     assert_eq!(alive, ["main-pgadmin", "main-postgres-old"]);
+}
+
+#[test]
+fn status_without_consul_says_what_is_unknown_and_why() {
+    let lab = Lab::new();
+    assert_eq!(code(&lab.pgnomad(&["run", "--detach"])), Some(0));
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let out = pgnomad_at(lab.dir.path(), &lab.nomad.address(), &format!("http://{closed}"), &["status"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("main-postgres                running"), "{stdout}");
+    assert!(stdout.contains("Consul unknown (Consul: cannot connect to"), "{stdout}");
+    assert!(stdout.contains("PgBouncer\n  unknown (Consul: cannot connect to"), "{stdout}");
 }

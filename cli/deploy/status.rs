@@ -139,8 +139,20 @@ pub async fn status<N: Transport, C: Transport, P: Transport>(
         consul.health_service(&service, false).await.map_err(|e| format!("Consul: {}", first_line(&e.to_string())))
     };
     let postgres_entries = read_service(names::postgres_service(&name)).await;
-    let primary_entries = read_service(names::primary_service(&name)).await;
-    let patroni_entries = read_service(names::patroni_service(&name)).await;
+    // When Consul does not answer the first read, it will not answer the others either:
+    // say so once instead of waiting out every retry again.
+    let consul_down = postgres_entries.as_ref().err().cloned();
+    let read_next = |service: String| {
+        let consul_down = consul_down.clone();
+        async move {
+            match consul_down {
+                Some(why) => Err(why),
+                None => read_service(service).await,
+            }
+        }
+    };
+    let primary_entries = read_next(names::primary_service(&name)).await;
+    let patroni_entries = read_next(names::patroni_service(&name)).await;
 
     let patroni = match &patroni_entries {
         Err(why) => Known::Unknown(why.clone()),
@@ -195,7 +207,7 @@ pub async fn status<N: Transport, C: Transport, P: Transport>(
         .collect();
 
     let pgbouncer = if stack.pgbouncer.enabled {
-        match read_service(names::pgbouncer_service(&name)).await {
+        match read_next(names::pgbouncer_service(&name)).await {
             Ok(entries) => Known::Known(entries.iter().map(|e| Instance { address: e.address(), passing: e.is_passing() }).collect()),
             Err(why) => Known::Unknown(why),
         }
