@@ -160,7 +160,10 @@ async fn write_secrets<N: Transport, C: Transport>(cluster: &Cluster<N, C>, stac
     }
     if needs_consul_token && !pool.contains_key("consul_token") {
         pool.insert("consul_token".into(), String::new());
-        let message = "Patroni's consul_token is empty: a Consul with ACLs enabled needs one (export PGNOMAD_PATRONI_CONSUL_TOKEN with a token of the <cluster>-patroni policy, then add it to the postgres variable)".to_string();
+        let message = format!(
+            "Patroni's consul_token is empty: a Consul with ACLs enabled needs one (a token of the {}-patroni policy, given with PGNOMAD_PATRONI_CONSUL_TOKEN before the first run, or added to the postgres variable by hand)",
+            plan.cluster
+        );
         reporter.warn(&message);
         summary.warnings.push(message);
     }

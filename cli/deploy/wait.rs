@@ -70,10 +70,10 @@ pub async fn primary_elected<C: Transport>(consul: &ConsulClient<C>, cluster: &s
             let (primaries, next) =
                 consul.health_service_blocking(&primary, true, primary_index, wait).await.map_err(DeployError::api(format!("reading Consul service {primary}")))?;
             primary_index = next;
-            reporter.primary_wait(primaries.len(), 0, members);
             if primaries.len() == 1 {
                 break;
             }
+            reporter.primary_wait(primaries.len(), 0, members);
         }
         // Every member passing.
         let mut postgres_index = 0;
