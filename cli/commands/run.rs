@@ -60,7 +60,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let env = Environment::from_process();
     let operator = OperatorSecrets::from_env(&env, args.patroni_consul_token_file.as_deref()).map_err(|e| Failure::BadInput(format!("error: {e}")))?;
     let cluster = connect(&args.connection, &env)?;
-    let options = RunOptions { detach: args.detach, scope: PlanScope { job: args.job.clone(), check_index: args.check_index }, timeout: args.timeout, operator };
+    let options = RunOptions { detach: args.detach, scope: PlanScope { job: args.job.clone(), check_index: args.check_index, ..PlanScope::default() }, timeout: args.timeout, operator };
     let terminal = TerminalReporter::new();
     let reporter: &dyn Reporter = if args.json { &Quiet } else { &terminal };
     let result = block_on(deploy::run(&cluster, &checked.stack, &packs, &options, reporter))?;

@@ -22,6 +22,11 @@ pub struct PlanScope {
     /// The operator's own check index for that one job: the job is taken as it is now at
     /// that index, so a change outside pgnomad is not a problem any more.
     pub check_index: Option<u64>,
+    /// Take a job that does not exist yet as "to be added" without asking Nomad. `run` does:
+    /// it registers such jobs with check index 0 (so a job created meanwhile is still caught),
+    /// and Nomad's plan of them, made before the volumes exist, would only report the
+    /// volumes as missing.
+    pub skip_plan_of_new_jobs: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -206,6 +211,20 @@ pub async fn plan<N: Transport, C: Transport>(cluster: &Cluster<N, C>, stack: &S
         };
         if let Owner::Other(other) = &owner {
             problems.push(Problem::ForeignJob { job: id.clone(), owner: other.clone() });
+        }
+        if scope.skip_plan_of_new_jobs && owner == Owner::Absent {
+            jobs.push(JobPlan {
+                id,
+                role: compiled.role,
+                change: JobChange::Added,
+                check_index: 0,
+                owner,
+                groups: Vec::new(),
+                diff: None,
+                placement_failures: Default::default(),
+                warnings: String::new(),
+            });
+            continue;
         }
         let body = serde_json::to_value(&compiled.job).expect("jobs serialize");
         let response: JobPlanResponse = nomad.plan_job(&body).await.map_err(DeployError::api(format!("planning {id}")))?;

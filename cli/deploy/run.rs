@@ -77,7 +77,8 @@ pub struct DeploymentOutcome {
 
 pub async fn run<N: Transport, C: Transport>(cluster: &Cluster<N, C>, stack: &Stack, packs: &Packs, options: &RunOptions, reporter: &dyn Reporter) -> Result<RunSummary, DeployError> {
     reporter.step("planning");
-    let plan = plan::plan(cluster, stack, packs, &options.operator, &options.scope).await?;
+    let scope = PlanScope { skip_plan_of_new_jobs: true, ..options.scope.clone() };
+    let plan = plan::plan(cluster, stack, packs, &options.operator, &scope).await?;
     reporter.planned(&plan);
     if !plan.problems.is_empty() {
         let list: Vec<String> = plan.problems.iter().map(|p| format!("  - {p}")).collect();
