@@ -5,6 +5,7 @@ pub mod commands;
 pub mod compile;
 pub mod config;
 pub mod consul;
+pub mod dev;
 pub mod nomad;
 pub mod render;
 pub mod secrets;

@@ -1,6 +1,7 @@
 //! The command line: clap types and one thin file per command. Commands read files and
 //! print; the work is done by the pipeline (`stack` → `compile` → `render`) and `deploy`.
 
+mod dev;
 mod init;
 pub use init::INIT_TEMPLATE;
 mod render;
@@ -38,6 +39,8 @@ enum Command {
     /// Compile the stack into Nomad jobs (HCL and JSON), volume specs, ACL policies and the
     /// list of secrets.
     Render(render::Args),
+    /// Run the stack on this machine with real processes, from the same config files.
+    Dev(dev::Args),
 }
 
 /// What went wrong, and so which exit code to use.
@@ -63,6 +66,7 @@ pub fn main() -> ExitCode {
         Command::Init(args) => init::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Render(args) => render::run(args),
+        Command::Dev(args) => dev::run(args),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),
