@@ -1,9 +1,11 @@
 //! The one integration-test binary (keeps link times down).
 
 mod support;
+mod support_dev;
 mod support_procs;
 
 mod cli;
+mod dev;
 mod infra_defaults;
 mod nomad_client;
 mod nomad_double;

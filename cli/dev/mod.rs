@@ -471,6 +471,9 @@ fn not_ready(dev: &Dev) -> Result<Option<String>, DevError> {
     if streaming < replicas {
         return Ok(Some(format!("replicas to stream ({streaming}/{replicas}; cloning with a fast checkpoint)")));
     }
+    if needs_sync_standby(dev) && !cluster.members.iter().any(|m| m.role == "sync_standby") {
+        return Ok(Some("Patroni to choose a synchronous standby".into()));
+    }
     if dev.facts.pgbouncer.enabled {
         if dev.state.pgbouncer_primary() != Some(index as u32) {
             return Ok(Some(format!("PgBouncer to point at {}", leader.name)));
@@ -490,6 +493,10 @@ fn not_ready(dev: &Dev) -> Result<Option<String>, DevError> {
         }
     }
     Ok(None)
+}
+
+fn needs_sync_standby(dev: &Dev) -> bool {
+    dev.facts.synchronous_mode != "off" && dev.member_count() > 1
 }
 
 pub fn wait_ready(dev: &Dev, timeout: Duration, reporter: &dyn Reporter) -> Result<(), DevError> {
@@ -661,7 +668,15 @@ pub struct Switchover {
 /// a wait until the new leader runs as primary and PgBouncer points at it, RESUME. Clients
 /// wait instead of failing.
 pub fn switchover(dev: &Dev, pause: bool, candidate: Option<&str>, reporter: &dyn Reporter) -> Result<Switchover, DevError> {
-    let cluster = (0..dev.member_count()).find_map(|i| patroni::cluster(&dev.rest_address(i))).ok_or_else(|| DevError::Failed("no member's REST API answers: is the stack up?".into()))?;
+    let cluster = |dev: &Dev| (0..dev.member_count()).find_map(|i| patroni::cluster(&dev.rest_address(i)));
+    // Patroni refuses a switchover in synchronous mode until it has named a sync standby
+    // (a loop after the previous switchover).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while needs_sync_standby(dev) && !cluster(dev).is_some_and(|c| c.members.iter().any(|m| m.role == "sync_standby")) && Instant::now() < deadline {
+        reporter.progress("waiting for a synchronous standby");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cluster = cluster(dev).ok_or_else(|| DevError::Failed("no member's REST API answers: is the stack up?".into()))?;
     let leader = cluster.leader().ok_or_else(|| DevError::Failed("the cluster has no leader now".into()))?.name.clone();
     let leader_index = dev.member_index(&leader).ok_or_else(|| DevError::Failed(format!("leader {leader} is not a member of this stack")))?;
     let started = Instant::now();
