@@ -14,7 +14,7 @@ fn dev_bootstrap_streams_logs_in_through_pgbouncer_and_backs_up_and_restores() {
 
     // 3 members, every replica streaming, one of them synchronous.
     let leader = dev.primary().expect("a primary after `dev up`");
-    dev.wait_streaming(leader, Duration::from_secs(5));
+    dev.wait_streaming(leader, Duration::from_secs(30));
     wait_until("a synchronous standby", Duration::from_secs(30), || {
         dev.member_sql(leader, "postgres", "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'").as_deref() == Some("1")
     });

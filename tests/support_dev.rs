@@ -169,22 +169,32 @@ impl DevCluster {
 
     /// Waits for a leader other than `not` that takes writes, with PgBouncer pointing at it.
     pub fn wait_new_primary(&self, not: Option<usize>, timeout: Duration) -> usize {
-        let mut found = None;
-        wait_until("a new primary that PgBouncer points at", timeout, || {
-            let status = self.status();
-            found = self.primary().filter(|p| Some(*p) != not);
-            found.is_some_and(|p| status["pgbouncer"]["points_at"] == format!("member-{p}"))
-        });
-        found.unwrap()
-    }
-
-    /// Waits until every other member streams from `primary`.
-    pub fn wait_streaming(&self, primary: usize, timeout: Duration) {
-        let names: Vec<String> = (0..self.members).filter(|&i| i != primary).map(|i| format!("'member-{i}'")).collect();
-        let sql = format!("SELECT count(DISTINCT application_name) FROM pg_stat_replication WHERE state = 'streaming' AND application_name IN ({})", names.join(","));
         let deadline = Instant::now() + timeout;
         loop {
-            if self.member_sql(primary, "postgres", &sql).as_deref() == Some(&(self.members - 1).to_string()) {
+            let status = self.status();
+            if let Some(p) = self.primary().filter(|p| Some(*p) != not) {
+                if status["pgbouncer"]["points_at"] == format!("member-{p}") {
+                    return p;
+                }
+            }
+            assert!(Instant::now() < deadline, "no new primary that PgBouncer points at after {timeout:?}: {status:#}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every other member streams from `primary` and Patroni has named one of
+    /// them synchronous standby (until then, in synchronous mode, no replica may take over).
+    pub fn wait_streaming(&self, primary: usize, timeout: Duration) {
+        let names: Vec<String> = (0..self.members).filter(|&i| i != primary).map(|i| format!("'member-{i}'")).collect();
+        let sql = format!(
+            "SELECT count(DISTINCT application_name) || '/' || count(*) FILTER (WHERE sync_state = 'sync') FROM pg_stat_replication WHERE state = 'streaming' AND application_name IN ({})",
+            names.join(",")
+        );
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.member_sql(primary, "postgres", &sql).as_deref() == Some(&format!("{}/1", self.members - 1))
+                && self.status()["members"].as_array().unwrap().iter().any(|m| m["role"] == "sync standby")
+            {
                 return;
             }
             assert!(Instant::now() < deadline, "not every replica streams from member-{primary} after {timeout:?}:\n{}", self.logs());

@@ -91,9 +91,18 @@ impl DevError {
 }
 
 /// The state directory `dev` uses when none is given: `.pgnomad/dev` next to the stack file.
+/// Run as root from a directory the postgres user cannot enter (anything under /root),
+/// it is `/var/lib/pgnomad/dev/<the stack file's directory, / as _>` instead.
 pub fn default_state_dir(stack_file: &Path) -> PathBuf {
     let parent = stack_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    parent.join(".pgnomad").join("dev")
+    let beside = parent.join(".pgnomad").join("dev");
+    match OsUser::for_caller() {
+        Ok(user) if !user.can_enter(parent) => {
+            let absolute = parent.canonicalize().unwrap_or_else(|_| parent.to_owned());
+            Path::new("/var/lib/pgnomad/dev").join(absolute.to_string_lossy().trim_start_matches('/').replace('/', "_"))
+        }
+        _ => beside,
+    }
 }
 
 /// The Debian packages `--install` installs, for the programs that are missing.

@@ -2,8 +2,8 @@
 //! pgBackRest TLS server, and PgBouncer; restarts what exits; keeps PgBouncer on the
 //! primary; and stops everything in order when `dev down` leaves a stop file.
 //!
-//! What Nomad does, done locally: a `restart` policy (Patroni comes back after `ttl`
-//! seconds, as Nomad's restart delay lets a crashed member's leader key expire first), and
+//! What Nomad does, done locally: a `restart` policy (Patroni comes back after Nomad's
+//! restart delay, by when a crashed member's leader key has expired), and
 //! the PgBouncer `template` whose Consul service lookup re-renders pgbouncer.ini and sends
 //! SIGHUP. Here the lookup is Patroni's `GET /primary` on every member, every 100 ms.
 
@@ -60,13 +60,14 @@ pub fn run(state_dir: &Path, reporter: &dyn Reporter) -> Result<(), DevError> {
     write_primary(&dev, primary);
 
     let mut recorded = Pids::default();
-    let ttl = Duration::from_secs(dev.facts.patroni.ttl.into());
+    // Nomad's restart delay for the member group (15 s), and never before the crashed
+    // member's leader key has expired and a replica had a loop to take over.
+    let patroni_delay = Duration::from_secs(u64::from((dev.facts.patroni.ttl + 2 * dev.facts.patroni.loop_wait).max(15)));
     while !dev.state.stop_file().exists() {
         for entry in supervised.iter_mut() {
             if let Some(child) = entry.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    // Patroni comes back after ttl: as a new node would, after its leader key expired.
-                    let delay = if matches!(entry.kind, Kind::Patroni(_)) { ttl } else { Duration::from_secs(1) };
+                    let delay = if matches!(entry.kind, Kind::Patroni(_)) { patroni_delay } else { Duration::from_secs(1) };
                     reporter.step(&format!("{} exited ({status}); restarting it in {} s", entry.name, delay.as_secs()));
                     entry.child = None;
                     entry.restart_at = Some(Instant::now() + delay);
