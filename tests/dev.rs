@@ -9,6 +9,28 @@ use crate::support_dev::*;
 use crate::support_procs::*;
 
 #[test]
+fn dev_up_names_the_debian_packages_of_missing_programs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pgnomad.hcl");
+    std::fs::write(&file, stack_text("missing", 1)).unwrap();
+    let out = pgnomad().args(["dev", "up", "-f"]).arg(&file).arg("--state-dir").arg(dir.path().join("state")).env("PATH", "/nonexistent").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let error = text(&out.stderr);
+    assert!(error.contains("pgnomad dev needs `etcd`, `patroni`"), "{error}");
+    assert!(error.contains("= help: apt-get install --no-install-recommends etcd-server patroni pgbackrest postgresql-client-15 util-linux"), "{error}");
+    assert!(error.contains("(or pass --install)"), "{error}");
+    assert!(!dir.path().join("state").exists(), "nothing is created before the programs are there");
+}
+
+#[test]
+fn dev_status_without_a_state_dir_says_how_to_start_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pgnomad().args(["dev", "status", "--state-dir"]).arg(dir.path().join("none")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no dev stack in") && text(&out.stderr).contains("start one with `pgnomad dev up`"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn dev_bootstrap_streams_logs_in_through_pgbouncer_and_backs_up_and_restores() {
     let dev = DevCluster::up("boot", 3);
 

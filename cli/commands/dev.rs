@@ -268,7 +268,7 @@ fn status(at: &Where, json: bool) -> Result<(), Failure> {
 
 fn print_status(status: &dev::Status) {
     let running = status.supervisor_pid.map_or_else(|| "not running".to_owned(), |pid| format!("supervisor pid {pid}"));
-    println!("cluster {} ({running}; etcd {}; state {})", status.cluster, status.etcd, status.state_dir.display());
+    println!("cluster {} ({running}; {}; state {})", status.cluster, status.dcs, status.state_dir.display());
     println!("{:<10} {:<13} {:<12} {:>3} {:>10} {:>6} {:>6} {:>8} {:>8}  DATA", "MEMBER", "ROLE", "STATE", "TL", "LAG", "PG", "REST", "PATRONI", "POSTGRES");
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for m in &status.members {

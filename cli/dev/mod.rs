@@ -167,6 +167,10 @@ impl Dev {
             let ports = Ports {
                 etcd_client: port()?,
                 etcd_peer: port()?,
+                consul: match (&stack.patroni.dcs, process::find_program("consul")) {
+                    (crate::stack::Dcs::Consul, Some(_)) => Some(state::ConsulPorts { http: port()?, serf_lan: port()?, serf_wan: port()?, server: port()? }),
+                    _ => None,
+                },
                 members: facts.members.iter().map(|_| Ok([port()?, port()?, port()?])).collect::<Result<_, DevError>>()?,
                 pgbouncer: port()?,
             };
@@ -246,8 +250,12 @@ impl Dev {
         format!("{}:{}", self.host(), self.recorded.ports.pgbouncer)
     }
 
-    pub fn etcd_address(&self) -> String {
-        format!("{}:{}", self.host(), self.recorded.ports.etcd_client)
+    /// The DCS Patroni uses: `(name, host:port)`.
+    pub fn dcs(&self) -> (&'static str, String) {
+        match &self.recorded.ports.consul {
+            Some(consul) => ("consul", format!("{}:{}", self.host(), consul.http)),
+            None => ("etcd", format!("{}:{}", self.host(), self.recorded.ports.etcd_client)),
+        }
     }
 
     pub fn bin_dir(&self) -> String {
@@ -261,7 +269,10 @@ impl Dev {
             state_dir: self.state.root.clone(),
             bin_dir: self.bin_dir(),
             os_user: self.user.name.clone(),
-            dcs: LocalDcs::Etcd3 { hosts: vec![self.etcd_address()] },
+            dcs: match self.dcs() {
+                ("consul", address) => LocalDcs::Consul { address },
+                (_, address) => LocalDcs::Etcd3 { hosts: vec![address] },
+            },
             members: (0..self.member_count()).map(|i| self.member_ports(i)).collect(),
             pgbouncer_port: self.recorded.ports.pgbouncer,
             primary,
@@ -359,7 +370,7 @@ impl Dev {
         let run_dir = self.state.root.join(&self.facts.members[index].name).join("run");
         let out = self
             .user
-            .command("psql")
+            .command(process::program("psql"))
             .args(["-X", "-A", "-t", "-h"])
             .arg(&run_dir)
             .args(["-p", &self.member_ports(index).pg.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
@@ -373,7 +384,7 @@ impl Dev {
 
     /// psql through PgBouncer as `user`, the password from the state directory's pgpass.
     pub fn pgbouncer_psql(&self, user: &str, database: &str) -> Command {
-        let mut cmd = Command::new("psql");
+        let mut cmd = Command::new(process::program("psql"));
         cmd.args(["-h", self.host(), "-p", &self.recorded.ports.pgbouncer.to_string(), "-U", user, "-d", database])
             .env("PGPASSFILE", self.state.pgpass_file())
             .env_remove("PGPASSWORD");
@@ -413,7 +424,10 @@ impl Dev {
 /// Starts the stack (or finds it running) and returns when there is a leader, every
 /// replica streams and PgBouncer lets the application user in.
 pub fn up(stack: Stack, stack_file: &Path, state_dir: &Path, timeout: Duration, reporter: &dyn Reporter) -> Result<Dev, DevError> {
-    let missing = missing_packages(stack.postgres.version.value);
+    let mut missing = missing_packages(stack.postgres.version.value);
+    if matches!(stack.patroni.dcs, crate::stack::Dcs::Consul) && process::find_program("consul").is_some() && !Path::new(process::PYTHON_CONSUL.0).exists() {
+        missing.push(("Patroni's Consul support (python3 module consul)".into(), process::PYTHON_CONSUL.1.into()));
+    }
     if !missing.is_empty() {
         return Err(DevError::MissingPrograms(missing));
     }
@@ -422,7 +436,7 @@ pub fn up(stack: Stack, stack_file: &Path, state_dir: &Path, timeout: Duration, 
     if dev.state.supervisor_pid().is_some() {
         reporter.step("already running; checking it");
     } else {
-        reporter.step("starting etcd, Patroni members, pgBackRest servers and PgBouncer");
+        reporter.step(&format!("starting {}, Patroni members, pgBackRest servers and PgBouncer", dev.dcs().0));
         start_supervisor(&dev)?;
     }
     wait_ready(&dev, timeout, reporter)?;
@@ -438,7 +452,7 @@ fn start_supervisor(dev: &Dev) -> Result<(), DevError> {
         .open(dev.state.supervisor_log())
         .map_err(|e| DevError::io(format!("open {}", dev.state.supervisor_log().display()), e))?;
     // setsid: its own session, so a closed terminal or Ctrl-C in it leaves the stack running.
-    let child = Command::new("setsid")
+    let child = Command::new(process::program("setsid"))
         .arg(exe)
         .args(["dev", "supervise", "--state-dir"])
         .arg(&dev.state.root)
@@ -541,7 +555,7 @@ pub fn down(state_dir: &Path, reporter: &dyn Reporter) -> Result<(), DevError> {
         return Err(DevError::NotCreated(state_dir.to_owned()));
     }
     if let Some(pid) = state.supervisor_pid() {
-        reporter.step("stopping PgBouncer, Patroni members (replicas first) and etcd");
+        reporter.step("stopping PgBouncer, Patroni members (replicas first) and the DCS");
         std::fs::write(state.stop_file(), "").map_err(|e| DevError::io("write the stop file", e))?;
         process::wait_gone(&[pid], Duration::from_secs(90));
     }
@@ -591,7 +605,8 @@ pub struct Status {
     pub cluster: String,
     pub state_dir: PathBuf,
     pub supervisor_pid: Option<u32>,
-    pub etcd: String,
+    /// "etcd 127.0.0.1:…" or "consul 127.0.0.1:…".
+    pub dcs: String,
     pub members: Vec<MemberStatus>,
     /// `host:port`, and the member it points at.
     pub pgbouncer: Option<PgBouncerStatus>,
@@ -659,7 +674,7 @@ pub fn status(dev: &Dev) -> Status {
         cluster: dev.facts.cluster.clone(),
         state_dir: dev.state.root.clone(),
         supervisor_pid: supervisor,
-        etcd: dev.etcd_address(),
+        dcs: format!("{} {}", dev.dcs().0, dev.dcs().1),
         members,
         pgbouncer,
     }

@@ -23,18 +23,28 @@ pub const PROGRAMS: &[Program] = &[
     Program { name: "psql", package: "postgresql-client-15" },
     Program { name: "setpriv", package: "util-linux" },
     Program { name: "flock", package: "util-linux" },
+    Program { name: "setsid", package: "util-linux" },
+    Program { name: "bash", package: "bash" },
 ];
 
 /// Patroni's etcd3 DCS needs this Python module, which the patroni package only suggests.
 pub const PYTHON_ETCD: (&str, &str) = ("/usr/lib/python3/dist-packages/etcd", "python3-etcd");
+pub const PYTHON_CONSUL: (&str, &str) = ("/usr/lib/python3/dist-packages/consul", "python3-consul");
 
-/// The full path of `program` on PATH (or in the usual sbin directories root has).
+/// The full path of `program` on PATH, or in the sbin directories a user's PATH often
+/// lacks (pgbouncer is in /usr/sbin).
 pub fn find_program(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
+}
+
+/// `program` by its full path when it is installed (so that a process started as another
+/// user does not depend on PATH), else by name (the error then names it).
+pub fn program(name: &str) -> PathBuf {
+    find_program(name).unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// The Debian packages of whatever is missing, each named once with what needs it.
@@ -88,7 +98,7 @@ impl OsUser {
     /// the program's own.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         if self.switch {
-            let mut cmd = Command::new("setpriv");
+            let mut cmd = Command::new(self::program("setpriv"));
             cmd.args(["--reuid", &self.uid.to_string(), "--regid", &self.gid.to_string(), "--init-groups", "--"]).arg(program);
             cmd
         } else {

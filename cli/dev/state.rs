@@ -27,9 +27,21 @@ use crate::config::MemberPorts;
 pub struct Ports {
     pub etcd_client: u16,
     pub etcd_peer: u16,
+    /// A `consul agent -dev` instead of etcd: the stack's DCS is Consul and a `consul`
+    /// binary is on PATH (it is not a Debian package).
+    #[serde(default)]
+    pub consul: Option<ConsulPorts>,
     /// `[pg, rest, tls]` of each member.
     pub members: Vec<[u16; 3]>,
     pub pgbouncer: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsulPorts {
+    pub http: u16,
+    pub serf_lan: u16,
+    pub serf_wan: u16,
+    pub server: u16,
 }
 
 impl Ports {

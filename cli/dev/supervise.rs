@@ -17,7 +17,8 @@ use super::{patroni, process, Dev, DevError, Reporter};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Etcd,
+    /// etcd, or `consul agent -dev`.
+    Dcs,
     Patroni(usize),
     PgBackRestServer(usize),
     PgBouncer,
@@ -35,7 +36,7 @@ const POLL: Duration = Duration::from_millis(100);
 pub fn run(state_dir: &Path, reporter: &dyn Reporter) -> Result<(), DevError> {
     let dev = Dev::open(state_dir)?;
     std::fs::write(dev.state.supervisor_pid_file(), std::process::id().to_string()).map_err(|e| DevError::io("write supervisor.pid", e))?;
-    let mut supervised = vec![Supervised { name: "etcd".into(), kind: Kind::Etcd, child: None, restart_at: None }];
+    let mut supervised = vec![Supervised { name: dev.dcs().0.into(), kind: Kind::Dcs, child: None, restart_at: None }];
     for (i, member) in dev.facts.members.iter().enumerate() {
         supervised.push(Supervised { name: member.name.clone(), kind: Kind::Patroni(i), child: None, restart_at: None });
         if dev.facts.backup.enabled {
@@ -46,12 +47,12 @@ pub fn run(state_dir: &Path, reporter: &dyn Reporter) -> Result<(), DevError> {
         supervised.push(Supervised { name: "pgbouncer".into(), kind: Kind::PgBouncer, child: None, restart_at: None });
     }
 
-    // etcd first: Patroni exits when its DCS does not answer.
+    // The DCS first: Patroni exits when it does not answer.
     let mut primary = dev.state.pgbouncer_primary().unwrap_or(0);
     start(&dev, &mut supervised[0], primary, reporter);
-    let etcd = dev.etcd_address();
+    let (_, dcs) = dev.dcs();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(&etcd).is_err() && Instant::now() < deadline {
+    while std::net::TcpStream::connect(&dcs).is_err() && Instant::now() < deadline {
         std::thread::sleep(POLL);
     }
     for entry in supervised.iter_mut().skip(1) {
@@ -134,11 +135,22 @@ fn command(dev: &Dev, kind: Kind, primary: u32) -> (Command, PathBuf) {
     let root = &dev.state.root;
     let host = dev.host();
     match kind {
-        Kind::Etcd => {
+        Kind::Dcs if dev.recorded.ports.consul.is_some() => {
+            let consul = dev.recorded.ports.consul.as_ref().expect("checked");
+            // In memory: Patroni finds its data directories again after a restart.
+            let mut cmd = Command::new(process::program("consul"));
+            cmd.args(["agent", "-dev", "-node", "pgnomad-dev", "-bind", host, "-client", host])
+                .args(["-http-port", &consul.http.to_string(), "-serf-lan-port", &consul.serf_lan.to_string()])
+                .args(["-serf-wan-port", &consul.serf_wan.to_string(), "-server-port", &consul.server.to_string()])
+                .args(["-dns-port", "-1", "-grpc-port", "-1"]);
+            let _ = std::fs::create_dir_all(root.join("consul"));
+            (cmd, root.join("consul").join("consul.log"))
+        }
+        Kind::Dcs => {
             let ports = &dev.recorded.ports;
             let peer = format!("http://{host}:{}", ports.etcd_peer);
             let client = format!("http://{host}:{}", ports.etcd_client);
-            let mut cmd = Command::new("etcd");
+            let mut cmd = Command::new(process::program("etcd"));
             cmd.args(["--name", "pgnomad-dev", "--data-dir"])
                 .arg(root.join("etcd").join("data"))
                 .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
@@ -149,20 +161,20 @@ fn command(dev: &Dev, kind: Kind, primary: u32) -> (Command, PathBuf) {
         }
         Kind::Patroni(i) => {
             let name = &dev.facts.members[i].name;
-            let mut cmd = dev.user.command("patroni");
+            let mut cmd = dev.user.command(process::program("patroni"));
             cmd.arg(dev.state.config_dir(name).join("patroni.yml")).env("HOME", root.join(name));
             (cmd, dev.state.log_dir(name).join("patroni.log"))
         }
         Kind::PgBackRestServer(i) => {
             let name = &dev.facts.members[i].name;
-            let mut cmd = dev.user.command("pgbackrest");
+            let mut cmd = dev.user.command(process::program("pgbackrest"));
             cmd.arg(format!("--config={}", dev.state.config_dir(name).join("pgbackrest.conf").display())).arg("server").env("HOME", root.join(name));
             (cmd, dev.state.log_dir(name).join("pgbackrest-server.log"))
         }
         Kind::PgBouncer => {
             // Rendered again so that a restart starts on the current primary.
             let _ = dev.write_pgbouncer(primary);
-            let mut cmd = dev.user.command("pgbouncer");
+            let mut cmd = dev.user.command(process::program("pgbouncer"));
             cmd.arg(dev.state.config_dir("pgbouncer").join("pgbouncer.ini")).env("HOME", root.join("pgbouncer"));
             (cmd, dev.state.log_dir("pgbouncer").join("pgbouncer.log"))
         }
@@ -221,7 +233,7 @@ fn stop_all(dev: &Dev, supervised: &mut [Supervised], reporter: &dyn Reporter) {
         Kind::PgBackRestServer(_) => 1,
         Kind::Patroni(i) if Some(i) != leader => 2,
         Kind::Patroni(_) => 3,
-        Kind::Etcd => 4,
+        Kind::Dcs => 4,
     };
     for phase in 0..=4 {
         let mut entries: Vec<&mut Supervised> = supervised.iter_mut().filter(|e| order(e.kind) == phase).collect();
