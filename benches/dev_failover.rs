@@ -25,6 +25,8 @@ use support_dev::*;
 #[derive(Default)]
 struct Figure {
     gaps: Vec<Duration>,
+    /// Client error messages (first line) and how often each came.
+    messages: std::collections::BTreeMap<String, usize>,
     errors: Vec<usize>,
     lost: Vec<usize>,
 }
@@ -40,6 +42,9 @@ fn secs(d: Duration) -> String {
 }
 
 fn row(what: &str, figure: &Figure, target: &str) -> String {
+    if figure.gaps.is_empty() {
+        return format!("| {what} | not measured | | | {target} |");
+    }
     let (min, max) = (figure.gaps.iter().min().unwrap(), figure.gaps.iter().max().unwrap());
     format!(
         "| {what} | {} ({}–{}) | {} | {} | {target} |",
@@ -61,27 +66,38 @@ fn measure(dev: &DevCluster, writer: &Writer, figure: &mut Figure, event: impl F
     let at = Instant::now();
     event(old);
     let new = dev.wait_new_primary(Some(old), Duration::from_secs(90));
-    writer.wait_ack_after(at, Duration::from_secs(60));
+    let over = Instant::now();
+    writer.wait_ack_after(over, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(500));
     let attempts = writer.snapshot();
-    figure.gaps.push(write_gap(&attempts, at));
-    figure.errors.push(errors_between(&attempts, at - Duration::from_secs(1), Instant::now()).len());
+    figure.gaps.push(longest_gap(&attempts, at, over));
+    let errors = errors_between(&attempts, at - Duration::from_secs(1), Instant::now());
+    for error in &errors {
+        let first = error.error.lines().next().unwrap_or("").to_owned();
+        *figure.messages.entry(first).or_default() += 1;
+    }
+    figure.errors.push(errors.len());
     figure.lost.push(lost_on(dev, new, &attempts).len());
     eprintln!("  gap {} errors {} lost {}", secs(*figure.gaps.last().unwrap()), figure.errors.last().unwrap(), figure.lost.last().unwrap());
 }
 
 fn main() {
     let runs: usize = std::env::var("DEV_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
+    // DEV_BENCH_PARTS=postmaster,switchover measures only those (bootstrap, postmaster,
+    // member, switchover; default all).
+    let parts = std::env::var("DEV_BENCH_PARTS").unwrap_or_else(|_| "bootstrap,postmaster,member,switchover".into());
+    let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
     let started = Instant::now();
 
-    eprintln!("bootstrap ×{runs}");
+    let bootstrap_runs = if part("bootstrap") { runs } else { 1 };
+    eprintln!("bootstrap ×{bootstrap_runs}");
     let mut bootstraps = Vec::new();
     let mut dev = None;
-    for run in 0..runs {
+    for run in 0..bootstrap_runs {
         let cluster = DevCluster::up("bench", 3);
         eprintln!("  {}", secs(cluster.up_took));
         bootstraps.push(cluster.up_took);
-        if run + 1 == runs {
+        if run + 1 == bootstrap_runs {
             dev = Some(cluster);
         }
     }
@@ -91,25 +107,25 @@ fn main() {
 
     let (mut postmaster, mut member, mut plain, mut paused) = (Figure::default(), Figure::default(), Figure::default(), Figure::default());
     let mut held = Vec::new();
-    for _ in 0..runs {
+    for _ in 0..if part("postmaster") { runs } else { 0 } {
         eprintln!("postmaster kill");
         measure(&dev, &writer, &mut postmaster, |old| kill9(dev.pid(old, "postmaster_pid")));
     }
-    for _ in 0..runs {
+    for _ in 0..if part("member") { runs } else { 0 } {
         eprintln!("member kill");
         measure(&dev, &writer, &mut member, |old| {
             kill9(dev.pid(old, "patroni_pid"));
             kill9(dev.pid(old, "postmaster_pid"));
         });
     }
-    for _ in 0..runs {
+    for _ in 0..if part("switchover") { runs } else { 0 } {
         eprintln!("switchover without pause");
         measure(&dev, &writer, &mut plain, |_| {
             let out = dev.dev(&["switchover", "--no-pause"]).output().unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         });
     }
-    for _ in 0..runs {
+    for _ in 0..if part("switchover") { runs } else { 0 } {
         eprintln!("switchover with PgBouncer pause");
         measure(&dev, &writer, &mut paused, |_| {
             let out = dev.dev(&["switchover"]).output().unwrap();
@@ -134,7 +150,15 @@ fn main() {
     println!("{}", row("write gap, kill -9 of the whole member (Patroni + Postgres)", &member, &format!("≤ ttl + 2 s = {} s, 0 lost", ttl + 2)));
     println!("{}", row("write gap, `dev switchover --no-pause`", &plain, "—"));
     println!("{}", row("write gap, `dev switchover` (PgBouncer PAUSE/RESUME)", &paused, "0 errors, ≤ 2.5 s"));
-    println!("| PAUSE → RESUME as `dev switchover` reports it | {} ({}–{}) | — | — | ≤ 2.5 s |", secs(median(&held)), secs(*held.iter().min().unwrap()), secs(*held.iter().max().unwrap()));
+    if !held.is_empty() {
+        println!("| PAUSE → RESUME as `dev switchover` reports it | {} ({}–{}) | — | — | ≤ 2.5 s |", secs(median(&held)), secs(*held.iter().min().unwrap()), secs(*held.iter().max().unwrap()));
+    }
+    println!();
+    for (what, figure) in [("postmaster kill", &postmaster), ("member kill", &member), ("switchover without pause", &plain), ("switchover with pause", &paused)] {
+        for (message, count) in &figure.messages {
+            println!("- {what}: {count} × `{message}`");
+        }
+    }
     println!();
     println!("Split brain: {samples} samples of every member's pg_is_in_recovery() every 200 ms, {} with two writable members.", violations.len());
     println!("Whole benchmark: {:.0} s.", started.elapsed().as_secs_f64());

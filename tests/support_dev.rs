@@ -323,6 +323,14 @@ pub fn write_gap(attempts: &[Attempt], event: Instant) -> Duration {
     after - before
 }
 
+/// The longest time between two consecutive acknowledged writes among those around
+/// `[from, to]` (an event and the moment it was over).
+pub fn longest_gap(attempts: &[Attempt], from: Instant, to: Instant) -> Duration {
+    let mut ends: Vec<Instant> = attempts.iter().filter(|a| a.acknowledged).map(|a| a.ended).collect();
+    ends.sort();
+    ends.windows(2).filter(|w| w[1] > from && w[0] < to).map(|w| w[1] - w[0]).max().unwrap_or_default()
+}
+
 /// Failed writes that started in `[from, to)`.
 pub fn errors_between(attempts: &[Attempt], from: Instant, to: Instant) -> Vec<Attempt> {
     attempts.iter().filter(|a| !a.acknowledged && a.started >= from && a.started < to).cloned().collect()

@@ -138,10 +138,13 @@ fn load_stack_file(path: &Path) -> Result<Stack, DevError> {
         .map_err(|diagnostics| DevError::Stack(diagnostics.iter().map(|d| source.render(d)).collect::<Vec<_>>().join("\n")))
 }
 
-/// A port nobody listens on now; the kernel picks it.
-fn free_port(host: &str) -> Result<u16, DevError> {
-    let listener = std::net::TcpListener::bind((host, 0)).map_err(|e| DevError::io(format!("find a free port on {host}"), e))?;
-    Ok(listener.local_addr().map_err(|e| DevError::io("find a free port", e))?.port())
+/// `count` different ports nobody listens on now; the kernel picks them (all are held
+/// until every one is chosen, so none comes twice).
+fn free_ports(host: &str, count: usize) -> Result<std::vec::IntoIter<u16>, DevError> {
+    let io = |e| DevError::io(format!("find a free port on {host}"), e);
+    let held = (0..count).map(|_| std::net::TcpListener::bind((host, 0)).map_err(io)).collect::<Result<Vec<_>, _>>()?;
+    let ports = held.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(io)).collect::<Result<Vec<_>, _>>()?;
+    Ok(ports.into_iter())
 }
 
 impl Dev {
@@ -163,16 +166,15 @@ impl Dev {
             recorded
         } else {
             let host = "127.0.0.1".to_owned();
-            let port = || free_port(&host);
+            let consul = matches!(stack.patroni.dcs, crate::stack::Dcs::Consul) && process::find_program("consul").is_some();
+            let mut free = free_ports(&host, 3 + 4 + 3 * facts.members.len())?;
+            let mut port = || free.next().expect("enough ports were chosen");
             let ports = Ports {
-                etcd_client: port()?,
-                etcd_peer: port()?,
-                consul: match (&stack.patroni.dcs, process::find_program("consul")) {
-                    (crate::stack::Dcs::Consul, Some(_)) => Some(state::ConsulPorts { http: port()?, serf_lan: port()?, serf_wan: port()?, server: port()? }),
-                    _ => None,
-                },
-                members: facts.members.iter().map(|_| Ok([port()?, port()?, port()?])).collect::<Result<_, DevError>>()?,
-                pgbouncer: port()?,
+                etcd_client: port(),
+                etcd_peer: port(),
+                consul: consul.then(|| state::ConsulPorts { http: port(), serf_lan: port(), serf_wan: port(), server: port() }),
+                members: facts.members.iter().map(|_| [port(), port(), port()]).collect(),
+                pgbouncer: port(),
             };
             Recorded { stack_file, host, ports }
         };
