@@ -6,6 +6,7 @@ pub mod compile;
 pub mod config;
 pub mod consul;
 pub mod deploy;
+pub mod dev;
 pub mod nomad;
 pub mod patroni;
 pub mod render;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use rand::distr::{Alphanumeric, SampleString};
 use rand::TryRngCore;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType};
 
 use crate::compile::{Origin, SecretKey};
 
@@ -51,6 +51,11 @@ pub fn tls_set(cluster: &str, server_names: &[String]) -> Result<TlsSet, TlsErro
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
     let mut server_params = CertificateParams::new(server_names.to_vec())?;
+    // pgBackRest 2.45 matches the host only against DNS names, so an address (pgnomad dev
+    // reaches members at 127.0.0.1) is also put in as a DNS name.
+    for name in server_names.iter().filter(|n| n.parse::<std::net::IpAddr>().is_ok()) {
+        server_params.subject_alt_names.push(SanType::DnsName(name.as_str().try_into()?));
+    }
     server_params.distinguished_name.push(DnType::CommonName, format!("{cluster}-pgbackrest"));
     server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let server_key = KeyPair::generate()?;

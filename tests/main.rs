@@ -1,10 +1,12 @@
 //! The one integration-test binary (keeps link times down).
 
 mod support;
+mod support_dev;
 mod support_procs;
 
 mod cli;
 mod deploy;
+mod dev;
 mod infra_defaults;
 mod nomad_client;
 mod nomad_double;

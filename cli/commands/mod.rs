@@ -2,6 +2,7 @@
 //! print; the work is done by the pipeline (`stack` → `compile` → `render`) and `deploy`.
 
 mod destroy;
+mod dev;
 mod init;
 pub use init::INIT_TEMPLATE;
 mod plan;
@@ -67,6 +68,8 @@ enum Command {
     ///
     /// Exit codes: 0 done, 1 bad input or not confirmed, 2 internal or connection error.
     Destroy(destroy::Args),
+    /// Run the stack on this machine with real processes, from the same config files.
+    Dev(dev::Args),
 }
 
 /// What went wrong, and so which exit code to use.
@@ -101,6 +104,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::run(args),
         Command::Destroy(args) => destroy::run(args),
+        Command::Dev(args) => dev::run(args),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),
