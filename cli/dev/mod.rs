@@ -264,9 +264,8 @@ impl Dev {
         bin_dir(self.facts.pg_version)
     }
 
-    /// The holes of every config file, for PgBouncer pointing at member `primary` (or at
-    /// no member).
-    pub fn runtime(&self, primary: Option<u32>) -> LocalRuntime {
+    /// The holes of every config file, for PgBouncer pointing at member `primary`.
+    pub fn runtime(&self, primary: u32) -> LocalRuntime {
         LocalRuntime {
             host: self.host().to_owned(),
             state_dir: self.state.root.clone(),
@@ -302,7 +301,7 @@ impl Dev {
         let root = &self.state.root;
         // The members' user must traverse the state directory; its secrets stay 0600.
         self.owned_dir(root, 0o711)?;
-        let primary = self.state.pgbouncer_primary();
+        let primary = self.state.pgbouncer_primary().unwrap_or(0);
         let runtime = self.runtime(primary);
         let packs = Packs::default();
         for member in &self.facts.members {
@@ -352,9 +351,8 @@ impl Dev {
         state::write_private(&self.state.pgpass_file(), &pgpass)
     }
 
-    /// pgbouncer.ini and userlist.txt with PgBouncer pointing at member `primary` (None:
-    /// at no member, clients wait).
-    pub fn write_pgbouncer(&self, primary: Option<u32>) -> Result<(), DevError> {
+    /// pgbouncer.ini and userlist.txt with PgBouncer pointing at member `primary`.
+    pub fn write_pgbouncer(&self, primary: u32) -> Result<(), DevError> {
         let runtime = self.runtime(primary);
         let holes = runtime.pgbouncer(&self.facts);
         for dir in [&holes.config_dir, &holes.run_dir, &holes.log_dir] {
