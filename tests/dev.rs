@@ -214,4 +214,13 @@ fn dev_switchover_with_pgbouncer_pause_has_no_client_errors() {
     assert_eq!(lost_on(&dev, primary, &attempts), Vec::<u64>::new());
     let errors: Vec<_> = attempts.iter().filter(|a| !a.acknowledged).collect();
     assert!(errors.is_empty(), "client errors: {errors:#?}");
+
+    // destroy stops everything and removes the state directory.
+    let pids: Vec<u32> = (0..3).flat_map(|i| [dev.pid(i, "patroni_pid"), dev.pid(i, "postmaster_pid")]).collect();
+    let out = dev.dev(&["destroy", "--yes"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!dev.state_dir.exists(), "the state directory is still there");
+    for pid in pids {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "pid {pid} still runs after `dev destroy`");
+    }
 }

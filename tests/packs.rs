@@ -130,7 +130,7 @@ fn local(state_dir: &Path, host: &str, facts: &Facts, dcs: LocalDcs) -> LocalRun
         dcs,
         members: facts.members.iter().map(|_| MemberPorts { pg: free_port(host), rest: free_port(host), tls: free_port(host) }).collect(),
         pgbouncer_port: free_port(host),
-        primary: Some(0),
+        primary: 0,
         secrets: secrets(facts),
     }
 }

@@ -43,8 +43,8 @@ pub struct LocalRuntime {
     /// Ports of each member, by member index.
     pub members: Vec<MemberPorts>,
     pub pgbouncer_port: u16,
-    /// Index of the member PgBouncer sends clients to; None while no member is primary.
-    pub primary: Option<u32>,
+    /// Index of the member PgBouncer sends clients to.
+    pub primary: u32,
     /// Secret values by key, for every job; each job sees only its own keys.
     pub secrets: BTreeMap<String, String>,
 }
@@ -140,17 +140,11 @@ impl Runtime for LocalRuntime {
     }
 
     fn pgbouncer(&self, facts: &Facts) -> Holes {
-        let primary = match self.primary {
-            Some(index) => format!("host={} port={}", self.host, self.ports(index).pg),
-            // As the Nomad template's `else` branch (a name that resolves once a primary
-            // registers): a socket directory with no socket, so clients wait instead of
-            // reaching a member that is no longer primary.
-            None => format!("host={} port={}", self.dir("pgbouncer", "run/no-primary"), self.ports(0).pg),
-        };
+        let primary = self.ports(self.primary);
         Holes {
             pgbouncer_listen_addr: self.host.clone(),
             pgbouncer_listen_port: self.pgbouncer_port.to_string(),
-            primary,
+            primary: format!("host={} port={}", self.host, primary.pg),
             secrets: self.secrets_of(&secrets::pgbouncer_keys(facts)),
             ..self.base("pgbouncer", "client")
         }

@@ -96,8 +96,10 @@ impl DevError {
 pub fn default_state_dir(stack_file: &Path) -> PathBuf {
     let parent = stack_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let beside = parent.join(".pgnomad").join("dev");
+    // The stack file's directory may not exist yet when the path is only being resolved.
+    let existing = parent.ancestors().find(|dir| dir.is_dir()).unwrap_or(Path::new("/"));
     match OsUser::for_caller() {
-        Ok(user) if !user.can_enter(parent) => {
+        Ok(user) if !user.can_enter(existing) => {
             let absolute = parent.canonicalize().unwrap_or_else(|_| parent.to_owned());
             Path::new("/var/lib/pgnomad/dev").join(absolute.to_string_lossy().trim_start_matches('/').replace('/', "_"))
         }
@@ -264,9 +266,8 @@ impl Dev {
         bin_dir(self.facts.pg_version)
     }
 
-    /// The holes of every config file, for PgBouncer pointing at member `primary` (or at
-    /// no member).
-    pub fn runtime(&self, primary: Option<u32>) -> LocalRuntime {
+    /// The holes of every config file, for PgBouncer pointing at member `primary`.
+    pub fn runtime(&self, primary: u32) -> LocalRuntime {
         LocalRuntime {
             host: self.host().to_owned(),
             state_dir: self.state.root.clone(),
@@ -302,7 +303,7 @@ impl Dev {
         let root = &self.state.root;
         // The members' user must traverse the state directory; its secrets stay 0600.
         self.owned_dir(root, 0o711)?;
-        let primary = self.state.pgbouncer_primary();
+        let primary = self.state.pgbouncer_primary().unwrap_or(0);
         let runtime = self.runtime(primary);
         let packs = Packs::default();
         for member in &self.facts.members {
@@ -352,9 +353,8 @@ impl Dev {
         state::write_private(&self.state.pgpass_file(), &pgpass)
     }
 
-    /// pgbouncer.ini and userlist.txt with PgBouncer pointing at member `primary` (None:
-    /// at no member, clients wait).
-    pub fn write_pgbouncer(&self, primary: Option<u32>) -> Result<(), DevError> {
+    /// pgbouncer.ini and userlist.txt with PgBouncer pointing at member `primary`.
+    pub fn write_pgbouncer(&self, primary: u32) -> Result<(), DevError> {
         let runtime = self.runtime(primary);
         let holes = runtime.pgbouncer(&self.facts);
         for dir in [&holes.config_dir, &holes.run_dir, &holes.log_dir] {
@@ -756,4 +756,29 @@ pub fn backup(dev: &Dev, kind: &str) -> Result<String, DevError> {
     let out = dev.user.command("bash").arg(&script).arg(kind).stdin(Stdio::null()).output().map_err(|e| DevError::io("run backup.sh", e))?;
     let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if out.status.success() { Ok(log) } else { Err(DevError::Failed(format!("backup.sh {kind} failed:\n{}", log.trim_end()))) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_programs_are_named_with_their_packages() {
+        let message = missing_message(&[("`etcd`".into(), "etcd-server".into()), ("`pgbouncer`".into(), "pgbouncer".into())]);
+        assert_eq!(
+            message,
+            "pgnomad dev needs `etcd`, `pgbouncer` which are not installed\n  = help: apt-get install --no-install-recommends etcd-server pgbouncer  (or pass --install)"
+        );
+    }
+
+    #[test]
+    fn the_state_dir_is_beside_the_stack_file_when_the_members_user_can_reach_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let stack_file = dir.path().join("pgnomad.hcl");
+        assert_eq!(default_state_dir(&stack_file), dir.path().join(".pgnomad/dev"));
+        // A directory not made yet counts as its nearest existing parent.
+        let later = dir.path().join("later/pgnomad.hcl");
+        assert_eq!(default_state_dir(&later), dir.path().join("later/.pgnomad/dev"));
+    }
 }

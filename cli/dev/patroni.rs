@@ -70,3 +70,39 @@ impl Cluster {
         self.members.iter().find(|m| m.role == "leader" || m.role == "standby_leader")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_returns_the_status_and_body_of_a_plain_http_answer() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let n = stream.read(&mut request).unwrap();
+            stream.write_all(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n\r\n{\"role\": \"replica\"}").unwrap();
+            String::from_utf8_lossy(&request[..n]).into_owned()
+        });
+        let (status, body) = request(&address, "POST", "/switchover", Some("{\"leader\":\"member-0\"}"), Duration::from_secs(5)).unwrap();
+        assert_eq!((status, body.as_str()), (503, "{\"role\": \"replica\"}"));
+        let sent = server.join().unwrap();
+        assert!(sent.starts_with("POST /switchover HTTP/1.0\r\n") && sent.ends_with("\r\n\r\n{\"leader\":\"member-0\"}"), "{sent}");
+    }
+
+    #[test]
+    fn cluster_reads_patroni_3_0_members_and_finds_the_leader() {
+        // As Patroni 3.0.2 answers GET /cluster.
+        let body = r#"{"members": [
+            {"name": "member-0", "role": "sync_standby", "state": "running", "api_url": "http://127.0.0.1:44001/patroni", "host": "127.0.0.1", "port": 37855, "timeline": 2, "lag": 0},
+            {"name": "member-1", "role": "leader", "state": "running", "api_url": "http://127.0.0.1:36931/patroni", "host": "127.0.0.1", "port": 33525, "timeline": 2},
+            {"name": "member-2", "role": "replica", "state": "stopped", "api_url": "http://127.0.0.1:45647/patroni", "host": "127.0.0.1", "port": 39545, "lag": "unknown"}
+        ], "scope": "main"}"#;
+        let cluster: Cluster = serde_json::from_str(body).unwrap();
+        assert_eq!(cluster.leader().map(|m| m.name.as_str()), Some("member-1"));
+        assert_eq!(cluster.members[2].lag, Some(serde_json::json!("unknown")));
+        assert_eq!(cluster.members[2].timeline, None);
+    }
+}

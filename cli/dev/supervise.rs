@@ -48,8 +48,7 @@ pub fn run(state_dir: &Path, reporter: &dyn Reporter) -> Result<(), DevError> {
     }
 
     // The DCS first: Patroni exits when it does not answer.
-    let mut primary = dev.state.pgbouncer_primary();
-    let mut unanswered_polls = 0;
+    let mut primary = dev.state.pgbouncer_primary().unwrap_or(0);
     start(&dev, &mut supervised[0], primary, reporter);
     let (_, dcs) = dev.dcs();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -80,7 +79,7 @@ pub fn run(state_dir: &Path, reporter: &dyn Reporter) -> Result<(), DevError> {
             }
         }
         if dev.facts.pgbouncer.enabled {
-            follow_primary(&dev, &supervised, &mut primary, &mut unanswered_polls, reporter);
+            follow_primary(&dev, &supervised, &mut primary, reporter);
         }
         let pids = Pids {
             supervisor: std::process::id(),
@@ -99,47 +98,27 @@ pub fn run(state_dir: &Path, reporter: &dyn Reporter) -> Result<(), DevError> {
     Ok(())
 }
 
-/// Points PgBouncer at the member that is primary now, when exactly one is; at no member
-/// once the one it points at is no longer primary (two polls in a row), as the Nomad
-/// template falls back to a name nothing answers at while no member passes the primary
-/// check. Clients wait meanwhile instead of writing into a demoted member.
-fn follow_primary(dev: &Dev, supervised: &[Supervised], primary: &mut Option<u32>, unanswered_polls: &mut u32, reporter: &dyn Reporter) {
+/// Points PgBouncer at the member that is primary now, when exactly one is.
+fn follow_primary(dev: &Dev, supervised: &[Supervised], primary: &mut u32, reporter: &dyn Reporter) {
     let primaries: Vec<usize> = (0..dev.member_count()).filter(|&i| patroni::is_primary(&dev.rest_address(i))).collect();
-    let next = match primaries[..] {
-        [now] if Some(now as u32) == *primary => {
-            *unanswered_polls = 0;
-            return;
-        }
-        // Patroni reports the role before promotion has finished: wait until it writes.
-        [now] if dev.member_query(now, "SELECT pg_is_in_recovery()").as_deref() == Some("f") => Some(now as u32),
-        [] if primary.is_some() => {
-            *unanswered_polls += 1;
-            if *unanswered_polls < 2 {
-                return;
-            }
-            None
-        }
-        _ => return,
-    };
-    *unanswered_polls = 0;
-    if let Err(error) = dev.write_pgbouncer(next) {
+    let [now] = primaries[..] else { return };
+    if now as u32 == *primary {
+        return;
+    }
+    if let Err(error) = dev.write_pgbouncer(now as u32) {
         reporter.step(&format!("re-rendering pgbouncer.ini failed: {error}"));
         return;
     }
     if let Some(child) = supervised.iter().find(|e| e.kind == Kind::PgBouncer).and_then(|e| e.child.as_ref()) {
         process::signal(child.id(), libc::SIGHUP);
     }
-    match next {
-        Some(index) => reporter.step(&format!("primary is now {}: pgbouncer.ini re-rendered, SIGHUP sent", dev.facts.members[index as usize].name)),
-        None => reporter.step("no member is primary: PgBouncer holds clients until one is"),
-    }
-    *primary = next;
-    write_primary(dev, next);
+    reporter.step(&format!("primary is now {}: pgbouncer.ini re-rendered, SIGHUP sent", dev.facts.members[now].name));
+    *primary = now as u32;
+    write_primary(dev, *primary);
 }
 
-fn write_primary(dev: &Dev, primary: Option<u32>) {
-    let text = primary.map_or_else(|| "none".to_owned(), |p| p.to_string());
-    let _ = std::fs::write(dev.state.primary_file(), text);
+fn write_primary(dev: &Dev, primary: u32) {
+    let _ = std::fs::write(dev.state.primary_file(), primary.to_string());
 }
 
 fn log_file(path: PathBuf) -> (Stdio, Stdio) {
@@ -152,7 +131,7 @@ fn log_file(path: PathBuf) -> (Stdio, Stdio) {
     }
 }
 
-fn command(dev: &Dev, kind: Kind, primary: Option<u32>) -> (Command, PathBuf) {
+fn command(dev: &Dev, kind: Kind, primary: u32) -> (Command, PathBuf) {
     let root = &dev.state.root;
     let host = dev.host();
     match kind {
@@ -202,7 +181,7 @@ fn command(dev: &Dev, kind: Kind, primary: Option<u32>) -> (Command, PathBuf) {
     }
 }
 
-fn start(dev: &Dev, entry: &mut Supervised, primary: Option<u32>, reporter: &dyn Reporter) {
+fn start(dev: &Dev, entry: &mut Supervised, primary: u32, reporter: &dyn Reporter) {
     let (mut cmd, log) = command(dev, entry.kind, primary);
     let (stdout, stderr) = log_file(log.clone());
     // Its own process group: a Ctrl-C meant for something else does not reach it.
