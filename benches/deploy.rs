@@ -7,7 +7,6 @@
 //!   hearing of it (the double's checks are held failing, then turned passing at a known time).
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::sync::{Arc, Mutex};

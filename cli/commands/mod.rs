@@ -163,6 +163,42 @@ pub fn connect(args: &crate::settings::ConnectionArgs, env: &crate::settings::En
     })
 }
 
+/// What `plan` and `run` both take: the stack, the cluster to talk to, pack overrides and
+/// where the operator's own secrets come from.
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub stack: StackFile,
+    #[command(flatten)]
+    pub connection: crate::settings::ConnectionArgs,
+    /// A directory whose files replace the built-in pack templates of the same path.
+    #[arg(long, value_name = "DIR")]
+    pub packs: Option<PathBuf>,
+    /// A file holding Patroni's Consul token (instead of PGNOMAD_PATRONI_CONSUL_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub patroni_consul_token_file: Option<PathBuf>,
+}
+
+/// Everything a deploy operation needs, loaded from `DeployArgs`.
+pub struct DeployInputs {
+    pub checked: Checked,
+    pub packs: crate::config::Packs,
+    pub operator: crate::settings::OperatorSecrets,
+    pub cluster: crate::deploy::Cluster<HttpTransport, HttpTransport>,
+}
+
+impl DeployArgs {
+    pub fn load(&self) -> Result<DeployInputs, Failure> {
+        let checked = load_stack(&self.stack.path)?;
+        let packs = render::load_packs(self.packs.as_deref())?;
+        let env = crate::settings::Environment::from_process();
+        let operator = crate::settings::OperatorSecrets::from_env(&env, self.patroni_consul_token_file.as_deref())
+            .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+        let cluster = connect(&self.connection, &env)?;
+        Ok(DeployInputs { checked, packs, operator, cluster })
+    }
+}
+
 /// Runs one async operation to completion (commands stay synchronous).
 pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Failure::Internal(format!("error: cannot start the async runtime: {e}")))?;

@@ -1,29 +1,18 @@
-use std::path::PathBuf;
-
 use crate::deploy::{self, PlanScope};
-use crate::settings::{ConnectionArgs, Environment, OperatorSecrets};
 
-use super::{block_on, connect, exit, load_stack, Failure, StackFile};
+use super::{block_on, exit, DeployArgs, DeployInputs, Failure};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Exit codes: 0 no changes, 1 changes, 255 error (as `nomad job plan`).")]
 pub struct Args {
     #[command(flatten)]
-    stack: StackFile,
-    #[command(flatten)]
-    connection: ConnectionArgs,
-    /// A directory whose files replace the built-in pack templates of the same path.
-    #[arg(long, value_name = "DIR")]
-    packs: Option<PathBuf>,
+    inputs: DeployArgs,
     /// Also show the field and object diff of each changed job.
     #[arg(short, long)]
     verbose: bool,
     /// Print the plan as JSON on stdout.
     #[arg(long)]
     json: bool,
-    /// A file holding Patroni's Consul token (instead of PGNOMAD_PATRONI_CONSUL_TOKEN).
-    #[arg(long, value_name = "FILE")]
-    patroni_consul_token_file: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
@@ -35,11 +24,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
 }
 
 fn plan(args: Args) -> Result<(), Failure> {
-    let checked = load_stack(&args.stack.path)?;
-    let packs = super::render::load_packs(args.packs.as_deref())?;
-    let env = Environment::from_process();
-    let operator = OperatorSecrets::from_env(&env, args.patroni_consul_token_file.as_deref()).map_err(|e| Failure::BadInput(format!("error: {e}")))?;
-    let cluster = connect(&args.connection, &env)?;
+    let DeployInputs { checked, packs, operator, cluster } = args.inputs.load()?;
     let plan = block_on(deploy::plan(&cluster, &checked.stack, &packs, &operator, &PlanScope::default()))?.map_err(super::deploy_failure)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan).expect("plans serialize"));

@@ -1,11 +1,9 @@
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::deploy::{self, PlanScope, Quiet, Reporter, RunOptions};
-use crate::settings::{ConnectionArgs, Environment, OperatorSecrets};
 use crate::ui::TerminalReporter;
 
-use super::{block_on, connect, deploy_failure, load_stack, Failure, StackFile};
+use super::{block_on, deploy_failure, DeployArgs, DeployInputs, Failure};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Secrets are read from the environment, never from flags: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
@@ -15,12 +13,7 @@ Exit codes: 0 done, 1 bad input or refused (nothing was overwritten), 2 internal
 3 the cluster did not converge (failed deployment, timeout).")]
 pub struct Args {
     #[command(flatten)]
-    stack: StackFile,
-    #[command(flatten)]
-    connection: ConnectionArgs,
-    /// A directory whose files replace the built-in pack templates of the same path.
-    #[arg(long, value_name = "DIR")]
-    packs: Option<PathBuf>,
+    inputs: DeployArgs,
     /// Register and return without following deployments.
     #[arg(long)]
     detach: bool,
@@ -37,9 +30,6 @@ pub struct Args {
     /// How long to wait for each job to converge, e.g. 900s, 15m.
     #[arg(long, default_value = "15m", value_parser = parse_duration)]
     timeout: Duration,
-    /// A file holding Patroni's Consul token (instead of PGNOMAD_PATRONI_CONSUL_TOKEN).
-    #[arg(long, value_name = "FILE")]
-    patroni_consul_token_file: Option<PathBuf>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -55,11 +45,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let checked = load_stack(&args.stack.path)?;
-    let packs = super::render::load_packs(args.packs.as_deref())?;
-    let env = Environment::from_process();
-    let operator = OperatorSecrets::from_env(&env, args.patroni_consul_token_file.as_deref()).map_err(|e| Failure::BadInput(format!("error: {e}")))?;
-    let cluster = connect(&args.connection, &env)?;
+    let DeployInputs { checked, packs, operator, cluster } = args.inputs.load()?;
     let options = RunOptions { detach: args.detach, scope: PlanScope { job: args.job.clone(), check_index: args.check_index, ..PlanScope::default() }, timeout: args.timeout, operator };
     let terminal = TerminalReporter::new();
     let reporter: &dyn Reporter = if args.json { &Quiet } else { &terminal };
