@@ -163,37 +163,32 @@ fn object_lines(out: &mut String, indent: usize, object: &ObjectDiff) {
 fn diff_text(out: &mut String, diff: &JobDiff, verbose: bool) {
     let _ = writeln!(out, "{} Job: \"{}\"", sign(diff.diff_type), diff.id);
     if verbose {
-        for field in &diff.fields {
-            field_line(out, 2, field);
-        }
-        for object in &diff.objects {
-            object_lines(out, 2, object);
-        }
+        details(out, 2, &diff.fields, &diff.objects);
     }
     for group in &diff.task_groups {
         let counts: Vec<String> = group.updates.iter().map(|(kind, n)| format!("{n} {kind}")).collect();
         let counts = if counts.is_empty() { String::new() } else { format!(" ({})", counts.join(", ")) };
         let _ = writeln!(out, "{} Task Group: \"{}\"{counts}", sign(group.diff_type), group.name);
         if verbose {
-            for field in &group.fields {
-                field_line(out, 2, field);
-            }
-            for object in &group.objects {
-                object_lines(out, 2, object);
-            }
+            details(out, 2, &group.fields, &group.objects);
         }
         for task in &group.tasks {
             let notes = if task.annotations.is_empty() { String::new() } else { format!(" ({})", task.annotations.join(", ")) };
             let _ = writeln!(out, "  {} Task: \"{}\"{notes}", sign(task.diff_type), task.name);
             if verbose {
-                for field in &task.fields {
-                    field_line(out, 4, field);
-                }
-                for object in &task.objects {
-                    object_lines(out, 4, object);
-                }
+                details(out, 4, &task.fields, &task.objects);
             }
         }
+    }
+}
+
+/// The field and object diffs under a job, group or task line.
+fn details(out: &mut String, indent: usize, fields: &[FieldDiff], objects: &[ObjectDiff]) {
+    for field in fields {
+        field_line(out, indent, field);
+    }
+    for object in objects {
+        object_lines(out, indent, object);
     }
 }
 
