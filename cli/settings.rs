@@ -107,6 +107,11 @@ impl Environment {
         Environment { vars: pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
     }
 
+    /// Whether the user asked for no colour (https://no-color.org: any non-empty NO_COLOR).
+    pub fn no_color(&self) -> bool {
+        self.get("NO_COLOR").is_some()
+    }
+
     /// Empty values count as unset, as in the nomad CLI.
     fn get(&self, name: &str) -> Option<String> {
         self.vars.get(name).filter(|v| !v.is_empty()).cloned()

@@ -29,7 +29,9 @@ fn plan(args: Args) -> Result<(), Failure> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan).expect("plans serialize"));
     } else {
-        print!("{}", crate::ui::plan_text(&plan, args.verbose));
+        let text = crate::ui::plan_text(&plan, args.verbose);
+        let colour = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !crate::settings::Environment::from_process().no_color();
+        print!("{}", if colour { crate::ui::colored_plan(&text) } else { text });
     }
     if !plan.problems.is_empty() {
         Err(Failure::Exit(exit::PLAN_ERROR, String::new()))

@@ -192,6 +192,38 @@ fn details(out: &mut String, indent: usize, fields: &[FieldDiff], objects: &[Obj
     }
 }
 
+/// Colours a plan's lines as `nomad job plan` does: additions green, edits yellow, removals
+/// red, by the sign that starts the line (after its indentation or a `path:` label).
+pub fn colored_plan(text: &str) -> String {
+    const GREEN: &str = "\x1b[32m";
+    const YELLOW: &str = "\x1b[33m";
+    const RED: &str = "\x1b[31m";
+    const RESET: &str = "\x1b[0m";
+    let mut out = String::with_capacity(text.len() + text.len() / 8);
+    for line in text.lines() {
+        let body = line.trim_start();
+        let body = body.split_once(": ").filter(|(label, _)| !label.contains(' ')).map_or(body, |(_, rest)| rest);
+        let color = if body.starts_with("+/-") {
+            Some(YELLOW)
+        } else if body.starts_with('+') {
+            Some(GREEN)
+        } else if body.starts_with('-') {
+            Some(RED)
+        } else {
+            None
+        };
+        match color {
+            Some(color) => {
+                let _ = writeln!(out, "{color}{line}{RESET}");
+            }
+            None => {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
+    out
+}
+
 pub fn plan_text(plan: &Plan, verbose: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Cluster \"{}\"\n", plan.cluster);
@@ -379,4 +411,20 @@ pub fn destroy_text(summary: &DestroySummary) -> String {
         let _ = writeln!(out, "deleted variables: {}", summary.secrets_deleted.join(", "));
     }
     out
+}
+
+#[cfg(test)]
+mod color_tests {
+    use super::colored_plan;
+
+    #[test]
+    fn plan_lines_are_coloured_by_their_sign() {
+        let text = "Cluster \"main\"\n+ Job: \"a\"\n  +/- Task Group: \"g\"\n    - Task: \"t\"\n  nomad/jobs/x: + create with k\n";
+        let colored = colored_plan(text);
+        assert!(colored.contains("\x1b[32m+ Job: \"a\"\x1b[0m"));
+        assert!(colored.contains("\x1b[33m  +/- Task Group"));
+        assert!(colored.contains("\x1b[31m    - Task"));
+        assert!(colored.contains("\x1b[32m  nomad/jobs/x: + create"));
+        assert!(colored.starts_with("Cluster \"main\"\n"), "unsigned lines stay plain");
+    }
 }
