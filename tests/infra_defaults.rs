@@ -911,10 +911,20 @@ fn lab_stack_backup_repo_points_at_the_lab_minio() {
         .and_then(|l| l.split("ip: \"").nth(1))
         .and_then(|rest| rest.split('"').next())
         .expect("the MinIO node's ip in NODES");
-    assert_eq!(
-        str_attr(repo_block, "endpoint"),
-        format!("http://{ip}:{port}")
-    );
+    // pgBackRest reaches S3 over HTTPS only: host:port, no scheme.
+    assert_eq!(str_attr(repo_block, "endpoint"), format!("{ip}:{port}"));
+    assert!(read("vagrant/scripts/minio.sh").contains("--certs-dir"), "MinIO must serve TLS");
+}
+
+#[test]
+fn lab_and_terraform_stack_files_pass_pgnomads_own_checks() {
+    for path in ["vagrant/pgnomad.hcl", "terraform/examples/aws-cluster/pgnomad.hcl"] {
+        let source = pgnomad::stack::Source::new(path, read(path));
+        match pgnomad::stack::load(&source) {
+            Ok(checked) => assert!(checked.warnings.is_empty(), "{path}: {:?}", checked.warnings),
+            Err(diagnostics) => panic!("{}", diagnostics.iter().map(|d| source.render(d)).collect::<String>()),
+        }
+    }
 }
 
 #[test]

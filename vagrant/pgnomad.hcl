@@ -28,7 +28,8 @@ storage {
 backup {
   repo {
     type      = "s3"
-    endpoint  = "http://192.168.56.11:9000" # MinIO on node1 (vagrant/scripts/minio.sh)
+    endpoint   = "192.168.56.11:9000" # MinIO on node1 over HTTPS (vagrant/scripts/minio.sh)
+    verify_tls = false                # its certificate is self-signed
     bucket    = "pgbackrest"
     region    = "us-east-1"
     uri_style = "path"

@@ -68,6 +68,8 @@ pub struct BackupFacts {
     /// "s3" or "volume".
     pub repo_type: &'static str,
     pub s3_endpoint: String,
+    /// Empty for HTTPS's 443.
+    pub s3_port: String,
     pub s3_bucket: String,
     pub s3_region: String,
     pub s3_uri_style: String,
@@ -163,6 +165,7 @@ fn backup_facts(backup: &Backup) -> BackupFacts {
         enabled: backup.enabled,
         repo_type: "volume",
         s3_endpoint: String::new(),
+        s3_port: String::new(),
         s3_bucket: String::new(),
         s3_region: String::new(),
         s3_uri_style: String::new(),
@@ -176,9 +179,10 @@ fn backup_facts(backup: &Backup) -> BackupFacts {
         kinds,
     };
     match &backup.repo {
-        Repo::S3 { endpoint, bucket, region, path, uri_style, verify_tls } => {
+        Repo::S3 { endpoint, port, bucket, region, path, uri_style, verify_tls } => {
             facts.repo_type = "s3";
             facts.s3_endpoint = endpoint.clone();
+            facts.s3_port = port.map(|p| p.to_string()).unwrap_or_default();
             facts.s3_bucket = bucket.value.clone();
             facts.s3_region = region.clone();
             facts.s3_uri_style = uri_style.clone();

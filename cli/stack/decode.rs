@@ -433,8 +433,10 @@ fn backup(reader: Option<&Reader<'_>>) -> Backup {
                     Spanned::new(String::new(), repo_kind.span.clone())
                 }
             };
+            let (endpoint, port) = s3_endpoint(r, string_or(r, "endpoint", "s3.amazonaws.com"));
             Repo::S3 {
-                endpoint: string_or(r, "endpoint", "s3.amazonaws.com").value,
+                endpoint,
+                port,
                 bucket,
                 region: string_or(r, "region", "us-east-1").value,
                 path: string_or(r, "path", "/pgbackrest").value,
@@ -489,6 +491,33 @@ fn backup(reader: Option<&Reader<'_>>) -> Backup {
         wal_archiving: bool_or(reader, "wal_archiving", true),
         from_standby: bool_or(reader, "from_standby", true),
         tls_port: port_or(reader, "tls_port", defaults::PGBACKREST_TLS_PORT),
+    }
+}
+
+/// Splits an S3 endpoint into host and port. pgBackRest speaks HTTPS only to S3, so an
+/// `http://` endpoint is refused here rather than failing at the first WAL push.
+fn s3_endpoint(reader: Option<&Reader<'_>>, text: Spanned<String>) -> (String, Option<u16>) {
+    let value = text.value.trim().trim_end_matches('/');
+    if value.starts_with("http://") {
+        if let Some(r) = reader {
+            r.error(
+                Diagnostic::error(text.span.clone(), format!("S3 endpoint \"{value}\" uses http, but pgBackRest reaches S3 over HTTPS only"))
+                    .with_help("serve the store over TLS and write host[:port]; for a self-signed certificate also set verify_tls = false"),
+            );
+        }
+    }
+    let bare = value.trim_start_matches("https://").trim_start_matches("http://");
+    match bare.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() => match port.parse::<u16>() {
+            Ok(port) if port > 0 => (host.to_owned(), Some(port)),
+            _ => {
+                if let Some(r) = reader {
+                    r.error(Diagnostic::error(text.span.clone(), format!("S3 endpoint \"{value}\" has no valid port after ':'")).with_help("write host or host:port, e.g. \"minio.service.consul:9000\""));
+                }
+                (host.to_owned(), None)
+            }
+        },
+        _ => (bare.to_owned(), None),
     }
 }
 

@@ -155,7 +155,9 @@ pub struct PgAdmin {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Repo {
     S3 {
+        /// Host name only; pgBackRest always uses HTTPS.
         endpoint: String,
+        port: Option<u16>,
         bucket: Spanned<String>,
         region: String,
         path: String,

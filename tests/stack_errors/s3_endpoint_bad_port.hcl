@@ -1,0 +1,8 @@
+cluster "main" {}
+backup {
+  repo {
+    type     = "s3"
+    endpoint = "minio:x"
+    bucket   = "pg-backups"
+  }
+}
