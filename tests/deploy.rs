@@ -347,3 +347,34 @@ fn status_without_consul_says_what_is_unknown_and_why() {
     assert!(stdout.contains("Consul unknown (Consul: cannot connect to"), "{stdout}");
     assert!(stdout.contains("PgBouncer\n  unknown (Consul: cannot connect to"), "{stdout}");
 }
+
+/// On a terminal `run` draws one progress bar per task group and `plan` colours its diff.
+/// `script` gives the binary a pseudo-terminal, as a person's shell would.
+#[test]
+fn on_a_terminal_run_draws_progress_bars_and_plan_colours_its_diff() {
+    let lab = Lab::new();
+    let in_terminal = |args: &str| {
+        let command = format!("{} {args}", env!("CARGO_BIN_EXE_pgnomad"));
+        let output = Command::new("script")
+            .args(["-qefc", &command, "/dev/null"])
+            .current_dir(lab.dir.path())
+            .env("NOMAD_ADDR", lab.nomad.address())
+            .env("CONSUL_HTTP_ADDR", lab.consul.address())
+            .env("TERM", "xterm")
+            .env_remove("NO_COLOR")
+            .output()
+            .expect("script (util-linux) runs");
+        (output.status.code(), text(&output.stdout))
+    };
+    let (code, screen) = in_terminal("plan");
+    assert_eq!(code, Some(1), "{screen}");
+    assert!(screen.contains("\x1b[32m+ Job: \"main-postgres\""), "the added job is green:\n{screen}");
+
+    let (code, screen) = in_terminal("run");
+    assert_eq!(code, Some(0), "{screen}");
+    for group in ["member-0", "member-1", "member-2"] {
+        let bar = format!("main-postgres/{group} [====================] {group}: placed 1/1, healthy 1, unhealthy 0");
+        assert!(screen.contains(&bar), "no finished bar for {group}:\n{screen}");
+    }
+    assert!(screen.contains("deployment successful"), "{screen}");
+}
