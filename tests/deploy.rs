@@ -378,3 +378,36 @@ fn on_a_terminal_run_draws_progress_bars_and_plan_colours_its_diff() {
     }
     assert!(screen.contains("deployment successful"), "{screen}");
 }
+
+/// `status` reads each member's role, state, timeline and lag from Patroni's REST API, found
+/// through Consul. Nomad and Consul are doubles; Patroni is real: a `pgnomad dev` cluster of
+/// the same stack, whose REST ports the Nomad double maps the members' `patroni` ports to.
+#[test]
+fn status_reads_roles_timelines_and_lag_from_a_real_patroni() {
+    let dev = crate::support_dev::DevCluster::up("main", 3);
+    let lab = Lab::with_stack(&crate::support_dev::stack_text("main", 3));
+    let recorded: Value = serde_json::from_str(&std::fs::read_to_string(dev.state_dir.join("state.json")).unwrap()).unwrap();
+    for member in 0..3 {
+        let rest_port = recorded["ports"]["members"][member][1].as_u64().expect("each member's REST port") as u16;
+        lab.nomad.map_host_port(&format!("member-{member}"), "patroni", rest_port);
+    }
+    let run = lab.pgnomad(&["run"]);
+    assert_eq!(code(&run), Some(0), "{}", show(&run));
+
+    let status = lab.pgnomad(&["status", "--json"]);
+    assert_eq!(code(&status), Some(0), "{}", show(&status));
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let members = status["members"].as_array().unwrap();
+    let roles: Vec<&str> = members.iter().map(|m| m["role"]["known"].as_str().unwrap_or_else(|| panic!("role unknown: {m}"))).collect();
+    let leader = dev.primary().expect("the dev cluster has a primary");
+    assert_eq!(roles[leader], "leader", "{roles:?}");
+    assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1, "{roles:?}");
+    assert_eq!(roles.iter().filter(|r| **r == "sync_standby").count(), 1, "synchronous mode names one standby: {roles:?}");
+    for (i, member) in members.iter().enumerate() {
+        assert_eq!(member["timeline"]["known"], json!(1), "{member}");
+        assert!(member["state"]["known"].is_string(), "{member}");
+        if i != leader {
+            assert!(member["lag_bytes"]["known"].is_u64(), "a replica's lag is known: {member}");
+        }
+    }
+}

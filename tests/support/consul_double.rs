@@ -59,7 +59,9 @@ fn service_entries(shared: &Shared) -> Vec<(String, Vec<Value>, Value)> {
             }
             let name = interpolate_service_name(str_of(&service, "Name"), str_of(job, "Name"), &alloc.group, &task);
             let port_position = ports.iter().position(|p| p == str_of(&service, "PortLabel")).unwrap_or(0) as u64;
-            let port = 20000 + alloc.group_index as u64 * 100 + alloc.alloc_index * 10 + port_position;
+            let label = str_of(&service, "PortLabel");
+            let mapped = state.host_ports.iter().find(|((group, l), _)| *group == alloc.group && l == label).map(|(_, port)| u64::from(*port));
+            let port = mapped.unwrap_or(20000 + alloc.group_index as u64 * 100 + alloc.alloc_index * 10 + port_position);
             let mut checks = vec![json!({"Node": NODE_NAME, "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing", "Output": "", "ServiceID": "", "ServiceName": ""})];
             for check in list(&service, "Checks") {
                 let passing = oracle(&probe_for(alloc, job, &service, check, &task));

@@ -302,6 +302,13 @@ impl NomadDouble {
         self.shared.changed();
     }
 
+    /// Maps port `label` of `group`'s allocations to `port` on 127.0.0.1, so Consul sends
+    /// clients of that service to a real program listening there.
+    pub fn map_host_port(&self, group: &str, label: &str, port: u16) {
+        self.shared.state.lock().unwrap().host_ports.push(((group.to_string(), label.to_string()), port));
+        self.shared.changed();
+    }
+
     pub fn set_health_oracle(&self, oracle: impl Fn(&CheckProbe) -> bool + Send + Sync + 'static) {
         *self.shared.oracle.write().unwrap() = Arc::new(oracle);
         // Check results changed: Consul's health view moves with the allocations table.

@@ -188,6 +188,9 @@ pub struct State {
     pub policies: BTreeMap<String, Value>,
     /// Groups (job, group) whose next placements fail with a driver failure.
     pub failing_groups: Vec<(String, String)>,
+    /// Host ports Nomad "mapped" for (group, port label), where a test needs a real program
+    /// behind a service (a real Patroni for `status`); others get made-up ports.
+    pub host_ports: Vec<((String, String), u16)>,
 }
 
 fn scaled(config: &DoubleConfig, nanos: i64) -> Duration {
