@@ -4,14 +4,14 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use crate::config::{ConfigError, Facts, Holes, MemberFacts, NomadRuntime, Packs};
+use crate::config::{ConfigError, Facts, Holes, MemberFacts, NomadRuntime, Renderer};
 use crate::nomad::job::*;
 use crate::stack::{Driver, Secrets, Stack};
 
 pub struct Context<'a> {
     pub stack: &'a Stack,
     pub facts: &'a Facts,
-    pub packs: &'a Packs,
+    pub renderer: &'a Renderer,
     pub runtime: &'a NomadRuntime,
 }
 
@@ -22,7 +22,7 @@ impl Context<'_> {
 
     /// A pack file rendered for Nomad, as a `template` block that writes it to `dest`.
     pub fn pack_template(&self, pack_path: &str, member: Option<&MemberFacts>, holes: &Holes, dest: &str, change: Change) -> Result<Template, ConfigError> {
-        let text = self.packs.render(pack_path, self.facts, member, holes, self.runtime)?;
+        let text = self.renderer.render(pack_path, member, holes)?;
         Ok(template(text, dest, change))
     }
 

@@ -73,7 +73,8 @@ pub struct SecretSpec {
 pub fn compile(stack: &Stack, packs: &Packs) -> Result<Artifacts, ConfigError> {
     let facts = Facts::new(stack);
     let runtime = NomadRuntime::for_stack(stack);
-    let context = common::Context { stack, facts: &facts, packs, runtime: &runtime };
+    let renderer = packs.renderer(&facts, &runtime);
+    let context = common::Context { stack, facts: &facts, renderer: &renderer, runtime: &runtime };
 
     let mut jobs = vec![CompiledJob { role: JobRole::Postgres, job: postgres::job(&context)? }];
     if stack.pgbouncer.enabled {

@@ -74,13 +74,14 @@ impl Packs {
         self.files.get(path).map(String::as_str)
     }
 
-    /// Renders one pack file with the stack's facts and the runtime's holes.
+    /// Renders one pack file with the stack's facts and the runtime's holes. To render many
+    /// files of one stack, make a `renderer` once: it compiles each template only once.
     pub fn render(&self, path: &str, facts: &Facts, member: Option<&MemberFacts>, holes: &Holes, runtime: &dyn Runtime) -> Result<String, ConfigError> {
-        let source = self.source(path).ok_or_else(|| ConfigError::UnknownPackFile {
-            path: path.to_owned(),
-            known: BUILTIN.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(", "),
-        })?;
-        let template_error = |error: minijinja::Error| ConfigError::Template { path: path.to_owned(), message: format!("{error:#}") };
+        self.renderer(facts, runtime).render(path, member, holes)
+    }
+
+    /// A renderer for one stack and runtime.
+    pub fn renderer(&self, facts: &Facts, runtime: &dyn Runtime) -> Renderer {
         let mut env = Environment::new();
         env.set_syntax(
             minijinja::syntax::SyntaxConfig::builder()
@@ -107,13 +108,35 @@ impl Packs {
                 write!(out, "{}", escape(&text)).map_err(minijinja::Error::from)
             }
         });
-        env.add_template(path, source).map_err(template_error)?;
+        // Templates are compiled on first use and kept.
+        let files: BTreeMap<String, String> = self.files.iter().map(|(path, text)| ((*path).to_owned(), text.clone())).collect();
+        env.set_loader(move |name| Ok(files.get(name).cloned()));
+        Renderer { env, stack: Value::from_serialize(facts) }
+    }
+}
+
+/// Renders the pack files of one stack for one runtime.
+pub struct Renderer {
+    env: Environment<'static>,
+    stack: Value,
+}
+
+impl Renderer {
+    pub fn render(&self, path: &str, member: Option<&MemberFacts>, holes: &Holes) -> Result<String, ConfigError> {
+        let template_error = |error: minijinja::Error| ConfigError::Template { path: path.to_owned(), message: format!("{error:#}") };
+        let template = self.env.get_template(path).map_err(|error| match error.kind() {
+            minijinja::ErrorKind::TemplateNotFound => ConfigError::UnknownPackFile {
+                path: path.to_owned(),
+                known: BUILTIN.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(", "),
+            },
+            _ => template_error(error),
+        })?;
         let context = minijinja::context! {
-            stack => Value::from_serialize(facts),
+            stack => self.stack.clone(),
             member => member.map(Value::from_serialize),
             rt => holes.to_value(),
         };
-        env.get_template(path).and_then(|t| t.render(context)).map_err(template_error)
+        template.render(context).map_err(template_error)
     }
 }
 

@@ -64,10 +64,10 @@ api_struct! {
         pub node_pool: String,
         pub constraints: Vec<Constraint>,
         pub spreads: Vec<Spread>,
-        pub task_groups: Vec<TaskGroup>,
         pub update: UpdateStrategy,
         pub periodic: PeriodicConfig,
         pub meta: BTreeMap<String, String>,
+        pub task_groups: Vec<TaskGroup>,
     }
 }
 
@@ -104,15 +104,15 @@ api_struct! {
         pub count: i64,
         pub constraints: Vec<Constraint>,
         pub spreads: Vec<Spread>,
-        pub tasks: Vec<Task>,
-        pub volumes: BTreeMap<String, VolumeRequest>,
         pub restart_policy: RestartPolicy,
         pub reschedule_policy: ReschedulePolicy,
         pub update: UpdateStrategy,
-        pub networks: Vec<NetworkResource>,
-        pub meta: BTreeMap<String, String>,
-        pub services: Vec<Service>,
         pub shutdown_delay: Nanos,
+        pub meta: BTreeMap<String, String>,
+        pub networks: Vec<NetworkResource>,
+        pub volumes: BTreeMap<String, VolumeRequest>,
+        pub services: Vec<Service>,
+        pub tasks: Vec<Task>,
     }
 }
 

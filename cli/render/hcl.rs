@@ -103,12 +103,9 @@ pub fn job(job: &Job) -> String {
     let mut out = String::new();
     let id = fields.get("ID").and_then(Value::as_str).unwrap_or_default();
     let _ = writeln!(out, "job {} {{", quote(id));
-    let mut body = fields.clone();
-    body.remove("ID");
-    if body.get("Name").and_then(Value::as_str) == Some(id) {
-        body.remove("Name");
-    }
-    write_body(&mut out, &body, 1);
+    // The label carries the ID, and the name when it is the same.
+    let skip: &[&str] = if fields.get("Name").and_then(Value::as_str) == Some(id) { &["ID", "Name"] } else { &["ID"] };
+    write_body(&mut out, &fields, skip, 1);
     out.push_str("}\n");
     out
 }
@@ -117,10 +114,12 @@ fn indent(level: usize) -> String {
     "  ".repeat(level)
 }
 
-fn write_body(out: &mut String, fields: &Map<String, Value>, level: usize) {
+/// Writes `fields` as a block body, leaving out `skip` (fields a block label carries).
+fn write_body(out: &mut String, fields: &Map<String, Value>, skip: &[&str], level: usize) {
     let pad = indent(level);
+    let fields = || fields.iter().filter(|(field, _)| !skip.contains(&field.as_str()));
     // Attributes first, then blocks, as people write jobspecs.
-    for (field, value) in fields {
+    for (field, value) in fields() {
         if skipped(field) || block_name(field).is_some() || MAP_BLOCKS.iter().any(|(f, _)| f == field) || field == "Volumes" {
             continue;
         }
@@ -128,13 +127,13 @@ fn write_body(out: &mut String, fields: &Map<String, Value>, level: usize) {
         let rendered = if DURATIONS.contains(&field.as_str()) {
             quote(&go_duration(value.as_u64().unwrap_or_default()))
         } else if field == "EmbeddedTmpl" {
-            heredoc(value.as_str().unwrap_or_default(), level)
+            heredoc(value.as_str().unwrap_or_default())
         } else {
             expression(value, level)
         };
         let _ = writeln!(out, "{pad}{name} = {rendered}");
     }
-    for (field, value) in fields {
+    for (field, value) in fields() {
         if let Some((_, block)) = MAP_BLOCKS.iter().find(|(f, _)| f == field) {
             let Value::Object(map) = value else { continue };
             let _ = writeln!(out, "\n{pad}{block} {{");
@@ -146,26 +145,24 @@ fn write_body(out: &mut String, fields: &Map<String, Value>, level: usize) {
             let Value::Object(map) = value else { continue };
             for (name, volume) in map {
                 let Value::Object(volume) = volume else { continue };
-                let mut volume = volume.clone();
-                volume.remove("Name");
                 let _ = writeln!(out, "\n{pad}volume {} {{", quote(name));
-                write_body(out, &volume, level + 1);
+                write_body(out, volume, &["Name"], level + 1);
                 let _ = writeln!(out, "{pad}}}");
             }
         } else if let Some((block, label_field)) = block_name(field) {
             let items = match value {
-                Value::Array(items) => items.clone(),
-                other => vec![other.clone()],
+                Value::Array(items) => items.as_slice(),
+                other => std::slice::from_ref(other),
             };
             for item in items {
-                let Value::Object(mut body) = item else { continue };
-                let label = label_field.and_then(|l| body.remove(l)).and_then(|l| l.as_str().map(quote));
+                let Value::Object(body) = item else { continue };
+                let label = label_field.and_then(|l| body.get(l)).and_then(Value::as_str).map(quote);
                 let head = match label {
                     Some(label) => format!("{block} {label}"),
                     None => block.to_owned(),
                 };
                 let _ = writeln!(out, "\n{pad}{head} {{");
-                write_body(out, &body, level + 1);
+                write_body(out, body, label_field.as_slice(), level + 1);
                 let _ = writeln!(out, "{pad}}}");
             }
         }
@@ -218,7 +215,7 @@ pub fn quote(text: &str) -> String {
 }
 
 /// Multi-line text as a heredoc, which keeps config files readable in the jobspec.
-fn heredoc(text: &str, level: usize) -> String {
+fn heredoc(text: &str) -> String {
     if !text.ends_with('\n') || text.contains('\r') {
         return quote(text);
     }
@@ -227,7 +224,6 @@ fn heredoc(text: &str, level: usize) -> String {
         delimiter.push('_');
     }
     let escaped = text.replace("${", "$${").replace("%{", "%%{");
-    let _ = level;
     format!("<<{delimiter}\n{escaped}{delimiter}")
 }
 

@@ -36,7 +36,14 @@ pub struct OutputFile {
 
 /// `{"Job": {…}}` as `POST /v1/jobs` takes it.
 pub fn job_register_json(job: &Job) -> String {
-    pretty(&json!({ "Job": job }))
+    #[derive(serde::Serialize)]
+    struct Register<'a> {
+        #[serde(rename = "Job")]
+        job: &'a Job,
+    }
+    let mut text = serde_json::to_string_pretty(&Register { job }).expect("jobs serialize");
+    text.push('\n');
+    text
 }
 
 /// `{"Volumes": [{…}]}` as `PUT /v1/volume/csi/:id/create` takes it.
