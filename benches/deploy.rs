@@ -71,7 +71,8 @@ fn count_requests(runtime: &tokio::runtime::Runtime) -> Counts {
     let consul = nomad.start_consul();
     let cluster = cluster_for(&nomad, &consul);
     let stack = default_stack();
-    let summary = runtime.block_on(deploy::run(&cluster, &stack, &Packs::default(), &options(), &deploy::Quiet)).expect("the default stack runs");
+    let summary =
+        runtime.block_on(deploy::run(&cluster, &stack, &Packs::default(), &options(), &deploy::Quiet)).expect("the default stack runs");
     let requests = nomad.requests();
     let is_consul = |r: &&support::nomad_double::RecordedRequest| r.method.starts_with("CONSUL");
     let blocking = |r: &&support::nomad_double::RecordedRequest| r.query.iter().any(|(k, _)| k == "index");
@@ -104,8 +105,10 @@ fn healthy_to_reported(runtime: &tokio::runtime::Runtime) -> Duration {
     runtime.block_on(async {
         let mut index = 0;
         loop {
-            let (allocs, next): (Vec<api::AllocListStub>, u64) =
-                watcher.get_blocking(api::job_allocations("main-postgres", false), index, Duration::from_secs(5)).await.unwrap_or((Vec::new(), index));
+            let (allocs, next): (Vec<api::AllocListStub>, u64) = watcher
+                .get_blocking(api::job_allocations("main-postgres", false), index, Duration::from_secs(5))
+                .await
+                .unwrap_or((Vec::new(), index));
             index = next;
             if allocs.iter().filter(|a| a.client_status == "running").count() == 3 {
                 break;
@@ -144,5 +147,10 @@ fn main() {
     let delays: Vec<f64> = (0..RUNS).map(|_| healthy_to_reported(&runtime).as_secs_f64() * 1000.0).collect();
     let mut sorted = delays.clone();
     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    println!("deployment marked healthy → reported, median of {RUNS}: {:.1} ms (min {:.1}, max {:.1})", median(delays), sorted[0], sorted[RUNS - 1]);
+    println!(
+        "deployment marked healthy → reported, median of {RUNS}: {:.1} ms (min {:.1}, max {:.1})",
+        median(delays),
+        sorted[0],
+        sorted[RUNS - 1]
+    );
 }

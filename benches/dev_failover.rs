@@ -132,7 +132,8 @@ fn main() {
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             // "…; clients held for 1.23 s"
             let said = String::from_utf8_lossy(&out.stdout).to_string();
-            let seconds: f64 = said.rsplit("held for ").next().and_then(|s| s.trim().trim_end_matches(" s").parse().ok()).unwrap_or(f64::NAN);
+            let seconds: f64 =
+                said.rsplit("held for ").next().and_then(|s| s.trim().trim_end_matches(" s").parse().ok()).unwrap_or(f64::NAN);
             held.push(Duration::from_secs_f64(seconds));
         });
     }
@@ -141,25 +142,45 @@ fn main() {
     let ttl = 10;
 
     println!("Runs per figure: {runs}; stack: 3 members, etcd, ttl {ttl}, loop_wait 2, retry_timeout 4, synchronous_mode on, primary_start_timeout 0.");
-    println!("Writer: one psql per insert through PgBouncer every 100 ms; {} inserts, {} acknowledged.", attempts.len(), attempts.iter().filter(|a| a.acknowledged).count());
+    println!(
+        "Writer: one psql per insert through PgBouncer every 100 ms; {} inserts, {} acknowledged.",
+        attempts.len(),
+        attempts.iter().filter(|a| a.acknowledged).count()
+    );
     println!();
     println!("| what | median (min–max) | client errors per run | acked rows lost | target |");
     println!("|---|---|---|---|---|");
     println!("| bootstrap: `dev up`, empty state dir → all replicas streaming, sync standby, app login through PgBouncer | {} ({}–{}) | — | — | — |", secs(median(&bootstraps)), secs(*bootstraps.iter().min().unwrap()), secs(*bootstraps.iter().max().unwrap()));
     println!("{}", row("write gap, kill -9 of the primary's postmaster", &postmaster, "≤ 4 s, 0 lost"));
-    println!("{}", row("write gap, kill -9 of the whole member (Patroni + Postgres)", &member, &format!("≤ ttl + 2 s = {} s, 0 lost", ttl + 2)));
+    println!(
+        "{}",
+        row("write gap, kill -9 of the whole member (Patroni + Postgres)", &member, &format!("≤ ttl + 2 s = {} s, 0 lost", ttl + 2))
+    );
     println!("{}", row("write gap, `dev switchover --no-pause`", &plain, "—"));
     println!("{}", row("write gap, `dev switchover` (PgBouncer PAUSE/RESUME)", &paused, "0 errors, ≤ 2.5 s"));
     if !held.is_empty() {
-        println!("| PAUSE → RESUME as `dev switchover` reports it | {} ({}–{}) | — | — | ≤ 2.5 s |", secs(median(&held)), secs(*held.iter().min().unwrap()), secs(*held.iter().max().unwrap()));
+        println!(
+            "| PAUSE → RESUME as `dev switchover` reports it | {} ({}–{}) | — | — | ≤ 2.5 s |",
+            secs(median(&held)),
+            secs(*held.iter().min().unwrap()),
+            secs(*held.iter().max().unwrap())
+        );
     }
     println!();
-    for (what, figure) in [("postmaster kill", &postmaster), ("member kill", &member), ("switchover without pause", &plain), ("switchover with pause", &paused)] {
+    for (what, figure) in [
+        ("postmaster kill", &postmaster),
+        ("member kill", &member),
+        ("switchover without pause", &plain),
+        ("switchover with pause", &paused),
+    ] {
         for (message, count) in &figure.messages {
             println!("- {what}: {count} × `{message}`");
         }
     }
     println!();
-    println!("Split brain: {samples} samples of every member's pg_is_in_recovery() every 200 ms, {} with two writable members.", violations.len());
+    println!(
+        "Split brain: {samples} samples of every member's pg_is_in_recovery() every 200 ms, {} with two writable members.",
+        violations.len()
+    );
     println!("Whole benchmark: {:.0} s.", started.elapsed().as_secs_f64());
 }

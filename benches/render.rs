@@ -35,11 +35,15 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 fn time(runs: usize, mut f: impl FnMut()) -> Duration {
-    median((0..runs).map(|_| {
-        let start = Instant::now();
-        f();
-        start.elapsed()
-    }).collect())
+    median(
+        (0..runs)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed()
+            })
+            .collect(),
+    )
 }
 
 fn peak_rss_kib() -> u64 {

@@ -121,13 +121,17 @@ impl<T: Transport> ConsulClient<T> {
     }
 
     /// Blocking form: returns when the service's health changes past `index` or after `wait`.
-    pub async fn health_service_blocking(&self, service: &str, passing_only: bool, index: u64, wait: Duration) -> Result<(Vec<ServiceEntry>, u64), TransportError> {
-        get_blocking(&self.transport, health_service(service, passing_only), index, wait)
-            .await
-            .map_err(|error| match error {
-                TransportError::Api(api) => consul_error(api.status, api.body.as_bytes()).into(),
-                other => other,
-            })
+    pub async fn health_service_blocking(
+        &self,
+        service: &str,
+        passing_only: bool,
+        index: u64,
+        wait: Duration,
+    ) -> Result<(Vec<ServiceEntry>, u64), TransportError> {
+        get_blocking(&self.transport, health_service(service, passing_only), index, wait).await.map_err(|error| match error {
+            TransportError::Api(api) => consul_error(api.status, api.body.as_bytes()).into(),
+            other => other,
+        })
     }
 
     /// Service name → tags.
@@ -145,7 +149,9 @@ impl<T: Transport> ConsulClient<T> {
 fn consul_error(status: u16, body: &[u8]) -> NomadError {
     let hint = match status {
         403 => Some("check CONSUL_HTTP_TOKEN (or --consul-token): the token needs service:read and node:read".to_string()),
-        500 if String::from_utf8_lossy(body).contains("No cluster leader") => Some("the Consul servers have no leader; wait, then check `consul operator raft list-peers`".to_string()),
+        500 if String::from_utf8_lossy(body).contains("No cluster leader") => {
+            Some("the Consul servers have no leader; wait, then check `consul operator raft list-peers`".to_string())
+        }
         _ => None,
     };
     NomadError { status, body: String::from_utf8_lossy(body).into_owned(), hint }

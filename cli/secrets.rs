@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use rand::distr::{Alphanumeric, SampleString};
 use rand::TryRngCore;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
 
 use crate::compile::{Origin, SecretKey};
 

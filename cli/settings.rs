@@ -175,7 +175,13 @@ pub struct OperatorSecrets {
 impl std::fmt::Debug for OperatorSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let set = |v: &Option<String>| if v.is_some() { "set" } else { "unset" };
-        write!(f, "OperatorSecrets {{ s3_key: {}, s3_key_secret: {}, patroni_consul_token: {} }}", set(&self.s3_key), set(&self.s3_key_secret), set(&self.patroni_consul_token))
+        write!(
+            f,
+            "OperatorSecrets {{ s3_key: {}, s3_key_secret: {}, patroni_consul_token: {} }}",
+            set(&self.s3_key),
+            set(&self.s3_key_secret),
+            set(&self.patroni_consul_token)
+        )
     }
 }
 

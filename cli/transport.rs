@@ -131,10 +131,18 @@ impl HttpTransport {
     /// to the next member instead.
     pub fn patroni(address: &str) -> Result<Self, TransportError> {
         let (client, base_url) = build_client(address, &TlsSettings::default())?;
-        Ok(Self::with_parts(client, base_url, Service::Patroni, None, Vec::new()).with_retry(RetryPolicy::none()).with_request_timeout(Duration::from_secs(2)))
+        Ok(Self::with_parts(client, base_url, Service::Patroni, None, Vec::new())
+            .with_retry(RetryPolicy::none())
+            .with_request_timeout(Duration::from_secs(2)))
     }
 
-    fn with_parts(client: reqwest::Client, base_url: String, service: Service, token: Option<String>, default_query: Vec<(String, String)>) -> Self {
+    fn with_parts(
+        client: reqwest::Client,
+        base_url: String,
+        service: Service,
+        token: Option<String>,
+        default_query: Vec<(String, String)>,
+    ) -> Self {
         HttpTransport {
             client,
             base_url,
@@ -200,11 +208,7 @@ impl HttpTransport {
     fn classify(&self, request: &Request, timeout: Duration, error: reqwest::Error) -> TransportError {
         let method = request.method.as_str();
         if error.is_connect() {
-            TransportError::Connect {
-                address: self.base_url.clone(),
-                message: error_chain(&error),
-                hint: self.service.address_hint(),
-            }
+            TransportError::Connect { address: self.base_url.clone(), message: error_chain(&error), hint: self.service.address_hint() }
         } else if error.is_timeout() {
             TransportError::Timeout { method, path: request.path.clone(), after: timeout }
         } else {
@@ -299,9 +303,8 @@ fn build_client(address: &str, tls: &TlsSettings) -> Result<(reqwest::Client, St
         // talk to https://server_name:port and pin that name to address's socket addresses.
         let (scheme, authority) = base_url.split_once("://").unwrap_or(("https", &base_url));
         let port = authority.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).unwrap_or(4646);
-        let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(authority)
-            .map_err(|e| setup(&format!("resolving {authority}"), &e))?
-            .collect();
+        let addrs: Vec<std::net::SocketAddr> =
+            std::net::ToSocketAddrs::to_socket_addrs(authority).map_err(|e| setup(&format!("resolving {authority}"), &e))?.collect();
         builder = builder.resolve_to_addrs(server_name, &addrs);
         base_url = format!("{scheme}://{server_name}:{port}");
     }
@@ -345,7 +348,12 @@ fn go_duration(wait: Duration) -> String {
 /// A blocking query: returns when the server's index for the answer passes `index` or after
 /// about `wait`. The HTTP timeout is longer than the wait (the server adds up to wait/16 jitter).
 /// Returns the decoded body and the index to pass next time.
-pub async fn get_blocking<T: Transport, R: DeserializeOwned>(transport: &T, request: Request, index: u64, wait: Duration) -> Result<(R, u64), TransportError> {
+pub async fn get_blocking<T: Transport, R: DeserializeOwned>(
+    transport: &T,
+    request: Request,
+    index: u64,
+    wait: Duration,
+) -> Result<(R, u64), TransportError> {
     let request = request.with_query("index", index.to_string()).with_query("wait", go_duration(wait));
     let timeout = wait + wait / 16 + Duration::from_secs(5);
     let response = execute(transport, &request, Some(timeout)).await?;
@@ -387,7 +395,12 @@ impl<T: Transport> NomadClient<T> {
         }
     }
 
-    pub async fn get_blocking<R: DeserializeOwned>(&self, request: Request, index: u64, wait: Duration) -> Result<(R, u64), TransportError> {
+    pub async fn get_blocking<R: DeserializeOwned>(
+        &self,
+        request: Request,
+        index: u64,
+        wait: Duration,
+    ) -> Result<(R, u64), TransportError> {
         get_blocking(&self.transport, request, index, wait).await
     }
 
@@ -428,7 +441,11 @@ impl<T: Transport> NomadClient<T> {
         self.call(api::fail_deployment(deployment_id)).await
     }
 
-    pub async fn promote_deployment(&self, deployment_id: &str, groups: &[String]) -> Result<api::DeploymentUpdateResponse, TransportError> {
+    pub async fn promote_deployment(
+        &self,
+        deployment_id: &str,
+        groups: &[String],
+    ) -> Result<api::DeploymentUpdateResponse, TransportError> {
         self.call(api::promote_deployment(deployment_id, groups)).await
     }
 
@@ -436,7 +453,12 @@ impl<T: Transport> NomadClient<T> {
         self.call(api::force_periodic(job_id)).await
     }
 
-    pub async fn dispatch_job(&self, job_id: &str, payload: Option<&[u8]>, meta: &std::collections::BTreeMap<String, String>) -> Result<api::JobDispatchResponse, TransportError> {
+    pub async fn dispatch_job(
+        &self,
+        job_id: &str,
+        payload: Option<&[u8]>,
+        meta: &std::collections::BTreeMap<String, String>,
+    ) -> Result<api::JobDispatchResponse, TransportError> {
         self.call(api::dispatch_job(job_id, payload, meta)).await
     }
 
@@ -475,7 +497,12 @@ impl<T: Transport> NomadClient<T> {
 
     /// Writes a variable with check-and-set; on conflict the error is a 409 whose body is the
     /// current variable (see [`conflicting_variable`]).
-    pub async fn put_variable(&self, path: &str, items: &std::collections::BTreeMap<String, String>, cas: Option<u64>) -> Result<api::Variable, TransportError> {
+    pub async fn put_variable(
+        &self,
+        path: &str,
+        items: &std::collections::BTreeMap<String, String>,
+        cas: Option<u64>,
+    ) -> Result<api::Variable, TransportError> {
         self.call(api::put_variable(path, items, cas)).await
     }
 

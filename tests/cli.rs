@@ -21,7 +21,13 @@ fn init_validate_render_on_a_fresh_directory() {
     assert!(text(&validate.stdout).contains("cluster \"main\", 3 members, PostgreSQL 15"));
     let render = pgnomad(dir.path(), &["render", "--out", "out"]);
     assert_eq!(render.status.code(), Some(0), "{}", text(&render.stderr));
-    for file in ["jobs/main-postgres.nomad.hcl", "jobs/main-postgres.json", "volumes/main-member-2.volume.hcl", "acl/main-patroni.consul.hcl", "secrets.json"] {
+    for file in [
+        "jobs/main-postgres.nomad.hcl",
+        "jobs/main-postgres.json",
+        "volumes/main-member-2.volume.hcl",
+        "acl/main-patroni.consul.hcl",
+        "secrets.json",
+    ] {
         assert!(dir.path().join("out").join(file).is_file(), "{file} was not written");
     }
 }
@@ -29,7 +35,8 @@ fn init_validate_render_on_a_fresh_directory() {
 #[test]
 fn init_file_spells_out_the_defaults() {
     // What `init` writes must be exactly what a three-line file means.
-    let written = pgnomad::stack::load(&pgnomad::stack::Source::new("init.hcl", pgnomad::commands::INIT_TEMPLATE)).expect("init's file loads").stack;
+    let written =
+        pgnomad::stack::load(&pgnomad::stack::Source::new("init.hcl", pgnomad::commands::INIT_TEMPLATE)).expect("init's file loads").stack;
     let minimal = crate::stack_fixtures::load(crate::stack_fixtures::DEFAULT);
     assert_eq!(without_spans(&format!("{written:?}")), without_spans(&format!("{minimal:?}")));
 }

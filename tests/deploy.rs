@@ -92,7 +92,8 @@ fn show(output: &Output) -> String {
     format!("exit {:?}\n--- stdout\n{}--- stderr\n{}", output.status.code(), text(&output.stdout), text(&output.stderr))
 }
 
-const JOBS_IN_ORDER: [&str; 6] = ["main-postgres", "main-pgbouncer", "main-pgadmin", "main-backup-full", "main-backup-diff", "main-backup-incr"];
+const JOBS_IN_ORDER: [&str; 6] =
+    ["main-postgres", "main-pgbouncer", "main-pgadmin", "main-backup-full", "main-backup-diff", "main-backup-incr"];
 
 #[test]
 fn plan_run_status_plan_destroy_on_a_fresh_cluster() {
@@ -113,7 +114,8 @@ fn plan_run_status_plan_destroy_on_a_fresh_cluster() {
     expected.extend((0..3).map(|i| format!("PUT volume main-member-{i}")));
     expected.extend(JOBS_IN_ORDER.iter().map(|j| format!("register {j}")));
     assert_eq!(log, expected, "secrets, volumes, postgres, pgbouncer, pgadmin, backups");
-    let register_bodies: Vec<&RecordedRequest> = lab.nomad.writes().iter().filter(|w| w.path == "/v1/jobs").cloned().collect::<Vec<_>>().leak().iter().collect();
+    let register_bodies: Vec<&RecordedRequest> =
+        lab.nomad.writes().iter().filter(|w| w.path == "/v1/jobs").cloned().collect::<Vec<_>>().leak().iter().collect();
     for body in register_bodies {
         let body = body.body.as_ref().unwrap();
         assert_eq!(body["EnforceIndex"], json!(true));
@@ -277,7 +279,11 @@ fn fault_then_rerun(fault: Fault, expect_in_stderr: &str, expect_code: i32) {
 
 #[test]
 fn a_server_error_on_each_write_stops_the_run_and_a_rerun_converges() {
-    fault_then_rerun(Fault::status("PUT", "/v1/var/nomad/jobs/main-pgadmin", 503), "writing variable nomad/jobs/main-pgadmin: Nomad answered 503", 2);
+    fault_then_rerun(
+        Fault::status("PUT", "/v1/var/nomad/jobs/main-pgadmin", 503),
+        "writing variable nomad/jobs/main-pgadmin: Nomad answered 503",
+        2,
+    );
     fault_then_rerun(Fault::status("PUT", "/v1/volume/csi/main-member-2", 500), "creating CSI volume main-member-2: Nomad answered 500", 2);
     fault_then_rerun(Fault::status("PUT", "/v1/jobs", 503), "registering main-postgres: Nomad answered 503", 2);
 }
@@ -286,7 +292,11 @@ fn a_server_error_on_each_write_stops_the_run_and_a_rerun_converges() {
 fn a_dropped_connection_stops_the_run_and_a_rerun_converges() {
     fault_then_rerun(Fault::drop_connection("PUT", "/v1/jobs"), "registering main-postgres", 2);
     // Reads are retried: a dropped watch is invisible, four in a row are reported.
-    fault_then_rerun(Fault::drop_connection("GET", "/v1/job/main-postgres/deployment").times(4), "watching the deployment of main-postgres", 2);
+    fault_then_rerun(
+        Fault::drop_connection("GET", "/v1/job/main-postgres/deployment").times(4),
+        "watching the deployment of main-postgres",
+        2,
+    );
 }
 
 #[test]

@@ -13,11 +13,21 @@ fn dev_up_names_the_debian_packages_of_missing_programs() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pgnomad.hcl");
     std::fs::write(&file, stack_text("missing", 1)).unwrap();
-    let out = pgnomad().args(["dev", "up", "-f"]).arg(&file).arg("--state-dir").arg(dir.path().join("state")).env("PATH", "/nonexistent").output().unwrap();
+    let out = pgnomad()
+        .args(["dev", "up", "-f"])
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let error = text(&out.stderr);
     assert!(error.contains("pgnomad dev needs `etcd`, `patroni`"), "{error}");
-    assert!(error.contains("= help: apt-get install --no-install-recommends etcd-server patroni pgbackrest postgresql-client-15 util-linux"), "{error}");
+    assert!(
+        error.contains("= help: apt-get install --no-install-recommends etcd-server patroni pgbackrest postgresql-client-15 util-linux"),
+        "{error}"
+    );
     assert!(error.contains("(or pass --install)"), "{error}");
     assert!(!dir.path().join("state").exists(), "nothing is created before the programs are there");
 }
@@ -27,7 +37,11 @@ fn dev_status_without_a_state_dir_says_how_to_start_one() {
     let dir = tempfile::tempdir().unwrap();
     let out = pgnomad().args(["dev", "status", "--state-dir"]).arg(dir.path().join("none")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("no dev stack in") && text(&out.stderr).contains("start one with `pgnomad dev up`"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no dev stack in") && text(&out.stderr).contains("start one with `pgnomad dev up`"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -43,14 +57,19 @@ fn dev_bootstrap_streams_logs_in_through_pgbouncer_and_backs_up_and_restores() {
     wait_until("Patroni to show a sync standby", Duration::from_secs(30), || {
         let status = dev.status();
         let roles: Vec<&str> = status["members"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
-        roles.iter().filter(|r| **r == "leader").count() == 1 && roles.iter().filter(|r| **r == "sync standby").count() == 1 && roles.iter().filter(|r| **r == "replica").count() == 1
+        roles.iter().filter(|r| **r == "leader").count() == 1
+            && roles.iter().filter(|r| **r == "sync standby").count() == 1
+            && roles.iter().filter(|r| **r == "replica").count() == 1
     });
 
     // The application user logs in through PgBouncer: SCRAM, its secret from auth_query.
     let port = dev.pgbouncer_port();
     assert_eq!(dev.app_sql("SELECT current_user"), "app");
     let ini = std::fs::read_to_string(dev.state_dir.join("pgbouncer/config/pgbouncer.ini")).unwrap();
-    assert!(ini.contains("auth_type = scram-sha-256") && ini.contains("auth_query = SELECT usename, passwd FROM pgbouncer.get_auth($1)"), "{ini}");
+    assert!(
+        ini.contains("auth_type = scram-sha-256") && ini.contains("auth_query = SELECT usename, passwd FROM pgbouncer.get_auth($1)"),
+        "{ini}"
+    );
     let userlist = std::fs::read_to_string(dev.state_dir.join("pgbouncer/config/userlist.txt")).unwrap();
     assert!(!userlist.contains("\"app\""), "app must come from auth_query, not userlist.txt");
     let wrong = dev.through_pgbouncer(&port, "app", Some("wrong-password"), "app", "SELECT 1");
@@ -66,7 +85,10 @@ fn dev_bootstrap_streams_logs_in_through_pgbouncer_and_backs_up_and_restores() {
     assert_eq!(mode & 0o777, 0o600);
 
     // The replication role, the auth function and the stanza exist with no manual step.
-    assert_eq!(dev.member_sql(leader, "postgres", "SELECT rolreplication FROM pg_roles WHERE rolname = 'replicator'").as_deref(), Some("t"));
+    assert_eq!(
+        dev.member_sql(leader, "postgres", "SELECT rolreplication FROM pg_roles WHERE rolname = 'replicator'").as_deref(),
+        Some("t")
+    );
     for database in ["postgres", "template1", "app"] {
         let found = dev.member_sql(leader, database, "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'pgbouncer' AND p.proname = 'get_auth' AND p.prosecdef");
         assert_eq!(found.as_deref(), Some("1"), "pgbouncer.get_auth in {database}");

@@ -38,36 +38,23 @@ fn label(b: &Block, i: usize) -> &str {
 
 fn blocks<'a>(body: &'a Body, ident: &str) -> impl Iterator<Item = &'a Block> + 'a {
     let ident = ident.to_string();
-    body.blocks()
-        .filter(move |b| b.identifier.as_str() == ident)
+    body.blocks().filter(move |b| b.identifier.as_str() == ident)
 }
 
 /// The one block `ident` (optionally with first label `l0`) in `body`.
 fn block<'a>(body: &'a Body, ident: &str, l0: Option<&str>) -> &'a Block {
-    let found: Vec<&Block> = blocks(body, ident)
-        .filter(|b| l0.is_none_or(|l| label(b, 0) == l))
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "expected one block {ident} {l0:?}, found {}",
-        found.len()
-    );
+    let found: Vec<&Block> = blocks(body, ident).filter(|b| l0.is_none_or(|l| label(b, 0) == l)).collect();
+    assert_eq!(found.len(), 1, "expected one block {ident} {l0:?}, found {}", found.len());
     found[0]
 }
 
 /// Follows a path of block identifiers (each the only one of its name) from `body`.
 fn path<'a>(body: &'a Body, idents: &[&str]) -> &'a Body {
-    idents
-        .iter()
-        .fold(body, |b, ident| &block(b, ident, None).body)
+    idents.iter().fold(body, |b, ident| &block(b, ident, None).body)
 }
 
 fn attr<'a>(body: &'a Body, key: &str) -> &'a Expression {
-    body.attributes()
-        .find(|a| a.key.as_str() == key)
-        .map(|a| &a.expr)
-        .unwrap_or_else(|| panic!("attribute {key} not found"))
+    body.attributes().find(|a| a.key.as_str() == key).map(|a| &a.expr).unwrap_or_else(|| panic!("attribute {key} not found"))
 }
 
 fn string(e: &Expression) -> String {
@@ -99,10 +86,7 @@ fn str_attr(body: &Body, key: &str) -> String {
 fn shell_var(rel: &str, key: &str) -> String {
     let text = read(rel);
     let prefix = format!("{key}=");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(&prefix))
-        .unwrap_or_else(|| panic!("{key}= not found in {rel}"));
+    let line = text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{key}= not found in {rel}"));
     let value = line[prefix.len()..].split(" #").next().unwrap().trim();
     value.trim_matches('"').to_string()
 }
@@ -135,32 +119,18 @@ fn tf_variables(module: &[(PathBuf, Body)]) -> BTreeMap<String, Option<Expressio
     tf_blocks(module, "variable")
         .into_iter()
         .map(|b| {
-            let default = b
-                .body
-                .attributes()
-                .find(|a| a.key.as_str() == "default")
-                .map(|a| a.expr.clone());
+            let default = b.body.attributes().find(|a| a.key.as_str() == "default").map(|a| a.expr.clone());
             (label(b, 0).to_string(), default)
         })
         .collect()
 }
 
 fn tf_outputs(module: &[(PathBuf, Body)]) -> BTreeSet<String> {
-    tf_blocks(module, "output")
-        .into_iter()
-        .map(|b| label(b, 0).to_string())
-        .collect()
+    tf_blocks(module, "output").into_iter().map(|b| label(b, 0).to_string()).collect()
 }
 
 fn tf_locals(module: &[(PathBuf, Body)]) -> BTreeMap<String, Expression> {
-    tf_blocks(module, "locals")
-        .into_iter()
-        .flat_map(|b| {
-            b.body
-                .attributes()
-                .map(|a| (a.key.to_string(), a.expr.clone()))
-        })
-        .collect()
+    tf_blocks(module, "locals").into_iter().flat_map(|b| b.body.attributes().map(|a| (a.key.to_string(), a.expr.clone()))).collect()
 }
 
 fn variable_default(module: &[(PathBuf, Body)], name: &str) -> Expression {
@@ -300,28 +270,15 @@ fn module_calls(dir: &Path, module: &[(PathBuf, Body)]) -> BTreeMap<String, (Pat
         .into_iter()
         .map(|b| {
             let source = str_attr(&b.body, "source");
-            assert!(
-                source.starts_with("./") || source.starts_with("../"),
-                "module {} must use a local source, got {source}",
-                label(b, 0)
-            );
-            let resolved = dir
-                .join(&source)
-                .canonicalize()
-                .unwrap_or_else(|e| panic!("module source {source} from {}: {e}", dir.display()));
+            assert!(source.starts_with("./") || source.starts_with("../"), "module {} must use a local source, got {source}", label(b, 0));
+            let resolved =
+                dir.join(&source).canonicalize().unwrap_or_else(|e| panic!("module source {source} from {}: {e}", dir.display()));
             (label(b, 0).to_string(), (resolved, b.clone()))
         })
         .collect()
 }
 
-const MODULE_META_ARGS: &[&str] = &[
-    "source",
-    "version",
-    "providers",
-    "count",
-    "for_each",
-    "depends_on",
-];
+const MODULE_META_ARGS: &[&str] = &["source", "version", "providers", "count", "for_each", "depends_on"];
 
 fn lab_stack() -> Body {
     parse_hcl("vagrant/pgnomad.hcl")
@@ -340,19 +297,11 @@ fn cluster_module() -> Vec<(PathBuf, Body)> {
 }
 
 fn local_u64(locals: &BTreeMap<String, Expression>, name: &str) -> u64 {
-    number(
-        locals
-            .get(name)
-            .unwrap_or_else(|| panic!("local {name} missing")),
-    )
+    number(locals.get(name).unwrap_or_else(|| panic!("local {name} missing")))
 }
 
 fn local_str(locals: &BTreeMap<String, Expression>, name: &str) -> String {
-    string(
-        locals
-            .get(name)
-            .unwrap_or_else(|| panic!("local {name} missing")),
-    )
+    string(locals.get(name).unwrap_or_else(|| panic!("local {name} missing")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -363,81 +312,39 @@ fn lab_csi_plugin_job_and_stack_use_the_default_plugin_id() {
     let job = parse_hcl("vagrant/jobs/csi-hostpath.nomad.hcl");
     let job_block = block(&job, "job", None);
     let plugin = path(&job_block.body, &["group", "task", "csi_plugin"]);
-    assert_eq!(
-        str_attr(plugin, "id"),
-        CSI_PLUGIN_ID,
-        "csi_plugin.id of the hostpath job"
-    );
-    assert_eq!(
-        str_attr(&job_block.body, "type"),
-        "system",
-        "the hostpath plugin runs on every node"
-    );
-    assert_eq!(
-        strings(attr(&job_block.body, "datacenters")),
-        vec![DATACENTER.to_string()]
-    );
+    assert_eq!(str_attr(plugin, "id"), CSI_PLUGIN_ID, "csi_plugin.id of the hostpath job");
+    assert_eq!(str_attr(&job_block.body, "type"), "system", "the hostpath plugin runs on every node");
+    assert_eq!(strings(attr(&job_block.body, "datacenters")), vec![DATACENTER.to_string()]);
     assert_eq!(str_attr(&job_block.body, "node_pool"), NODE_POOL);
 
     let stack = lab_stack();
     let storage = &block(&stack, "storage", None).body;
-    assert_eq!(
-        str_attr(storage, "plugin_id"),
-        CSI_PLUGIN_ID,
-        "vagrant/pgnomad.hcl storage.plugin_id"
-    );
-    assert_eq!(
-        shell_var("vagrant/scripts/lib.sh", "CSI_PLUGIN_ID"),
-        CSI_PLUGIN_ID
-    );
+    assert_eq!(str_attr(storage, "plugin_id"), CSI_PLUGIN_ID, "vagrant/pgnomad.hcl storage.plugin_id");
+    assert_eq!(shell_var("vagrant/scripts/lib.sh", "CSI_PLUGIN_ID"), CSI_PLUGIN_ID);
 }
 
 #[test]
 fn lab_csi_image_is_the_pinned_one() {
     let job = parse_hcl("vagrant/jobs/csi-hostpath.nomad.hcl");
     let config = path(&block(&job, "job", None).body, &["group", "task", "config"]);
-    assert_eq!(
-        str_attr(config, "image"),
-        shell_var("vagrant/scripts/versions.env", "HOSTPATH_CSI_IMAGE")
-    );
+    assert_eq!(str_attr(config, "image"), shell_var("vagrant/scripts/versions.env", "HOSTPATH_CSI_IMAGE"));
 }
 
 #[test]
 fn aws_csi_plugin_id_is_the_default_everywhere() {
     let cluster = cluster_module();
-    assert_eq!(
-        string(&variable_default(&cluster, "ebs_csi_plugin_id")),
-        AWS_EBS_CSI_PLUGIN_ID
-    );
+    assert_eq!(string(&variable_default(&cluster, "ebs_csi_plugin_id")), AWS_EBS_CSI_PLUGIN_ID);
     let stack = aws_stack();
     let storage = &block(&stack, "storage", None).body;
-    assert_eq!(
-        str_attr(storage, "plugin_id"),
-        AWS_EBS_CSI_PLUGIN_ID,
-        "aws-cluster pgnomad.hcl"
-    );
-    assert_eq!(
-        local_str(&tf_locals(&defaults_module()), "aws_ebs_csi_plugin_id"),
-        AWS_EBS_CSI_PLUGIN_ID
-    );
-    assert_eq!(
-        local_str(&tf_locals(&defaults_module()), "csi_plugin_id"),
-        CSI_PLUGIN_ID
-    );
+    assert_eq!(str_attr(storage, "plugin_id"), AWS_EBS_CSI_PLUGIN_ID, "aws-cluster pgnomad.hcl");
+    assert_eq!(local_str(&tf_locals(&defaults_module()), "aws_ebs_csi_plugin_id"), AWS_EBS_CSI_PLUGIN_ID);
+    assert_eq!(local_str(&tf_locals(&defaults_module()), "csi_plugin_id"), CSI_PLUGIN_ID);
     // The EBS jobspec template takes its plugin ID from the variable.
     let tpl = read("terraform/modules/nomad-cluster/templates/aws-ebs-csi.nomad.hcl.tftpl");
-    assert!(
-        tpl.contains("id        = \"${plugin_id}\""),
-        "EBS CSI jobspec must use the plugin_id variable"
-    );
+    assert!(tpl.contains("id        = \"${plugin_id}\""), "EBS CSI jobspec must use the plugin_id variable");
     let mut refs = Vec::new();
-    cluster
-        .iter()
-        .for_each(|(_, b)| body_refs(b, "var", &mut refs));
-    assert!(
-        refs.iter().any(|(v, _)| v == "ebs_csi_plugin_id"),
-        "nomad-cluster must render the jobs with var.ebs_csi_plugin_id"
-    );
+    cluster.iter().for_each(|(_, b)| body_refs(b, "var", &mut refs));
+    assert!(refs.iter().any(|(v, _)| v == "ebs_csi_plugin_id"), "nomad-cluster must render the jobs with var.ebs_csi_plugin_id");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -450,39 +357,21 @@ fn lab_agents_use_the_default_datacenter_region_and_node_pool() {
     assert_eq!(shell_var(lib, "REGION"), REGION);
     assert_eq!(shell_var(lib, "NODE_POOL"), NODE_POOL);
     let consul = read("vagrant/scripts/consul.sh");
-    assert!(
-        consul.contains("datacenter       = \"${DATACENTER}\""),
-        "consul.hcl datacenter"
-    );
+    assert!(consul.contains("datacenter       = \"${DATACENTER}\""), "consul.hcl datacenter");
     let nomad = read("vagrant/scripts/nomad.sh");
-    assert!(
-        nomad.contains("datacenter = \"${DATACENTER}\""),
-        "nomad.hcl datacenter"
-    );
-    assert!(
-        nomad.contains("region     = \"${REGION}\""),
-        "nomad.hcl region"
-    );
-    assert!(
-        nomad.contains("node_pool = \"${NODE_POOL}\""),
-        "nomad.hcl client node_pool"
-    );
+    assert!(nomad.contains("datacenter = \"${DATACENTER}\""), "nomad.hcl datacenter");
+    assert!(nomad.contains("region     = \"${REGION}\""), "nomad.hcl region");
+    assert!(nomad.contains("node_pool = \"${NODE_POOL}\""), "nomad.hcl client node_pool");
 
     let stack = lab_stack();
     let cluster = block(&stack, "cluster", None);
-    assert_eq!(
-        strings(attr(&cluster.body, "datacenters")),
-        vec![DATACENTER.to_string()]
-    );
+    assert_eq!(strings(attr(&cluster.body, "datacenters")), vec![DATACENTER.to_string()]);
 }
 
 #[test]
 fn terraform_uses_the_default_datacenter_region_and_node_pool() {
     let cluster = cluster_module();
-    assert_eq!(
-        string(&variable_default(&cluster, "datacenter")),
-        DATACENTER
-    );
+    assert_eq!(string(&variable_default(&cluster, "datacenter")), DATACENTER);
     assert_eq!(string(&variable_default(&cluster, "nomad_region")), REGION);
     assert_eq!(string(&variable_default(&cluster, "node_pool")), NODE_POOL);
     let locals = tf_locals(&defaults_module());
@@ -491,22 +380,12 @@ fn terraform_uses_the_default_datacenter_region_and_node_pool() {
     assert_eq!(local_str(&locals, "namespace"), NAMESPACE);
     assert_eq!(local_str(&locals, "node_pool"), NODE_POOL);
     let user_data = read("terraform/modules/nomad-cluster/templates/user-data.sh.tftpl");
-    for needle in [
-        "datacenter     = \"${datacenter}\"",
-        "region     = \"${nomad_region}\"",
-        "node_pool = \"${node_pool}\"",
-    ] {
-        assert!(
-            user_data.contains(needle),
-            "user-data must contain {needle}"
-        );
+    for needle in ["datacenter     = \"${datacenter}\"", "region     = \"${nomad_region}\"", "node_pool = \"${node_pool}\""] {
+        assert!(user_data.contains(needle), "user-data must contain {needle}");
     }
     let stack = aws_stack();
     let stack = block(&stack, "cluster", None);
-    assert_eq!(
-        strings(attr(&stack.body, "datacenters")),
-        vec![DATACENTER.to_string()]
-    );
+    assert_eq!(strings(attr(&stack.body, "datacenters")), vec![DATACENTER.to_string()]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -540,19 +419,11 @@ fn ports_agree_with_the_defaults_module_and_the_agent_configs() {
     assert_eq!(ports, expected, "terraform/modules/pgnomad-defaults ports");
 
     // The lab's Consul agents serve HTTP on the port Patroni is given.
-    assert_eq!(
-        shell_var("vagrant/scripts/lib.sh", "CONSUL_HTTP_PORT"),
-        CONSUL_HTTP_PORT.to_string()
-    );
+    assert_eq!(shell_var("vagrant/scripts/lib.sh", "CONSUL_HTTP_PORT"), CONSUL_HTTP_PORT.to_string());
     assert!(read("vagrant/scripts/consul.sh").contains("http = ${CONSUL_HTTP_PORT}"));
-    assert!(
-        read("vagrant/scripts/nomad.sh").contains("address = \"127.0.0.1:${CONSUL_HTTP_PORT}\"")
-    );
+    assert!(read("vagrant/scripts/nomad.sh").contains("address = \"127.0.0.1:${CONSUL_HTTP_PORT}\""));
     let user_data = read("terraform/modules/nomad-cluster/templates/user-data.sh.tftpl");
-    assert!(
-        user_data.contains(&format!("http  = {CONSUL_HTTP_PORT}")),
-        "user-data Consul http port"
-    );
+    assert!(user_data.contains(&format!("http  = {CONSUL_HTTP_PORT}")), "user-data Consul http port");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -562,34 +433,16 @@ fn ports_agree_with_the_defaults_module_and_the_agent_configs() {
 fn image_names_and_build_context_agree() {
     let lib = "vagrant/scripts/lib.sh";
     assert_eq!(shell_var(lib, "PG_MAJOR"), POSTGRES_VERSION.to_string());
-    assert_eq!(
-        shell_var(lib, "POSTGRES_IMAGE"),
-        format!("{POSTGRES_IMAGE_REPO}:${{PG_MAJOR}}")
-    );
+    assert_eq!(shell_var(lib, "POSTGRES_IMAGE"), format!("{POSTGRES_IMAGE_REPO}:${{PG_MAJOR}}"));
     let image_sh = read("vagrant/scripts/image.sh");
-    assert!(
-        image_sh.contains("context=\"${REPO_DIR}/packs/image\""),
-        "image.sh builds from packs/image/"
-    );
-    assert!(
-        image_sh.contains("-t \"${POSTGRES_IMAGE}\" -f \"${context}/Dockerfile\""),
-        "image.sh tags POSTGRES_IMAGE from the Dockerfile"
-    );
-    assert!(
-        read("vagrant/Vagrantfile").contains("steps = %w[install consul nomad dns image]"),
-        "every node builds the image"
-    );
+    assert!(image_sh.contains("context=\"${REPO_DIR}/packs/image\""), "image.sh builds from packs/image/");
+    assert!(image_sh.contains("-t \"${POSTGRES_IMAGE}\" -f \"${context}/Dockerfile\""), "image.sh tags POSTGRES_IMAGE from the Dockerfile");
+    assert!(read("vagrant/Vagrantfile").contains("steps = %w[install consul nomad dns image]"), "every node builds the image");
 
     let locals = tf_locals(&defaults_module());
-    assert_eq!(
-        local_str(&locals, "postgres_image_repo"),
-        POSTGRES_IMAGE_REPO
-    );
+    assert_eq!(local_str(&locals, "postgres_image_repo"), POSTGRES_IMAGE_REPO);
     assert_eq!(local_str(&locals, "pgadmin_image"), PGADMIN_IMAGE);
-    assert_eq!(
-        number(&variable_default(&defaults_module(), "postgres_version")),
-        u64::from(POSTGRES_VERSION)
-    );
+    assert_eq!(number(&variable_default(&defaults_module(), "postgres_version")), u64::from(POSTGRES_VERSION));
 
     for stack in [lab_stack(), aws_stack()] {
         let pg = &block(&stack, "postgres", None).body;
@@ -604,71 +457,30 @@ fn image_names_and_build_context_agree() {
 fn consul_session_ttl_min_is_lowered_everywhere() {
     let lab = format!("{LAB_CONSUL_SESSION_TTL_MIN_SECS}s");
     let consul = read("vagrant/scripts/consul.sh");
-    assert!(
-        consul.contains(&format!("session_ttl_min = \"{lab}\"")),
-        "vagrant Consul servers: session_ttl_min = {lab}"
-    );
-    assert!(
-        consul.contains("ttl/2"),
-        "the lab's consul.hcl explains why (Patroni's ttl/2)"
-    );
+    assert!(consul.contains(&format!("session_ttl_min = \"{lab}\"")), "vagrant Consul servers: session_ttl_min = {lab}");
+    assert!(consul.contains("ttl/2"), "the lab's consul.hcl explains why (Patroni's ttl/2)");
 
-    assert_eq!(
-        string(&variable_default(
-            &cluster_module(),
-            "consul_session_ttl_min"
-        )),
-        lab
-    );
+    assert_eq!(string(&variable_default(&cluster_module(), "consul_session_ttl_min")), lab);
     let user_data = read("terraform/modules/nomad-cluster/templates/user-data.sh.tftpl");
-    assert!(
-        user_data.contains("session_ttl_min = \"${consul_session_ttl_min}\""),
-        "user-data writes session_ttl_min"
-    );
+    assert!(user_data.contains("session_ttl_min = \"${consul_session_ttl_min}\""), "user-data writes session_ttl_min");
 
     let locals = tf_locals(&defaults_module());
-    assert_eq!(
-        local_u64(&locals, "consul_session_ttl_min_lab_secs"),
-        u64::from(LAB_CONSUL_SESSION_TTL_MIN_SECS)
-    );
-    assert_eq!(
-        local_u64(&locals, "consul_session_ttl_min_default_secs"),
-        u64::from(CONSUL_SESSION_TTL_MIN_SECS)
-    );
+    assert_eq!(local_u64(&locals, "consul_session_ttl_min_lab_secs"), u64::from(LAB_CONSUL_SESSION_TTL_MIN_SECS));
+    assert_eq!(local_u64(&locals, "consul_session_ttl_min_default_secs"), u64::from(CONSUL_SESSION_TTL_MIN_SECS));
 }
 
 #[test]
 fn stack_files_patroni_timing_is_accepted_by_the_lowered_consul() {
-    for (name, stack) in [
-        ("vagrant/pgnomad.hcl", lab_stack()),
-        ("aws-cluster/pgnomad.hcl", aws_stack()),
-    ] {
+    for (name, stack) in [("vagrant/pgnomad.hcl", lab_stack()), ("aws-cluster/pgnomad.hcl", aws_stack())] {
         let p = &block(&stack, "patroni", None).body;
         assert_eq!(str_attr(p, "dcs"), "consul", "{name}");
-        assert_eq!(
-            str_attr(p, "consul_session_ttl_min"),
-            format!("{LAB_CONSUL_SESSION_TTL_MIN_SECS}s"),
-            "{name}"
-        );
-        let (ttl, loop_wait, retry) = (
-            number(attr(p, "ttl")),
-            number(attr(p, "loop_wait")),
-            number(attr(p, "retry_timeout")),
-        );
+        assert_eq!(str_attr(p, "consul_session_ttl_min"), format!("{LAB_CONSUL_SESSION_TTL_MIN_SECS}s"), "{name}");
+        let (ttl, loop_wait, retry) = (number(attr(p, "ttl")), number(attr(p, "loop_wait")), number(attr(p, "retry_timeout")));
         // Patroni sends ttl/2 as the session TTL: it must reach the lowered minimum ...
-        assert!(
-            ttl / 2 >= u64::from(LAB_CONSUL_SESSION_TTL_MIN_SECS),
-            "{name}: ttl {ttl} too small for session_ttl_min"
-        );
+        assert!(ttl / 2 >= u64::from(LAB_CONSUL_SESSION_TTL_MIN_SECS), "{name}: ttl {ttl} too small for session_ttl_min");
         // ... and the lab only needs the lowered minimum because ttl is below Consul's default.
-        assert!(
-            ttl / 2 < u64::from(CONSUL_SESSION_TTL_MIN_SECS),
-            "{name}: ttl {ttl} would not need session_ttl_min"
-        );
-        assert!(
-            loop_wait + 2 * retry <= ttl,
-            "{name}: Patroni's loop_wait + 2*retry_timeout <= ttl"
-        );
+        assert!(ttl / 2 < u64::from(CONSUL_SESSION_TTL_MIN_SECS), "{name}: ttl {ttl} would not need session_ttl_min");
+        assert!(loop_wait + 2 * retry <= ttl, "{name}: Patroni's loop_wait + 2*retry_timeout <= ttl");
     }
 }
 
@@ -680,49 +492,21 @@ fn pinned_nomad_and_consul_releases_agree() {
     let env = "vagrant/scripts/versions.env";
     let cluster = cluster_module();
     let locals = tf_locals(&defaults_module());
-    for (tool, version_key, sha_key) in [
-        ("nomad", "NOMAD_VERSION", "NOMAD_SHA256"),
-        ("consul", "CONSUL_VERSION", "CONSUL_SHA256"),
-    ] {
+    for (tool, version_key, sha_key) in [("nomad", "NOMAD_VERSION", "NOMAD_SHA256"), ("consul", "CONSUL_VERSION", "CONSUL_SHA256")] {
         let version = shell_var(env, version_key);
         let sha = shell_var(env, sha_key);
-        assert!(
-            sha.len() == 64
-                && sha
-                    .chars()
-                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
-            "{sha_key} must be a SHA256"
-        );
-        assert_eq!(
-            string(&variable_default(&cluster, &format!("{tool}_version"))),
-            version,
-            "nomad-cluster {tool}_version"
-        );
-        assert_eq!(
-            string(&variable_default(&cluster, &format!("{tool}_sha256"))),
-            sha,
-            "nomad-cluster {tool}_sha256"
-        );
-        assert_eq!(
-            local_str(&locals, &format!("{tool}_version")),
-            version,
-            "pgnomad-defaults {tool}_version"
-        );
-        assert_eq!(
-            local_str(&locals, &format!("{tool}_sha256")),
-            sha,
-            "pgnomad-defaults {tool}_sha256"
-        );
+        assert!(sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{sha_key} must be a SHA256");
+        assert_eq!(string(&variable_default(&cluster, &format!("{tool}_version"))), version, "nomad-cluster {tool}_version");
+        assert_eq!(string(&variable_default(&cluster, &format!("{tool}_sha256"))), sha, "nomad-cluster {tool}_sha256");
+        assert_eq!(local_str(&locals, &format!("{tool}_version")), version, "pgnomad-defaults {tool}_version");
+        assert_eq!(local_str(&locals, &format!("{tool}_sha256")), sha, "pgnomad-defaults {tool}_sha256");
     }
     let minio_sha = shell_var(env, "MINIO_SHA256");
     assert_eq!(minio_sha.len(), 64, "MINIO_SHA256");
     // The installers verify what they download.
     assert!(read("vagrant/scripts/install.sh").contains("sha256sum --check --strict"));
     assert!(read("vagrant/scripts/minio.sh").contains("sha256sum --check --strict"));
-    assert!(
-        read("terraform/modules/nomad-cluster/templates/user-data.sh.tftpl")
-            .contains("sha256sum --check --strict")
-    );
+    assert!(read("terraform/modules/nomad-cluster/templates/user-data.sh.tftpl").contains("sha256sum --check --strict"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -736,8 +520,7 @@ fn module_arguments_are_declared_variables_and_required_ones_are_given() {
         for (name, (source, call)) in module_calls(&dir, &module) {
             calls += 1;
             let vars = tf_variables(&tf_module(&source));
-            let given: BTreeSet<String> =
-                call.body.attributes().map(|a| a.key.to_string()).collect();
+            let given: BTreeSet<String> = call.body.attributes().map(|a| a.key.to_string()).collect();
             for arg in &given {
                 if MODULE_META_ARGS.contains(&arg.as_str()) {
                     continue;
@@ -751,19 +534,12 @@ fn module_arguments_are_declared_variables_and_required_ones_are_given() {
             }
             for (var, default) in &vars {
                 if default.is_none() {
-                    assert!(
-                        given.contains(var),
-                        "{}: module \"{name}\" must set required variable {var}",
-                        dir.display()
-                    );
+                    assert!(given.contains(var), "{}: module \"{name}\" must set required variable {var}", dir.display());
                 }
             }
         }
     }
-    assert!(
-        calls >= 3,
-        "expected the examples to call the modules, found {calls} module blocks"
-    );
+    assert!(calls >= 3, "expected the examples to call the modules, found {calls} module blocks");
 }
 
 #[test]
@@ -773,30 +549,15 @@ fn module_output_references_are_declared_outputs() {
         let module = tf_module(&dir);
         let calls = module_calls(&dir, &module);
         let mut refs = Vec::new();
-        module
-            .iter()
-            .for_each(|(_, b)| body_refs(b, "module", &mut refs));
+        module.iter().for_each(|(_, b)| body_refs(b, "module", &mut refs));
         for (name, output) in refs {
-            let (source, _) = calls.get(&name).unwrap_or_else(|| {
-                panic!(
-                    "{}: module.{name} is referenced but not declared",
-                    dir.display()
-                )
-            });
+            let (source, _) = calls.get(&name).unwrap_or_else(|| panic!("{}: module.{name} is referenced but not declared", dir.display()));
             let outputs = tf_outputs(&tf_module(source));
-            assert!(
-                outputs.contains(&output),
-                "{}: module.{name}.{output} is not an output of {}",
-                dir.display(),
-                source.display()
-            );
+            assert!(outputs.contains(&output), "{}: module.{name}.{output} is not an output of {}", dir.display(), source.display());
             refs_checked += 1;
         }
     }
-    assert!(
-        refs_checked >= 10,
-        "expected module output references in the examples, found {refs_checked}"
-    );
+    assert!(refs_checked >= 10, "expected module output references in the examples, found {refs_checked}");
 }
 
 #[test]
@@ -805,15 +566,9 @@ fn variable_references_are_declared_in_every_terraform_module() {
         let module = tf_module(&dir);
         let vars = tf_variables(&module);
         let mut refs = Vec::new();
-        module
-            .iter()
-            .for_each(|(_, b)| body_refs(b, "var", &mut refs));
+        module.iter().for_each(|(_, b)| body_refs(b, "var", &mut refs));
         for (name, _) in refs {
-            assert!(
-                vars.contains_key(&name),
-                "{}: var.{name} is not declared",
-                dir.display()
-            );
+            assert!(vars.contains_key(&name), "{}: var.{name} is not declared", dir.display());
         }
     }
 }
@@ -830,20 +585,11 @@ fn aws_example_writes_the_environment_pgnomad_reads() {
         Expression::TemplateExpr(t) => t.to_string(),
         other => panic!("content must be a template, got {other:?}"),
     };
-    for key in [
-        "NOMAD_ADDR=${module.cluster.nomad_addr}",
-        "NOMAD_CACERT=",
-        "CONSUL_HTTP_ADDR=${module.cluster.consul_http_addr}",
-    ] {
+    for key in ["NOMAD_ADDR=${module.cluster.nomad_addr}", "NOMAD_CACERT=", "CONSUL_HTTP_ADDR=${module.cluster.consul_http_addr}"] {
         assert!(content.contains(key), "pgnomad.env must set {key}");
     }
     let outputs = tf_outputs(&module);
-    for o in [
-        "nomad_addr",
-        "ca_cert_file",
-        "nomad_token_ssm_parameter",
-        "consul_http_addr",
-    ] {
+    for o in ["nomad_addr", "ca_cert_file", "nomad_token_ssm_parameter", "consul_http_addr"] {
         assert!(outputs.contains(o), "aws-cluster must output {o}");
     }
 }
@@ -851,42 +597,22 @@ fn aws_example_writes_the_environment_pgnomad_reads() {
 #[test]
 fn nomad_provider_example_unwraps_pgnomads_job_json() {
     let module = tf_module(&repo().join("terraform/examples/nomad-provider"));
-    let job = tf_blocks(&module, "resource")
-        .into_iter()
-        .find(|b| label(b, 0) == "nomad_job")
-        .expect("a nomad_job resource");
-    assert!(
-        matches!(attr(&job.body, "json"), Expression::Bool(true)),
-        "nomad_job json = true"
-    );
+    let job = tf_blocks(&module, "resource").into_iter().find(|b| label(b, 0) == "nomad_job").expect("a nomad_job resource");
+    assert!(matches!(attr(&job.body, "json"), Expression::Bool(true)), "nomad_job json = true");
     // jobspec = jsonencode(jsondecode(file(...)).Job)
-    let Expression::FuncCall(encode) = attr(&job.body, "jobspec") else {
-        panic!("jobspec must call jsonencode")
-    };
+    let Expression::FuncCall(encode) = attr(&job.body, "jobspec") else { panic!("jobspec must call jsonencode") };
     assert_eq!(encode.name.name.as_str(), "jsonencode");
-    let Expression::Traversal(t) = &encode.args[0] else {
-        panic!("jsonencode(<jsondecode(...)>.Job)")
-    };
+    let Expression::Traversal(t) = &encode.args[0] else { panic!("jsonencode(<jsondecode(...)>.Job)") };
     assert!(
         matches!(&t.operators[..], [TraversalOperator::GetAttr(id)] if id.as_str() == "Job"),
         "must take .Job of pgnomad's {{\"Job\": ...}}"
     );
-    let Expression::FuncCall(decode) = &t.expr else {
-        panic!("jsondecode(file(...))")
-    };
+    let Expression::FuncCall(decode) = &t.expr else { panic!("jsondecode(file(...))") };
     assert_eq!(decode.name.name.as_str(), "jsondecode");
-    let Expression::FuncCall(file) = &decode.args[0] else {
-        panic!("file(...)")
-    };
+    let Expression::FuncCall(file) = &decode.args[0] else { panic!("file(...)") };
     assert_eq!(file.name.name.as_str(), "file");
-    let Expression::TemplateExpr(p) = &file.args[0] else {
-        panic!("a file path template")
-    };
-    assert!(
-        p.to_string()
-            .ends_with("/${var.cluster_name}-${each.key}.json"),
-        "reads rendered/jobs/<cluster>-<component>.json, got {p}"
-    );
+    let Expression::TemplateExpr(p) = &file.args[0] else { panic!("a file path template") };
+    assert!(p.to_string().ends_with("/${var.cluster_name}-${each.key}.json"), "reads rendered/jobs/<cluster>-<component>.json, got {p}");
 }
 
 #[test]
@@ -930,15 +656,7 @@ fn lab_and_terraform_stack_files_pass_pgnomads_own_checks() {
 #[test]
 fn secrets_and_state_are_gitignored() {
     let ignore = read(".gitignore");
-    for entry in [
-        "vagrant/.vagrant/",
-        "vagrant/.secrets/",
-        ".terraform/",
-        "*.tfstate",
-    ] {
-        assert!(
-            ignore.lines().any(|l| l.trim() == entry),
-            ".gitignore must list {entry}"
-        );
+    for entry in ["vagrant/.vagrant/", "vagrant/.secrets/", ".terraform/", "*.tfstate"] {
+        assert!(ignore.lines().any(|l| l.trim() == entry), ".gitignore must list {entry}");
     }
 }

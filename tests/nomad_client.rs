@@ -77,7 +77,8 @@ async fn a_change_made_after_the_plan_is_caught_by_the_plans_index() {
 #[tokio::test]
 async fn check_index_on_a_missing_job_says_so() {
     let nomad = NomadDouble::start();
-    let error = nomad.client().register_job(&simple_job("pg"), RegisterOptions { enforce_index: Some(7), ..Default::default() }).await.unwrap_err();
+    let error =
+        nomad.client().register_job(&simple_job("pg"), RegisterOptions { enforce_index: Some(7), ..Default::default() }).await.unwrap_err();
     assert_eq!(error.api().unwrap().body, "Enforcing job modify index 7: job does not exist");
 }
 
@@ -275,7 +276,9 @@ async fn a_group_is_not_placed_before_its_csi_volumes_exist() {
     // A second job cannot take volumes a live allocation holds.
     client.register_job(&job_with_volume("pg-2", 2), RegisterOptions::default()).await.unwrap();
     let plan = client.plan_job(&job_with_volume("pg-3", 2)).await.unwrap();
-    assert!(plan.failed_tg_allocs["member-0"].constraint_filtered.contains_key("CSI volume pg-data[0] has exhausted its available writer claims"));
+    assert!(plan.failed_tg_allocs["member-0"]
+        .constraint_filtered
+        .contains_key("CSI volume pg-data[0] has exhausted its available writer claims"));
     assert!(client.delete_csi_volume("pg-data[0]").await.unwrap_err().api().unwrap().body.contains("volume in use"));
 }
 
@@ -330,7 +333,8 @@ async fn a_dropped_connection_on_a_read_is_retried() {
 #[tokio::test]
 async fn a_slow_answer_hits_the_request_timeout() {
     let nomad = NomadDouble::start();
-    let transport = HttpTransport::nomad(&nomad.settings()).unwrap().with_retry(RetryPolicy::none()).with_request_timeout(Duration::from_millis(200));
+    let transport =
+        HttpTransport::nomad(&nomad.settings()).unwrap().with_retry(RetryPolicy::none()).with_request_timeout(Duration::from_millis(200));
     let client = NomadClient::new(transport);
     nomad.inject(Fault::delay("GET", "/v1/nodes", Duration::from_secs(2)));
     let error = client.list_nodes().await.unwrap_err();
@@ -361,7 +365,11 @@ async fn connection_refused_points_at_nomad_addr() {
     let address = format!("http://{}", unused.local_addr().unwrap());
     drop(unused);
     let settings = pgnomad::settings::NomadSettings { address, token: None, namespace: None, region: None, tls: Default::default() };
-    let transport = HttpTransport::nomad(&settings).unwrap().with_retry(RetryPolicy { max_attempts: 2, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(2) });
+    let transport = HttpTransport::nomad(&settings).unwrap().with_retry(RetryPolicy {
+        max_attempts: 2,
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(2),
+    });
     let client = NomadClient::new(transport);
     let error = client.register_job(&simple_job("pg"), RegisterOptions::default()).await.unwrap_err();
     assert!(matches!(error, TransportError::Connect { .. }), "{error:?}");
@@ -386,7 +394,8 @@ async fn the_acl_token_is_sent_and_required() {
 #[tokio::test]
 async fn namespace_and_region_from_settings_reach_every_request() {
     let nomad = NomadDouble::start();
-    let client = nomad.client_with(pgnomad::settings::NomadSettings { namespace: Some("db".into()), region: Some("eu".into()), ..nomad.settings() });
+    let client =
+        nomad.client_with(pgnomad::settings::NomadSettings { namespace: Some("db".into()), region: Some("eu".into()), ..nomad.settings() });
     client.register_job(&simple_job("pg"), RegisterOptions::default()).await.unwrap();
     let jobs = client.list_jobs(Some("pg")).await.unwrap();
     assert_eq!(jobs[0].namespace, "db");
@@ -406,7 +415,8 @@ async fn jobs_are_listed_by_prefix_with_their_meta() {
     let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, vec!["pg", "pg-backup"]);
     // The prefix alone matches too much; Meta tells exactly which stack owns a job.
-    let owned: Vec<&str> = jobs.iter().filter(|j| j.meta.get("pgnomad.stack").map(String::as_str) == Some("pg")).map(|j| j.id.as_str()).collect();
+    let owned: Vec<&str> =
+        jobs.iter().filter(|j| j.meta.get("pgnomad.stack").map(String::as_str) == Some("pg")).map(|j| j.id.as_str()).collect();
     assert_eq!(owned, vec!["pg"]);
 }
 

@@ -151,7 +151,10 @@ async fn a_primary_only_check_marked_ignore_lets_the_deployment_succeed() {
 
     // A blocking health query wakes when the checks' results change (a switchover).
     let (_, index) = consul_client.health_service_blocking("pg-member-1", true, 0, Duration::from_secs(1)).await.unwrap();
-    let waiting = tokio::spawn(async move { consul_client.health_service_blocking("pg-member-1", true, index, Duration::from_secs(10)).await.unwrap() });
+    let waiting =
+        tokio::spawn(
+            async move { consul_client.health_service_blocking("pg-member-1", true, index, Duration::from_secs(10)).await.unwrap() },
+        );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!waiting.is_finished());
     nomad.set_health_oracle(|probe| match probe.path.as_str() {

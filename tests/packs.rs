@@ -230,11 +230,20 @@ fn nomad_rendering_keeps_holes_as_go_templates_and_escapes_literals() {
             }
         }
         let patroni = find(&files, "member-0/postgres/patroni.yml");
-        assert!(patroni.contains(&format!("{{{{ with nomadVar \"nomad/jobs/{cluster}-postgres\" }}}}{{{{ .superuser_password }}}}{{{{ end }}}}")), "{patroni}");
+        assert!(
+            patroni
+                .contains(&format!("{{{{ with nomadVar \"nomad/jobs/{cluster}-postgres\" }}}}{{{{ .superuser_password }}}}{{{{ end }}}}")),
+            "{patroni}"
+        );
         assert!(patroni.contains("listen: \"0.0.0.0:{{ env \"NOMAD_PORT_pg\" }}\""), "{patroni}");
         assert!(patroni.contains("connect_address: \"{{ env \"NOMAD_HOST_ADDR_pg\" }}\""), "{patroni}");
         let sql = find(&files, "member-0/postgres/bootstrap.sql");
-        assert!(sql.contains(&format!("PASSWORD '{{{{ with nomadVar \"nomad/jobs/{cluster}-postgres\" }}}}{{{{ .password_app }}}}{{{{ end }}}}'")), "{sql}");
+        assert!(
+            sql.contains(&format!(
+                "PASSWORD '{{{{ with nomadVar \"nomad/jobs/{cluster}-postgres\" }}}}{{{{ .password_app }}}}{{{{ end }}}}'"
+            )),
+            "{sql}"
+        );
         let script = find(&files, "member-0/postgres/on-role-change.sh");
         assert!(script.contains("pg_port='{{ env \"NOMAD_PORT_pg\" }}'"), "{script}");
         if stack.pgbouncer.enabled {
@@ -275,7 +284,9 @@ fn local_rendering_has_no_template_syntax_left() {
     // Literals pass unchanged.
     let facts = Facts::new(&stack(VARIANT));
     let rt = local(dir.path(), "127.0.0.1", &facts, LocalDcs::Etcd3 { hosts: vec!["127.0.0.1:2379".into()] });
-    let patroni = Packs::default().render("postgres/patroni.yml", &facts, Some(&facts.members[0]), &rt.member(&facts, &facts.members[0]), &rt).unwrap();
+    let patroni = Packs::default()
+        .render("postgres/patroni.yml", &facts, Some(&facts.members[0]), &rt.member(&facts, &facts.members[0]), &rt)
+        .unwrap();
     assert!(patroni.contains(r#""application_name": "x{{y}}""#), "{patroni}");
 }
 
@@ -287,7 +298,8 @@ fn the_yaml_filter_refuses_a_hole() {
     let packs = Packs::default()
         .with_overrides(BTreeMap::from([("postgres/patroni.yml".to_owned(), "listen: [[ rt.pg_listen | yaml ]]\n".to_owned())]))
         .unwrap();
-    let error = packs.render("postgres/patroni.yml", &facts, Some(&facts.members[0]), &rt.member(&facts, &facts.members[0]), &rt).unwrap_err();
+    let error =
+        packs.render("postgres/patroni.yml", &facts, Some(&facts.members[0]), &rt.member(&facts, &facts.members[0]), &rt).unwrap_err();
     assert!(error.to_string().contains("`yaml` quotes stack values, not runtime holes"), "{error}");
 }
 
@@ -394,9 +406,19 @@ impl Member {
             settings.push(("archive_command", yaml_single_quoted(patroni, "archive_command")));
         }
         // What Patroni writes from postgresql.pg_hba and pg_ident.
-        let hba = [("pg_hba.conf", yaml_list(patroni, "pg_hba").join("\n") + "\n"), ("pg_ident.conf", yaml_list(patroni, "pg_ident").join("\n") + "\n")];
+        let hba = [
+            ("pg_hba.conf", yaml_list(patroni, "pg_hba").join("\n") + "\n"),
+            ("pg_ident.conf", yaml_list(patroni, "pg_ident").join("\n") + "\n"),
+        ];
         chown_postgres(dir.path());
-        let pg = Postgres::start(Path::new(&holes.data_dir), Path::new(&holes.run_dir), rt.members[0].pg, &rt.secrets["superuser_password"], &settings, &hba);
+        let pg = Postgres::start(
+            Path::new(&holes.data_dir),
+            Path::new(&holes.run_dir),
+            rt.members[0].pg,
+            &rt.secrets["superuser_password"],
+            &settings,
+            &hba,
+        );
         Member { _dir: dir, facts, rt, files, holes, pg }
     }
 
@@ -437,11 +459,21 @@ fn bootstrap_sql_runs_again_and_again_and_get_auth_hides_privileged_roles() {
     // Patroni creates the replication role after post_bootstrap.
     let log = member.post_bootstrap();
     assert!(log.contains("post_bootstrap: applying bootstrap.sql"), "{log}");
-    member.superuser("postgres", &format!("CREATE ROLE replicator WITH LOGIN REPLICATION PASSWORD '{}'", member.secret("replication_password")));
+    member.superuser(
+        "postgres",
+        &format!("CREATE ROLE replicator WITH LOGIN REPLICATION PASSWORD '{}'", member.secret("replication_password")),
+    );
     member.apply_bootstrap_sql();
     member.apply_bootstrap_sql();
 
-    let auth = |database: &str, user: &str| member.pg.query("pgbouncer_auth", member.secret("pgbouncer_auth_password"), database, &format!("SELECT usename, passwd FROM pgbouncer.get_auth('{user}')"));
+    let auth = |database: &str, user: &str| {
+        member.pg.query(
+            "pgbouncer_auth",
+            member.secret("pgbouncer_auth_password"),
+            database,
+            &format!("SELECT usename, passwd FROM pgbouncer.get_auth('{user}')"),
+        )
+    };
     for database in ["postgres", "template1", "orders", "analytics"] {
         for user in ["app", "reporting"] {
             let row = auth(database, user);
@@ -451,12 +483,19 @@ fn bootstrap_sql_runs_again_and_again_and_get_auth_hides_privileged_roles() {
         assert_eq!(auth(database, "replicator"), "", "the replication role must not be visible through get_auth in {database}");
         assert_eq!(auth(database, "nobody"), "");
         // Only pgbouncer_auth may call it, and it is pinned to pg_catalog.
-        let denied = run(member.pg.psql("app", member.secret("password_app"), database).args(["-c", "SELECT * FROM pgbouncer.get_auth('app')"]));
+        let denied =
+            run(member.pg.psql("app", member.secret("password_app"), database).args(["-c", "SELECT * FROM pgbouncer.get_auth('app')"]));
         assert!(!denied.status.success() && text(&denied.stderr).contains("permission denied"), "{}", text(&denied.stderr));
         let config = member.superuser(database, "SELECT p.proconfig::text, p.prosecdef FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'pgbouncer' AND p.proname = 'get_auth'");
         assert_eq!(config, "{\"search_path=pg_catalog, pg_temp\"}|t");
     }
-    assert_eq!(member.superuser("postgres", "SELECT datname || ':' || pg_get_userbyid(datdba) FROM pg_database WHERE datname IN ('orders', 'analytics') ORDER BY 1"), "analytics:reporting\norders:app");
+    assert_eq!(
+        member.superuser(
+            "postgres",
+            "SELECT datname || ':' || pg_get_userbyid(datdba) FROM pg_database WHERE datname IN ('orders', 'analytics') ORDER BY 1"
+        ),
+        "analytics:reporting\norders:app"
+    );
     // A database created later inherits the function from template1.
     member.superuser("postgres", "CREATE DATABASE later");
     assert!(auth("later", "app").starts_with("app|SCRAM-SHA-256$"));
@@ -467,13 +506,24 @@ fn pgbouncer_lets_application_users_in_with_scram_and_keeps_the_superuser_out() 
     let pgbouncer = require("pgbouncer", "pgbouncer");
     let member = Member::start(DEFAULT, false);
     member.apply_bootstrap_sql();
-    member.superuser("postgres", &format!("CREATE ROLE replicator WITH LOGIN REPLICATION PASSWORD '{}'", member.secret("replication_password")));
+    member.superuser(
+        "postgres",
+        &format!("CREATE ROLE replicator WITH LOGIN REPLICATION PASSWORD '{}'", member.secret("replication_password")),
+    );
     let holes = member.rt.pgbouncer(&member.facts);
     std::fs::create_dir_all(&holes.run_dir).unwrap();
     write_job(&member.files, "pgbouncer/", &holes.config_dir);
     chown_postgres(member._dir.path());
     let ini = Path::new(&holes.config_dir).join("pgbouncer.ini");
-    let mut bouncer = Guard::spawn("pgbouncer", { let mut c = as_postgres(&pgbouncer); c.arg(&ini); c }, member._dir.path().join("pgbouncer.log"));
+    let mut bouncer = Guard::spawn(
+        "pgbouncer",
+        {
+            let mut c = as_postgres(&pgbouncer);
+            c.arg(&ini);
+            c
+        },
+        member._dir.path().join("pgbouncer.log"),
+    );
     let port = member.rt.pgbouncer_port.to_string();
     let through = |user: &str, password: &str, database: &str, sql: &str| {
         run(Command::new(require("psql", "postgresql-client-15"))
@@ -520,7 +570,11 @@ fn on_role_change_creates_the_pgbackrest_stanza_and_wal_gets_archived() {
     let out = run(as_postgres(member.script()).args(["on_start", "master", &stanza]));
     let log = text(&out.stderr);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("bootstrap.sql applied") && log.contains(&format!("pgBackRest stanza {stanza} ready")), "{log}\n{}", member.pg.guard.log_text());
+    assert!(
+        log.contains("bootstrap.sql applied") && log.contains(&format!("pgBackRest stanza {stanza} ready")),
+        "{log}\n{}",
+        member.pg.guard.log_text()
+    );
     // Again, as after a second promotion: idempotent.
     let again = text(&run(as_postgres(member.script()).args(["on_role_change", "master", &stanza])).stderr);
     assert!(again.contains(&format!("pgBackRest stanza {stanza} ready")), "{again}");
@@ -530,7 +584,15 @@ fn on_role_change_creates_the_pgbackrest_stanza_and_wal_gets_archived() {
 
     let conf = Path::new(&member.holes.config_dir).join("pgbackrest.conf");
     member.superuser("postgres", "SELECT pg_switch_wal()");
-    let info = || run_ok("pgbackrest info", as_postgres(require("pgbackrest", "pgbackrest")).arg(format!("--config={}", conf.display())).arg(format!("--stanza={stanza}")).arg("info"));
+    let info = || {
+        run_ok(
+            "pgbackrest info",
+            as_postgres(require("pgbackrest", "pgbackrest"))
+                .arg(format!("--config={}", conf.display()))
+                .arg(format!("--stanza={stanza}"))
+                .arg("info"),
+        )
+    };
     wait_until("a WAL segment in the repo", Duration::from_secs(30), || info().contains("wal archive min/max"));
     let info = info();
     assert!(info.contains("status: error (no valid backups)") && info.contains("cipher: aes-256-cbc"), "{info}");
@@ -546,11 +608,55 @@ fn certificates(tls: &Path, host: &str) {
     let sh = |args: &[&str]| {
         run_ok(&format!("openssl {}", args.join(" ")), Command::new(&openssl).current_dir(tls).args(args));
     };
-    sh(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=pgnomad-test-ca", "-keyout", "ca.key", "-out", "ca.crt"]);
-    for (name, cn, san) in [("server", host, format!("subjectAltName=IP:{host},DNS:{host}")), ("client", "pgbackrest-client", "subjectAltName=DNS:pgbackrest-client".to_owned())] {
-        sh(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={cn}"), "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")]);
+    sh(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=pgnomad-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    for (name, cn, san) in [
+        ("server", host, format!("subjectAltName=IP:{host},DNS:{host}")),
+        ("client", "pgbackrest-client", "subjectAltName=DNS:pgbackrest-client".to_owned()),
+    ] {
+        sh(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ]);
         std::fs::write(tls.join(format!("{name}.ext")), format!("{san}\n")).unwrap();
-        sh(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.crt")]);
+        sh(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.crt"),
+        ]);
     }
 }
 
@@ -597,7 +703,10 @@ fn backup_sh_backs_up_a_member_through_its_pgbackrest_tls_server() {
     assert!(out.status.success(), "backup.sh incr failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));
 
     let backup_conf = Path::new(&backup.config_dir).join("pgbackrest.conf");
-    let info = run_ok("pgbackrest info", as_postgres(&pgbackrest).arg(format!("--config={}", backup_conf.display())).args(["--stanza=solo", "info"]));
+    let info = run_ok(
+        "pgbackrest info",
+        as_postgres(&pgbackrest).arg(format!("--config={}", backup_conf.display())).args(["--stanza=solo", "info"]),
+    );
     assert!(info.contains("status: ok") && info.contains("full backup:") && info.contains("incr backup:"), "{info}");
 
     // A wrong client certificate is turned away: the member only serves pgbackrest-client.

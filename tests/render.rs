@@ -71,7 +71,8 @@ fn hcl_jobspecs_read_back_as_the_same_jobs() {
     for (name, text) in VARIANTS {
         for compiled in &compile(text).jobs {
             let hcl_text = render::hcl::job(&compiled.job);
-            let body: hcl::Body = hcl::from_str(&hcl_text).unwrap_or_else(|e| panic!("variant {name}: {} does not parse: {e}\n{hcl_text}", compiled.id()));
+            let body: hcl::Body =
+                hcl::from_str(&hcl_text).unwrap_or_else(|e| panic!("variant {name}: {} does not parse: {e}\n{hcl_text}", compiled.id()));
             let from_hcl = jobspec_to_api_json(&body);
             let from_model = sort(serde_json::to_value(&compiled.job).unwrap());
             if from_hcl != from_model {
@@ -99,9 +100,7 @@ fn default_stack_snapshots() {
 // tags), independent of the renderer's name table, so the two check each other.
 
 fn defs() -> &'static Value {
-    schema::document()
-        .get("$defs")
-        .expect("the schema has $defs")
+    schema::document().get("$defs").expect("the schema has $defs")
 }
 
 /// The `$defs` type a property refers to, looking through arrays, maps and nullables.
@@ -177,11 +176,17 @@ fn body_as_map(body: &hcl::Body) -> Value {
 fn decode(body: &hcl::Body, type_name: &str, label: Option<&str>) -> Value {
     let properties = defs()[type_name]["properties"].as_object().unwrap_or_else(|| panic!("no properties for {type_name}"));
     let find = |name: &str, kind: &str| {
-        properties.iter().find(|(_, p)| hcl_name(p).is_some_and(|(n, k)| n == name && k == kind)).unwrap_or_else(|| panic!("{type_name} has no HCL {kind} `{name}`"))
+        properties
+            .iter()
+            .find(|(_, p)| hcl_name(p).is_some_and(|(n, k)| n == name && k == kind))
+            .unwrap_or_else(|| panic!("{type_name} has no HCL {kind} `{name}`"))
     };
     let mut out = Map::new();
     if let Some(label) = label {
-        let (field, _) = properties.iter().find(|(_, p)| hcl_name(p).is_some_and(|(_, k)| k == "label")).unwrap_or_else(|| panic!("{type_name} takes no label"));
+        let (field, _) = properties
+            .iter()
+            .find(|(_, p)| hcl_name(p).is_some_and(|(_, k)| k == "label"))
+            .unwrap_or_else(|| panic!("{type_name} takes no label"));
         out.insert(field.clone(), json!(label));
     }
     for attribute in body.attributes() {

@@ -132,11 +132,9 @@ fn warned_stack_files_load_with_exact_warnings() {
                 }
                 check_expected(&case, &render_all(&source, &checked.warnings), &mut failures);
             }
-            Err(diagnostics) => failures.push(format!(
-                "{}: should load with warnings, but failed:\n{}",
-                case.display(),
-                render_all(&source, &diagnostics)
-            )),
+            Err(diagnostics) => {
+                failures.push(format!("{}: should load with warnings, but failed:\n{}", case.display(), render_all(&source, &diagnostics)))
+            }
         }
     }
     report(failures);
@@ -173,8 +171,7 @@ fn minimal_stack_file_gets_the_documented_defaults() {
     assert_eq!(stack.postgres.synchronous_mode, SynchronousMode::On);
     assert_eq!(stack.postgres.port.value, 5432);
     assert_eq!(stack.postgres.driver, Driver::Docker { image: "pgnomad/postgres:15".into() });
-    let databases: Vec<(&str, &str)> =
-        stack.postgres.databases.iter().map(|d| (d.name.value.as_str(), d.owner.as_str())).collect();
+    let databases: Vec<(&str, &str)> = stack.postgres.databases.iter().map(|d| (d.name.value.as_str(), d.owner.as_str())).collect();
     assert_eq!(databases, [("app", "app")]);
     let users: Vec<&str> = stack.postgres.users.iter().map(|u| u.value.as_str()).collect();
     assert_eq!(users, ["app"]);
@@ -198,8 +195,7 @@ fn minimal_stack_file_gets_the_documented_defaults() {
 
     assert!(stack.backup.enabled);
     assert!(matches!(stack.backup.repo, Repo::Volume { kind: VolumeKind::Host, .. }), "{:?}", stack.backup.repo);
-    let schedules: Vec<(&str, &str)> =
-        stack.backup.schedules.iter().map(|s| (s.kind.name(), s.cron.value.as_str())).collect();
+    let schedules: Vec<(&str, &str)> = stack.backup.schedules.iter().map(|s| (s.kind.name(), s.cron.value.as_str())).collect();
     assert_eq!(schedules, [("full", "0 1 * * 0"), ("diff", "0 1 * * 1-6"), ("incr", "0 */4 * * *")]);
 
     assert!(stack.pgadmin.enabled);

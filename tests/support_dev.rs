@@ -54,7 +54,10 @@ pub fn require_dev_programs() {
         require(program, package);
     }
     pg_bin("postgres");
-    assert!(Path::new("/usr/lib/python3/dist-packages/etcd").exists(), "Patroni's etcd3 DCS needs python3-etcd (apt-get install python3-etcd)");
+    assert!(
+        Path::new("/usr/lib/python3/dist-packages/etcd").exists(),
+        "Patroni's etcd3 DCS needs python3-etcd (apt-get install python3-etcd)"
+    );
 }
 
 pub fn pgnomad() -> Command {
@@ -79,7 +82,8 @@ impl DevCluster {
         let stack_file = dir.path().join("pgnomad.hcl");
         std::fs::write(&stack_file, stack_text(cluster, members)).unwrap();
         let state_dir = dir.path().join("state");
-        let mut dev = DevCluster { dir, stack_file, state_dir, cluster: cluster.to_owned(), members: members as usize, up_took: Duration::ZERO };
+        let mut dev =
+            DevCluster { dir, stack_file, state_dir, cluster: cluster.to_owned(), members: members as usize, up_took: Duration::ZERO };
         dev.start();
         dev
     }
@@ -89,12 +93,25 @@ impl DevCluster {
         let started = Instant::now();
         let out = self.dev(&["up", "--timeout", "150"]).output().unwrap();
         self.up_took = started.elapsed();
-        assert!(out.status.success(), "pgnomad dev up failed:\n{}{}\nsupervisor log:\n{}", text(&out.stdout), text(&out.stderr), self.logs());
+        assert!(
+            out.status.success(),
+            "pgnomad dev up failed:\n{}{}\nsupervisor log:\n{}",
+            text(&out.stdout),
+            text(&out.stderr),
+            self.logs()
+        );
     }
 
     pub fn dev(&self, args: &[&str]) -> Command {
         let mut cmd = pgnomad();
-        cmd.arg("dev").arg(args[0]).arg("-f").arg(&self.stack_file).arg("--state-dir").arg(&self.state_dir).args(&args[1..]).stdin(Stdio::null());
+        cmd.arg("dev")
+            .arg(args[0])
+            .arg("-f")
+            .arg(&self.stack_file)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(&args[1..])
+            .stdin(Stdio::null());
         cmd
     }
 
@@ -130,7 +147,8 @@ impl DevCluster {
     /// psql through PgBouncer as `user`, the password from PGPASSFILE (or `password`).
     pub fn through_pgbouncer(&self, port: &str, user: &str, password: Option<&str>, database: &str, sql: &str) -> Output {
         let mut cmd = Command::new("psql");
-        cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", port, "-U", user, "-d", database, "-c", sql]).stdin(Stdio::null());
+        cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", port, "-U", user, "-d", database, "-c", sql])
+            .stdin(Stdio::null());
         match password {
             Some(p) => cmd.env("PGPASSWORD", p).env_remove("PGPASSFILE"),
             None => cmd.env("PGPASSFILE", self.pgpass()).env_remove("PGPASSWORD"),
@@ -210,7 +228,10 @@ impl DevCluster {
     /// pgbackrest with member `index`'s rendered config, as postgres.
     pub fn pgbackrest(&self, index: usize, args: &[&str]) -> Output {
         let conf = self.state_dir.join(format!("member-{index}/config/pgbackrest.conf"));
-        run(as_postgres(require("pgbackrest", "pgbackrest")).arg(format!("--config={}", conf.display())).arg(format!("--stanza={}", self.cluster)).args(args))
+        run(as_postgres(require("pgbackrest", "pgbackrest"))
+            .arg(format!("--config={}", conf.display()))
+            .arg(format!("--stanza={}", self.cluster))
+            .args(args))
     }
 }
 
@@ -275,7 +296,13 @@ impl Writer {
                         .stdin(Stdio::null())
                         .output()
                         .unwrap();
-                    let attempt = Attempt { id, acknowledged: out.status.success(), started, ended: Instant::now(), error: text(&out.stderr).trim().to_owned() };
+                    let attempt = Attempt {
+                        id,
+                        acknowledged: out.status.success(),
+                        started,
+                        ended: Instant::now(),
+                        error: text(&out.stderr).trim().to_owned(),
+                    };
                     attempts.lock().unwrap().push(attempt);
                     id += 1;
                     next += Duration::from_millis(100);
@@ -319,7 +346,8 @@ impl Drop for Writer {
 /// it to the first ack after it.
 pub fn write_gap(attempts: &[Attempt], event: Instant) -> Duration {
     let before = attempts.iter().filter(|a| a.acknowledged && a.ended <= event).map(|a| a.ended).max().unwrap_or(event);
-    let after = attempts.iter().filter(|a| a.acknowledged && a.ended > event).map(|a| a.ended).min().expect("a write acknowledged after the event");
+    let after =
+        attempts.iter().filter(|a| a.acknowledged && a.ended > event).map(|a| a.ended).min().expect("a write acknowledged after the event");
     after - before
 }
 

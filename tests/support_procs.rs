@@ -76,12 +76,8 @@ impl Guard {
     /// Starts `cmd` with stdout and stderr to `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Guard {
         let file = std::fs::File::create(&log).expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let child =
+            cmd.stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file).spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
         Guard { name: name.to_owned(), child: Some(child), log }
     }
 
@@ -147,7 +143,14 @@ pub struct Postgres {
 
 impl Postgres {
     /// `files` (pg_hba.conf, …) replace initdb's in the data directory before the start.
-    pub fn start(data_dir: &Path, run_dir: &Path, port: u16, superuser_password: &str, settings: &[(&str, String)], files: &[(&str, String)]) -> Postgres {
+    pub fn start(
+        data_dir: &Path,
+        run_dir: &Path,
+        port: u16,
+        superuser_password: &str,
+        settings: &[(&str, String)],
+        files: &[(&str, String)],
+    ) -> Postgres {
         let initdb = pg_bin("initdb");
         let postgres = pg_bin("postgres");
         let parent = data_dir.parent().expect("data dir has a parent");

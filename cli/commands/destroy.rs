@@ -36,7 +36,9 @@ fn confirm(question: &str, yes: bool) -> Result<bool, Failure> {
         return Ok(true);
     }
     if !std::io::stdin().is_terminal() {
-        return Err(Failure::BadInput("error: refusing to destroy without confirmation: stdin is not a terminal\n  = help: pass --yes to confirm".into()));
+        return Err(Failure::BadInput(
+            "error: refusing to destroy without confirmation: stdin is not a terminal\n  = help: pass --yes to confirm".into(),
+        ));
     }
     eprint!("{question} [y/N] ");
     let _ = std::io::stderr().flush();
@@ -59,7 +61,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
     }
     let mut options = DestroyOptions { purge: args.purge, delete_volumes: false, delete_secrets: false };
     if args.delete_volumes && !targets.volumes.is_empty() {
-        options.delete_volumes = confirm(&format!("Delete the CSI volumes {} and the data on them?", targets.volumes.join(", ")), args.yes)?;
+        options.delete_volumes =
+            confirm(&format!("Delete the CSI volumes {} and the data on them?", targets.volumes.join(", ")), args.yes)?;
     }
     if args.delete_secrets && !targets.secrets.is_empty() {
         let paths: Vec<&str> = targets.secrets.iter().map(|(p, _)| p.as_str()).collect();

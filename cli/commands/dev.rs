@@ -208,7 +208,8 @@ fn confirm(question: &str) -> bool {
 fn up(at: &Where, install: bool, timeout: u64) -> Result<(), Failure> {
     let path = &at.stack.path;
     if !path.exists() {
-        std::fs::write(path, super::INIT_TEMPLATE).map_err(|e| Failure::Internal(format!("error: cannot write {}: {e}", path.display())))?;
+        std::fs::write(path, super::INIT_TEMPLATE)
+            .map_err(|e| Failure::Internal(format!("error: cannot write {}: {e}", path.display())))?;
         eprintln!("· wrote {} with pgnomad init's defaults", path.display());
     }
     let checked = load_stack(path)?;
@@ -242,7 +243,11 @@ fn install_packages(packages: &[&str]) -> Result<(), Failure> {
         let _ = std::fs::write(conf, "create_main_cluster = false\n");
     }
     let apt = |args: &[&str]| {
-        Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().map_err(|e| Failure::Internal(format!("error: cannot run apt-get: {e}")))
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map_err(|e| Failure::Internal(format!("error: cannot run apt-get: {e}")))
     };
     if !apt(&["update", "-q"])?.success() {
         return Err(Failure::Internal("error: apt-get update failed (are you root?)".into()));
@@ -269,7 +274,10 @@ fn status(at: &Where, json: bool) -> Result<(), Failure> {
 fn print_status(status: &dev::Status) {
     let running = status.supervisor_pid.map_or_else(|| "not running".to_owned(), |pid| format!("supervisor pid {pid}"));
     println!("cluster {} ({running}; {}; state {})", status.cluster, status.dcs, status.state_dir.display());
-    println!("{:<10} {:<13} {:<12} {:>3} {:>10} {:>6} {:>6} {:>8} {:>8}  DATA", "MEMBER", "ROLE", "STATE", "TL", "LAG", "PG", "REST", "PATRONI", "POSTGRES");
+    println!(
+        "{:<10} {:<13} {:<12} {:>3} {:>10} {:>6} {:>6} {:>8} {:>8}  DATA",
+        "MEMBER", "ROLE", "STATE", "TL", "LAG", "PG", "REST", "PATRONI", "POSTGRES"
+    );
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for m in &status.members {
         println!(
@@ -293,7 +301,8 @@ fn print_status(status: &dev::Status) {
 
 fn psql(at: &Where, args: &[String]) -> Result<(), Failure> {
     let dev = dev::Dev::open(&at.state_dir()).map_err(failed)?;
-    let (user, database) = dev.application_login().ok_or_else(|| Failure::BadInput("error: the stack has no users (postgres.users)".into()))?;
+    let (user, database) =
+        dev.application_login().ok_or_else(|| Failure::BadInput("error: the stack has no users (postgres.users)".into()))?;
     let mut cmd = dev.pgbouncer_psql(&user, &database);
     cmd.args(args);
     // The terminal goes to psql; exec returns only on failure.

@@ -17,12 +17,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<(), Failure> {
     if args.path.exists() && !args.force {
-        return Err(Failure::BadInput(format!(
-            "error: {} already exists\n  = help: pass --force to overwrite it",
-            args.path.display()
-        )));
+        return Err(Failure::BadInput(format!("error: {} already exists\n  = help: pass --force to overwrite it", args.path.display())));
     }
-    std::fs::write(&args.path, INIT_TEMPLATE).map_err(|e| Failure::Internal(format!("error: cannot write {}: {e}", args.path.display())))?;
+    std::fs::write(&args.path, INIT_TEMPLATE)
+        .map_err(|e| Failure::Internal(format!("error: cannot write {}: {e}", args.path.display())))?;
     eprintln!("wrote {}; next: pgnomad validate -f {0}", args.path.display());
     Ok(())
 }

@@ -131,7 +131,11 @@ pub struct StackFile {
 /// Reads and checks a stack file, printing warnings; errors come back rendered.
 pub fn load_stack(path: &Path) -> Result<Checked, Failure> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::NotFound { "\n  = help: create one with `pgnomad init`, or name it with -f FILE" } else { "" };
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            "\n  = help: create one with `pgnomad init`, or name it with -f FILE"
+        } else {
+            ""
+        };
         Failure::BadInput(format!("error: cannot read stack file {}: {e}{hint}", path.display()))
     })?;
     let source = Source::new(path.display().to_string(), text);
@@ -152,7 +156,10 @@ pub fn load_stack(path: &Path) -> Result<Checked, Failure> {
 }
 
 /// Clients for the cluster's Nomad and Consul, from flags and the environment.
-pub fn connect(args: &crate::settings::ConnectionArgs, env: &crate::settings::Environment) -> Result<crate::deploy::Cluster<HttpTransport, HttpTransport>, Failure> {
+pub fn connect(
+    args: &crate::settings::ConnectionArgs,
+    env: &crate::settings::Environment,
+) -> Result<crate::deploy::Cluster<HttpTransport, HttpTransport>, Failure> {
     let bad = |e: crate::settings::SettingsError| Failure::BadInput(format!("error: {e}"));
     let nomad = args.nomad(env).map_err(bad)?;
     let consul = args.consul(env).map_err(bad)?;
@@ -201,7 +208,10 @@ impl DeployArgs {
 
 /// Runs one async operation to completion (commands stay synchronous).
 pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, Failure> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Failure::Internal(format!("error: cannot start the async runtime: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Internal(format!("error: cannot start the async runtime: {e}")))?;
     Ok(runtime.block_on(future))
 }
 

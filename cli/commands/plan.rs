@@ -25,7 +25,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
 
 fn plan(args: Args) -> Result<(), Failure> {
     let DeployInputs { checked, packs, operator, cluster } = args.inputs.load()?;
-    let plan = block_on(deploy::plan(&cluster, &checked.stack, &packs, &operator, &PlanScope::default()))?.map_err(super::deploy_failure)?;
+    let plan =
+        block_on(deploy::plan(&cluster, &checked.stack, &packs, &operator, &PlanScope::default()))?.map_err(super::deploy_failure)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan).expect("plans serialize"));
     } else {

@@ -67,7 +67,8 @@ pub fn load_packs(dir: Option<&Path>) -> Result<Packs, Failure> {
     for (path, _) in BUILTIN {
         let candidate = dir.join(path);
         if candidate.is_file() {
-            let text = std::fs::read_to_string(&candidate).map_err(|e| Failure::BadInput(format!("error: cannot read {}: {e}", candidate.display())))?;
+            let text = std::fs::read_to_string(&candidate)
+                .map_err(|e| Failure::BadInput(format!("error: cannot read {}: {e}", candidate.display())))?;
             overrides.insert((*path).to_owned(), text);
         }
     }

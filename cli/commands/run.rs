@@ -46,14 +46,22 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub fn run(args: Args) -> Result<(), Failure> {
     let DeployInputs { checked, packs, operator, cluster } = args.inputs.load()?;
-    let options = RunOptions { detach: args.detach, scope: PlanScope { job: args.job.clone(), check_index: args.check_index, ..PlanScope::default() }, timeout: args.timeout, operator };
+    let options = RunOptions {
+        detach: args.detach,
+        scope: PlanScope { job: args.job.clone(), check_index: args.check_index, ..PlanScope::default() },
+        timeout: args.timeout,
+        operator,
+    };
     let terminal = TerminalReporter::new();
     let reporter: &dyn Reporter = if args.json { &Quiet } else { &terminal };
     let result = block_on(deploy::run(&cluster, &checked.stack, &packs, &options, reporter))?;
     match result {
         Ok(summary) => {
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"ok": true, "summary": summary})).expect("summaries serialize"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"ok": true, "summary": summary})).expect("summaries serialize")
+                );
             } else {
                 print!("{}", crate::ui::run_text(&summary));
             }
@@ -63,7 +71,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
             let failure = deploy_failure(error);
             if args.json {
                 let (code, message) = match &failure {
-                    Failure::BadInput(m) | Failure::Internal(m) | Failure::NotConverged(m) | Failure::Exit(_, m) => (failure.code(), m.clone()),
+                    Failure::BadInput(m) | Failure::Internal(m) | Failure::NotConverged(m) | Failure::Exit(_, m) => {
+                        (failure.code(), m.clone())
+                    }
                 };
                 println!("{}", serde_json::json!({"ok": false, "exit_code": code, "error": message}));
             }

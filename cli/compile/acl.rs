@@ -48,7 +48,11 @@ pub fn policies(stack: &Stack, jobs: &[CompiledJob]) -> Vec<AclPolicy> {
     let _ = writeln!(rules, "\n  variables {{");
     // `list`: run and destroy find the cluster's variables with one `GET /v1/vars?prefix=`.
     for job in jobs {
-        let _ = writeln!(rules, "    path \"nomad/jobs/{}\" {{\n      capabilities = [\"write\", \"read\", \"destroy\", \"list\"]\n    }}", job.id());
+        let _ = writeln!(
+            rules,
+            "    path \"nomad/jobs/{}\" {{\n      capabilities = [\"write\", \"read\", \"destroy\", \"list\"]\n    }}",
+            job.id()
+        );
     }
     // pgnomad's own copy of the TLS set, which no workload reads (see deploy::secrets).
     let _ = writeln!(rules, "    path \"pgnomad/{c}/*\" {{\n      capabilities = [\"write\", \"read\", \"destroy\", \"list\"]\n    }}");

@@ -21,7 +21,14 @@ impl Context<'_> {
     }
 
     /// A pack file rendered for Nomad, as a `template` block that writes it to `dest`.
-    pub fn pack_template(&self, pack_path: &str, member: Option<&MemberFacts>, holes: &Holes, dest: &str, change: Change) -> Result<Template, ConfigError> {
+    pub fn pack_template(
+        &self,
+        pack_path: &str,
+        member: Option<&MemberFacts>,
+        holes: &Holes,
+        dest: &str,
+        change: Change,
+    ) -> Result<Template, ConfigError> {
         let text = self.renderer.render(pack_path, member, holes)?;
         Ok(template(text, dest, change))
     }
@@ -29,14 +36,18 @@ impl Context<'_> {
     /// Templates that write pgBackRest's TLS files from the secrets (`side` is
     /// `tls_server` or `tls_client`).
     pub fn tls_templates(&self, job: &str, side: &str) -> Vec<Template> {
-        [("tls_ca_crt", "secrets/tls/ca.crt"), (&format!("{side}_crt")[..], "secrets/tls/tls.crt"), (&format!("{side}_key")[..], "secrets/tls/tls.key")]
-            .into_iter()
-            .map(|(key, dest)| {
-                let mut t = template(self.runtime.secret_expr(job, key), dest, Change::Restart);
-                t.perms = some("0600");
-                t
-            })
-            .collect()
+        [
+            ("tls_ca_crt", "secrets/tls/ca.crt"),
+            (&format!("{side}_crt")[..], "secrets/tls/tls.crt"),
+            (&format!("{side}_key")[..], "secrets/tls/tls.key"),
+        ]
+        .into_iter()
+        .map(|(key, dest)| {
+            let mut t = template(self.runtime.secret_expr(job, key), dest, Change::Restart);
+            t.perms = some("0600");
+            t
+        })
+        .collect()
     }
 
     /// The job's frame: identity, placement, ownership meta comes later.

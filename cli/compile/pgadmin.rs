@@ -29,10 +29,7 @@ pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
     let task = Task {
         name: some("pgadmin"),
         driver: some("docker"),
-        config: Some(BTreeMap::from([
-            ("image".to_owned(), json!(stack.pgadmin.image)),
-            ("ports".to_owned(), json!(["http"])),
-        ])),
+        config: Some(BTreeMap::from([("image".to_owned(), json!(stack.pgadmin.image)), ("ports".to_owned(), json!(["http"]))])),
         env: Some(BTreeMap::from([
             ("PGADMIN_DEFAULT_EMAIL".to_owned(), stack.pgadmin.email.value.clone()),
             ("PGADMIN_LISTEN_PORT".to_owned(), port_number.to_string()),

@@ -91,7 +91,11 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
         }));
     }
     if stack.monitoring.postgres_exporter {
-        services.push(with_meta(service(names::exporter_service(c), "exporter", vec![http_check("exporter metrics", "/metrics", "exporter")])));
+        services.push(with_meta(service(
+            names::exporter_service(c),
+            "exporter",
+            vec![http_check("exporter metrics", "/metrics", "exporter")],
+        )));
     }
 
     let secrets_file = |name: &str| format!("secrets/{name}");
@@ -105,10 +109,22 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
     let mut templates = vec![
         cx.pack_template("postgres/patroni.yml", Some(member), &holes, &secrets_file("patroni.yml"), Change::Reload)?,
         cx.pack_template("postgres/bootstrap.sql", Some(member), &holes, &secrets_file("bootstrap.sql"), Change::Noop)?,
-        exec_template(cx.pack_template("postgres/on-role-change.sh", Some(member), &holes, &secrets_file("on-role-change.sh"), Change::Noop)?),
+        exec_template(cx.pack_template(
+            "postgres/on-role-change.sh",
+            Some(member),
+            &holes,
+            &secrets_file("on-role-change.sh"),
+            Change::Noop,
+        )?),
     ];
     if backup {
-        templates.push(cx.pack_template("postgres/pgbackrest.conf", Some(member), &holes, &secrets_file("pgbackrest.conf"), Change::Noop)?);
+        templates.push(cx.pack_template(
+            "postgres/pgbackrest.conf",
+            Some(member),
+            &holes,
+            &secrets_file("pgbackrest.conf"),
+            Change::Noop,
+        )?);
         templates.extend(cx.tls_templates(&job_id, "tls_server"));
     }
     patroni.templates = Some(templates);
@@ -120,11 +136,13 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
     if backup {
         // pgBackRest's TLS server lets the periodic backup jobs reach this member's data
         // without SSH; it runs beside Patroni for the life of the member.
-        let mut server = cx.program_task("pgbackrest", "pgbackrest", vec!["--config=/secrets/pgbackrest.conf".into(), "server".into()], &["pgbackrest"]);
+        let mut server =
+            cx.program_task("pgbackrest", "pgbackrest", vec!["--config=/secrets/pgbackrest.conf".into(), "server".into()], &["pgbackrest"]);
         server.lifecycle = Some(TaskLifecycle { hook: some("poststart"), sidecar: Some(true) });
         server.resources = Some(resources(100, 128));
         server.volume_mounts = Some(mounts.clone());
-        let mut templates = vec![cx.pack_template("postgres/pgbackrest.conf", Some(member), &holes, &secrets_file("pgbackrest.conf"), Change::Restart)?];
+        let mut templates =
+            vec![cx.pack_template("postgres/pgbackrest.conf", Some(member), &holes, &secrets_file("pgbackrest.conf"), Change::Restart)?];
         templates.extend(cx.tls_templates(&job_id, "tls_server"));
         server.templates = Some(templates);
         tasks.push(server);
@@ -217,7 +235,13 @@ pub fn repo_volume(source: &str, kind: VolumeKind) -> VolumeRequest {
             attachment_mode: some("file-system"),
             ..VolumeRequest::default()
         },
-        VolumeKind::Host => VolumeRequest { name: some("repo"), volume_type: some("host"), source: some(source), read_only: Some(false), ..VolumeRequest::default() },
+        VolumeKind::Host => VolumeRequest {
+            name: some("repo"),
+            volume_type: some("host"),
+            source: some(source),
+            read_only: Some(false),
+            ..VolumeRequest::default()
+        },
     }
 }
 

@@ -80,7 +80,11 @@ impl LocalRuntime {
     }
 
     fn repo_path(&self, facts: &Facts) -> String {
-        if facts.backup.repo_type == "s3" { facts.backup.repo_path.clone() } else { self.state_dir.join("repo").to_string_lossy().into_owned() }
+        if facts.backup.repo_type == "s3" {
+            facts.backup.repo_path.clone()
+        } else {
+            self.state_dir.join("repo").to_string_lossy().into_owned()
+        }
     }
 
     fn dcs_section(&self) -> String {

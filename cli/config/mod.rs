@@ -76,7 +76,14 @@ impl Packs {
 
     /// Renders one pack file with the stack's facts and the runtime's holes. To render many
     /// files of one stack, make a `renderer` once: it compiles each template only once.
-    pub fn render(&self, path: &str, facts: &Facts, member: Option<&MemberFacts>, holes: &Holes, runtime: &dyn Runtime) -> Result<String, ConfigError> {
+    pub fn render(
+        &self,
+        path: &str,
+        facts: &Facts,
+        member: Option<&MemberFacts>,
+        holes: &Holes,
+        runtime: &dyn Runtime,
+    ) -> Result<String, ConfigError> {
         self.renderer(facts, runtime).render(path, member, holes)
     }
 
@@ -158,5 +165,9 @@ fn yaml_string(value: Value) -> Result<Value, minijinja::Error> {
 fn sql_literal(value: Value) -> Value {
     let text = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
     let literal = format!("'{}'", text.replace('\'', "''"));
-    if value.is_safe() { Value::from_safe_string(literal) } else { Value::from(literal) }
+    if value.is_safe() {
+        Value::from_safe_string(literal)
+    } else {
+        Value::from(literal)
+    }
 }

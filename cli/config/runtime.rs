@@ -229,7 +229,11 @@ impl NomadRuntime {
     }
 
     fn repo_path(&self, facts: &Facts) -> String {
-        if facts.backup.repo_type == "s3" { facts.backup.repo_path.clone() } else { names::REPO_MOUNT.to_owned() }
+        if facts.backup.repo_type == "s3" {
+            facts.backup.repo_path.clone()
+        } else {
+            names::REPO_MOUNT.to_owned()
+        }
     }
 }
 

@@ -63,7 +63,10 @@ pub async fn destroy_targets<N: Transport, C: Transport>(cluster: &Cluster<N, C>
         }
     }
     if matches!(stack.secrets, crate::stack::Secrets::NomadVariables) {
-        let listed = nomad.list_variables(&format!("nomad/jobs/{name}-")).await.map_err(DeployError::api("listing the cluster's secret variables"))?;
+        let listed = nomad
+            .list_variables(&format!("nomad/jobs/{name}-"))
+            .await
+            .map_err(DeployError::api("listing the cluster's secret variables"))?;
         for id in compile::job_ids(stack) {
             let path = format!("nomad/jobs/{id}");
             if let Some(variable) = listed.iter().find(|v| v.path == path) {
@@ -78,7 +81,12 @@ pub async fn destroy_targets<N: Transport, C: Transport>(cluster: &Cluster<N, C>
     Ok(targets)
 }
 
-pub async fn destroy<N: Transport, C: Transport>(cluster: &Cluster<N, C>, targets: &DestroyTargets, options: DestroyOptions, reporter: &dyn Reporter) -> Result<DestroySummary, DeployError> {
+pub async fn destroy<N: Transport, C: Transport>(
+    cluster: &Cluster<N, C>,
+    targets: &DestroyTargets,
+    options: DestroyOptions,
+    reporter: &dyn Reporter,
+) -> Result<DestroySummary, DeployError> {
     let nomad = &cluster.nomad;
     let mut summary = DestroySummary { skipped: targets.skipped.clone(), ..DestroySummary::default() };
     for (id, why) in &targets.skipped {
@@ -102,7 +110,9 @@ pub async fn destroy<N: Transport, C: Transport>(cluster: &Cluster<N, C>, target
         for (path, modify_index) in &targets.secrets {
             reporter.step(&format!("deleting variable {path}"));
             nomad.delete_variable(path, Some(*modify_index)).await.map_err(|error| match error.api() {
-                Some(api) if api.is_cas_conflict() => DeployError::Refused(format!("variable {path} changed since it was listed; it was not deleted")),
+                Some(api) if api.is_cas_conflict() => {
+                    DeployError::Refused(format!("variable {path} changed since it was listed; it was not deleted"))
+                }
                 _ => DeployError::Api { what: format!("deleting variable {path}"), source: error },
             })?;
             summary.secrets_deleted.push(path.clone());
@@ -117,10 +127,15 @@ async fn await_unclaimed<N: Transport>(nomad: &crate::transport::NomadClient<N>,
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(DeployError::TimedOut { what: format!("the claims on CSI volume {id} to be released"), after: Duration::from_secs(300) });
+            return Err(DeployError::TimedOut {
+                what: format!("the claims on CSI volume {id} to be released"),
+                after: Duration::from_secs(300),
+            });
         }
-        let (volume, next): (api::CsiVolume, u64) =
-            nomad.get_blocking(api::read_csi_volume(id), index, left.min(Duration::from_secs(60))).await.map_err(DeployError::api(format!("reading CSI volume {id}")))?;
+        let (volume, next): (api::CsiVolume, u64) = nomad
+            .get_blocking(api::read_csi_volume(id), index, left.min(Duration::from_secs(60)))
+            .await
+            .map_err(DeployError::api(format!("reading CSI volume {id}")))?;
         index = next;
         if volume.write_allocs.is_empty() && volume.read_allocs.is_empty() {
             return Ok(());

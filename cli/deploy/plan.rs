@@ -152,15 +152,31 @@ impl GroupPlan {
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum Problem {
     /// A job with the stack's ID exists but is not this cluster's.
-    ForeignJob { job: String, owner: Option<String> },
+    ForeignJob {
+        job: String,
+        owner: Option<String>,
+    },
     /// pgnomad's own job was edited outside pgnomad (its content no longer matches the hash
     /// pgnomad stamped on it).
-    ChangedOutside { job: String, check_index: u64 },
-    MissingOperatorKey { job: String, key: String, how: String },
+    ChangedOutside {
+        job: String,
+        check_index: u64,
+    },
+    MissingOperatorKey {
+        job: String,
+        key: String,
+        how: String,
+    },
     /// Some keys of the TLS set exist and others do not; the CA that could sign the rest is gone.
-    IncompleteTlsSet { present: Vec<String>, missing: Vec<String> },
+    IncompleteTlsSet {
+        present: Vec<String>,
+        missing: Vec<String>,
+    },
     /// Two variables hold different values for a key that must be the same in both.
-    InconsistentSecret { key: String, paths: Vec<String> },
+    InconsistentSecret {
+        key: String,
+        paths: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for Problem {
@@ -177,7 +193,13 @@ impl std::fmt::Display for Problem {
 }
 
 /// Plans the stack against the cluster.
-pub async fn plan<N: Transport, C: Transport>(cluster: &Cluster<N, C>, stack: &Stack, packs: &Packs, operator: &OperatorSecrets, scope: &PlanScope) -> Result<Plan, DeployError> {
+pub async fn plan<N: Transport, C: Transport>(
+    cluster: &Cluster<N, C>,
+    stack: &Stack,
+    packs: &Packs,
+    operator: &OperatorSecrets,
+    scope: &PlanScope,
+) -> Result<Plan, DeployError> {
     let artifacts = compile::compile(stack, packs)?;
     let name = stack.cluster.name.value.clone();
     if let Some(only) = &scope.job {

@@ -75,7 +75,13 @@ pub struct DeploymentOutcome {
     pub description: String,
 }
 
-pub async fn run<N: Transport, C: Transport>(cluster: &Cluster<N, C>, stack: &Stack, packs: &Packs, options: &RunOptions, reporter: &dyn Reporter) -> Result<RunSummary, DeployError> {
+pub async fn run<N: Transport, C: Transport>(
+    cluster: &Cluster<N, C>,
+    stack: &Stack,
+    packs: &Packs,
+    options: &RunOptions,
+    reporter: &dyn Reporter,
+) -> Result<RunSummary, DeployError> {
     reporter.step("planning");
     let scope = PlanScope { skip_plan_of_new_jobs: true, ..options.scope.clone() };
     let plan = plan::plan(cluster, stack, packs, &options.operator, &scope).await?;
@@ -84,7 +90,8 @@ pub async fn run<N: Transport, C: Transport>(cluster: &Cluster<N, C>, stack: &St
         let list: Vec<String> = plan.problems.iter().map(|p| format!("  - {p}")).collect();
         return Err(DeployError::Refused(format!("nothing was written, because:\n{}", list.join("\n"))));
     }
-    let mut summary = RunSummary { cluster: plan.cluster.clone(), secrets: Vec::new(), volumes: Vec::new(), jobs: Vec::new(), warnings: Vec::new() };
+    let mut summary =
+        RunSummary { cluster: plan.cluster.clone(), secrets: Vec::new(), volumes: Vec::new(), jobs: Vec::new(), warnings: Vec::new() };
 
     write_secrets(cluster, stack, &plan, &options.operator, reporter, &mut summary).await?;
     create_volumes(cluster, &plan, reporter, &mut summary).await?;
@@ -124,7 +131,11 @@ pub async fn run<N: Transport, C: Transport>(cluster: &Cluster<N, C>, stack: &St
                         allocations,
                     });
                 }
-                outcome.deployment = Some(DeploymentOutcome { id: deployment.id.clone(), status: deployment.status.clone(), description: deployment.status_description.clone() });
+                outcome.deployment = Some(DeploymentOutcome {
+                    id: deployment.id.clone(),
+                    status: deployment.status.clone(),
+                    description: deployment.status_description.clone(),
+                });
             }
             if job_plan.role == JobRole::Postgres {
                 reporter.step("waiting for Consul to show one primary and every member passing");
@@ -137,21 +148,35 @@ pub async fn run<N: Transport, C: Transport>(cluster: &Cluster<N, C>, stack: &St
     Ok(summary)
 }
 
-async fn write_secrets<N: Transport, C: Transport>(cluster: &Cluster<N, C>, stack: &Stack, plan: &Plan, operator: &OperatorSecrets, reporter: &dyn Reporter, summary: &mut RunSummary) -> Result<(), DeployError> {
+async fn write_secrets<N: Transport, C: Transport>(
+    cluster: &Cluster<N, C>,
+    stack: &Stack,
+    plan: &Plan,
+    operator: &OperatorSecrets,
+    reporter: &dyn Reporter,
+    summary: &mut RunSummary,
+) -> Result<(), DeployError> {
     let to_write: Vec<_> = plan.secrets.iter().filter(|s| matches!(s.action, SecretAction::Create | SecretAction::Extend)).collect();
     for external in plan.secrets.iter().filter(|s| s.action == SecretAction::External) {
-        let message = format!("secrets of {} live in Vault at {}; pgnomad does not write Vault — store keys {} there yourself", external.job, external.path, external.keys_to_add.join(", "));
+        let message = format!(
+            "secrets of {} live in Vault at {}; pgnomad does not write Vault — store keys {} there yourself",
+            external.job,
+            external.path,
+            external.keys_to_add.join(", ")
+        );
         reporter.warn(&message);
         summary.warnings.push(message);
     }
     if to_write.is_empty() {
-        summary.secrets = plan.secrets.iter().map(|s| SecretOutcome { path: s.path.clone(), action: s.action, keys_added: Vec::new() }).collect();
+        summary.secrets =
+            plan.secrets.iter().map(|s| SecretOutcome { path: s.path.clone(), action: s.action, keys_added: Vec::new() }).collect();
         return Ok(());
     }
     let (mut pool, _) = plan.existing_secrets.pool(&plan.artifacts.secrets);
     // Operator keys: an existing value wins, then what the operator gave; Patroni's Consul
     // token may be empty (Consul without ACLs).
-    let needs_consul_token = to_write.iter().any(|s| s.keys_to_add.iter().any(|k| k == "consul_token")) && !pool.contains_key("consul_token");
+    let needs_consul_token =
+        to_write.iter().any(|s| s.keys_to_add.iter().any(|k| k == "consul_token")) && !pool.contains_key("consul_token");
     for key in ["s3_key", "s3_key_secret", "consul_token"] {
         if !pool.contains_key(key) {
             if let Some(value) = operator.value(key) {
@@ -200,7 +225,10 @@ async fn write_secrets<N: Transport, C: Transport>(cluster: &Cluster<N, C>, stac
         }
         cluster.nomad.put_variable(&secret.path, &items, Some(secret.modify_index)).await.map_err(|error| {
             if conflicting_variable(&error).is_some() {
-                DeployError::Refused(format!("variable {} changed while pgnomad was writing it; it was not overwritten — run again to add the missing keys", secret.path))
+                DeployError::Refused(format!(
+                    "variable {} changed while pgnomad was writing it; it was not overwritten — run again to add the missing keys",
+                    secret.path
+                ))
             } else {
                 DeployError::Api { what: format!("writing variable {}", secret.path), source: error }
             }
@@ -216,14 +244,26 @@ fn dedup(keys: Vec<crate::compile::SecretKey>) -> Vec<crate::compile::SecretKey>
 }
 
 fn empty_tls() -> TlsSet {
-    TlsSet { ca_crt: String::new(), server_crt: String::new(), server_key: String::new(), client_crt: String::new(), client_key: String::new() }
+    TlsSet {
+        ca_crt: String::new(),
+        server_crt: String::new(),
+        server_key: String::new(),
+        client_crt: String::new(),
+        client_key: String::new(),
+    }
 }
 
-async fn create_volumes<N: Transport, C: Transport>(cluster: &Cluster<N, C>, plan: &Plan, reporter: &dyn Reporter, summary: &mut RunSummary) -> Result<(), DeployError> {
+async fn create_volumes<N: Transport, C: Transport>(
+    cluster: &Cluster<N, C>,
+    plan: &Plan,
+    reporter: &dyn Reporter,
+    summary: &mut RunSummary,
+) -> Result<(), DeployError> {
     for volume_plan in &plan.volumes {
         if volume_plan.action == VolumeAction::Create {
             reporter.step(&format!("creating CSI volume {}", volume_plan.id));
-            let volume = plan.artifacts.volumes.iter().find(|v| v.id.as_deref() == Some(&volume_plan.id)).expect("planned volumes are compiled");
+            let volume =
+                plan.artifacts.volumes.iter().find(|v| v.id.as_deref() == Some(&volume_plan.id)).expect("planned volumes are compiled");
             let body = serde_json::to_value(volume).expect("volumes serialize");
             cluster.nomad.create_csi_volume(&body).await.map_err(DeployError::api(format!("creating CSI volume {}", volume_plan.id)))?;
         }

@@ -29,7 +29,11 @@ pub fn tls_store_path(cluster: &str) -> String {
 
 /// The TLS keys the stack's variables need, in a stable order.
 fn needed_tls_keys(specs: &[SecretSpec]) -> Vec<&'static str> {
-    TLS_KEYS.iter().copied().filter(|k| specs.iter().any(|s| s.provider == "nomad-variables" && s.keys.iter().any(|x| x.key == *k))).collect()
+    TLS_KEYS
+        .iter()
+        .copied()
+        .filter(|k| specs.iter().any(|s| s.provider == "nomad-variables" && s.keys.iter().any(|x| x.key == *k)))
+        .collect()
 }
 
 /// The cluster's variables as they are on the server, by path.
@@ -54,7 +58,10 @@ impl ExistingSecrets {
         } else {
             nomad.read_variable(&store_path).await.map_err(DeployError::api(format!("reading variable {store_path}")))?
         };
-        let listed = nomad.list_variables(&format!("nomad/jobs/{cluster}-")).await.map_err(DeployError::api("listing the cluster's secret variables"))?;
+        let listed = nomad
+            .list_variables(&format!("nomad/jobs/{cluster}-"))
+            .await
+            .map_err(DeployError::api("listing the cluster's secret variables"))?;
         for spec in nomad_specs {
             if !listed.iter().any(|v| v.path == spec.path) {
                 continue;
@@ -97,13 +104,19 @@ impl ExistingSecrets {
 }
 
 /// What each variable needs, from what exists and what the operator gave.
-pub fn secret_plans(cluster: &str, specs: &[SecretSpec], existing: &ExistingSecrets, operator: &OperatorSecrets) -> (Vec<SecretPlan>, Vec<Problem>) {
+pub fn secret_plans(
+    cluster: &str,
+    specs: &[SecretSpec],
+    existing: &ExistingSecrets,
+    operator: &OperatorSecrets,
+) -> (Vec<SecretPlan>, Vec<Problem>) {
     let (pool, mut problems) = existing.pool(specs);
     let mut plans = Vec::new();
     let needed = needed_tls_keys(specs);
     if !needed.is_empty() {
         let store = existing.tls_store.as_ref();
-        let keys_to_add: Vec<String> = needed.iter().filter(|k| store.is_none_or(|v| !v.items.contains_key(**k))).map(|k| k.to_string()).collect();
+        let keys_to_add: Vec<String> =
+            needed.iter().filter(|k| store.is_none_or(|v| !v.items.contains_key(**k))).map(|k| k.to_string()).collect();
         let action = match (store, keys_to_add.is_empty()) {
             (None, _) => SecretAction::Create,
             (Some(_), true) => SecretAction::UpToDate,
@@ -131,7 +144,8 @@ pub fn secret_plans(cluster: &str, specs: &[SecretSpec], existing: &ExistingSecr
             continue;
         }
         let variable = existing.by_path.get(&spec.path);
-        let keys_to_add: Vec<String> = spec.keys.iter().filter(|k| variable.is_none_or(|v| !v.items.contains_key(&k.key))).map(|k| k.key.clone()).collect();
+        let keys_to_add: Vec<String> =
+            spec.keys.iter().filter(|k| variable.is_none_or(|v| !v.items.contains_key(&k.key))).map(|k| k.key.clone()).collect();
         let missing_operator_keys: Vec<String> = spec
             .keys
             .iter()
@@ -140,7 +154,11 @@ pub fn secret_plans(cluster: &str, specs: &[SecretSpec], existing: &ExistingSecr
             .map(|k| k.key.clone())
             .collect();
         for key in &missing_operator_keys {
-            problems.push(Problem::MissingOperatorKey { job: spec.job.clone(), key: key.clone(), how: OperatorSecrets::how_to_provide(key).to_string() });
+            problems.push(Problem::MissingOperatorKey {
+                job: spec.job.clone(),
+                key: key.clone(),
+                how: OperatorSecrets::how_to_provide(key).to_string(),
+            });
         }
         let action = match (variable, keys_to_add.is_empty()) {
             (None, _) => SecretAction::Create,
@@ -164,4 +182,3 @@ pub fn secret_plans(cluster: &str, specs: &[SecretSpec], existing: &ExistingSecr
     }
     (plans, problems)
 }
-

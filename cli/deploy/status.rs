@@ -123,11 +123,18 @@ pub async fn status<N: Transport, C: Transport, P: Transport>(
             continue;
         };
         let owner = Owner::of(&stub.meta, &name);
-        let mut job = JobStatus { id: id.clone(), owner: owner.clone(), status: stub.status.clone(), deployment: None, allocations: Vec::new() };
+        let mut job =
+            JobStatus { id: id.clone(), owner: owner.clone(), status: stub.status.clone(), deployment: None, allocations: Vec::new() };
         // Someone else's job: its name is all pgnomad shows.
         if owner == Owner::Ours && stub.job_type != "batch" {
-            let deployment: Option<Deployment> = nomad.job_latest_deployment(&id).await.map_err(DeployError::api(format!("reading the deployment of {id}")))?;
-            job.deployment = deployment.map(|d| DeploymentSummary { id: d.id, status: d.status, description: d.status_description, groups: d.task_groups });
+            let deployment: Option<Deployment> =
+                nomad.job_latest_deployment(&id).await.map_err(DeployError::api(format!("reading the deployment of {id}")))?;
+            job.deployment = deployment.map(|d| DeploymentSummary {
+                id: d.id,
+                status: d.status,
+                description: d.status_description,
+                groups: d.task_groups,
+            });
             let allocations = nomad.job_allocations(&id).await.map_err(DeployError::api(format!("reading the allocations of {id}")))?;
             job.allocations = allocations.iter().filter(|a| a.desired_status == "run").map(allocation_status).collect();
         }
@@ -182,7 +189,11 @@ pub async fn status<N: Transport, C: Transport, P: Transport>(
             let role = match (from_patroni(&|m| m.role.clone()), &primary_entries) {
                 (Known::Unknown(why), Ok(primaries)) => {
                     let is_primary = primaries.iter().filter(of_member).any(|e| e.is_passing());
-                    if is_primary { Known::Known("leader (from Consul)".to_string()) } else { Known::Unknown(why) }
+                    if is_primary {
+                        Known::Known("leader (from Consul)".to_string())
+                    } else {
+                        Known::Unknown(why)
+                    }
                 }
                 (role, _) => role,
             };
@@ -222,7 +233,10 @@ pub async fn status<N: Transport, C: Transport, P: Transport>(
             let owned = existing.get(&job).is_some_and(|s| s.meta.get(META_CLUSTER) == Some(&name));
             let mut status = BackupStatus { job: job.clone(), last_run: None, last_status: None };
             if owned {
-                let children = nomad.list_jobs(Some(&format!("{job}/periodic-"))).await.map_err(DeployError::api(format!("listing the runs of {job}")))?;
+                let children = nomad
+                    .list_jobs(Some(&format!("{job}/periodic-")))
+                    .await
+                    .map_err(DeployError::api(format!("listing the runs of {job}")))?;
                 if let Some(last) = children.iter().filter(|c| c.id.starts_with(&format!("{job}/"))).max_by_key(|c| c.create_index) {
                     status.last_run = Some(last.id.clone());
                     status.last_status = Some(child_status(last));
@@ -265,7 +279,10 @@ fn child_status(child: &crate::nomad::api::JobListStub) -> String {
 }
 
 /// Asks each `<c>-patroni` instance in turn (passing ones first) until one answers.
-async fn read_patroni<P: Transport>(entries: &[ServiceEntry], patroni_at: &impl Fn(&str) -> Result<P, TransportError>) -> Known<PatroniCluster> {
+async fn read_patroni<P: Transport>(
+    entries: &[ServiceEntry],
+    patroni_at: &impl Fn(&str) -> Result<P, TransportError>,
+) -> Known<PatroniCluster> {
     if entries.is_empty() {
         return Known::Unknown("no instance of the Patroni service is registered in Consul".into());
     }

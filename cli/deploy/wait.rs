@@ -26,7 +26,13 @@ fn remaining(deadline: Instant, what: &str, timeout_from: Instant) -> Result<Dur
 /// Follows the job's deployment until it ends. With `spec_index`, waits for the deployment of
 /// that job version (the register's JobModifyIndex) to appear; without, follows the latest
 /// deployment if it is still running, and returns `None` when the job never had one.
-pub async fn deployment<N: Transport>(nomad: &NomadClient<N>, job: &str, spec_index: Option<u64>, deadline: Instant, reporter: &dyn Reporter) -> Result<Option<Deployment>, DeployError> {
+pub async fn deployment<N: Transport>(
+    nomad: &NomadClient<N>,
+    job: &str,
+    spec_index: Option<u64>,
+    deadline: Instant,
+    reporter: &dyn Reporter,
+) -> Result<Option<Deployment>, DeployError> {
     let started = Instant::now();
     let what = format!("the deployment of {job}");
     let mut index = 0;
@@ -57,7 +63,13 @@ pub async fn deployment<N: Transport>(nomad: &NomadClient<N>, job: &str, spec_in
 /// Consul shows exactly one passing `<c>-primary` and `members` passing `<c>-postgres`. Each
 /// condition is awaited with blocking queries on its own service; once the second holds, the
 /// first is read again, since a failover may have happened in between.
-pub async fn primary_elected<C: Transport>(consul: &ConsulClient<C>, cluster: &str, members: usize, deadline: Instant, reporter: &dyn Reporter) -> Result<(), DeployError> {
+pub async fn primary_elected<C: Transport>(
+    consul: &ConsulClient<C>,
+    cluster: &str,
+    members: usize,
+    deadline: Instant,
+    reporter: &dyn Reporter,
+) -> Result<(), DeployError> {
     let started = Instant::now();
     let what = format!("Consul to show one primary of {cluster} and {members} passing members");
     let primary = names::primary_service(cluster);
@@ -67,8 +79,10 @@ pub async fn primary_elected<C: Transport>(consul: &ConsulClient<C>, cluster: &s
         // One passing primary.
         loop {
             let wait = remaining(deadline, &what, started)?;
-            let (primaries, next) =
-                consul.health_service_blocking(&primary, true, primary_index, wait).await.map_err(DeployError::api(format!("reading Consul service {primary}")))?;
+            let (primaries, next) = consul
+                .health_service_blocking(&primary, true, primary_index, wait)
+                .await
+                .map_err(DeployError::api(format!("reading Consul service {primary}")))?;
             primary_index = next;
             if primaries.len() == 1 {
                 break;
@@ -79,8 +93,10 @@ pub async fn primary_elected<C: Transport>(consul: &ConsulClient<C>, cluster: &s
         let mut postgres_index = 0;
         loop {
             let wait = remaining(deadline, &what, started)?;
-            let (instances, next) =
-                consul.health_service_blocking(&postgres, false, postgres_index, wait).await.map_err(DeployError::api(format!("reading Consul service {postgres}")))?;
+            let (instances, next) = consul
+                .health_service_blocking(&postgres, false, postgres_index, wait)
+                .await
+                .map_err(DeployError::api(format!("reading Consul service {postgres}")))?;
             postgres_index = next;
             let passing = instances.iter().filter(|i| i.is_passing()).count();
             reporter.primary_wait(1, passing, members);
@@ -88,7 +104,8 @@ pub async fn primary_elected<C: Transport>(consul: &ConsulClient<C>, cluster: &s
                 break;
             }
         }
-        let primaries = consul.health_service(&primary, true).await.map_err(DeployError::api(format!("reading Consul service {primary}")))?;
+        let primaries =
+            consul.health_service(&primary, true).await.map_err(DeployError::api(format!("reading Consul service {primary}")))?;
         if primaries.len() == 1 {
             return Ok(());
         }

@@ -287,7 +287,8 @@ impl Dev {
     /// A directory the member processes own.
     fn owned_dir(&self, dir: &Path, mode: u32) -> Result<(), DevError> {
         std::fs::create_dir_all(dir).map_err(|e| DevError::io(format!("create {}", dir.display()), e))?;
-        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(|e| DevError::io(format!("chmod {}", dir.display()), e))?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(|e| DevError::io(format!("chmod {}", dir.display()), e))?;
         self.user.own(dir)
     }
 
@@ -332,7 +333,13 @@ impl Dev {
         }
         self.owned_dir(&root.join("repo"), 0o750)?;
         self.owned_dir(&root.join("tls"), 0o700)?;
-        let tls = [("ca.crt", "tls_ca_crt"), ("server.crt", "tls_server_crt"), ("server.key", "tls_server_key"), ("client.crt", "tls_client_crt"), ("client.key", "tls_client_key")];
+        let tls = [
+            ("ca.crt", "tls_ca_crt"),
+            ("server.crt", "tls_server_crt"),
+            ("server.key", "tls_server_key"),
+            ("client.crt", "tls_client_crt"),
+            ("client.key", "tls_client_key"),
+        ];
         for (file, key) in tls {
             if let Some(value) = self.secrets.get(key) {
                 self.owned_file(&root.join("tls").join(file), value)?;
@@ -341,7 +348,8 @@ impl Dev {
         // The caller's own logins through PgBouncer (`dev psql`, the admin console).
         let client = root.join("client");
         std::fs::create_dir_all(&client).map_err(|e| DevError::io(format!("create {}", client.display()), e))?;
-        std::fs::set_permissions(&client, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(|e| DevError::io(format!("chmod {}", client.display()), e))?;
+        std::fs::set_permissions(&client, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| DevError::io(format!("chmod {}", client.display()), e))?;
         let (host, port) = (self.host(), self.recorded.ports.pgbouncer);
         let mut pgpass = String::new();
         for user in &self.facts.users {
@@ -429,7 +437,10 @@ impl Dev {
 /// replica streams and PgBouncer lets the application user in.
 pub fn up(stack: Stack, stack_file: &Path, state_dir: &Path, timeout: Duration, reporter: &dyn Reporter) -> Result<Dev, DevError> {
     let mut missing = missing_packages(stack.postgres.version.value);
-    if matches!(stack.patroni.dcs, crate::stack::Dcs::Consul) && process::find_program("consul").is_some() && !Path::new(process::PYTHON_CONSUL.0).exists() {
+    if matches!(stack.patroni.dcs, crate::stack::Dcs::Consul)
+        && process::find_program("consul").is_some()
+        && !Path::new(process::PYTHON_CONSUL.0).exists()
+    {
         missing.push(("Patroni's Consul support (python3 module consul)".into(), process::PYTHON_CONSUL.1.into()));
     }
     if !missing.is_empty() {
@@ -534,7 +545,10 @@ pub fn wait_ready(dev: &Dev, timeout: Duration, reporter: &dyn Reporter) -> Resu
             None => return Ok(()),
             Some(what) => {
                 if started.elapsed() > Duration::from_secs(3) && dev.state.supervisor_pid().is_none() {
-                    return Err(DevError::SupervisorGone { log: dev.state.supervisor_log(), tail: log_tail(&dev.state.supervisor_log(), 20) });
+                    return Err(DevError::SupervisorGone {
+                        log: dev.state.supervisor_log(),
+                        tail: log_tail(&dev.state.supervisor_log(), 20),
+                    });
                 }
                 if started.elapsed() > timeout {
                     return Err(DevError::Timeout { what, seconds: timeout.as_secs(), state: dev.state.root.clone() });
@@ -589,7 +603,11 @@ pub fn down(state_dir: &Path, reporter: &dyn Reporter) -> Result<(), DevError> {
     }
     let _ = std::fs::remove_file(state.stop_file());
     let still: Vec<u32> = left.into_iter().filter(|&p| process::alive(p)).collect();
-    if still.is_empty() { Ok(()) } else { Err(DevError::Failed(format!("processes {still:?} did not stop"))) }
+    if still.is_empty() {
+        Ok(())
+    } else {
+        Err(DevError::Failed(format!("processes {still:?} did not stop")))
+    }
 }
 
 /// `down`, then the state directory goes: data, backups, secrets.
@@ -700,13 +718,17 @@ pub fn switchover(dev: &Dev, pause: bool, candidate: Option<&str>, reporter: &dy
     // Patroni refuses a switchover in synchronous mode until it has named a sync standby
     // (a loop after the previous switchover).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while needs_sync_standby(dev) && !cluster(dev).is_some_and(|c| c.members.iter().any(|m| m.role == "sync_standby")) && Instant::now() < deadline {
+    while needs_sync_standby(dev)
+        && !cluster(dev).is_some_and(|c| c.members.iter().any(|m| m.role == "sync_standby"))
+        && Instant::now() < deadline
+    {
         reporter.progress("waiting for a synchronous standby");
         std::thread::sleep(Duration::from_millis(100));
     }
     let cluster = cluster(dev).ok_or_else(|| DevError::Failed("no member's REST API answers: is the stack up?".into()))?;
     let leader = cluster.leader().ok_or_else(|| DevError::Failed("the cluster has no leader now".into()))?.name.clone();
-    let leader_index = dev.member_index(&leader).ok_or_else(|| DevError::Failed(format!("leader {leader} is not a member of this stack")))?;
+    let leader_index =
+        dev.member_index(&leader).ok_or_else(|| DevError::Failed(format!("leader {leader} is not a member of this stack")))?;
     let started = Instant::now();
     let pause = pause && dev.facts.pgbouncer.enabled;
     if pause {
@@ -719,8 +741,9 @@ pub fn switchover(dev: &Dev, pause: bool, candidate: Option<&str>, reporter: &dy
             Some(c) => serde_json::json!({ "leader": leader, "candidate": c }),
             None => serde_json::json!({ "leader": leader }),
         };
-        let (code, text) = patroni::request(&dev.rest_address(leader_index), "POST", "/switchover", Some(&body.to_string()), Duration::from_secs(60))
-            .map_err(|e| DevError::io("POST /switchover", e))?;
+        let (code, text) =
+            patroni::request(&dev.rest_address(leader_index), "POST", "/switchover", Some(&body.to_string()), Duration::from_secs(60))
+                .map_err(|e| DevError::io("POST /switchover", e))?;
         if code != 200 {
             return Err(DevError::Failed(format!("Patroni refused the switchover ({code}): {}", text.trim())));
         }
@@ -753,9 +776,14 @@ pub fn backup(dev: &Dev, kind: &str) -> Result<String, DevError> {
         return Err(DevError::Failed(format!("no backup kind `{kind}`: full, diff or incr")));
     }
     let script = dev.state.config_dir(&format!("backup-{kind}")).join("backup.sh");
-    let out = dev.user.command("bash").arg(&script).arg(kind).stdin(Stdio::null()).output().map_err(|e| DevError::io("run backup.sh", e))?;
+    let out =
+        dev.user.command("bash").arg(&script).arg(kind).stdin(Stdio::null()).output().map_err(|e| DevError::io("run backup.sh", e))?;
     let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if out.status.success() { Ok(log) } else { Err(DevError::Failed(format!("backup.sh {kind} failed:\n{}", log.trim_end()))) }
+    if out.status.success() {
+        Ok(log)
+    } else {
+        Err(DevError::Failed(format!("backup.sh {kind} failed:\n{}", log.trim_end())))
+    }
 }
 
 #[cfg(test)]

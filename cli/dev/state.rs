@@ -127,7 +127,11 @@ impl StateDir {
     }
 
     pub fn read_secrets(&self) -> Result<BTreeMap<String, String>, DevError> {
-        if self.secrets_file().is_file() { read_json(&self.secrets_file()) } else { Ok(BTreeMap::new()) }
+        if self.secrets_file().is_file() {
+            read_json(&self.secrets_file())
+        } else {
+            Ok(BTreeMap::new())
+        }
     }
 
     pub fn write_secrets(&self, secrets: &BTreeMap<String, String>) -> Result<(), DevError> {

@@ -40,7 +40,12 @@ pub fn run(state_dir: &Path, reporter: &dyn Reporter) -> Result<(), DevError> {
     for (i, member) in dev.facts.members.iter().enumerate() {
         supervised.push(Supervised { name: member.name.clone(), kind: Kind::Patroni(i), child: None, restart_at: None });
         if dev.facts.backup.enabled {
-            supervised.push(Supervised { name: format!("{}-pgbackrest", member.name), kind: Kind::PgBackRestServer(i), child: None, restart_at: None });
+            supervised.push(Supervised {
+                name: format!("{}-pgbackrest", member.name),
+                kind: Kind::PgBackRestServer(i),
+                child: None,
+                restart_at: None,
+            });
         }
     }
     if dev.facts.pgbouncer.enabled {
@@ -168,7 +173,9 @@ fn command(dev: &Dev, kind: Kind, primary: u32) -> (Command, PathBuf) {
         Kind::PgBackRestServer(i) => {
             let name = &dev.facts.members[i].name;
             let mut cmd = dev.user.command(process::program("pgbackrest"));
-            cmd.arg(format!("--config={}", dev.state.config_dir(name).join("pgbackrest.conf").display())).arg("server").env("HOME", root.join(name));
+            cmd.arg(format!("--config={}", dev.state.config_dir(name).join("pgbackrest.conf").display()))
+                .arg("server")
+                .env("HOME", root.join(name));
             (cmd, dev.state.log_dir(name).join("pgbackrest-server.log"))
         }
         Kind::PgBouncer => {

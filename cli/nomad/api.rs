@@ -55,8 +55,7 @@ pub fn register_job(job: &Value, options: RegisterOptions) -> Request {
 
 /// `PUT /v1/job/:id/plan` asking for the diff.
 pub fn plan_job(job: &Value) -> Request {
-    Request::new(Method::Put, format!("{}/plan", job_path(job_id_of(job))))
-        .with_body(json!({ "Job": job, "Diff": true }))
+    Request::new(Method::Put, format!("{}/plan", job_path(job_id_of(job)))).with_body(json!({ "Job": job, "Diff": true }))
 }
 
 pub fn read_job(job_id: &str) -> Request {
@@ -154,8 +153,7 @@ pub fn promote_deployment(deployment_id: &str, groups: &[String]) -> Request {
 /// `volume` is a `CSIVolume` object with at least `ID`, `Name`, `PluginID` and capabilities.
 pub fn create_csi_volume(volume: &Value) -> Request {
     let id = volume.get("ID").and_then(Value::as_str).unwrap_or_default();
-    Request::new(Method::Put, format!("/v1/volume/csi/{}/create", encode_segment(id)))
-        .with_body(json!({ "Volumes": [volume] }))
+    Request::new(Method::Put, format!("/v1/volume/csi/{}/create", encode_segment(id))).with_body(json!({ "Volumes": [volume] }))
 }
 
 pub fn read_csi_volume(volume_id: &str) -> Request {
@@ -187,8 +185,7 @@ pub fn read_variable(path: &str) -> Request {
 /// `PUT /v1/var/:path`; with `cas = Some(0)` only creates, with `Some(n)` only replaces
 /// modify index `n`. A conflict is a 409 carrying the current variable.
 pub fn put_variable(path: &str, items: &BTreeMap<String, String>, cas: Option<u64>) -> Request {
-    let request = Request::new(Method::Put, format!("/v1/var/{}", encode_path(path)))
-        .with_body(json!({ "Path": path, "Items": items }));
+    let request = Request::new(Method::Put, format!("/v1/var/{}", encode_path(path))).with_body(json!({ "Path": path, "Items": items }));
     match cas {
         Some(index) => request.with_query("cas", index.to_string()),
         None => request,

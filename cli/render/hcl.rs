@@ -69,8 +69,19 @@ fn skipped(field: &str) -> bool {
 }
 
 const DURATIONS: &[&str] = &[
-    "Interval", "Timeout", "Delay", "MaxDelay", "KillTimeout", "MinHealthyTime", "HealthyDeadline",
-    "ProgressDeadline", "ShutdownDelay", "Splay", "Grace", "Min", "Max",
+    "Interval",
+    "Timeout",
+    "Delay",
+    "MaxDelay",
+    "KillTimeout",
+    "MinHealthyTime",
+    "HealthyDeadline",
+    "ProgressDeadline",
+    "ShutdownDelay",
+    "Splay",
+    "Grace",
+    "Min",
+    "Max",
 ];
 
 /// Map-valued fields written as a block of attributes (`meta { … }`, `env { … }`) or, for
@@ -232,7 +243,7 @@ pub fn go_duration(nanos: u64) -> String {
     if nanos == 0 {
         return "0s".into();
     }
-    if nanos % 1_000_000_000 != 0 {
+    if !nanos.is_multiple_of(1_000_000_000) {
         return format!("{}ms", nanos / 1_000_000);
     }
     let mut seconds = nanos / 1_000_000_000;

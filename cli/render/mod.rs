@@ -83,7 +83,10 @@ pub fn files(artifacts: &Artifacts, format: Format) -> Vec<OutputFile> {
             AclSystem::Consul => "consul",
             AclSystem::Nomad => "nomad",
         };
-        let text = format!("# {}\n# Apply with: {system} acl policy create -name {} -rules @{}.{system}.hcl\n\n{}", policy.description, policy.name, policy.name, policy.rules);
+        let text = format!(
+            "# {}\n# Apply with: {system} acl policy create -name {} -rules @{}.{system}.hcl\n\n{}",
+            policy.description, policy.name, policy.name, policy.rules
+        );
         out.push(OutputFile { path: format!("acl/{}.{system}.hcl", policy.name), text });
     }
     out.push(OutputFile { path: "secrets.json".into(), text: pretty(&json!({ "secrets": artifacts.secrets })) });
@@ -102,7 +105,12 @@ pub fn volume_hcl(volume: &CsiVolume) -> String {
     let _ = writeln!(out, "capacity_min = {}", hcl::quote(&human_size(volume.requested_capacity_min.unwrap_or_default())));
     let _ = writeln!(out, "capacity_max = {}", hcl::quote(&human_size(volume.requested_capacity_max.unwrap_or_default())));
     for capability in volume.requested_capabilities.iter().flatten() {
-        let _ = writeln!(out, "\ncapability {{\n  access_mode     = {}\n  attachment_mode = {}\n}}", q(&capability.access_mode), q(&capability.attachment_mode));
+        let _ = writeln!(
+            out,
+            "\ncapability {{\n  access_mode     = {}\n  attachment_mode = {}\n}}",
+            q(&capability.access_mode),
+            q(&capability.attachment_mode)
+        );
     }
     if let Some(options) = &volume.mount_options {
         let flags = options.mount_flags.iter().flatten().map(|f| hcl::quote(f)).collect::<Vec<_>>().join(", ");

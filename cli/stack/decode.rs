@@ -1,11 +1,11 @@
 //! From the syntax tree to the typed stack, filling in defaults.
 
 use super::defaults;
-use super::validate;
 use super::diagnostic::Diagnostic;
 use super::model::*;
 use super::reader::Reader;
 use super::syntax::{ByteSpan, Spanned};
+use super::validate;
 
 pub fn decode(root: &Reader<'_>) -> Option<Stack> {
     let clusters = root.labelled_blocks("cluster");
@@ -53,7 +53,11 @@ pub fn decode(root: &Reader<'_>) -> Option<Stack> {
     for (_, reader) in &clusters {
         reader.finish();
     }
-    for reader in [&postgres_reader, &patroni_reader, &pgbouncer_reader, &pgadmin_reader, &backup_reader, &monitoring_reader, &secrets_reader].into_iter().flatten() {
+    for reader in
+        [&postgres_reader, &patroni_reader, &pgbouncer_reader, &pgadmin_reader, &backup_reader, &monitoring_reader, &secrets_reader]
+            .into_iter()
+            .flatten()
+    {
         reader.finish();
     }
     root.finish();
@@ -87,9 +91,7 @@ fn port_or(reader: Option<&Reader<'_>>, name: &'static str, default: u16) -> Spa
 }
 
 fn string_or(reader: Option<&Reader<'_>>, name: &'static str, default: &str) -> Spanned<String> {
-    reader
-        .and_then(|r| r.string(name))
-        .unwrap_or_else(|| Spanned::new(default.to_owned(), at(reader)))
+    reader.and_then(|r| r.string(name)).unwrap_or_else(|| Spanned::new(default.to_owned(), at(reader)))
 }
 
 fn bool_or(reader: Option<&Reader<'_>>, name: &'static str, default: bool) -> bool {
@@ -97,9 +99,7 @@ fn bool_or(reader: Option<&Reader<'_>>, name: &'static str, default: bool) -> bo
 }
 
 fn choice_or(reader: Option<&Reader<'_>>, name: &'static str, choices: &[&'static str], default: &'static str) -> Spanned<&'static str> {
-    reader
-        .and_then(|r| r.choice(name, choices))
-        .unwrap_or_else(|| Spanned::new(default, at(reader)))
+    reader.and_then(|r| r.choice(name, choices)).unwrap_or_else(|| Spanned::new(default, at(reader)))
 }
 
 fn strings(list: Option<Vec<Spanned<String>>>) -> Option<Vec<String>> {
@@ -142,9 +142,7 @@ fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
                         .with_help("remove it (the docker driver runs the binaries inside `image`), or set driver = \"exec\""),
                 );
             }
-            Driver::Docker {
-                image: image.map_or_else(|| format!("{}:{}", defaults::POSTGRES_IMAGE_REPO, version.value), |i| i.value),
-            }
+            Driver::Docker { image: image.map_or_else(|| format!("{}:{}", defaults::POSTGRES_IMAGE_REPO, version.value), |i| i.value) }
         }
         exec => {
             if let Some(image) = &image {
@@ -154,7 +152,11 @@ fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
                 );
             }
             let bin_dir = bin_dir.map_or(default_bin_dir, |b| b.value);
-            if exec == "exec" { Driver::Exec { bin_dir } } else { Driver::RawExec { bin_dir } }
+            if exec == "exec" {
+                Driver::Exec { bin_dir }
+            } else {
+                Driver::RawExec { bin_dir }
+            }
         }
     };
     let parameters = reader.and_then(|r| r.scalar_map("parameters")).unwrap_or_default();
@@ -229,10 +231,8 @@ fn patroni(reader: Option<&Reader<'_>>, _postgres: &Postgres) -> Patroni {
         "etcd3" => match hosts {
             Some(hosts) if !hosts.is_empty() => {
                 for host in &hosts {
-                    let valid = host
-                        .value
-                        .rsplit_once(':')
-                        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+                    let valid =
+                        host.value.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
                     if !valid {
                         reader.unwrap().error(
                             Diagnostic::error(host.span.clone(), format!("etcd host \"{}\" is not host:port", host.value))
@@ -274,19 +274,17 @@ fn patroni(reader: Option<&Reader<'_>>, _postgres: &Postgres) -> Patroni {
             Some(seconds) => Some(Spanned::new(seconds, text.span)),
             None => {
                 reader.unwrap().error(
-                    Diagnostic::error(text.span, format!("`consul_session_ttl_min` must be a duration such as \"10s\", found \"{}\"", text.value))
-                        .with_help("write whole seconds, minutes or hours with no space: \"5s\", \"1m\", \"1h\""),
+                    Diagnostic::error(
+                        text.span,
+                        format!("`consul_session_ttl_min` must be a duration such as \"10s\", found \"{}\"", text.value),
+                    )
+                    .with_help("write whole seconds, minutes or hours with no space: \"5s\", \"1m\", \"1h\""),
                 );
                 None
             }
         })
         .unwrap_or_else(|| Spanned::new(defaults::CONSUL_SESSION_TTL_MIN_SECS, at(reader)));
-    let tags = reader
-        .and_then(|r| r.scalar_map("tags"))
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, (_, v))| (k, v.value))
-        .collect();
+    let tags = reader.and_then(|r| r.scalar_map("tags")).unwrap_or_default().into_iter().map(|(k, (_, v))| (k, v.value)).collect();
     Patroni {
         dcs,
         dcs_span: dcs_choice.span,
@@ -358,9 +356,7 @@ fn size_or(reader: Option<&Reader<'_>>, name: &'static str, default: u64) -> Spa
 fn storage(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Storage {
     let kind = choice_or(reader, "type", &["csi", "host"], "csi");
     let storage = match kind.value {
-        "host" => Storage::Host {
-            volume_prefix: string_or(reader, "volume_prefix", &format!("{}-member-", cluster.name.value)).value,
-        },
+        "host" => Storage::Host { volume_prefix: string_or(reader, "volume_prefix", &format!("{}-member-", cluster.name.value)).value },
         _ => Storage::Csi(CsiStorage {
             plugin_id: string_or(reader, "plugin_id", defaults::CSI_PLUGIN_ID).value,
             capacity_min: size_or(reader, "capacity_min", 10 << 30),
@@ -380,7 +376,10 @@ fn storage(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Storage {
     };
     if let Some(reader) = reader {
         // Keys of the other storage type are unknown here on purpose, so a mix is reported.
-        reader.finish_for(match kind.value { "host" => &["plugin_id", "capacity_min", "capacity_max", "access_mode", "attachment_mode", "fs_type", "mount_flags"], _ => &["volume_prefix"] });
+        reader.finish_for(match kind.value {
+            "host" => &["plugin_id", "capacity_min", "capacity_max", "access_mode", "attachment_mode", "fs_type", "mount_flags"],
+            _ => &["volume_prefix"],
+        });
     }
     storage
 }
@@ -501,8 +500,11 @@ fn s3_endpoint(reader: Option<&Reader<'_>>, text: Spanned<String>) -> (String, O
     if value.starts_with("http://") {
         if let Some(r) = reader {
             r.error(
-                Diagnostic::error(text.span.clone(), format!("S3 endpoint \"{value}\" uses http, but pgBackRest reaches S3 over HTTPS only"))
-                    .with_help("serve the store over TLS and write host[:port]; for a self-signed certificate also set verify_tls = false"),
+                Diagnostic::error(
+                    text.span.clone(),
+                    format!("S3 endpoint \"{value}\" uses http, but pgBackRest reaches S3 over HTTPS only"),
+                )
+                .with_help("serve the store over TLS and write host[:port]; for a self-signed certificate also set verify_tls = false"),
             );
         }
     }
@@ -512,7 +514,10 @@ fn s3_endpoint(reader: Option<&Reader<'_>>, text: Spanned<String>) -> (String, O
             Ok(port) if port > 0 => (host.to_owned(), Some(port)),
             _ => {
                 if let Some(r) = reader {
-                    r.error(Diagnostic::error(text.span.clone(), format!("S3 endpoint \"{value}\" has no valid port after ':'")).with_help("write host or host:port, e.g. \"minio.service.consul:9000\""));
+                    r.error(
+                        Diagnostic::error(text.span.clone(), format!("S3 endpoint \"{value}\" has no valid port after ':'"))
+                            .with_help("write host or host:port, e.g. \"minio.service.consul:9000\""),
+                    );
                 }
                 (host.to_owned(), None)
             }
@@ -522,10 +527,7 @@ fn s3_endpoint(reader: Option<&Reader<'_>>, text: Spanned<String>) -> (String, O
 }
 
 fn monitoring(reader: Option<&Reader<'_>>) -> Monitoring {
-    Monitoring {
-        postgres_exporter: bool_or(reader, "postgres_exporter", true),
-        port: port_or(reader, "port", defaults::EXPORTER_PORT),
-    }
+    Monitoring { postgres_exporter: bool_or(reader, "postgres_exporter", true), port: port_or(reader, "port", defaults::EXPORTER_PORT) }
 }
 
 fn secrets(reader: Option<&Reader<'_>>) -> Secrets {
@@ -538,7 +540,6 @@ fn secrets(reader: Option<&Reader<'_>>) -> Secrets {
         _ => Secrets::NomadVariables,
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -40,10 +40,16 @@ pub struct Constraint {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Driver {
     /// The pgnomad image (Postgres, Patroni, pgBackRest, PgBouncer, postgres_exporter).
-    Docker { image: String },
+    Docker {
+        image: String,
+    },
     /// Packages installed on the hosts; `bin_dir` holds postgres, pg_ctl, …
-    Exec { bin_dir: String },
-    RawExec { bin_dir: String },
+    Exec {
+        bin_dir: String,
+    },
+    RawExec {
+        bin_dir: String,
+    },
 }
 
 impl Driver {
@@ -91,7 +97,9 @@ pub struct Postgres {
 pub enum Dcs {
     /// Consul's agent on the node the member runs on.
     Consul,
-    Etcd3 { hosts: Vec<String> },
+    Etcd3 {
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -113,7 +121,9 @@ pub struct Patroni {
 pub enum Storage {
     Csi(CsiStorage),
     /// Nomad host volumes named `<prefix><index>`, one per member, created by the operator.
-    Host { volume_prefix: String },
+    Host {
+        volume_prefix: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

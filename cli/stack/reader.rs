@@ -23,11 +23,7 @@ impl<'a> Reader<'a> {
     }
 
     fn child(&self, block: &'a Block) -> Reader<'a> {
-        let context = if self.context.is_empty() {
-            block.ident.value.clone()
-        } else {
-            format!("{}.{}", self.context, block.ident.value)
-        };
+        let context = if self.context.is_empty() { block.ident.value.clone() } else { format!("{}.{}", self.context, block.ident.value) };
         Reader { context, body: &block.body, span: block.ident.span.clone(), known: RefCell::default(), diagnostics: self.diagnostics }
     }
 
@@ -49,8 +45,7 @@ impl<'a> Reader<'a> {
         let first = found.next()?;
         if let Some(again) = found.next() {
             self.error(
-                Diagnostic::error(again.key.span.clone(), format!("`{name}` is set twice {}", self.where_()))
-                    .with_help("keep one of them"),
+                Diagnostic::error(again.key.span.clone(), format!("`{name}` is set twice {}", self.where_())).with_help("keep one of them"),
             );
         }
         Some(&first.value)
@@ -111,10 +106,8 @@ impl<'a> Reader<'a> {
             Some(choice) => Some(Spanned::new(*choice, text.span)),
             None => {
                 let list = choices.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
-                let mut diagnostic = Diagnostic::error(
-                    text.span,
-                    format!("`{name}` {} must be one of {list}, found \"{}\"", self.where_(), text.value),
-                );
+                let mut diagnostic =
+                    Diagnostic::error(text.span, format!("`{name}` {} must be one of {list}, found \"{}\"", self.where_(), text.value));
                 if let Some(close) = did_you_mean(&text.value, choices.iter().copied()) {
                     diagnostic = diagnostic.with_help(format!("did you mean \"{close}\"?"));
                 }
@@ -134,10 +127,13 @@ impl<'a> Reader<'a> {
         for item in items {
             match &item.value {
                 Value::String(text) => out.push(Spanned::new(text.clone(), item.span.clone())),
-                _ => self.error(Diagnostic::error(
-                    item.span.clone(),
-                    format!("items of `{name}` {} must be strings, found {}", self.where_(), item.value.kind()),
-                ).with_help("write each item in double quotes, as in [\"a\", \"b\"]")),
+                _ => self.error(
+                    Diagnostic::error(
+                        item.span.clone(),
+                        format!("items of `{name}` {} must be strings, found {}", self.where_(), item.value.kind()),
+                    )
+                    .with_help("write each item in double quotes, as in [\"a\", \"b\"]"),
+                ),
             }
         }
         Some(out)
@@ -238,8 +234,7 @@ impl<'a> Reader<'a> {
             if known.contains(&name.value.as_str()) {
                 continue;
             }
-            let mut diagnostic =
-                Diagnostic::error(name.span.clone(), format!("unknown {what} `{}` {}", name.value, self.where_()));
+            let mut diagnostic = Diagnostic::error(name.span.clone(), format!("unknown {what} `{}` {}", name.value, self.where_()));
             diagnostic = match did_you_mean(&name.value, known.iter().copied()) {
                 Some(close) => diagnostic.with_help(format!("did you mean `{close}`?")),
                 None => diagnostic.with_help(format!("known here: {}", known.join(", "))),

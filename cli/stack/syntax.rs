@@ -152,22 +152,15 @@ fn convert_expr(expr: &Expression, diagnostics: &mut Vec<Diagnostic>) -> Option<
                 None => Value::Float(number.as_f64().unwrap_or(f64::NAN)),
             }
         }
-        Expression::Array(array) => {
-            Value::List(array.iter().filter_map(|item| convert_expr(item, diagnostics)).collect())
-        }
+        Expression::Array(array) => Value::List(array.iter().filter_map(|item| convert_expr(item, diagnostics)).collect()),
         Expression::Object(object) => {
             let mut entries = Vec::new();
             for (key, value) in object.iter() {
                 let key = match key {
                     ObjectKey::Ident(ident) => Spanned::new(ident.as_str().to_owned(), span_of(ident)),
-                    ObjectKey::Expression(Expression::String(string)) => {
-                        Spanned::new(string.value().clone(), span_of(string))
-                    }
+                    ObjectKey::Expression(Expression::String(string)) => Spanned::new(string.value().clone(), span_of(string)),
                     ObjectKey::Expression(other) => {
-                        diagnostics.push(Diagnostic::error(
-                            span_of(other),
-                            "object keys must be names or quoted strings",
-                        ));
+                        diagnostics.push(Diagnostic::error(span_of(other), "object keys must be names or quoted strings"));
                         continue;
                     }
                 };
@@ -186,10 +179,7 @@ fn convert_expr(expr: &Expression, diagnostics: &mut Vec<Diagnostic>) -> Option<
             None => return not_literal(span, diagnostics),
         },
         Expression::Null(_) => {
-            diagnostics.push(
-                Diagnostic::error(span, "`null` is not a value here")
-                    .with_help("leave the setting out to get its default"),
-            );
+            diagnostics.push(Diagnostic::error(span, "`null` is not a value here").with_help("leave the setting out to get its default"));
             return None;
         }
         Expression::Parenthesis(inner) => return convert_expr(inner.inner(), diagnostics),

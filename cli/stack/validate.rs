@@ -46,15 +46,15 @@ pub fn validate(stack: &Stack) -> Vec<Diagnostic> {
 fn cluster(stack: &Stack, out: &mut Vec<Diagnostic>) {
     let name = &stack.cluster.name;
     if let Err(problem) = dns_label(&name.value, MAX_CLUSTER_NAME) {
-        out.push(
-            Diagnostic::error(name.span.clone(), format!("cluster name \"{}\" {problem}", name.value)).with_help(format!(
-                "the name prefixes every Nomad job ID and Consul service name: use lowercase letters, digits and dashes, \
+        out.push(Diagnostic::error(name.span.clone(), format!("cluster name \"{}\" {problem}", name.value)).with_help(format!(
+            "the name prefixes every Nomad job ID and Consul service name: use lowercase letters, digits and dashes, \
                  start with a letter, at most {MAX_CLUSTER_NAME} characters"
-            )),
-        );
+        )));
     }
     if stack.cluster.datacenters.is_empty() {
-        out.push(Diagnostic::error(name.span.clone(), "`datacenters` in `cluster` is empty").with_help("list at least one, e.g. [\"dc1\"]"));
+        out.push(
+            Diagnostic::error(name.span.clone(), "`datacenters` in `cluster` is empty").with_help("list at least one, e.g. [\"dc1\"]"),
+        );
     }
 }
 
@@ -138,7 +138,10 @@ fn postgres(stack: &Stack, out: &mut Vec<Diagnostic>) {
             );
         }
         if users.insert(&user.value, &user.span).is_some() {
-            out.push(Diagnostic::error(user.span.clone(), format!("user \"{}\" is listed twice", user.value)).with_help("remove the repeated name"));
+            out.push(
+                Diagnostic::error(user.span.clone(), format!("user \"{}\" is listed twice", user.value))
+                    .with_help("remove the repeated name"),
+            );
         }
     }
     let mut databases: BTreeMap<&str, ()> = BTreeMap::new();
@@ -170,7 +173,10 @@ fn patroni(stack: &Stack, out: &mut Vec<Diagnostic>) {
         out.push(
             Diagnostic::error(
                 p.ttl.span.clone(),
-                format!("Patroni needs loop_wait + 2 × retry_timeout ≤ ttl, but {loop_wait} + 2 × {retry} = {} > {ttl}", loop_wait + 2 * retry),
+                format!(
+                    "Patroni needs loop_wait + 2 × retry_timeout ≤ ttl, but {loop_wait} + 2 × {retry} = {} > {ttl}",
+                    loop_wait + 2 * retry
+                ),
             )
             .with_help(format!("raise `ttl` to at least {} or lower `loop_wait` / `retry_timeout`", loop_wait + 2 * retry)),
         );
@@ -266,8 +272,13 @@ fn backup(stack: &Stack, out: &mut Vec<Diagnostic>) {
         if !bucket.value.is_empty() {
             if let Err(problem) = s3_bucket(&bucket.value) {
                 out.push(
-                    Diagnostic::error(bucket.span.clone(), format!("bucket name \"{}\" is not a valid S3 bucket name: it {problem}", bucket.value))
-                        .with_help("S3 bucket names have 3 to 63 lowercase letters, digits, dots and dashes, and start and end with a letter or digit"),
+                    Diagnostic::error(
+                        bucket.span.clone(),
+                        format!("bucket name \"{}\" is not a valid S3 bucket name: it {problem}", bucket.value),
+                    )
+                    .with_help(
+                        "S3 bucket names have 3 to 63 lowercase letters, digits, dots and dashes, and start and end with a letter or digit",
+                    ),
                 );
             }
         }
@@ -275,8 +286,11 @@ fn backup(stack: &Stack, out: &mut Vec<Diagnostic>) {
     for schedule in &b.schedules {
         if let Err(problem) = check_cron(&schedule.cron.value) {
             out.push(
-                Diagnostic::error(schedule.cron.span.clone(), format!("`{}` schedule \"{}\" is not a valid cron expression: {problem}", schedule.kind.name(), schedule.cron.value))
-                    .with_help("five fields: minute hour day-of-month month day-of-week, e.g. \"0 1 * * 0\"; or \"off\""),
+                Diagnostic::error(
+                    schedule.cron.span.clone(),
+                    format!("`{}` schedule \"{}\" is not a valid cron expression: {problem}", schedule.kind.name(), schedule.cron.value),
+                )
+                .with_help("five fields: minute hour day-of-month month day-of-week, e.g. \"0 1 * * 0\"; or \"off\""),
             );
         }
     }
@@ -396,7 +410,9 @@ impl CronField {
             }
         }
         let names = match self.names.first() {
-            Some(_) => format!(" or {}-{}", self.names[0][..3].to_ascii_uppercase(), self.names[self.names.len() - 1][..3].to_ascii_uppercase()),
+            Some(_) => {
+                format!(" or {}-{}", self.names[0][..3].to_ascii_uppercase(), self.names[self.names.len() - 1][..3].to_ascii_uppercase())
+            }
             None => String::new(),
         };
         Err(format!("`{text}` is not a {} ({range}{names})", self.name))

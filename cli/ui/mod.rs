@@ -80,16 +80,30 @@ impl Reporter for TerminalReporter {
                 for (group, state) in &deployment.task_groups {
                     let bar = group_bars.entry((job.to_string(), group.clone())).or_insert_with(|| {
                         let bar = bars.add(ProgressBar::new(state.desired_total.max(1)));
-                        bar.set_style(ProgressStyle::with_template("  {prefix:>24} [{bar:20}] {msg}").expect("a valid template").progress_chars("=> "));
+                        bar.set_style(
+                            ProgressStyle::with_template("  {prefix:>24} [{bar:20}] {msg}")
+                                .expect("a valid template")
+                                .progress_chars("=> "),
+                        );
                         bar.set_prefix(format!("{job}/{group}"));
                         bar.enable_steady_tick(Duration::from_millis(200));
                         bar
                     });
                     bar.set_length(state.desired_total.max(1));
                     bar.set_position(state.healthy_allocs);
-                    bar.set_message(group_message(group, state.placed_allocs, state.desired_total, state.healthy_allocs, state.unhealthy_allocs));
+                    bar.set_message(group_message(
+                        group,
+                        state.placed_allocs,
+                        state.desired_total,
+                        state.healthy_allocs,
+                        state.unhealthy_allocs,
+                    ));
                     if deployment.is_terminal() {
-                        bar.finish_with_message(format!("{} — deployment {}", group_message(group, state.placed_allocs, state.desired_total, state.healthy_allocs, state.unhealthy_allocs), deployment.status));
+                        bar.finish_with_message(format!(
+                            "{} — deployment {}",
+                            group_message(group, state.placed_allocs, state.desired_total, state.healthy_allocs, state.unhealthy_allocs),
+                            deployment.status
+                        ));
                     }
                 }
             }
@@ -97,7 +111,10 @@ impl Reporter for TerminalReporter {
                 for (group, state) in &deployment.task_groups {
                     self.progress_line(
                         &format!("{job}/{group}"),
-                        format!("    {job} {} (deployment {short})", group_message(group, state.placed_allocs, state.desired_total, state.healthy_allocs, state.unhealthy_allocs)),
+                        format!(
+                            "    {job} {} (deployment {short})",
+                            group_message(group, state.placed_allocs, state.desired_total, state.healthy_allocs, state.unhealthy_allocs)
+                        ),
                     );
                 }
                 if deployment.is_terminal() {
@@ -108,7 +125,10 @@ impl Reporter for TerminalReporter {
     }
 
     fn primary_wait(&self, passing_primaries: usize, passing_members: usize, members: usize) {
-        self.progress_line("consul", format!("    Consul: {passing_primaries} passing primary, {passing_members}/{members} members passing"));
+        self.progress_line(
+            "consul",
+            format!("    Consul: {passing_primaries} passing primary, {passing_members}/{members} members passing"),
+        );
     }
 }
 
@@ -262,7 +282,8 @@ pub fn plan_text(plan: &Plan, verbose: bool) -> String {
         };
         let _ = writeln!(out, "  => {change}; check index {}", job.check_index);
         for (group, reason) in &job.placement_failures {
-            let pending_volume = reason.starts_with("missing CSI Volume") && plan.volumes.iter().any(|v| v.action == VolumeAction::Create && reason.contains(&v.id));
+            let pending_volume = reason.starts_with("missing CSI Volume")
+                && plan.volumes.iter().any(|v| v.action == VolumeAction::Create && reason.contains(&v.id));
             let note = if pending_volume { " (run creates the volume first)" } else { "" };
             let _ = writeln!(out, "  ! group {group} cannot be placed now: {reason}{note}");
         }
@@ -318,10 +339,16 @@ pub fn status_text(status: &Status) -> String {
     for job in &status.jobs {
         let state = match &job.owner {
             crate::deploy::Owner::Absent => "not registered".to_string(),
-            crate::deploy::Owner::Other(owner) => format!("exists but is not this cluster's ({})", owner.as_deref().unwrap_or("no pgnomad meta")),
+            crate::deploy::Owner::Other(owner) => {
+                format!("exists but is not this cluster's ({})", owner.as_deref().unwrap_or("no pgnomad meta"))
+            }
             crate::deploy::Owner::Ours => job.status.clone(),
         };
-        let deployment = job.deployment.as_ref().map(|d| format!(", deployment {} {}", d.id.chars().take(8).collect::<String>(), d.status)).unwrap_or_default();
+        let deployment = job
+            .deployment
+            .as_ref()
+            .map(|d| format!(", deployment {} {}", d.id.chars().take(8).collect::<String>(), d.status))
+            .unwrap_or_default();
         let _ = writeln!(out, "  {:<28} {state}{deployment}", job.id);
         for alloc in &job.allocations {
             let health = match alloc.healthy {
@@ -403,7 +430,12 @@ pub fn destroy_targets_text(targets: &DestroyTargets) -> String {
 
 pub fn destroy_text(summary: &DestroySummary) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "deregistered {} job(s){}", summary.deregistered.len(), if summary.deregistered.is_empty() { String::new() } else { format!(": {}", summary.deregistered.join(", ")) });
+    let _ = writeln!(
+        out,
+        "deregistered {} job(s){}",
+        summary.deregistered.len(),
+        if summary.deregistered.is_empty() { String::new() } else { format!(": {}", summary.deregistered.join(", ")) }
+    );
     if !summary.volumes_deleted.is_empty() {
         let _ = writeln!(out, "deleted volumes: {}", summary.volumes_deleted.join(", "));
     }

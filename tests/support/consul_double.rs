@@ -60,9 +60,12 @@ fn service_entries(shared: &Shared) -> Vec<(String, Vec<Value>, Value)> {
             let name = interpolate_service_name(str_of(&service, "Name"), str_of(job, "Name"), &alloc.group, &task);
             let port_position = ports.iter().position(|p| p == str_of(&service, "PortLabel")).unwrap_or(0) as u64;
             let label = str_of(&service, "PortLabel");
-            let mapped = state.host_ports.iter().find(|((group, l), _)| *group == alloc.group && l == label).map(|(_, port)| u64::from(*port));
+            let mapped =
+                state.host_ports.iter().find(|((group, l), _)| *group == alloc.group && l == label).map(|(_, port)| u64::from(*port));
             let port = mapped.unwrap_or(20000 + alloc.group_index as u64 * 100 + alloc.alloc_index * 10 + port_position);
-            let mut checks = vec![json!({"Node": NODE_NAME, "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing", "Output": "", "ServiceID": "", "ServiceName": ""})];
+            let mut checks = vec![
+                json!({"Node": NODE_NAME, "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing", "Output": "", "ServiceID": "", "ServiceName": ""}),
+            ];
             for check in list(&service, "Checks") {
                 let passing = oracle(&probe_for(alloc, job, &service, check, &task));
                 checks.push(json!({
@@ -86,7 +89,12 @@ fn service_entries(shared: &Shared) -> Vec<(String, Vec<Value>, Value)> {
 
 async fn handle(axum::extract::State(shared): axum::extract::State<Arc<Shared>>, method: Method, uri: Uri, _body: Bytes) -> Response {
     let query = parse_query(&uri);
-    shared.requests.lock().unwrap().push(RecordedRequest { method: format!("CONSUL {method}"), path: uri.path().to_string(), query: query.clone(), body: None });
+    shared.requests.lock().unwrap().push(RecordedRequest {
+        method: format!("CONSUL {method}"),
+        path: uri.path().to_string(),
+        query: query.clone(),
+        body: None,
+    });
     let get = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     if let Some(index) = get("index") {
         let Ok(index) = index.parse::<u64>() else { return text(400, "Invalid index") };

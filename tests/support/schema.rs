@@ -40,11 +40,7 @@ fn validator(type_name: &str) -> Arc<jsonschema::Validator> {
 
 /// Schema errors of `body` as `$defs/<type_name>`, at most a few, each with its JSON pointer.
 pub fn violations(type_name: &str, body: &Value) -> Vec<String> {
-    validator(type_name)
-        .iter_errors(body)
-        .take(5)
-        .map(|error| format!("{type_name} at '{}': {error}", error.instance_path))
-        .collect()
+    validator(type_name).iter_errors(body).take(5).map(|error| format!("{type_name} at '{}': {error}", error.instance_path)).collect()
 }
 
 /// The request type of an endpoint from `x-endpoints` ("PUT|POST /v1/job/:job_id/plan").
@@ -53,8 +49,6 @@ pub fn request_type(method: &str, route: &str) -> Option<String> {
     endpoints.iter().find_map(|(key, spec)| {
         let (methods, path) = key.split_once(' ')?;
         let path = path.split('?').next()?;
-        (path == route && methods.split('|').any(|m| m == method))
-            .then(|| spec.get("request")?.as_str().map(str::to_string))
-            .flatten()
+        (path == route && methods.split('|').any(|m| m == method)).then(|| spec.get("request")?.as_str().map(str::to_string)).flatten()
     })
 }

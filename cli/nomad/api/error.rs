@@ -29,8 +29,7 @@ impl RequestKind {
         if is_write && request.path.starts_with("/v1/var/") && request.has_query("cas") {
             RequestKind::VariableCheckAndSet
         } else if is_write
-            && (request.path == "/v1/jobs"
-                || (request.path.starts_with("/v1/job/") && request.path.matches('/').count() == 3))
+            && (request.path == "/v1/jobs" || (request.path.starts_with("/v1/job/") && request.path.matches('/').count() == 3))
         {
             RequestKind::JobRegister
         } else {
@@ -92,11 +91,8 @@ mod tests {
 
     #[test]
     fn hints_follow_status_and_message() {
-        let conflict = NomadError::new(
-            500,
-            "Enforcing job modify index 3: job exists with conflicting job modify index: 7",
-            RequestKind::JobRegister,
-        );
+        let conflict =
+            NomadError::new(500, "Enforcing job modify index 3: job exists with conflicting job modify index: 7", RequestKind::JobRegister);
         assert!(conflict.is_enforce_index_conflict());
         assert!(conflict.hint.unwrap().contains("re-run"));
         assert!(NomadError::new(403, "Permission denied", RequestKind::Other).hint.unwrap().contains("NOMAD_TOKEN"));

@@ -16,7 +16,6 @@ where
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
-
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct JobRegisterResponse {
@@ -45,9 +44,7 @@ impl JobPlanResponse {
     /// True when applying the plan would change the job or its allocations.
     pub fn has_changes(&self) -> bool {
         let diff_changes = self.diff.as_ref().is_some_and(|d| d.diff_type != DiffType::None);
-        let update_changes = self.annotations.as_ref().is_some_and(|a| {
-            a.desired_tg_updates.values().any(DesiredUpdates::changes_anything)
-        });
+        let update_changes = self.annotations.as_ref().is_some_and(|a| a.desired_tg_updates.values().any(DesiredUpdates::changes_anything));
         diff_changes || update_changes
     }
 }
@@ -299,9 +296,7 @@ impl AllocListStub {
     /// Every task event of the allocation, oldest first per task: what a user needs to see
     /// when a deployment fails (e.g. `Driver Failure`, `Missing: nomadVar...`).
     pub fn task_events(&self) -> impl Iterator<Item = (&str, &TaskEvent)> {
-        self.task_states
-            .iter()
-            .flat_map(|(task, state)| state.events.iter().map(move |event| (task.as_str(), event)))
+        self.task_states.iter().flat_map(|(task, state)| state.events.iter().map(move |event| (task.as_str(), event)))
     }
 }
 
@@ -395,10 +390,7 @@ pub struct Deployment {
 impl Deployment {
     /// Successful, failed or cancelled: the deployment will not change any more.
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self.status.as_str(),
-            deployment_status::SUCCESSFUL | deployment_status::FAILED | deployment_status::CANCELLED
-        )
+        matches!(self.status.as_str(), deployment_status::SUCCESSFUL | deployment_status::FAILED | deployment_status::CANCELLED)
     }
 }
 

@@ -14,9 +14,8 @@ use crate::support::job_rules::{job_errors, multierror};
 pub type Failure = (u16, String);
 
 /// Fields the server owns; left out when comparing two job specs.
-const SERVER_FIELDS: &[&str] = &[
-    "Status", "StatusDescription", "Stable", "Version", "SubmitTime", "CreateIndex", "ModifyIndex", "JobModifyIndex",
-];
+const SERVER_FIELDS: &[&str] =
+    &["Status", "StatusDescription", "Stable", "Version", "SubmitTime", "CreateIndex", "ModifyIndex", "JobModifyIndex"];
 
 fn spec_of(job: &Value) -> Value {
     let mut spec = job.clone();
@@ -171,7 +170,8 @@ impl State {
         let stopping: Vec<String> = updates.values().flat_map(|u| u.stop.clone()).collect();
         for (name, update) in updates {
             let Some(group) = group_named(job, name) else { continue };
-            let reasons: Vec<String> = update.place.iter().filter_map(|i| self.placement_failure(namespace, group, *i, &stopping)).collect();
+            let reasons: Vec<String> =
+                update.place.iter().filter_map(|i| self.placement_failure(namespace, group, *i, &stopping)).collect();
             if let Some(first) = reasons.first() {
                 failed.insert(
                     name.clone(),
@@ -299,7 +299,12 @@ impl State {
             }
             if deployment_id.is_some() && (!update.place.is_empty()) {
                 let nanos = |key: &str, default: i64| {
-                    group.get("Update").and_then(|u| u.get(key)).or_else(|| job.get("Update").and_then(|u| u.get(key))).and_then(Value::as_i64).unwrap_or(default)
+                    group
+                        .get("Update")
+                        .and_then(|u| u.get(key))
+                        .or_else(|| job.get("Update").and_then(|u| u.get(key)))
+                        .and_then(Value::as_i64)
+                        .unwrap_or(default)
                 };
                 let deadline_ns = nanos("ProgressDeadline", 600_000_000_000);
                 progress.insert(
@@ -376,11 +381,8 @@ impl State {
         let updates = self.group_updates(namespace, previous, &job);
         let failed = self.failed_allocs(namespace, &job, &updates);
         let desired: Map<String, Value> = updates.iter().map(|(g, u)| (g.clone(), u.annotations())).collect();
-        let diff = if request.get("Diff").and_then(Value::as_bool).unwrap_or(false) {
-            job_diff(previous, &job, &updates)
-        } else {
-            Value::Null
-        };
+        let diff =
+            if request.get("Diff").and_then(Value::as_bool).unwrap_or(false) { job_diff(previous, &job, &updates) } else { Value::Null };
         Ok(json!({
             "Annotations": {"DesiredTGUpdates": desired, "PreemptedAllocs": null},
             "FailedTGAllocs": if failed.is_empty() { Value::Null } else { Value::Object(failed) },
@@ -422,11 +424,21 @@ impl State {
             "JobID": id, "JobModifyIndex": index, "Status": "complete", "CreateIndex": eval_index, "ModifyIndex": eval_index,
         }));
         self.refresh_job_status();
-        Ok(json!({ "EvalID": eval_id, "EvalCreateIndex": eval_index, "JobModifyIndex": index, "VolumeEvalID": "", "VolumeEvalIndex": 0, "Index": self.index }))
+        Ok(
+            json!({ "EvalID": eval_id, "EvalCreateIndex": eval_index, "JobModifyIndex": index, "VolumeEvalID": "", "VolumeEvalIndex": 0, "Index": self.index }),
+        )
     }
 
     /// A child job of a periodic or parameterized job (`<id>/periodic-<t>`, `<id>/dispatch-<t>-<r>`).
-    pub fn launch_child(&mut self, namespace: &str, id: &str, suffix: String, config: &DoubleConfig, now: Instant, meta: Option<&Value>) -> Result<(String, Value), Failure> {
+    pub fn launch_child(
+        &mut self,
+        namespace: &str,
+        id: &str,
+        suffix: String,
+        config: &DoubleConfig,
+        now: Instant,
+        meta: Option<&Value>,
+    ) -> Result<(String, Value), Failure> {
         let parent = self.job(namespace, id).ok_or((404, "job not found".to_string()))?.current().clone();
         let mut child = parent.clone();
         let child_id = format!("{id}/{suffix}");
@@ -503,7 +515,9 @@ fn object_diff(name: &str, old: Option<&Value>, new: Option<&Value>) -> Option<V
     }
     let as_object = |v: Option<&Value>| -> Value {
         match v {
-            Some(Value::Array(items)) => Value::Object(items.iter().enumerate().map(|(i, item)| (format!("{name}[{i}]"), item.clone())).collect()),
+            Some(Value::Array(items)) => {
+                Value::Object(items.iter().enumerate().map(|(i, item)| (format!("{name}[{i}]"), item.clone())).collect())
+            }
             Some(other) => other.clone(),
             None => json!({}),
         }
@@ -530,7 +544,8 @@ pub fn job_diff(old: Option<&Value>, new: &Value, updates: &BTreeMap<String, Gro
             let o = old.and_then(|j| group_named(j, name));
             let n = group_named(new, name);
             let (fields, objects) = object_members_diff(o.unwrap_or(&json!({})), n.unwrap_or(&json!({})), &["Tasks", "Name"]);
-            let mut task_names: Vec<String> = n.map(|g| list(g, "Tasks")).unwrap_or_default().iter().map(|t| str_of(t, "Name").to_string()).collect();
+            let mut task_names: Vec<String> =
+                n.map(|g| list(g, "Tasks")).unwrap_or_default().iter().map(|t| str_of(t, "Name").to_string()).collect();
             for t in o.map(|g| list(g, "Tasks")).unwrap_or_default() {
                 if !task_names.contains(&str_of(t, "Name").to_string()) {
                     task_names.push(str_of(t, "Name").to_string());
@@ -541,7 +556,8 @@ pub fn job_diff(old: Option<&Value>, new: &Value, updates: &BTreeMap<String, Gro
                 .iter()
                 .map(|t| {
                     let (to, tn) = (task_of(o, t), task_of(n, t));
-                    let (fields, objects) = object_members_diff(to.as_ref().unwrap_or(&json!({})), tn.as_ref().unwrap_or(&json!({})), &["Name"]);
+                    let (fields, objects) =
+                        object_members_diff(to.as_ref().unwrap_or(&json!({})), tn.as_ref().unwrap_or(&json!({})), &["Name"]);
                     let kind = diff_type(to.as_ref(), tn.as_ref(), !fields.is_empty() || !objects.is_empty());
                     let annotations: Vec<&str> = match kind {
                         "Added" => vec!["forces create"],
@@ -557,7 +573,9 @@ pub fn job_diff(old: Option<&Value>, new: &Value, updates: &BTreeMap<String, Gro
             let mut counts = Map::new();
             let place = update.place.len() as u64 - update.destructive;
             let stop = update.stop.len() as u64 - update.destructive;
-            for (key, value) in [("create", place), ("destroy", stop), ("create/destroy update", update.destructive), ("ignore", update.ignore)] {
+            for (key, value) in
+                [("create", place), ("destroy", stop), ("create/destroy update", update.destructive), ("ignore", update.ignore)]
+            {
                 if value > 0 {
                     counts.insert(key.into(), json!(value));
                 }

@@ -122,7 +122,13 @@ fn request_type(method: &str, pattern: &str) -> Option<String> {
     }
 }
 
-async fn handle(axum::extract::State(shared): axum::extract::State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let query = parse_query(&uri);
     let segments: Vec<String> = uri.path().trim_matches('/').split('/').map(percent_decode).collect();
     let parsed_body: Option<Result<Value, String>> = (!body.is_empty()).then(|| serde_json::from_slice(&body).map_err(|e| e.to_string()));
@@ -136,7 +142,9 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
     // Faults first: they stand for the network and the servers misbehaving.
     let fault = {
         let mut faults = shared.faults.lock().unwrap();
-        let found = faults.iter_mut().find(|f| (f.method == "*" || f.method == method.as_str()) && uri.path().starts_with(&f.path_prefix) && f.times > 0);
+        let found = faults
+            .iter_mut()
+            .find(|f| (f.method == "*" || f.method == method.as_str()) && uri.path().starts_with(&f.path_prefix) && f.times > 0);
         found.map(|f| {
             f.times -= 1;
             f.kind.clone()
@@ -154,11 +162,9 @@ async fn handle(axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
     let path_head: Vec<&str> = segments.iter().map(String::as_str).take(3).collect();
     let is_status = matches!(path_head.as_slice(), ["v1", "status", ..] | ["v1", "agent", ..]);
     if let Some(required) = &shared.config.acl_token {
-        let sent = headers
-            .get("x-nomad-token")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string));
+        let sent = headers.get("x-nomad-token").and_then(|v| v.to_str().ok()).map(str::to_string).or_else(|| {
+            headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string)
+        });
         match sent {
             _ if is_status && path_head.get(1) == Some(&"status") => {}
             None => return text(403, "Permission denied"),
@@ -279,7 +285,10 @@ async fn block(shared: &Shared, request: &Incoming, table: Table) -> Result<(), 
 fn job_stub(job: &Value, with_meta: bool) -> Value {
     let mut summary = serde_json::Map::new();
     for group in list(job, "TaskGroups") {
-        summary.insert(str_of(group, "Name").into(), json!({"Queued": 0, "Complete": 0, "Failed": 0, "Running": 0, "Starting": 0, "Lost": 0, "Unknown": 0}));
+        summary.insert(
+            str_of(group, "Name").into(),
+            json!({"Queued": 0, "Complete": 0, "Failed": 0, "Running": 0, "Starting": 0, "Lost": 0, "Unknown": 0}),
+        );
     }
     json!({
         "ID": job["ID"], "ParentID": job.get("ParentID").cloned().unwrap_or(json!("")), "Name": job["Name"], "Namespace": job["Namespace"],
@@ -364,9 +373,13 @@ fn read(shared: &Shared, request: &Incoming) -> Result<Value, (u16, String)> {
             job(id)?;
             Value::Array(state.deployments.iter().rev().filter(|d| d.namespace == ns && d.job_id == *id).map(|d| d.to_json()).collect())
         }
-        ["v1", "deployment", id] => state.deployments.iter().find(|d| d.id == *id).map(|d| d.to_json()).ok_or((404, "deployment not found".to_string()))?,
+        ["v1", "deployment", id] => {
+            state.deployments.iter().find(|d| d.id == *id).map(|d| d.to_json()).ok_or((404, "deployment not found".to_string()))?
+        }
         ["v1", "deployments"] => Value::Array(state.deployments.iter().map(|d| d.to_json()).collect()),
-        ["v1", "evaluation", id] => state.evals.iter().find(|e| e["ID"] == json!(id)).cloned().ok_or((404, "eval not found".to_string()))?,
+        ["v1", "evaluation", id] => {
+            state.evals.iter().find(|e| e["ID"] == json!(id)).cloned().ok_or((404, "eval not found".to_string()))?
+        }
         ["v1", "allocations"] => Value::Array(state.allocs.iter().map(|a| a.stub()).collect()),
         ["v1", "vars"] => {
             let prefix = request.query("prefix").unwrap_or_default();
@@ -461,7 +474,11 @@ fn respond(state: &mut State, shared: &Shared, request: &Incoming, has_leader: b
             }
             let result = state.launch_child(&ns, id, format!("periodic-{}", now_ns() / 1_000_000_000), config, now, None);
             let index = state.index;
-            reply(result.map(|(_, r)| json!({"EvalID": r["EvalID"], "EvalCreateIndex": r["EvalCreateIndex"], "Index": index})), index, has_leader)
+            reply(
+                result.map(|(_, r)| json!({"EvalID": r["EvalID"], "EvalCreateIndex": r["EvalCreateIndex"], "Index": index})),
+                index,
+                has_leader,
+            )
         }
         (_, ["v1", "job", id, "dispatch"]) if write => {
             let Some(record) = state.job(&ns, id) else { return text(404, "job not found") };
@@ -515,14 +532,18 @@ fn respond(state: &mut State, shared: &Shared, request: &Incoming, has_leader: b
                 state.volumes.insert(key.clone(), super::state::Volume { spec: volume.clone(), create_index, modify_index: index });
                 created.push(volume_json(&namespace, state, &state.volumes[&key]));
             }
-            ok(json!({"Volumes": created, "Warnings": "", "Index": state.index, "LastContact": 0, "KnownLeader": true, "NextToken": ""}), state.index)
+            ok(
+                json!({"Volumes": created, "Warnings": "", "Index": state.index, "LastContact": 0, "KnownLeader": true, "NextToken": ""}),
+                state.index,
+            )
         }
         ("DELETE", ["v1", "volume", "csi", id, ..]) => {
             let key = (ns.clone(), id.to_string());
             if !state.volumes.contains_key(&key) {
                 return text(404, "volume not found");
             }
-            let claimed: Vec<String> = state.allocs.iter().filter(|a| a.is_live() && a.volumes.iter().any(|v| v == id)).map(|a| a.id.clone()).collect();
+            let claimed: Vec<String> =
+                state.allocs.iter().filter(|a| a.is_live() && a.volumes.iter().any(|v| v == id)).map(|a| a.id.clone()).collect();
             if !claimed.is_empty() {
                 return text(500, format!("volume in use: {id}"));
             }
@@ -530,7 +551,9 @@ fn respond(state: &mut State, shared: &Shared, request: &Incoming, has_leader: b
             let index = state.bump(Table::Volumes);
             json_reply(200, &Value::Null, index, has_leader)
         }
-        (_, ["v1", "var", rest @ ..]) if method == "PUT" || method == "DELETE" => variable_write(state, request, &body, &rest.join("/"), has_leader),
+        (_, ["v1", "var", rest @ ..]) if method == "PUT" || method == "DELETE" => {
+            variable_write(state, request, &body, &rest.join("/"), has_leader)
+        }
         (_, ["v1", "acl", "policy", name]) if write => {
             let index = state.bump(Table::Acl);
             let mut policy = body.clone();
@@ -545,7 +568,23 @@ fn respond(state: &mut State, shared: &Shared, request: &Incoming, has_leader: b
 
 /// First path segments the double serves; anything else is an unknown URL (404), while a
 /// known path with the wrong method is 405, as in Nomad.
-const KNOWN_FAMILIES: &[&str] = &["jobs", "job", "deployment", "deployments", "volume", "volumes", "var", "vars", "acl", "status", "agent", "nodes", "evaluation", "evaluations", "allocations"];
+const KNOWN_FAMILIES: &[&str] = &[
+    "jobs",
+    "job",
+    "deployment",
+    "deployments",
+    "volume",
+    "volumes",
+    "var",
+    "vars",
+    "acl",
+    "status",
+    "agent",
+    "nodes",
+    "evaluation",
+    "evaluations",
+    "allocations",
+];
 
 fn reply(result: Result<Value, (u16, String)>, index: u64, has_leader: bool) -> Response {
     match result {
@@ -565,7 +604,16 @@ fn job_namespace(request: &Incoming, body: &Value) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn register(state: &mut State, request: &Incoming, body: &Value, _ns: &str, config: &super::DoubleConfig, now: tokio::time::Instant, path_id: Option<&str>, has_leader: bool) -> Response {
+fn register(
+    state: &mut State,
+    request: &Incoming,
+    body: &Value,
+    _ns: &str,
+    config: &super::DoubleConfig,
+    now: tokio::time::Instant,
+    path_id: Option<&str>,
+    has_leader: bool,
+) -> Response {
     if body.get("Job").is_none_or(Value::is_null) {
         return text(400, "Job must be specified");
     }
@@ -579,7 +627,11 @@ fn register(state: &mut State, request: &Incoming, body: &Value, _ns: &str, conf
 }
 
 fn variable_write(state: &mut State, request: &Incoming, body: &Value, path: &str, has_leader: bool) -> Response {
-    let ns = request.namespace.clone().or_else(|| Some(str_of(body, "Namespace").to_string()).filter(|s| !s.is_empty())).unwrap_or_else(|| "default".into());
+    let ns = request
+        .namespace
+        .clone()
+        .or_else(|| Some(str_of(body, "Namespace").to_string()).filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "default".into());
     let key = (ns.clone(), path.to_string());
     let cas: Option<u64> = match request.query("cas") {
         None => None,
@@ -612,7 +664,13 @@ fn variable_write(state: &mut State, request: &Incoming, body: &Value, path: &st
     }
     let index = state.bump(Table::Variables);
     let now = now_ns();
-    let entry = state.variables.entry(key).or_insert(super::state::Variable { items: json!({}), create_index: index, modify_index: index, create_time: now, modify_time: now });
+    let entry = state.variables.entry(key).or_insert(super::state::Variable {
+        items: json!({}),
+        create_index: index,
+        modify_index: index,
+        create_time: now,
+        modify_time: now,
+    });
     entry.items = body["Items"].clone();
     entry.modify_index = index;
     entry.modify_time = now;

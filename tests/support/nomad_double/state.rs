@@ -237,7 +237,7 @@ impl State {
         }
         self.policies.values().any(|policy| {
             let Some(binding) = policy.get("JobACL").filter(|b| !b.is_null()) else { return false };
-            let matches = |key: &str, want: &str| matches!(str_of(binding, key), "" ) || str_of(binding, key) == want;
+            let matches = |key: &str, want: &str| matches!(str_of(binding, key), "") || str_of(binding, key) == want;
             let bound = (str_of(binding, "Namespace").is_empty() || str_of(binding, "Namespace") == namespace)
                 && str_of(binding, "JobID") == job
                 && matches("Group", group)
@@ -421,8 +421,12 @@ impl State {
                 d.modify_index = index;
             }
             // Mark the job stable when its deployment succeeded.
-            let successful: Vec<(String, String, u64)> =
-                self.deployments.iter().filter(|d| d.status == "successful").map(|d| (d.namespace.clone(), d.job_id.clone(), d.job_version)).collect();
+            let successful: Vec<(String, String, u64)> = self
+                .deployments
+                .iter()
+                .filter(|d| d.status == "successful")
+                .map(|d| (d.namespace.clone(), d.job_id.clone(), d.job_version))
+                .collect();
             for (ns, job, version) in successful {
                 if let Some(record) = self.jobs.get_mut(&(ns, job)) {
                     for v in record.versions.iter_mut().filter(|v| v["Version"].as_u64() == Some(version)) {
