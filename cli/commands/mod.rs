@@ -192,6 +192,7 @@ pub struct DeployInputs {
     pub packs: crate::config::Packs,
     pub operator: crate::settings::OperatorSecrets,
     pub cluster: crate::deploy::Cluster<HttpTransport, HttpTransport>,
+    pub env: crate::settings::Environment,
 }
 
 impl DeployArgs {
@@ -202,7 +203,7 @@ impl DeployArgs {
         let operator = crate::settings::OperatorSecrets::from_env(&env, self.patroni_consul_token_file.as_deref())
             .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
         let cluster = connect(&self.connection, &env)?;
-        Ok(DeployInputs { checked, packs, operator, cluster })
+        Ok(DeployInputs { checked, packs, operator, cluster, env })
     }
 }
 

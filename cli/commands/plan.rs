@@ -24,14 +24,14 @@ pub fn run(args: Args) -> Result<(), Failure> {
 }
 
 fn plan(args: Args) -> Result<(), Failure> {
-    let DeployInputs { checked, packs, operator, cluster } = args.inputs.load()?;
+    let DeployInputs { checked, packs, operator, cluster, env } = args.inputs.load()?;
     let plan =
         block_on(deploy::plan(&cluster, &checked.stack, &packs, &operator, &PlanScope::default()))?.map_err(super::deploy_failure)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan).expect("plans serialize"));
     } else {
         let text = crate::ui::plan_text(&plan, args.verbose);
-        let colour = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !crate::settings::Environment::from_process().no_color();
+        let colour = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !env.no_color();
         print!("{}", if colour { crate::ui::colored_plan(&text) } else { text });
     }
     if !plan.problems.is_empty() {

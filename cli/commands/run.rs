@@ -45,7 +45,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let DeployInputs { checked, packs, operator, cluster } = args.inputs.load()?;
+    let DeployInputs { checked, packs, operator, cluster, .. } = args.inputs.load()?;
     let options = RunOptions {
         detach: args.detach,
         scope: PlanScope { job: args.job.clone(), check_index: args.check_index, ..PlanScope::default() },

@@ -307,6 +307,7 @@ impl Dev {
         let primary = self.state.pgbouncer_primary().unwrap_or(0);
         let runtime = self.runtime(primary);
         let packs = Packs::default();
+        let renderer = packs.renderer(&self.facts, &runtime);
         for member in &self.facts.members {
             let holes = runtime.member(&self.facts, member);
             self.owned_dir(&root.join(&member.name), 0o700)?;
@@ -314,7 +315,7 @@ impl Dev {
                 self.owned_dir(Path::new(dir), 0o700)?;
             }
             for file in ["patroni.yml", "bootstrap.sql", "on-role-change.sh", "pgbackrest.conf"] {
-                let text = packs.render(&format!("postgres/{file}"), &self.facts, Some(member), &holes, &runtime)?;
+                let text = renderer.render(&format!("postgres/{file}"), Some(member), &holes)?;
                 self.owned_file(&Path::new(&holes.config_dir).join(file), &text)?;
             }
         }
@@ -327,7 +328,7 @@ impl Dev {
                 self.owned_dir(Path::new(dir), 0o700)?;
             }
             for file in ["pgbackrest.conf", "backup.sh"] {
-                let text = packs.render(&format!("backup/{file}"), &self.facts, None, &holes, &runtime)?;
+                let text = renderer.render(&format!("backup/{file}"), None, &holes)?;
                 self.owned_file(&Path::new(&holes.config_dir).join(file), &text)?;
             }
         }
@@ -368,9 +369,9 @@ impl Dev {
         for dir in [&holes.config_dir, &holes.run_dir, &holes.log_dir] {
             self.owned_dir(Path::new(dir), 0o700)?;
         }
-        let packs = Packs::default();
+        let renderer = Packs::default().renderer(&self.facts, &runtime);
         for file in ["pgbouncer.ini", "userlist.txt"] {
-            let text = packs.render(&format!("pgbouncer/{file}"), &self.facts, None, &holes, &runtime)?;
+            let text = renderer.render(&format!("pgbouncer/{file}"), None, &holes)?;
             self.owned_file(&Path::new(&holes.config_dir).join(file), &text)?;
         }
         Ok(())
