@@ -1,4 +1,5 @@
-//! Request bodies checked against ../shared/nomad/nomad-api-schema.json. The schema is 550 KB:
+//! Request bodies checked against tests/nomad-api/nomad-api-schema.json (the project's copy of
+//! the schema generated from Nomad's Go structs; see tests/nomad-api/README.md). The schema is 550 KB:
 //! parsed once per process, and one validator compiled per type, on first use.
 
 use std::collections::HashMap;
@@ -7,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use serde_json::{json, Value};
 
 pub fn schema_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/nomad/nomad-api-schema.json")
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nomad-api/nomad-api-schema.json")
 }
 
 /// The whole schema document.
