@@ -9,7 +9,7 @@ use pgnomad::transport::{conflicting_variable, HttpTransport, NomadClient, Retry
 use serde_json::json;
 
 use crate::support::jobs::{csi_volume, http_check, members_job, simple_job, SECOND};
-use crate::support::{Fault, NomadDouble};
+use crate::support::{DoubleConfig, Fault, NomadDouble};
 
 /// Follows the job's latest deployment with blocking queries until it ends.
 pub async fn await_deployment(client: &NomadClient<HttpTransport>, job_id: &str) -> api::Deployment {
@@ -456,11 +456,15 @@ async fn deregister_purge_dispatch_and_periodic_force() {
 
 #[tokio::test]
 async fn a_running_deployment_can_be_failed_and_promoted() {
-    let nomad = NomadDouble::start();
+    // Real time (no scaling): the allocation's healthy deadline is 5 minutes away, so the
+    // deployment cannot fail on its own while the test promotes and fails it. (Scaled to 0.3 s
+    // it sometimes failed first on a loaded machine: "can't promote terminal deployment".)
+    let nomad = NomadDouble::start_with(DoubleConfig { time_scale: 1.0, ..DoubleConfig::default() });
     let client = nomad.client();
-    // A check that never passes keeps the deployment running.
-    client.register_job(&members_job("pg", 1, |_| vec![http_check("never", "/never", None)]), RegisterOptions::default()).await.unwrap();
+    // A check that never passes keeps the deployment running; the oracle says so before the
+    // allocation exists, so the check never passes even once.
     nomad.set_health_oracle(|probe| probe.path != "/never");
+    client.register_job(&members_job("pg", 1, |_| vec![http_check("never", "/never", None)]), RegisterOptions::default()).await.unwrap();
     let deployment = client.job_latest_deployment("pg").await.unwrap().unwrap();
     assert_eq!(deployment.status, "running");
     client.promote_deployment(&deployment.id, &[]).await.unwrap();
