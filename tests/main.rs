@@ -7,6 +7,7 @@ mod support_procs;
 mod cli;
 mod deploy;
 mod dev;
+mod image;
 mod infra_defaults;
 mod nomad_client;
 mod nomad_double;
