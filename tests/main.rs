@@ -15,3 +15,4 @@ mod packs;
 mod render;
 mod stack_errors;
 mod stack_fixtures;
+mod templates;

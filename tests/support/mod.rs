@@ -17,6 +17,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod consul_double;
+pub mod gotemplate;
 pub mod image;
 pub mod job_rules;
 pub mod jobs;

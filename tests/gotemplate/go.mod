@@ -1,0 +1,3 @@
+module pgnomad/gotemplate
+
+go 1.19
