@@ -89,7 +89,8 @@ fn catalog(jobs: &[Value]) -> BTreeMap<String, Vec<ServiceInstance>> {
         for (g, group) in job["TaskGroups"].as_array().unwrap().iter().enumerate() {
             let labels = port_labels(group);
             let services = group["Services"].as_array().cloned().unwrap_or_default();
-            let task_services = group["Tasks"].as_array().unwrap().iter().flat_map(|t| t["Services"].as_array().cloned().unwrap_or_default());
+            let task_services =
+                group["Tasks"].as_array().unwrap().iter().flat_map(|t| t["Services"].as_array().cloned().unwrap_or_default());
             for service in services.into_iter().chain(task_services) {
                 let name = service["Name"].as_str().unwrap().to_owned();
                 let label = service["PortLabel"].as_str().unwrap_or_default();
@@ -100,7 +101,8 @@ fn catalog(jobs: &[Value]) -> BTreeMap<String, Vec<ServiceInstance>> {
                     (_, true) if primary => "critical",
                     _ => "passing",
                 };
-                let meta = service["Meta"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect());
+                let meta =
+                    service["Meta"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect());
                 catalog.entry(name.clone()).or_default().push(ServiceInstance {
                     node: format!("node-{j}-{g}"),
                     node_address: host_ip(j, g),
@@ -108,7 +110,10 @@ fn catalog(jobs: &[Value]) -> BTreeMap<String, Vec<ServiceInstance>> {
                     port,
                     id: format!("_nomad-task-{j}-{g}-{name}"),
                     name,
-                    tags: service["Tags"].as_array().map(|t| t.iter().map(|t| t.as_str().unwrap().to_owned()).collect()).unwrap_or_default(),
+                    tags: service["Tags"]
+                        .as_array()
+                        .map(|t| t.iter().map(|t| t.as_str().unwrap().to_owned()).collect())
+                        .unwrap_or_default(),
                     service_meta: meta.unwrap_or_default(),
                     status: status.into(),
                 });
@@ -124,7 +129,9 @@ fn port_labels(group: &Value) -> Vec<(String, u16)> {
     ["ReservedPorts", "DynamicPorts"]
         .iter()
         .flat_map(|kind| network[*kind].as_array().cloned().unwrap_or_default())
-        .map(|p| (p["Label"].as_str().unwrap().to_owned(), p["To"].as_u64().filter(|to| *to > 0).or(p["Value"].as_u64()).unwrap_or(0) as u16))
+        .map(|p| {
+            (p["Label"].as_str().unwrap().to_owned(), p["To"].as_u64().filter(|to| *to > 0).or(p["Value"].as_u64()).unwrap_or(0) as u16)
+        })
         .collect()
 }
 
@@ -151,7 +158,8 @@ fn blocks(variant: &'static str, text: &str) -> Vec<Block> {
                 let task_name = task["Name"].as_str().unwrap().to_owned();
                 let mut cx = TemplateContext::for_task(&job_id, &group_name, &task_name, 0);
                 cx.set_placement(job["Namespace"].as_str().unwrap_or("default"), job["Datacenters"][0].as_str().unwrap_or("dc1"));
-                let ports: Vec<_> = port_labels(group).into_iter().enumerate().map(|(i, (l, to))| (l, to, host_ip(j, g), host_port(j, g, i))).collect();
+                let ports: Vec<_> =
+                    port_labels(group).into_iter().enumerate().map(|(i, (l, to))| (l, to, host_ip(j, g), host_port(j, g, i))).collect();
                 cx.set_ports(&ports.iter().map(|(l, to, ip, hp)| (l.as_str(), *to, ip.as_str(), *hp)).collect::<Vec<_>>());
                 meta_env(&mut cx, &[&job["Meta"], &group["Meta"], &task["Meta"]]);
                 cx.services = catalog.clone();
@@ -205,7 +213,15 @@ fn every_template_renders_once_its_secrets_are_stored_and_waits_for_them_before(
                     problems.push(format!("{}: renders `<no value>`:\n{text}", block.name()));
                 }
             }
-            Ok(Rendered::Blocked(deps)) => problems.push(format!("{}: never renders with every secret stored; waits on {deps:?}", block.name())),
+            Ok(Rendered::Blocked(deps)) => problems.push(format!(
+                "{}: never renders with every secret stored; waits on {deps:?}{}",
+                block.name(),
+                if deps.iter().any(|d| d.starts_with("vault.read(")) && !block.stored.vault_token {
+                    " (the task has no `vault` block, so Nomad gives it no Vault token and Vault refuses the read)"
+                } else {
+                    ""
+                }
+            )),
             Err(e) => problems.push(format!("{}: template error: {e}", block.name())),
         }
         let before = gotemplate::execute(&block.template, &block.unstored());
@@ -286,7 +302,7 @@ fn servers_json_and_backup_config_list_every_member() {
 }
 
 #[test]
-fn a_missing_key_with_err_missing_key_is_an_error_and_service_returns_passing_instances_only() {
+fn a_missing_key_with_err_missing_key_is_a_template_error() {
     let mut cx = TemplateContext::for_task("j", "g", "t", 0);
     cx.variables.insert("nomad/jobs/j".into(), BTreeMap::from([("present".to_owned(), "yes".to_owned())]));
     let t = |text: &str, strict: bool| json!({ "EmbeddedTmpl": text, "ErrMissingKey": strict, "LeftDelim": "{{", "RightDelim": "}}" });
@@ -300,6 +316,19 @@ fn a_missing_key_with_err_missing_key_is_an_error_and_service_returns_passing_in
     );
     assert!(gotemplate::execute(&t("{{ nosuchfunction }}", true), &cx).unwrap_err().0.contains("function \"nosuchfunction\" not defined"));
 
+    // nomadVarExists does not wait; nomadVar of a variable that does not exist does.
+    let exists = r#"{{ nomadVarExists "nomad/jobs/j" }} {{ nomadVarExists "nomad/jobs/j/g" }}"#;
+    assert_eq!(gotemplate::execute(&t(exists, true), &cx).unwrap(), Rendered::Text("true false".into()));
+    assert_eq!(
+        gotemplate::execute(&t(r#"{{ with nomadVar "nomad/jobs/j/g" }}x{{ end }}"#, true), &cx).unwrap(),
+        Rendered::Blocked(vec!["nomad.var.block(nomad/jobs/j/g@default.global)".into()])
+    );
+}
+
+#[test]
+fn service_returns_only_passing_instances_unless_asked_otherwise() {
+    let mut cx = TemplateContext::for_task("j", "g", "t", 0);
+    let t = |text: &str, strict: bool| json!({ "EmbeddedTmpl": text, "ErrMissingKey": strict, "LeftDelim": "{{", "RightDelim": "}}" });
     let instance = |node: &str, port: u16, status: &str, tags: &[&str]| ServiceInstance {
         node: node.into(),
         address: format!("10.9.9.{port}"),
@@ -312,7 +341,12 @@ fn a_missing_key_with_err_missing_key_is_an_error_and_service_returns_passing_in
     };
     cx.services.insert(
         "web".into(),
-        vec![instance("n3", 3, "critical", &["a"]), instance("n2", 2, "warning", &["a"]), instance("n1", 1, "passing", &["b"]), instance("n0", 4, "passing", &["a"])],
+        vec![
+            instance("n3", 3, "critical", &["a"]),
+            instance("n2", 2, "warning", &["a"]),
+            instance("n1", 1, "passing", &["b"]),
+            instance("n0", 4, "passing", &["a"]),
+        ],
     );
     let ports = |text: &str, cx: &TemplateContext| match gotemplate::execute(&t(text, true), cx).unwrap() {
         Rendered::Text(s) => s,
@@ -380,7 +414,8 @@ fn rendered_patroni_yml_passes_patroni_validate_config() {
         let node = format!("127.0.{}.{}", 100 + checked / 200, 2 + checked % 200);
         let consul = TcpListener::bind((node.as_str(), 8500));
         let mut cx = block.stored.clone();
-        let ports: Vec<(String, u16)> = ["pg", "patroni", "pgbackrest", "exporter"].iter().map(|l| (l.to_string(), free_port(&node))).collect();
+        let ports: Vec<(String, u16)> =
+            ["pg", "patroni", "pgbackrest", "exporter"].iter().map(|l| (l.to_string(), free_port(&node))).collect();
         cx.set_ports(&ports.iter().map(|(l, p)| (l.as_str(), *p, node.as_str(), *p)).collect::<Vec<_>>());
         let Ok(Rendered::Text(text)) = gotemplate::execute(&block.template, &cx) else { panic!("{}", block.name()) };
         let file = dir.path().join(format!("{checked}.yml"));
@@ -407,12 +442,9 @@ fn text_of(bytes: &[u8]) -> String {
 /// paths: addresses, ports and the rest stay as rendered).
 fn relocate(text: &str, root: &Path) -> String {
     let mut out = text.to_owned();
-    for (from, to) in [
-        ("/var/lib/postgresql/data", "data"),
-        ("/var/lib/pgbackrest", "repo"),
-        ("/alloc/", "alloc/"),
-        ("/secrets/", "secrets/"),
-    ] {
+    for (from, to) in
+        [("/var/lib/postgresql/data", "data"), ("/var/lib/pgbackrest", "repo"), ("/alloc/", "alloc/"), ("/secrets/", "secrets/")]
+    {
         out = out.replace(from, &format!("{}/{to}", root.display()));
     }
     out
@@ -449,9 +481,15 @@ fn pgbouncer_starts_with_each_rendered_pgbouncer_ini_and_routes_to_the_primary()
             },
             root.join("pgbouncer.log"),
         );
-        let password = ini.stored.variables.get(&format!("nomad/jobs/{}", ini.job)).map(|v| v["pgbouncer_auth_password"].clone()).unwrap_or_else(|| {
-            ini.stored.vault.iter().find(|(p, _)| p.ends_with(&ini.job)).unwrap().1["data"]["pgbouncer_auth_password"].as_str().unwrap().to_owned()
-        });
+        let password =
+            ini.stored.variables.get(&format!("nomad/jobs/{}", ini.job)).map(|v| v["pgbouncer_auth_password"].clone()).unwrap_or_else(
+                || {
+                    ini.stored.vault.iter().find(|(p, _)| p.ends_with(&ini.job)).unwrap().1["data"]["pgbouncer_auth_password"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                },
+            );
         let admin = |sql: &str| {
             run(Command::new(&psql)
                 .args(["-X", "-At", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "pgbouncer_auth", "-d", "pgbouncer", "-c", sql])
@@ -463,8 +501,13 @@ fn pgbouncer_starts_with_each_rendered_pgbouncer_ini_and_routes_to_the_primary()
         });
         let databases = text_of(&admin("SHOW DATABASES").stdout);
         let primary = ini.stored.services.values().flatten().find(|s| s.name.ends_with("-primary") && s.status == "passing").unwrap();
-        let app = databases.lines().find(|l| l.starts_with("app|")).unwrap_or_else(|| panic!("variant {variant}: no app database:\n{databases}"));
-        assert!(app.starts_with(&format!("app|{}|{}|app|", primary.address, primary.port)), "variant {variant}: {app}\n{}", bouncer.log_text());
+        let app =
+            databases.lines().find(|l| l.starts_with("app|")).unwrap_or_else(|| panic!("variant {variant}: no app database:\n{databases}"));
+        assert!(
+            app.starts_with(&format!("app|{}|{}|app|", primary.address, primary.port)),
+            "variant {variant}: {app}\n{}",
+            bouncer.log_text()
+        );
         bouncer.assert_running();
         checked += 1;
     }
@@ -479,10 +522,14 @@ fn pgbackrest_check_passes_with_each_rendered_member_pgbackrest_conf() {
     let mut confs: Vec<(String, String, String)> = Vec::new();
     for (variant, text) in VARIANTS.iter().filter(|(v, _)| *v != "s3-repo") {
         let blocks = blocks(variant, text);
-        let Some(conf) = blocks.iter().find(|b| b.group == "member-0" && b.task == "patroni" && b.dest().ends_with("pgbackrest.conf")) else { continue };
+        let Some(conf) = blocks.iter().find(|b| b.group == "member-0" && b.task == "patroni" && b.dest().ends_with("pgbackrest.conf"))
+        else {
+            continue;
+        };
         let patroni = blocks.iter().find(|b| b.group == "member-0" && b.dest().ends_with("patroni.yml")).unwrap();
         // The same file in the pgbackrest task.
-        let server = blocks.iter().find(|b| b.group == "member-0" && b.task == "pgbackrest" && b.dest().ends_with("pgbackrest.conf")).unwrap();
+        let server =
+            blocks.iter().find(|b| b.group == "member-0" && b.task == "pgbackrest" && b.dest().ends_with("pgbackrest.conf")).unwrap();
         assert_eq!(conf.render(), server.render(), "variant {variant}: the two tasks render different pgbackrest.conf");
         if !confs.iter().any(|(_, c, _)| *c == conf.render()) {
             confs.push((conf.name(), conf.render(), patroni.render()));

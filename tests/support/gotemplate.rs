@@ -160,7 +160,8 @@ impl std::fmt::Display for TemplateError {
 /// `ErrMissingKey`) as Nomad would in `context`.
 pub fn execute(template: &Value, context: &TemplateContext) -> Result<Rendered, TemplateError> {
     let text = template.get("EmbeddedTmpl").and_then(Value::as_str).unwrap_or_else(|| panic!("no EmbeddedTmpl in {template}"));
-    let delim = |key: &str, default: &str| template.get(key).and_then(Value::as_str).filter(|d| !d.is_empty()).unwrap_or(default).to_owned();
+    let delim =
+        |key: &str, default: &str| template.get(key).and_then(Value::as_str).filter(|d| !d.is_empty()).unwrap_or(default).to_owned();
     let mut input = serde_json::to_value(context).unwrap();
     input["template"] = Value::from(text);
     input["left_delimiter"] = Value::from(delim("LeftDelim", "{{"));
@@ -176,7 +177,11 @@ pub fn execute(template: &Value, context: &TemplateContext) -> Result<Rendered, 
     child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("the Go template engine answered no JSON ({e}):\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "the Go template engine answered no JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     if let Some(error) = reply.get("error").and_then(Value::as_str) {
         assert!(!out.status.success(), "an error reply must come with a failing exit status");
@@ -206,16 +211,17 @@ fn binary() -> PathBuf {
 
 fn build() -> PathBuf {
     use sha2::Digest;
-    let go = ["/usr/bin/go", "/usr/lib/go/bin/go", "/usr/local/go/bin/go"].iter().map(PathBuf::from).find(|p| p.is_file()).unwrap_or_else(|| {
-        panic!("`go` is not installed: Nomad templates are executed by Go's own text/template (apt-get install golang-go)")
-    });
+    let go = ["/usr/bin/go", "/usr/lib/go/bin/go", "/usr/local/go/bin/go"].iter().map(PathBuf::from).find(|p| p.is_file()).unwrap_or_else(
+        || panic!("`go` is not installed: Nomad templates are executed by Go's own text/template (apt-get install golang-go)"),
+    );
     let src = source_dir();
     let mut hash = sha2::Sha256::new();
     for file in ["go.mod", "main.go"] {
         hash.update(std::fs::read(src.join(file)).unwrap_or_else(|e| panic!("read {}: {e}", src.join(file).display())));
     }
     let digest: String = hash.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
     let dir = target.join("gotemplate");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     let binary = dir.join(format!("gotemplate-{digest}"));
@@ -240,7 +246,13 @@ fn build() -> PathBuf {
             .env("GOPATH", dir.join("gopath"))
             .output()
             .unwrap_or_else(|e| panic!("run {}: {e}", go.display()));
-        assert!(out.status.success(), "go build of {} failed:\n{}{}", src.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "go build of {} failed:\n{}{}",
+            src.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::rename(&partial, &binary).unwrap();
     }
     unsafe { libc::flock(fd, libc::LOCK_UN) };
