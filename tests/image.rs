@@ -116,6 +116,7 @@ fn a_second_call_does_not_rebuild() {
     let started = Instant::now();
     assert_eq!(postgres_image(MAJOR), tag);
     let elapsed = started.elapsed();
+    eprintln!("a cached postgres_image({MAJOR}) took {elapsed:?}");
     assert!(elapsed < Duration::from_secs(10), "a cached postgres_image({MAJOR}) took {elapsed:?}: it rebuilt?");
     assert_eq!(image_id(&tag).as_deref(), Some(id.as_str()), "the image ID changed: it was rebuilt");
     assert_eq!(label(&tag, RECIPE_LABEL), Some(current_recipe(MAJOR)), "the image carries its recipe hash");

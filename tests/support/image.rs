@@ -140,11 +140,8 @@ impl AptSource {
     fn of_host() -> AptSource {
         let sources = std::fs::read_to_string(HOST_SOURCES).ok();
         let list = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
-        let mirror = sources
-            .as_deref()
-            .and_then(deb822_mirror)
-            .or_else(|| one_line_mirror(&list))
-            .unwrap_or_else(|| DEFAULT_MIRROR.to_owned());
+        let mirror =
+            sources.as_deref().and_then(deb822_mirror).or_else(|| one_line_mirror(&list)).unwrap_or_else(|| DEFAULT_MIRROR.to_owned());
         AptSource { mirror, sources }
     }
 }
