@@ -115,7 +115,9 @@ async fn plan_reports_the_diff_and_the_desired_updates() {
     assert_eq!((image.old.as_str(), image.new.as_str()), ("ghcr.io/pgnomad/patroni:3.3", "ghcr.io/pgnomad/patroni:3.4"));
     let updates = &plan.annotations.unwrap().desired_tg_updates;
     assert_eq!(updates["member-1"].destructive_update, 1);
-    assert_eq!(updates["member-0"].ignore, 1);
+    // The job's modify index moved: member-0's allocation is updated in place (tasksUpdated
+    // finds nothing destructive), not ignored.
+    assert_eq!((updates["member-0"].in_place_update, updates["member-0"].ignore), (1, 0));
     assert_eq!(diff.task_groups.iter().find(|g| g.name == "member-0").unwrap().diff_type, DiffType::None);
 }
 
@@ -263,7 +265,8 @@ async fn a_group_is_not_placed_before_its_csi_volumes_exist() {
     let job = job_with_volume("pg", 2);
     let plan = client.plan_job(&job).await.unwrap();
     let failure = &plan.failed_tg_allocs["member-0"];
-    assert!(failure.constraint_filtered.contains_key("missing CSI Volume pg-data[0]"), "{failure:?}");
+    // Nomad 2.0's wording (scheduler/feasible FilterConstraintCSIVolumeNotFoundTemplate), on every node.
+    assert_eq!(failure.constraint_filtered.get("missing CSI volume(s) pg-data[0]"), Some(&3), "{failure:?}");
 
     client.register_job(&job, RegisterOptions::default()).await.unwrap();
     let evaluations = client.job_evaluations("pg").await.unwrap();
@@ -272,10 +275,16 @@ async fn a_group_is_not_placed_before_its_csi_volumes_exist() {
 
     client.create_csi_volume(&csi_volume("pg-data[0]")).await.unwrap();
     client.create_csi_volume(&csi_volume("pg-data[1]")).await.unwrap();
-    assert!(client.plan_job(&job_with_volume("pg-2", 2)).await.unwrap().failed_tg_allocs.is_empty());
-    // A second job cannot take volumes a live allocation holds.
-    client.register_job(&job_with_volume("pg-2", 2), RegisterOptions::default()).await.unwrap();
-    let plan = client.plan_job(&job_with_volume("pg-3", 2)).await.unwrap();
+    // The blocked evaluation is retried once the volumes exist: the group is placed and its
+    // allocations claim the volumes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.job_allocations("pg").await.unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "the blocked evaluation was never retried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(client.job_evaluations("pg").await.unwrap().iter().all(|e| e.status != "blocked"));
+    // Another job cannot take volumes a live allocation holds.
+    let plan = client.plan_job(&job_with_volume("pg-2", 2)).await.unwrap();
     assert!(plan.failed_tg_allocs["member-0"]
         .constraint_filtered
         .contains_key("CSI volume pg-data[0] has exhausted its available writer claims"));

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::job_rules::{group_port_labels, interpolate_service_name};
 use super::nomad_double::routes_support::{parse_go_duration, parse_query, percent_decode, text};
-use super::nomad_double::state::{list, probe_for, str_of, Table, NODE_ID, NODE_NAME};
+use super::nomad_double::state::{list, str_of, Table};
 use super::nomad_double::{RecordedRequest, ServerThread, Shared};
 
 pub struct ConsulDouble {
@@ -44,7 +44,13 @@ fn service_entries(shared: &Shared) -> Vec<(String, Vec<Value>, Value)> {
     let oracle = shared.oracle();
     let state = shared.state.lock().unwrap();
     let mut entries = Vec::new();
-    for alloc in state.allocs.iter().filter(|a| a.is_live() && a.client_status == "running") {
+    // Services are registered while the allocation runs (and until it stopped).
+    for alloc in state.allocs.iter().filter(|a| a.client_status == "running") {
+        let node = state.nodes.get(alloc.node);
+        let node_name = node.map(|n| n.name.clone()).unwrap_or_default();
+        let node_id = node.map(|n| n.id.clone()).unwrap_or_default();
+        let node_address = node.map(|n| n.address.clone()).unwrap_or_default();
+        let datacenter = node.map(|n| n.datacenter.clone()).unwrap_or_default();
         let Some(record) = state.job(&alloc.namespace, &alloc.job_id) else { continue };
         let Some(job) = record.versions.iter().find(|v| v["Version"].as_u64() == Some(alloc.job_version)) else { continue };
         let Some(group) = list(job, "TaskGroups").iter().find(|g| str_of(g, "Name") == alloc.group) else { continue };
@@ -58,27 +64,35 @@ fn service_entries(shared: &Shared) -> Vec<(String, Vec<Value>, Value)> {
                 continue;
             }
             let name = interpolate_service_name(str_of(&service, "Name"), str_of(job, "Name"), &alloc.group, &task);
-            let port_position = ports.iter().position(|p| p == str_of(&service, "PortLabel")).unwrap_or(0) as u64;
             let label = str_of(&service, "PortLabel");
+            let _ = &ports;
             let mapped =
                 state.host_ports.iter().find(|((group, l), _)| *group == alloc.group && l == label).map(|(_, port)| u64::from(*port));
-            let port = mapped.unwrap_or(20000 + alloc.group_index as u64 * 100 + alloc.alloc_index * 10 + port_position);
+            // The node's address and the port the scheduler mapped for the label; a test's
+            // map_host_port points at a real program on 127.0.0.1 instead.
+            let (address, port) = match mapped {
+                Some(port) => ("127.0.0.1".to_string(), port),
+                None => {
+                    let assigned = alloc.ports.iter().find(|p| p.label == label).map(|p| u64::from(p.value));
+                    (node_address.clone(), assigned.or_else(|| label.parse().ok()).unwrap_or(0))
+                }
+            };
             let mut checks = vec![
-                json!({"Node": NODE_NAME, "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing", "Output": "", "ServiceID": "", "ServiceName": ""}),
+                json!({"Node": node_name, "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing", "Output": "", "ServiceID": "", "ServiceName": ""}),
             ];
             for check in list(&service, "Checks") {
-                let passing = oracle(&probe_for(alloc, job, &service, check, &task));
+                let (passing, output) = state.check_passing(alloc, job, &service, check, &task, &oracle);
                 checks.push(json!({
-                    "Node": NODE_NAME, "CheckID": format!("_nomad-check-{}-{}", alloc.id, str_of(check, "Name")),
+                    "Node": node_name, "CheckID": format!("_nomad-check-{}-{}", alloc.id, str_of(check, "Name")),
                     "Name": str_of(check, "Name"), "Status": if passing { "passing" } else { "critical" },
-                    "Output": if passing { "HTTP 200 OK" } else { "HTTP 503 Service Unavailable" },
+                    "Output": output,
                     "ServiceID": format!("_nomad-task-{}-{}", alloc.id, name), "ServiceName": name,
                 }));
             }
             let tags = list(&service, "Tags").to_vec();
             let entry = json!({
-                "Node": {"ID": NODE_ID, "Node": NODE_NAME, "Address": "127.0.0.1", "Datacenter": "dc1"},
-                "Service": {"ID": format!("_nomad-task-{}-{}", alloc.id, name), "Service": name, "Tags": tags, "Meta": service.get("Meta").cloned().unwrap_or(json!({})), "Address": "127.0.0.1", "Port": port},
+                "Node": {"ID": node_id, "Node": node_name, "Address": node_address, "Datacenter": datacenter},
+                "Service": {"ID": format!("_nomad-task-{}-{}", alloc.id, name), "Service": name, "Tags": tags, "Meta": service.get("Meta").cloned().unwrap_or(json!({})), "Address": address, "Port": port},
                 "Checks": checks,
             });
             entries.push((name, tags, entry));

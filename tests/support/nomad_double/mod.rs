@@ -11,9 +11,17 @@
 //! // … drop checks that no request broke the schema.
 //! ```
 
+pub mod nodes;
 mod ops;
+mod reconcile;
 mod routes;
+pub mod sched;
+mod seam;
 pub mod state;
+
+pub use nodes::{DriverSpec, HostVolumeSpec, NodeSpec};
+pub use sched::AssignedPort;
+pub use seam::AllocView;
 
 /// Helpers the Consul double shares with the Nomad one.
 pub mod routes_support {
@@ -61,6 +69,18 @@ pub fn patroni_like_oracle() -> HealthOracle {
     })
 }
 
+/// Who runs the allocations the double places.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientMode {
+    /// The double's own pretend client: pending → running after `start_delay`, check results
+    /// from the health oracle, stopped `stop_delay` after a stop is asked for.
+    #[default]
+    Simulated,
+    /// Nothing moves on its own: an external runner reads `node_allocations` and reports
+    /// task states, client status and check results (see "The client seam" below).
+    External,
+}
+
 #[derive(Clone)]
 pub struct DoubleConfig {
     /// When set, every request needs this token (`X-Nomad-Token` or `Authorization: Bearer`).
@@ -68,13 +88,26 @@ pub struct DoubleConfig {
     /// Factor applied to the job's own durations (MinHealthyTime, HealthyDeadline,
     /// ProgressDeadline): 0.001 turns a 10 minute progress deadline into 600 ms.
     pub time_scale: f64,
-    /// Real time from placement to running.
+    /// Real time from placement to running (Simulated mode).
     pub start_delay: Duration,
+    /// Real time from "stop" to the client reporting the allocation complete (Simulated mode);
+    /// volume claims are held until then.
+    pub stop_delay: Duration,
+    /// The client nodes (default: `NodeSpec::defaults()`, three nodes at 127.0.0.11..13).
+    pub nodes: Vec<NodeSpec>,
+    pub client: ClientMode,
 }
 
 impl Default for DoubleConfig {
     fn default() -> Self {
-        DoubleConfig { acl_token: None, time_scale: 0.001, start_delay: Duration::from_millis(20) }
+        DoubleConfig {
+            acl_token: None,
+            time_scale: 0.001,
+            start_delay: Duration::from_millis(20),
+            stop_delay: Duration::from_millis(5),
+            nodes: NodeSpec::defaults(),
+            client: ClientMode::Simulated,
+        }
     }
 }
 
@@ -226,7 +259,7 @@ impl NomadDouble {
 
     pub fn start_with(config: DoubleConfig) -> Self {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { index: 1, ..State::default() }),
+            state: Mutex::new(State { index: 1, nodes: config.nodes.clone(), client_mode: config.client, ..State::default() }),
             config,
             oracle: RwLock::new(patroni_like_oracle()),
             index_changed: watch::channel(1).0,

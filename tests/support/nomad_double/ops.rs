@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use super::state::{list, new_id, now_ns, str_of, Alloc, Deployment, GroupProgress, State, Table};
+use super::reconcile::Reconciled;
+use super::state::{list, new_id, now_ns, str_of, Deployment, GroupProgress, State, Table};
 use super::DoubleConfig;
 use crate::support::job_rules::{job_errors, multierror};
 
@@ -60,134 +61,27 @@ fn without_count(group: &Value) -> Value {
     group
 }
 
-/// What the scheduler would do with one group.
+/// What the scheduler does with one group (the plan's DesiredUpdates).
 #[derive(Debug, Default, Clone)]
 pub struct GroupUpdate {
-    pub place: Vec<u64>,
-    pub stop: Vec<String>,
+    pub place: u64,
+    pub stop: u64,
     pub ignore: u64,
     pub destructive: u64,
     pub in_place: u64,
+    pub migrate: u64,
 }
 
 impl GroupUpdate {
     fn annotations(&self) -> Value {
         json!({
-            "Ignore": self.ignore, "Place": self.place.len() as u64 - self.destructive.min(self.place.len() as u64),
-            "Migrate": 0, "Stop": self.stop.len() as u64 - self.destructive.min(self.stop.len() as u64),
+            "Ignore": self.ignore, "Place": self.place, "Migrate": self.migrate, "Stop": self.stop,
             "InPlaceUpdate": self.in_place, "DestructiveUpdate": self.destructive, "Canary": 0, "Preemptions": 0,
         })
     }
 }
 
 impl State {
-    fn live_allocs(&self, namespace: &str, job_id: &str, group: &str) -> Vec<&Alloc> {
-        self.allocs.iter().filter(|a| a.namespace == namespace && a.job_id == job_id && a.group == group && a.is_live()).collect()
-    }
-
-    pub fn group_updates(&self, namespace: &str, previous: Option<&Value>, job: &Value) -> BTreeMap<String, GroupUpdate> {
-        let job_id = str_of(job, "ID");
-        let mut updates = BTreeMap::new();
-        let schedules_allocs = job.get("Periodic").is_none_or(Value::is_null) && job.get("ParameterizedJob").is_none_or(Value::is_null);
-        for group in list(job, "TaskGroups") {
-            let name = str_of(group, "Name");
-            let count = group["Count"].as_u64().unwrap_or(1);
-            let live = self.live_allocs(namespace, job_id, name);
-            let old_group = previous.and_then(|p| group_named(p, name));
-            let mut update = GroupUpdate::default();
-            if !schedules_allocs {
-            } else if old_group.is_some_and(|old| without_count(old) == without_count(group)) {
-                // Same spec: keep what runs, scale to the new count.
-                let mut kept: Vec<&Alloc> = live.clone();
-                kept.sort_by_key(|a| a.alloc_index);
-                update.ignore = kept.iter().filter(|a| a.alloc_index < count).count() as u64;
-                update.stop = kept.iter().filter(|a| a.alloc_index >= count).map(|a| a.id.clone()).collect();
-                update.place = (0..count).filter(|i| !kept.iter().any(|a| a.alloc_index == *i)).collect();
-            } else {
-                // Changed spec (or new group): replace every allocation.
-                update.stop = live.iter().map(|a| a.id.clone()).collect();
-                update.place = (0..count).collect();
-                update.destructive = live.iter().filter(|a| a.alloc_index < count).count() as u64;
-            }
-            updates.insert(name.to_string(), update);
-        }
-        if let Some(previous) = previous {
-            for old_group in list(previous, "TaskGroups") {
-                let name = str_of(old_group, "Name");
-                if group_named(job, name).is_none() {
-                    let stop = self.live_allocs(namespace, job_id, name).iter().map(|a| a.id.clone()).collect();
-                    updates.insert(name.to_string(), GroupUpdate { stop, ..Default::default() });
-                }
-            }
-        }
-        updates
-    }
-
-    /// Why allocation `index` of `group` cannot be placed (the scheduler's constraint text),
-    /// given the allocations about to be stopped.
-    pub fn placement_failure(&self, namespace: &str, group: &Value, index: u64, stopping: &[String]) -> Option<String> {
-        let volumes = group.get("Volumes").and_then(Value::as_object)?;
-        for request in volumes.values().filter(|v| str_of(v, "Type") == "csi") {
-            let mut source = str_of(request, "Source").to_string();
-            if request.get("PerAlloc").and_then(Value::as_bool).unwrap_or(false) {
-                source = format!("{source}[{index}]");
-            }
-            let Some(volume) = self.volumes.get(&(namespace.to_string(), source.clone())) else {
-                return Some(format!("missing CSI Volume {source}"));
-            };
-            let access_mode = match str_of(request, "AccessMode") {
-                "" => volume_access_mode(&volume.spec),
-                mode => mode.to_string(),
-            };
-            let single_writer = matches!(access_mode.as_str(), "single-node-writer" | "single-node-single-writer");
-            let read_only = request.get("ReadOnly").and_then(Value::as_bool).unwrap_or(false);
-            let claimed = self.allocs.iter().any(|a| a.is_live() && !stopping.contains(&a.id) && a.volumes.contains(&source));
-            if single_writer && !read_only && claimed {
-                return Some(format!("CSI volume {source} has exhausted its available writer claims"));
-            }
-        }
-        None
-    }
-
-    fn claimed_volumes(group: &Value, index: u64) -> Vec<String> {
-        let Some(volumes) = group.get("Volumes").and_then(Value::as_object) else { return vec![] };
-        volumes
-            .values()
-            .filter(|v| str_of(v, "Type") == "csi")
-            .map(|v| {
-                let source = str_of(v, "Source");
-                if v.get("PerAlloc").and_then(Value::as_bool).unwrap_or(false) {
-                    format!("{source}[{index}]")
-                } else {
-                    source.to_string()
-                }
-            })
-            .collect()
-    }
-
-    fn failed_allocs(&self, namespace: &str, job: &Value, updates: &BTreeMap<String, GroupUpdate>) -> Map<String, Value> {
-        let mut failed = Map::new();
-        let stopping: Vec<String> = updates.values().flat_map(|u| u.stop.clone()).collect();
-        for (name, update) in updates {
-            let Some(group) = group_named(job, name) else { continue };
-            let reasons: Vec<String> =
-                update.place.iter().filter_map(|i| self.placement_failure(namespace, group, *i, &stopping)).collect();
-            if let Some(first) = reasons.first() {
-                failed.insert(
-                    name.clone(),
-                    json!({
-                        "NodesEvaluated": 1, "NodesFiltered": 1, "NodesInPool": 1, "NodePool": "default",
-                        "NodesAvailable": {"dc1": 1}, "ClassFiltered": null, "ConstraintFiltered": {first.clone(): 1},
-                        "NodesExhausted": 0, "ClassExhausted": null, "DimensionExhausted": null, "QuotaExhausted": null,
-                        "ResourcesExhausted": null, "Scores": null, "ScoreMetaData": null, "AllocationTime": 12000,
-                        "CoalescedFailures": reasons.len() as u64 - 1,
-                    }),
-                );
-            }
-        }
-        failed
-    }
-
     /// `PUT /v1/jobs`: validation, check-and-set, a new version, an evaluation, a deployment
     /// and the allocations it places.
     pub fn register(&mut self, request: &Value, namespace: &str, config: &DoubleConfig, now: Instant) -> Result<Value, Failure> {
@@ -215,15 +109,24 @@ impl State {
         Ok(self.store_job(job, existing, config, now, "job-register"))
     }
 
-    pub fn store_job(&mut self, mut job: Value, existing: Option<Value>, config: &DoubleConfig, now: Instant, triggered_by: &str) -> Value {
+    pub fn store_job(&mut self, job: Value, existing: Option<Value>, config: &DoubleConfig, now: Instant, triggered_by: &str) -> Value {
+        self.store_job_reconciled(job, existing, config, now, triggered_by).0
+    }
+
+    pub fn store_job_reconciled(
+        &mut self,
+        mut job: Value,
+        existing: Option<Value>,
+        config: &DoubleConfig,
+        now: Instant,
+        triggered_by: &str,
+    ) -> (Value, Reconciled) {
         let namespace = str_of(&job, "Namespace").to_string();
         let id = str_of(&job, "ID").to_string();
         let key = (namespace.clone(), id.clone());
-        let previous = existing.as_ref().filter(|e| !e["Stop"].as_bool().unwrap_or(false));
         let index = self.bump(Table::Jobs);
         let unchanged = existing.as_ref().is_some_and(|e| spec_of(e) == spec_of(&job));
         let job_modify_index = if unchanged { existing.as_ref().unwrap()["JobModifyIndex"].as_u64().unwrap_or(index) } else { index };
-        let updates = self.group_updates(&namespace, previous, &job);
         let version = match &existing {
             Some(e) if unchanged => e["Version"].as_u64().unwrap_or(0),
             Some(e) => e["Version"].as_u64().unwrap_or(0) + 1,
@@ -246,58 +149,19 @@ impl State {
             record.versions.push(job.clone());
         }
 
-        let failed = self.failed_allocs(&namespace, &job, &updates);
-        let eval_id = new_id();
-        let eval_index = self.bump(Table::Evals);
-        let changes = !unchanged && updates.values().any(|u| !u.place.is_empty() || !u.stop.is_empty());
+        let schedules_allocs = job.get("Periodic").is_none_or(Value::is_null) && job.get("ParameterizedJob").is_none_or(Value::is_null);
         let is_service = str_of(&job, "Type") == "service";
-        let deployment_id = (changes && is_service).then(new_id);
-
-        // Stop what goes away, then place.
-        let alloc_index = self.bump(Table::Allocs);
-        let stopping: Vec<String> = updates.values().flat_map(|u| u.stop.clone()).collect();
-        for alloc in self.allocs.iter_mut().filter(|a| stopping.contains(&a.id)) {
-            alloc.desired_status = "stop";
-            alloc.client_status = "complete";
-            alloc.modify_index = alloc_index;
-        }
-        for alloc in self.allocs.iter_mut().filter(|a| a.namespace == namespace && a.job_id == id && a.is_live()) {
-            alloc.job_version = version;
-        }
-        let mut progress = BTreeMap::new();
-        let group_names: Vec<String> = list(&job, "TaskGroups").iter().map(|g| str_of(g, "Name").to_string()).collect();
-        for (group_index, group_name) in group_names.iter().enumerate() {
-            let group = group_named(&job, group_name).unwrap().clone();
-            let update = &updates[group_name];
-            let mut placed = 0;
-            for &index in &update.place {
-                if failed.contains_key(group_name) && self.placement_failure(&namespace, &group, index, &stopping).is_some() {
-                    continue;
-                }
-                placed += 1;
-                self.allocs.push(Alloc {
-                    id: new_id(),
-                    eval_id: eval_id.clone(),
-                    namespace: namespace.clone(),
-                    job_id: id.clone(),
-                    job_version: version,
-                    group: group_name.clone(),
-                    group_index,
-                    alloc_index: index,
-                    deployment_id: deployment_id.clone(),
-                    desired_status: "run",
-                    client_status: "pending",
-                    client_description: "No tasks have started".into(),
-                    task_states: BTreeMap::new(),
-                    healthy: None,
-                    created_at: now,
-                    running_since: None,
-                    volumes: Self::claimed_volumes(&group, index),
-                    create_index: alloc_index,
-                    modify_index: alloc_index,
-                });
+        let deployment_id = (!unchanged && is_service && schedules_allocs && !list(&job, "TaskGroups").is_empty()).then(new_id);
+        if let Some(deployment_id) = &deployment_id {
+            let deployment_index = self.bump(Table::Deployments);
+            // A new deployment cancels the running one of the same job.
+            for d in self.deployments.iter_mut().filter(|d| d.namespace == namespace && d.job_id == id && d.status == "running") {
+                d.status = "cancelled";
+                d.description = "Cancelled due to newer version of job".into();
+                d.modify_index = deployment_index;
             }
-            if deployment_id.is_some() && (!update.place.is_empty()) {
+            let mut progress = BTreeMap::new();
+            for group in list(&job, "TaskGroups") {
                 let nanos = |key: &str, default: i64| {
                     group
                         .get("Update")
@@ -308,10 +172,10 @@ impl State {
                 };
                 let deadline_ns = nanos("ProgressDeadline", 600_000_000_000);
                 progress.insert(
-                    group_name.clone(),
+                    str_of(group, "Name").to_string(),
                     GroupProgress {
                         desired_total: group["Count"].as_u64().unwrap_or(1),
-                        placed,
+                        placed: 0,
                         healthy: 0,
                         unhealthy: 0,
                         progress_deadline_ns: deadline_ns,
@@ -320,15 +184,6 @@ impl State {
                         healthy_deadline: std::time::Duration::ZERO,
                     },
                 );
-            }
-        }
-        if let Some(deployment_id) = &deployment_id {
-            let deployment_index = self.bump(Table::Deployments);
-            // A new deployment cancels the running one of the same job.
-            for d in self.deployments.iter_mut().filter(|d| d.namespace == namespace && d.job_id == id && d.status == "running") {
-                d.status = "cancelled";
-                d.description = "Cancelled due to newer version of job".into();
-                d.modify_index = deployment_index;
             }
             self.deployments.push(Deployment {
                 id: deployment_id.clone(),
@@ -344,33 +199,21 @@ impl State {
                 modify_index: deployment_index,
             });
         }
-        let blocked_eval = if failed.is_empty() { String::new() } else { new_id() };
-        let queued: Map<String, Value> = failed.keys().map(|g| (g.clone(), json!(1))).collect();
-        self.evals.push(json!({
-            "ID": eval_id, "Namespace": namespace, "Priority": 50, "Type": str_of(&job, "Type"),
-            "TriggeredBy": triggered_by, "JobID": id, "JobModifyIndex": job_modify_index,
-            "DeploymentID": deployment_id.clone().unwrap_or_default(), "Status": "complete", "StatusDescription": "",
-            "BlockedEval": blocked_eval, "FailedTGAllocs": if failed.is_empty() { Value::Null } else { Value::Object(failed.clone()) },
-            "QueuedAllocations": queued, "CreateIndex": eval_index, "ModifyIndex": eval_index,
-        }));
-        if !blocked_eval.is_empty() {
-            self.evals.push(json!({
-                "ID": blocked_eval, "Namespace": namespace, "Priority": 50, "Type": str_of(&job, "Type"),
-                "TriggeredBy": "queued-allocs", "JobID": id, "JobModifyIndex": job_modify_index, "DeploymentID": "",
-                "Status": "blocked", "StatusDescription": "created to place remaining allocations", "BlockedEval": "",
-                "FailedTGAllocs": Value::Object(failed), "QueuedAllocations": {}, "PreviousEval": eval_id,
-                "CreateIndex": eval_index, "ModifyIndex": eval_index,
-            }));
-        }
+        let eval_id = new_id();
+        let result = self.reconcile_job(&namespace, &id, now, &eval_id);
+        let eval_index = self.index + 1;
+        self.record_eval(&eval_id, &job, triggered_by, deployment_id.as_deref().unwrap_or_default(), &result);
         self.refresh_job_status();
-        json!({
+        let response = json!({
             "EvalID": eval_id, "EvalCreateIndex": eval_index, "JobModifyIndex": job_modify_index,
             "Warnings": "", "Index": self.index, "LastContact": 0, "KnownLeader": true, "NextToken": "",
-        })
+        });
+        (response, result)
     }
 
-    /// `PUT /v1/job/:id/plan`: what register would do, without doing it.
-    pub fn plan(&self, request: &Value, namespace: &str) -> Result<Value, Failure> {
+    /// `PUT /v1/job/:id/plan`: what register would do, without doing it (the scheduler runs
+    /// on a copy of the cluster).
+    pub fn plan(&self, request: &Value, namespace: &str, config: &DoubleConfig, now: Instant) -> Result<Value, Failure> {
         let job = with_defaults(request["Job"].clone(), namespace);
         let errors = job_errors(&job);
         if !errors.is_empty() {
@@ -378,44 +221,51 @@ impl State {
         }
         let existing = self.job(namespace, str_of(&job, "ID")).map(|r| r.current().clone());
         let previous = existing.as_ref().filter(|e| !e["Stop"].as_bool().unwrap_or(false));
-        let updates = self.group_updates(namespace, previous, &job);
-        let failed = self.failed_allocs(namespace, &job, &updates);
-        let desired: Map<String, Value> = updates.iter().map(|(g, u)| (g.clone(), u.annotations())).collect();
-        let diff =
-            if request.get("Diff").and_then(Value::as_bool).unwrap_or(false) { job_diff(previous, &job, &updates) } else { Value::Null };
+        let mut scratch = self.clone();
+        let (_, result) = scratch.store_job_reconciled(job.clone(), existing.clone(), config, now, "job-register");
+        let desired: Map<String, Value> = result.updates.iter().map(|(g, u)| (g.clone(), u.annotations())).collect();
+        let diff = if request.get("Diff").and_then(Value::as_bool).unwrap_or(false) {
+            job_diff(previous, &job, &result.updates)
+        } else {
+            Value::Null
+        };
         Ok(json!({
             "Annotations": {"DesiredTGUpdates": desired, "PreemptedAllocs": null},
-            "FailedTGAllocs": if failed.is_empty() { Value::Null } else { Value::Object(failed) },
+            "FailedTGAllocs": if result.failed.is_empty() { Value::Null } else { Value::Object(result.failed) },
             "JobModifyIndex": existing.as_ref().and_then(|e| e["JobModifyIndex"].as_u64()).unwrap_or(0),
             "CreatedEvals": null, "Diff": diff, "NextPeriodicLaunch": "0001-01-01T00:00:00Z", "Warnings": "", "Index": self.index,
         }))
     }
 
-    pub fn deregister(&mut self, namespace: &str, id: &str, purge: bool) -> Result<Value, Failure> {
+    pub fn deregister(&mut self, namespace: &str, id: &str, purge: bool, now: Instant) -> Result<Value, Failure> {
         let key = (namespace.to_string(), id.to_string());
         if !self.jobs.contains_key(&key) {
             return Err((404, "job not found".into()));
         }
         let index = self.bump(Table::Jobs);
-        if purge {
-            self.jobs.remove(&key);
-        } else {
-            let current = self.jobs.get_mut(&key).unwrap().versions.last_mut().unwrap();
-            current["Stop"] = json!(true);
-            current["Status"] = json!("dead");
-            current["ModifyIndex"] = json!(index);
-        }
-        let alloc_index = self.bump(Table::Allocs);
-        for alloc in self.allocs.iter_mut().filter(|a| a.namespace == namespace && a.job_id == id && a.is_live()) {
-            alloc.desired_status = "stop";
-            alloc.client_status = "complete";
-            alloc.modify_index = alloc_index;
-        }
+        let current = self.jobs.get_mut(&key).unwrap().versions.last_mut().unwrap();
+        current["Stop"] = json!(true);
+        current["Status"] = json!("dead");
+        current["ModifyIndex"] = json!(index);
         let deployment_index = self.bump(Table::Deployments);
         for d in self.deployments.iter_mut().filter(|d| d.namespace == namespace && d.job_id == id && d.status == "running") {
             d.status = "cancelled";
             d.description = "Cancelled because job is stopped".into();
             d.modify_index = deployment_index;
+        }
+        let alloc_index = self.bump(Table::Allocs);
+        for i in 0..self.allocs.len() {
+            let a = &self.allocs[i];
+            if a.namespace == namespace && a.job_id == id && a.is_live() {
+                self.stop_alloc(i, now, "alloc not needed since job was stopped", alloc_index);
+            }
+        }
+        for e in self.evals.iter_mut().filter(|e| e["Namespace"] == json!(namespace) && e["JobID"] == json!(id) && e["Status"] == "blocked")
+        {
+            e["Status"] = json!("canceled");
+        }
+        if purge {
+            self.jobs.remove(&key);
         }
         let eval_id = new_id();
         let eval_index = self.bump(Table::Evals);
@@ -462,7 +312,7 @@ impl State {
     }
 }
 
-fn volume_access_mode(spec: &Value) -> String {
+pub fn volume_access_mode(spec: &Value) -> String {
     match str_of(spec, "AccessMode") {
         "" => list(spec, "RequestedCapabilities").first().map(|c| str_of(c, "AccessMode").to_string()).unwrap_or_default(),
         mode => mode.to_string(),
@@ -571,11 +421,13 @@ pub fn job_diff(old: Option<&Value>, new: &Value, updates: &BTreeMap<String, Gro
             let edited = !fields.is_empty() || !objects.is_empty() || tasks.iter().any(|t| t["Type"] != "None");
             let update = updates.get(name).cloned().unwrap_or_default();
             let mut counts = Map::new();
-            let place = update.place.len() as u64 - update.destructive;
-            let stop = update.stop.len() as u64 - update.destructive;
-            for (key, value) in
-                [("create", place), ("destroy", stop), ("create/destroy update", update.destructive), ("ignore", update.ignore)]
-            {
+            for (key, value) in [
+                ("create", update.place),
+                ("destroy", update.stop),
+                ("create/destroy update", update.destructive),
+                ("in-place update", update.in_place),
+                ("ignore", update.ignore),
+            ] {
                 if value > 0 {
                     counts.insert(key.into(), json!(value));
                 }

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use super::state::{list, now_ns, str_of, State, Table, NODE_ID, NODE_NAME};
+use super::state::{list, now_ns, str_of, Alloc, State, Table};
 use super::{FaultKind, RecordedRequest, Shared};
 use crate::support::schema;
 
@@ -246,12 +246,12 @@ fn table_for(segments: &[String]) -> Option<Table> {
     let s: Vec<&str> = segments.iter().map(String::as_str).collect();
     Some(match s.as_slice() {
         ["v1", "jobs"] | ["v1", "job", _] | ["v1", "job", _, "versions" | "summary"] => Table::Jobs,
-        ["v1", "job", _, "allocations"] | ["v1", "allocations"] => Table::Allocs,
+        ["v1", "job", _, "allocations"] | ["v1", "allocations"] | ["v1", "allocation", _] => Table::Allocs,
         ["v1", "job", _, "evaluations"] | ["v1", "evaluation", _] | ["v1", "evaluations"] => Table::Evals,
         ["v1", "job", _, "deployment" | "deployments"] | ["v1", "deployment", _] | ["v1", "deployments"] => Table::Deployments,
         ["v1", "var", ..] | ["v1", "vars"] => Table::Variables,
         ["v1", "volumes"] | ["v1", "volume", "csi", _] => Table::Volumes,
-        ["v1", "nodes"] => Table::Nodes,
+        ["v1", "nodes"] | ["v1", "node", _] => Table::Nodes,
         _ => return None,
     })
 }
@@ -315,7 +315,7 @@ fn volume_json(namespace: &str, state: &State, volume: &super::state::Volume) ->
     let claims: serde_json::Map<String, Value> = state
         .allocs
         .iter()
-        .filter(|a| a.is_live() && a.namespace == namespace && a.volumes.iter().any(|v| v == id))
+        .filter(|a| a.holds_claims() && a.namespace == namespace && a.volumes.iter().any(|v| v == id))
         .map(|a| (a.id.clone(), Value::Null))
         .collect();
     let capabilities = list(&volume.spec, "RequestedCapabilities");
@@ -331,6 +331,56 @@ fn volume_json(namespace: &str, state: &State, volume: &super::state::Volume) ->
         "ReadAllocs": {}, "WriteAllocs": claims, "CurrentWriters": claims.len(), "CurrentReaders": 0,
         "CreateIndex": volume.create_index, "ModifyIndex": volume.modify_index, "CreateTime": 0, "ModifyTime": 0,
     })
+}
+
+/// `server.Allocation`: the stub's fields and the placement's resources and ports.
+fn full_allocation(state: &State, alloc: &Alloc) -> Value {
+    let view = state.view(alloc);
+    let ports: Vec<Value> = alloc
+        .ports
+        .iter()
+        .map(|p| json!({"Label": p.label, "Value": p.value, "To": p.to, "HostIP": p.host_ip, "IgnoreCollision": false}))
+        .collect();
+    let port_json = |reserved: bool| -> Vec<Value> {
+        alloc
+            .ports
+            .iter()
+            .filter(|p| p.reserved == reserved)
+            .map(|p| json!({"Label": p.label, "Value": p.value, "To": p.to, "HostNetwork": "default"}))
+            .collect()
+    };
+    let address = view.node_address.clone();
+    let mode = list(&view.group_spec, "Networks").first().map(|n| str_of(n, "Mode").to_string()).unwrap_or_else(|| "host".into());
+    let networks = if list(&view.group_spec, "Networks").is_empty() {
+        Value::Null
+    } else {
+        json!([{"Mode": if mode.is_empty() { "host" } else { mode.as_str() }, "Device": "", "CIDR": "", "IP": address, "Hostname": "",
+                 "MBits": 0, "ReservedPorts": port_json(true), "DynamicPorts": port_json(false)}])
+    };
+    let tasks: serde_json::Map<String, Value> = list(&view.group_spec, "Tasks")
+        .iter()
+        .map(|t| {
+            let (cpu, memory) = super::sched::group_resources(&json!({"Tasks": [t]}));
+            (
+                str_of(t, "Name").to_string(),
+                json!({"Cpu": {"CpuShares": cpu}, "Memory": {"MemoryMB": memory}, "Networks": null, "Devices": null}),
+            )
+        })
+        .collect();
+    let mut full = alloc.stub();
+    let object = full.as_object_mut().unwrap();
+    object.remove("JobType");
+    object.remove("JobVersion");
+    object.insert("Resources".into(), json!({"CPU": alloc.cpu, "MemoryMB": alloc.memory_mb, "DiskMB": 300, "Networks": networks}));
+    object.insert(
+        "AllocatedResources".into(),
+        json!({"Tasks": tasks, "TaskLifecycles": null, "Shared": {"Networks": networks, "DiskMB": 300, "Ports": ports}}),
+    );
+    object.insert("PreviousAllocation".into(), json!(alloc.previous_allocation));
+    object.insert("NextAllocation".into(), json!(alloc.next_allocation));
+    object.insert("DeploymentID".into(), json!(alloc.deployment_id.clone().unwrap_or_default()));
+    object.insert("AllocModifyIndex".into(), json!(alloc.modify_index));
+    full
 }
 
 /// GET endpoints (after any blocking wait).
@@ -426,13 +476,17 @@ fn read(shared: &Shared, request: &Incoming) -> Result<Value, (u16, String)> {
             let volume = state.volumes.get(&(ns.clone(), id.to_string())).ok_or((404, "volume not found".to_string()))?;
             volume_json(&ns, &state, volume)
         }
-        ["v1", "nodes"] => json!([{
-            "Address": "127.0.0.1", "ID": NODE_ID, "Attributes": {"unique.network.ip-address": "127.0.0.1"}, "Datacenter": "dc1",
-            "Name": NODE_NAME, "NodePool": "default", "NodeClass": "", "Version": "1.11.2", "Drain": false,
-            "SchedulingEligibility": "eligible", "Status": "ready", "StatusDescription": "",
-            "Drivers": {"docker": {"Detected": true, "Healthy": true, "HealthDescription": "Healthy", "Attributes": null, "UpdateTime": "0001-01-01T00:00:00Z"}},
-            "CreateIndex": 1, "ModifyIndex": 1,
-        }]),
+        ["v1", "nodes"] => Value::Array(state.nodes.iter().map(|n| n.stub(state.table_index(Table::Nodes))).collect()),
+        ["v1", "node", id] => state
+            .nodes
+            .iter()
+            .find(|n| n.id == *id || n.name == *id)
+            .map(|n| n.full(state.table_index(Table::Nodes)))
+            .ok_or((404, "node not found".to_string()))?,
+        ["v1", "allocation", id] => {
+            let alloc = state.allocs.iter().find(|a| a.id == *id).ok_or((404, "alloc not found".to_string()))?;
+            full_allocation(&state, alloc)
+        }
         _ => return Err((404, "404 page not found".into())),
     })
 }
@@ -459,13 +513,13 @@ fn respond(state: &mut State, shared: &Shared, request: &Incoming, has_leader: b
         ),
         (_, ["v1", "jobs"]) if write => register(state, request, &body, &ns, config, now, None, has_leader),
         (_, ["v1", "job", id]) if write => register(state, request, &body, &ns, config, now, Some(id), has_leader),
-        ("DELETE", ["v1", "job", id]) => reply(state.deregister(&ns, id, request.flag("purge")), state.index, has_leader),
+        ("DELETE", ["v1", "job", id]) => reply(state.deregister(&ns, id, request.flag("purge"), now), state.index, has_leader),
         (_, ["v1", "job", id, "plan"]) if write => {
             if str_of(&body["Job"], "ID") != *id {
                 return text(400, "Job ID does not match");
             }
             let namespace = job_namespace(request, &body);
-            reply(state.plan(&body, &namespace), state.index, has_leader)
+            reply(state.plan(&body, &namespace, config, now), state.index, has_leader)
         }
         (_, ["v1", "job", id, "periodic", "force"]) if write => {
             let Some(record) = state.job(&ns, id) else { return text(404, "job not found") };
@@ -530,6 +584,9 @@ fn respond(state: &mut State, shared: &Shared, request: &Incoming, has_leader: b
                 let index = state.bump(Table::Volumes);
                 let create_index = state.volumes.get(&key).map(|v| v.create_index).unwrap_or(index);
                 state.volumes.insert(key.clone(), super::state::Volume { spec: volume.clone(), create_index, modify_index: index });
+                if create_index == index {
+                    state.volume_nodes.remove(&key);
+                }
                 created.push(volume_json(&namespace, state, &state.volumes[&key]));
             }
             ok(
@@ -543,11 +600,12 @@ fn respond(state: &mut State, shared: &Shared, request: &Incoming, has_leader: b
                 return text(404, "volume not found");
             }
             let claimed: Vec<String> =
-                state.allocs.iter().filter(|a| a.is_live() && a.volumes.iter().any(|v| v == id)).map(|a| a.id.clone()).collect();
+                state.allocs.iter().filter(|a| a.holds_claims() && a.volumes.iter().any(|v| v == id)).map(|a| a.id.clone()).collect();
             if !claimed.is_empty() {
                 return text(500, format!("volume in use: {id}"));
             }
             state.volumes.remove(&key);
+            state.volume_nodes.remove(&key);
             let index = state.bump(Table::Volumes);
             json_reply(200, &Value::Null, index, has_leader)
         }

@@ -11,8 +11,9 @@ use tokio::time::Instant;
 use super::{CheckProbe, DoubleConfig, HealthOracle};
 use crate::support::job_rules::{check_on_update, interpolate_service_name, template_variable_reads};
 
-pub const NODE_ID: &str = "f7476465-4d6e-c0de-0000-000000000001";
-pub const NODE_NAME: &str = "double-client-1";
+use super::nodes::NodeSpec;
+use super::sched::AssignedPort;
+use super::ClientMode;
 
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
@@ -52,6 +53,7 @@ pub enum Table {
     Acl,
 }
 
+#[derive(Clone)]
 pub struct JobRecord {
     /// server.Job values, oldest first; the last one is current.
     pub versions: Vec<Value>,
@@ -63,8 +65,25 @@ impl JobRecord {
     }
 }
 
+#[derive(Clone)]
 pub struct Alloc {
     pub id: String,
+    /// Index into `State::nodes`.
+    pub node: usize,
+    pub node_id: String,
+    pub node_name: String,
+    pub ports: Vec<AssignedPort>,
+    pub cpu: u64,
+    pub memory_mb: u64,
+    pub previous_allocation: String,
+    pub next_allocation: String,
+    pub desired_description: String,
+    /// When the stop was asked for (desired status became stop).
+    pub stop_requested_at: Option<Instant>,
+    /// Since when every check that counts has passed without interruption.
+    pub healthy_since: Option<Instant>,
+    /// (service name, check name) → (passing, output), as the client reports them.
+    pub checks: BTreeMap<(String, String), (bool, String)>,
     pub eval_id: String,
     pub namespace: String,
     pub job_id: String,
@@ -90,25 +109,43 @@ impl Alloc {
         format!("{}.{}[{}]", self.job_id, self.group, self.alloc_index)
     }
 
+    /// Desired to run and not terminal on the client.
     pub fn is_live(&self) -> bool {
-        self.desired_status == "run" && matches!(self.client_status, "pending" | "running")
+        self.desired_status == "run" && !self.client_terminal()
+    }
+
+    pub fn client_terminal(&self) -> bool {
+        matches!(self.client_status, "complete" | "failed" | "lost")
+    }
+
+    /// Volume claims are held until the client says the allocation stopped.
+    pub fn holds_claims(&self) -> bool {
+        !self.client_terminal()
+    }
+
+    pub fn deployment_status(&self) -> Value {
+        match &self.deployment_id {
+            Some(_) => json!({"Healthy": self.healthy, "Canary": false, "ModifyIndex": self.modify_index}),
+            None => Value::Null,
+        }
     }
 
     pub fn stub(&self) -> Value {
         json!({
             "ID": self.id, "EvalID": self.eval_id, "Name": self.name(), "Namespace": self.namespace,
-            "NodeID": NODE_ID, "NodeName": NODE_NAME, "JobID": self.job_id, "JobType": "service",
+            "NodeID": self.node_id, "NodeName": self.node_name, "JobID": self.job_id, "JobType": "service",
             "JobVersion": self.job_version, "TaskGroup": self.group,
-            "DesiredStatus": self.desired_status, "DesiredDescription": "",
+            "DesiredStatus": self.desired_status, "DesiredDescription": self.desired_description,
             "ClientStatus": self.client_status, "ClientDescription": self.client_description,
             "TaskStates": self.task_states,
-            "DeploymentStatus": self.deployment_id.as_ref().map(|_| json!({"Healthy": self.healthy, "Canary": false, "ModifyIndex": self.modify_index})),
+            "DeploymentStatus": self.deployment_status(),
             "FollowupEvalID": "", "CreateIndex": self.create_index, "ModifyIndex": self.modify_index,
             "CreateTime": 0, "ModifyTime": 0,
         })
     }
 }
 
+#[derive(Clone)]
 pub struct GroupProgress {
     pub desired_total: u64,
     pub placed: u64,
@@ -120,6 +157,7 @@ pub struct GroupProgress {
     pub healthy_deadline: Duration,
 }
 
+#[derive(Clone)]
 pub struct Deployment {
     pub id: String,
     pub namespace: String,
@@ -161,6 +199,7 @@ impl Deployment {
     }
 }
 
+#[derive(Clone)]
 pub struct Variable {
     pub items: Value,
     pub create_index: u64,
@@ -169,14 +208,21 @@ pub struct Variable {
     pub modify_time: i64,
 }
 
+#[derive(Clone)]
 pub struct Volume {
     pub spec: Value,
     pub create_index: u64,
     pub modify_index: u64,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct State {
+    pub nodes: Vec<NodeSpec>,
+    /// Node-local (hostpath) CSI volumes stay on the node of their first claim.
+    pub volume_nodes: BTreeMap<(String, String), usize>,
+    pub client_mode: ClientMode,
+    /// (volume, allocation) claims as last published: a change moves the volumes' index.
+    pub claims_seen: Vec<(String, String)>,
     pub index: u64,
     pub tables: HashMap<Table, u64>,
     pub jobs: BTreeMap<(String, String), JobRecord>,
@@ -274,12 +320,64 @@ impl State {
         Some((job.clone(), group))
     }
 
+    /// Is this check passing now? Simulated: the oracle says. External: what the runner
+    /// reported (critical until it reports a pass).
+    pub fn check_passing(
+        &self,
+        alloc: &Alloc,
+        job: &Value,
+        service: &Value,
+        check: &Value,
+        task: &str,
+        oracle: &HealthOracle,
+    ) -> (bool, String) {
+        match self.client_mode {
+            ClientMode::Simulated => {
+                let passing = oracle(&probe_for(alloc, job, service, check, task));
+                (passing, if passing { "HTTP 200 OK".into() } else { "HTTP 503 Service Unavailable".into() })
+            }
+            ClientMode::External => {
+                let name = interpolate_service_name(str_of(service, "Name"), str_of(job, "Name"), &alloc.group, task);
+                alloc.checks.get(&(name, str_of(check, "Name").to_string())).cloned().unwrap_or((false, String::new()))
+            }
+        }
+    }
+
     /// Every check that counts for deployment health passes right now (checks with
     /// on_update = "ignore" do not count, as in Nomad).
     fn health_checks_pass(&self, alloc: &Alloc, job: &Value, group: &Value, oracle: &HealthOracle) -> bool {
         service_checks(job, group).into_iter().all(|(service, check, task)| {
-            check_on_update(&service, &check) == "ignore" || oracle(&probe_for(alloc, job, &service, &check, &task))
+            check_on_update(&service, &check) == "ignore" || self.check_passing(alloc, job, &service, &check, &task, oracle).0
         })
+    }
+
+    /// Writer claims of `alloc` that another allocation still holds (the client's CSI hook
+    /// waits for them).
+    pub fn waiting_for_volumes(&self, alloc: &Alloc) -> Vec<String> {
+        alloc
+            .volumes
+            .iter()
+            .filter(|v| {
+                self.allocs.iter().any(|other| {
+                    other.id != alloc.id && other.holds_claims() && other.create_index < alloc.create_index && other.volumes.contains(v)
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Claims taken or released change the volumes (blocking queries on a volume wake).
+    pub fn sync_claims(&mut self) {
+        let mut claims: Vec<(String, String)> =
+            self.allocs.iter().filter(|a| a.holds_claims()).flat_map(|a| a.volumes.iter().map(|v| (v.clone(), a.id.clone()))).collect();
+        claims.sort();
+        if claims != self.claims_seen {
+            self.claims_seen = claims;
+            let index = self.bump(Table::Volumes);
+            for volume in self.volumes.values_mut() {
+                volume.modify_index = index;
+            }
+        }
     }
 
     /// Moves simulated time to `now`; returns the next instant something is due.
@@ -287,24 +385,50 @@ impl State {
         let mut next: Option<Instant> = None;
         let mut due = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
         let mut changed_allocs: Vec<usize> = Vec::new();
-        let mut deployment_updates: Vec<(String, String, &'static str)> = Vec::new(); // (deployment, group, healthy|unhealthy|placed)
+        let simulated = self.client_mode == ClientMode::Simulated;
         for i in 0..self.allocs.len() {
             let alloc = &self.allocs[i];
-            if !alloc.is_live() {
+            if alloc.client_terminal() {
+                continue;
+            }
+            if alloc.desired_status != "run" {
+                // Stopping: the simulated client kills the tasks after stop_delay.
+                let asked = alloc.stop_requested_at.unwrap_or(now);
+                if !simulated {
+                    continue;
+                }
+                if now < asked + config.stop_delay {
+                    due(asked + config.stop_delay);
+                    continue;
+                }
+                let alloc = &mut self.allocs[i];
+                for state in alloc.task_states.values_mut() {
+                    state["State"] = json!("dead");
+                    if let Some(events) = state["Events"].as_array_mut() {
+                        events.push(task_event("Killing", "Sent interrupt. Waiting 5s before force killing", false));
+                        events.push(task_event("Killed", "Task successfully killed", false));
+                    }
+                }
+                alloc.client_status = "complete";
+                alloc.client_description = "All tasks have completed".into();
+                changed_allocs.push(i);
                 continue;
             }
             let Some((job, group)) = self.group_spec(alloc) else { continue };
             match alloc.client_status {
-                "pending" => {
+                "pending" if simulated => {
                     let blocked: Vec<(String, Vec<String>)> = list(&group, "Tasks")
                         .iter()
                         .map(|task| (str_of(task, "Name").to_string(), self.missing_template_reads(alloc, task)))
                         .filter(|(_, missing)| !missing.is_empty())
                         .collect();
+                    let waiting = self.waiting_for_volumes(alloc);
                     let failing = self.failing_groups.iter().any(|(j, g)| *j == alloc.job_id && *g == alloc.group);
                     let start_at = alloc.created_at + config.start_delay;
                     let alloc = &mut self.allocs[i];
-                    if !blocked.is_empty() {
+                    if !waiting.is_empty() {
+                        // The CSI hook retries its claim until the previous holder stopped.
+                    } else if !blocked.is_empty() {
                         for (task, missing) in blocked {
                             let message = format!("Missing: {}", missing.join(", "));
                             let state = alloc.task_states.entry(task).or_insert_with(|| task_state("pending", false, vec![]));
@@ -328,11 +452,10 @@ impl State {
                         }
                         alloc.client_status = "failed";
                         alloc.client_description = "Failed tasks".into();
-                        alloc.healthy = Some(false);
-                        changed_allocs.push(i);
-                        if let Some(d) = &alloc.deployment_id {
-                            deployment_updates.push((d.clone(), alloc.group.clone(), "unhealthy"));
+                        if alloc.deployment_id.is_some() {
+                            alloc.healthy = Some(false);
                         }
+                        changed_allocs.push(i);
                     } else {
                         for task in list(&group, "Tasks") {
                             let events = vec![
@@ -346,29 +469,40 @@ impl State {
                         alloc.client_description = "Tasks are running".into();
                         alloc.running_since = Some(now);
                         changed_allocs.push(i);
-                        let min_healthy = scaled(config, update_setting(&job, &group, "MinHealthyTime", 10 * SECOND));
-                        due(now + min_healthy);
+                        due(now);
                     }
                 }
                 "running" if alloc.healthy.is_none() && alloc.deployment_id.is_some() => {
                     let since = alloc.running_since.unwrap_or(now);
                     let min_healthy = scaled(config, update_setting(&job, &group, "MinHealthyTime", 10 * SECOND));
                     let healthy_deadline = scaled(config, update_setting(&job, &group, "HealthyDeadline", 300 * SECOND));
-                    let checks_pass = self.health_checks_pass(alloc, &job, &group, oracle);
-                    let verdict = if checks_pass && now >= since + min_healthy {
-                        Some(true)
-                    } else if now >= since + healthy_deadline {
-                        Some(false)
-                    } else {
-                        due(if checks_pass { since + min_healthy } else { since + healthy_deadline });
-                        None
+                    let mode = group
+                        .get("Update")
+                        .and_then(|u| u.get("HealthCheck"))
+                        .or_else(|| job.get("Update").and_then(|u| u.get("HealthCheck")));
+                    let checks_pass = match mode.and_then(Value::as_str).unwrap_or("checks") {
+                        "manual" => false,
+                        "task_states" => true,
+                        _ => self.health_checks_pass(alloc, &job, &group, oracle),
                     };
+                    let healthy_since = if checks_pass { Some(alloc.healthy_since.unwrap_or(now)) } else { None };
+                    let verdict = match healthy_since {
+                        Some(at) if now >= at + min_healthy => Some(true),
+                        _ if now >= since + healthy_deadline => Some(false),
+                        Some(at) => {
+                            due((at + min_healthy).min(since + healthy_deadline));
+                            None
+                        }
+                        None => {
+                            due(since + healthy_deadline);
+                            None
+                        }
+                    };
+                    let alloc = &mut self.allocs[i];
+                    alloc.healthy_since = healthy_since;
                     if let Some(healthy) = verdict {
-                        let alloc = &mut self.allocs[i];
                         alloc.healthy = Some(healthy);
                         changed_allocs.push(i);
-                        let kind = if healthy { "healthy" } else { "unhealthy" };
-                        deployment_updates.push((alloc.deployment_id.clone().unwrap(), alloc.group.clone(), kind));
                     }
                 }
                 _ => {}
@@ -379,19 +513,31 @@ impl State {
             for i in changed_allocs {
                 self.allocs[i].modify_index = index;
             }
-            self.refresh_job_status();
         }
+        // The servers react: deployments follow their allocations, the scheduler places
+        // what is missing (blocked evaluations retried), rolls the next batch.
+        if self.reconcile_pending(config, now) {
+            due(now + Duration::from_millis(1));
+        }
+        self.sync_claims();
+        self.refresh_job_status();
         let mut changed_deployments: Vec<String> = Vec::new();
-        for (deployment_id, group, kind) in deployment_updates {
-            if let Some(d) = self.deployments.iter_mut().find(|d| d.id == deployment_id) {
-                if let Some(progress) = d.groups.get_mut(&group) {
-                    match kind {
-                        "healthy" => {
-                            progress.healthy += 1;
-                            progress.require_progress_by = now + scaled(config, progress.progress_deadline_ns);
-                        }
-                        _ => progress.unhealthy += 1,
-                    }
+        let alloc_counts: Vec<(String, String, Option<bool>)> =
+            self.allocs.iter().filter_map(|a| a.deployment_id.clone().map(|d| (d, a.group.clone(), a.healthy))).collect();
+        for d in self.deployments.iter_mut().filter(|d| d.status == "running") {
+            for (name, progress) in d.groups.iter_mut() {
+                let mine: Vec<&Option<bool>> =
+                    alloc_counts.iter().filter(|(id, g, _)| *id == d.id && g == name).map(|(_, _, h)| h).collect();
+                let (placed, healthy, unhealthy) = (
+                    mine.len() as u64,
+                    mine.iter().filter(|h| ***h == Some(true)).count() as u64,
+                    mine.iter().filter(|h| ***h == Some(false)).count() as u64,
+                );
+                if healthy > progress.healthy {
+                    progress.require_progress_by = now + scaled(config, progress.progress_deadline_ns);
+                }
+                if (placed, healthy, unhealthy) != (progress.placed, progress.healthy, progress.unhealthy) {
+                    (progress.placed, progress.healthy, progress.unhealthy) = (placed, healthy, unhealthy);
                     changed_deployments.push(d.id.clone());
                 }
             }
@@ -434,6 +580,8 @@ impl State {
                     }
                 }
             }
+            // A healthy allocation lets the next batch of a rolling update go.
+            due(now + Duration::from_millis(1));
         }
         next
     }
