@@ -13,6 +13,7 @@ mod nomad_client;
 mod nomad_double;
 mod packs;
 mod render;
+mod safety;
 mod stack_errors;
 mod stack_fixtures;
 mod templates;

@@ -255,3 +255,137 @@ fn sort(value: Value) -> Value {
         other => other,
     }
 }
+
+// --- What a real Nomad 1.10+ client does with the jobs (issue 9), asserted on the model.
+
+fn tasks(job: &pgnomad::nomad::job::Job) -> impl Iterator<Item = (&pgnomad::nomad::job::TaskGroup, &pgnomad::nomad::job::Task)> {
+    job.task_groups.iter().flatten().flat_map(|g| g.tasks.iter().flatten().map(move |t| (g, t)))
+}
+
+#[test]
+fn every_template_file_belongs_to_the_user_its_task_runs_as_and_only_it_reads_it() {
+    let mut checked = 0;
+    for (name, text) in VARIANTS {
+        for compiled in &compile(text).jobs {
+            for (group, task) in tasks(&compiled.job) {
+                // pgAdmin's image runs as pgadmin (5050) in group root; every other task is
+                // the stack's postgres user (999:999 in pgnomad's image, the default).
+                let expected = if compiled.id().ends_with("-pgadmin") { (5050, 0) } else { (999, 999) };
+                for template in task.templates.iter().flatten() {
+                    let at = format!("variant {name}, {}/{:?}/{:?}: {:?}", compiled.id(), group.name, task.name, template.dest_path);
+                    assert_eq!((template.uid, template.gid), (Some(expected.0), Some(expected.1)), "{at}");
+                    let executable = template.dest_path.as_deref().is_some_and(|d| d.ends_with(".sh") && !d.contains("backup"));
+                    assert_eq!(template.perms.as_deref(), Some(if executable { "0700" } else { "0600" }), "{at}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 200, "only {checked} templates were checked");
+
+    // With exec drivers the hosts' postgres user is whatever their package made it: the
+    // stack says which numbers, and every template follows.
+    let exec = compile("cluster \"main\" {}\npostgres {\n  driver = \"exec\"\n  uid = 114\n  gid = 121\n}\n");
+    let tls_key = tasks(&exec.jobs[0].job)
+        .find(|(_, t)| t.name.as_deref() == Some("pgbackrest"))
+        .and_then(|(_, t)| t.templates.iter().flatten().find(|x| x.dest_path.as_deref() == Some("secrets/tls/tls.key")))
+        .expect("the pgBackRest TLS server has its key");
+    assert_eq!((tls_key.uid, tls_key.gid, tls_key.perms.as_deref()), (Some(114), Some(121), Some("0600")));
+}
+
+#[test]
+fn every_task_whose_templates_query_consul_has_a_consul_block_and_no_other_does() {
+    for (name, text) in VARIANTS {
+        for compiled in &compile(text).jobs {
+            for (_, task) in tasks(&compiled.job) {
+                let queries = task
+                    .templates
+                    .iter()
+                    .flatten()
+                    .filter_map(|t| t.embedded_tmpl.as_deref())
+                    .any(|t| ["service \"", "services", "key \""].iter().any(|f| t.contains(&format!("{{{{ {f}")) || t.contains(f)));
+                assert_eq!(task.consul.is_some(), queries, "variant {name}, {} task {:?}", compiled.id(), task.name);
+            }
+        }
+    }
+    let default = compile(DEFAULT);
+    let with_consul: Vec<String> = default
+        .jobs
+        .iter()
+        .flat_map(|j| {
+            tasks(&j.job)
+                .filter(|(_, t)| t.consul.is_some())
+                .map(|(g, t)| format!("{}/{}/{}", j.id(), g.name.as_deref().unwrap(), t.name.as_deref().unwrap()))
+        })
+        .collect();
+    assert_eq!(
+        with_consul,
+        [
+            "main-pgbouncer/pgbouncer/pgbouncer",
+            "main-pgadmin/pgadmin/pgadmin",
+            "main-backup-full/backup/backup",
+            "main-backup-diff/backup/backup",
+            "main-backup-incr/backup/backup"
+        ]
+    );
+    let body = serde_json::to_value(&default.jobs[1].job).unwrap();
+    assert_eq!(body["TaskGroups"][0]["Tasks"][0]["Consul"], json!({}), "an empty block: the default Consul cluster");
+}
+
+#[test]
+fn groups_use_disconnect_blocks_kill_timeouts_fit_the_clients_cap_and_services_leave_consul_first() {
+    for (name, text) in VARIANTS {
+        for compiled in &compile(text).jobs {
+            let body = serde_json::to_value(&compiled.job).unwrap();
+            let text = body.to_string();
+            for ignored in ["MaxClientDisconnect", "StopAfterClientDisconnect", "PreventRescheduleOnLost"] {
+                assert!(!text.contains(ignored), "variant {name}, {}: {ignored} is ignored since Nomad 1.10", compiled.id());
+            }
+            for group in compiled.job.task_groups.iter().flatten() {
+                let at = format!("variant {name}, {} group {:?}", compiled.id(), group.name);
+                let disconnect = group.disconnect.as_ref().unwrap_or_else(|| panic!("{at}: no disconnect block"));
+                assert!(disconnect.lost_after.is_some() && disconnect.replace.is_some() && disconnect.reconcile.is_some(), "{at}");
+                if group.services.as_ref().is_some_and(|s| !s.is_empty()) {
+                    assert!(group.shutdown_delay.is_some_and(|d| d.0.as_secs() >= 2), "{at}: services need a shutdown_delay");
+                }
+                for task in group.tasks.iter().flatten() {
+                    assert!(task.kill_timeout.is_none_or(|t| t.0.as_secs() <= 30), "{at} task {:?}: above max_kill_timeout", task.name);
+                }
+            }
+        }
+    }
+    let members = compile(DEFAULT).jobs[0].job.task_groups.clone().unwrap();
+    let disconnect = members[0].disconnect.as_ref().unwrap();
+    assert_eq!(disconnect.replace, Some(false), "a member's data is on its node: never start a second copy elsewhere");
+    assert_eq!(members[0].shutdown_delay.map(|d| d.0.as_secs()), Some(5));
+
+    // A client that allows longer kills may be told so, and Patroni gets the time.
+    let longer = compile("cluster \"main\" {\n  max_kill_timeout = 120\n}\npatroni {\n  kill_timeout = 90\n}\n");
+    let patroni = tasks(&longer.jobs[0].job).find(|(_, t)| t.name.as_deref() == Some("patroni")).unwrap().1;
+    assert_eq!(patroni.kill_timeout.map(|t| t.0.as_secs()), Some(90));
+}
+
+/// Job meta enters every task's combined meta (Nomad's scheduler/util.go), so anything there
+/// that changes restarts every member at once.
+#[test]
+fn nothing_in_a_job_changes_with_the_pgnomad_version_or_with_other_jobs_or_members() {
+    for (name, text) in VARIANTS {
+        for compiled in &compile(text).jobs {
+            let meta: Vec<&String> = compiled.job.meta.iter().flat_map(|m| m.keys()).collect();
+            assert_eq!(meta, ["pgnomad_cluster"], "variant {name}, {}: job meta must never change for a deployed cluster", compiled.id());
+            let body = serde_json::to_string(&compiled.job).unwrap();
+            for changing in ["pgnomad_stack_hash", "pgnomad_version", env!("CARGO_PKG_VERSION")] {
+                assert!(!body.contains(changing), "variant {name}, {}: {changing} is in the job", compiled.id());
+            }
+        }
+    }
+    let postgres = |text: &str| serde_json::to_value(&compile(text).jobs[0].job).unwrap();
+    // A PgBouncer-only change leaves the postgres job exactly as it was.
+    assert_eq!(postgres(DEFAULT), postgres("cluster \"main\" {}\npgbouncer {\n  default_pool_size = 40\n  count = 3\n}\n"));
+    // Adding members leaves the existing member groups exactly as they were.
+    let three = postgres(DEFAULT);
+    let five = postgres("cluster \"main\" {}\npostgres {\n  members = 5\n}\n");
+    for i in 0..3 {
+        assert_eq!(three["TaskGroups"][i], five["TaskGroups"][i], "member-{i} changes when members are added");
+    }
+}

@@ -34,6 +34,7 @@ pub fn job(cx: &Context<'_>, schedule: &Schedule) -> Result<Job, ConfigError> {
     ];
     templates.extend(cx.tls_templates(&job_id, "tls_client"));
     task.templates = Some(templates);
+    finish_task(&mut task, cx.postgres_owner());
 
     let mut volumes = None;
     if let Repo::Volume { source, kind, .. } = &stack.backup.repo {
@@ -53,6 +54,13 @@ pub fn job(cx: &Context<'_>, schedule: &Schedule) -> Result<Job, ConfigError> {
         }),
         reschedule_policy: Some(ReschedulePolicy { attempts: Some(0), unlimited: Some(false), ..ReschedulePolicy::default() }),
         tasks: Some(vec![task]),
+        // A backup on a node that stops heartbeating keeps running: a second one started
+        // meanwhile would only wait on pgBackRest's stanza lock.
+        disconnect: Some(DisconnectStrategy {
+            lost_after: Some(Nanos::secs(3600)),
+            replace: Some(false),
+            reconcile: some("keep_original"),
+        }),
         ..TaskGroup::default()
     }]);
     Ok(job)

@@ -42,12 +42,14 @@ impl Context<'_> {
             (&format!("{side}_key")[..], "secrets/tls/tls.key"),
         ]
         .into_iter()
-        .map(|(key, dest)| {
-            let mut t = template(self.runtime.secret_expr(job, key), dest, Change::Restart);
-            t.perms = some("0600");
-            t
-        })
+        .map(|(key, dest)| template(self.runtime.secret_expr(job, key), dest, Change::Restart))
         .collect()
+    }
+
+    /// The `postgres` user every task of the stack's own image (or, with exec drivers, of the
+    /// hosts) runs as.
+    pub fn postgres_owner(&self) -> Owner {
+        Owner { uid: self.stack.postgres.uid, gid: self.stack.postgres.gid }
     }
 
     /// The job's frame: identity, placement, ownership meta comes later.
@@ -94,6 +96,78 @@ impl Context<'_> {
         }
         task
     }
+}
+
+/// Who owns the files a task's templates write. Nomad's client writes them as root unless
+/// the template names a numeric `uid`/`gid` (names are not taken), so a task running as
+/// another user could not read a `0600` file without them.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// pgAdmin's image runs as `pgadmin`, uid 5050 in group root (dpage/pgadmin4's Dockerfile).
+pub const PGADMIN_OWNER: Owner = Owner { uid: 5050, gid: 0 };
+
+/// Makes a task ready to submit: every file its templates write belongs to `owner` and only
+/// it may read it (scripts may also be executed), and a task whose templates query Consul
+/// gets a `consul` block — Nomad's implicit-identity hook gives a Consul token only to tasks
+/// (or groups) with one, so without it their `service` lookups would run without a token.
+pub fn finish_task(task: &mut Task, owner: Owner) {
+    let Some(templates) = task.templates.as_mut() else { return };
+    for t in templates.iter_mut() {
+        t.uid = Some(i64::from(owner.uid));
+        t.gid = Some(i64::from(owner.gid));
+        let executable = t.perms.as_deref().is_some_and(|p| u32::from_str_radix(p, 8).is_ok_and(|mode| mode & 0o100 != 0));
+        t.perms = some(if executable { "0700" } else { "0600" });
+    }
+    if templates.iter().any(|t| t.embedded_tmpl.as_deref().is_some_and(queries_consul)) {
+        task.consul = Some(Consul::default());
+    }
+}
+
+/// Whether a Nomad template reads Consul: one of consul-template's Consul functions inside
+/// an action (`{{ service "x" }}`, `{{ range services }}`, `{{ key "k" }}`, …).
+pub fn queries_consul(text: &str) -> bool {
+    const FUNCTIONS: &[&str] = &[
+        "service",
+        "services",
+        "key",
+        "keyExists",
+        "keyOrDefault",
+        "ls",
+        "safeLs",
+        "tree",
+        "safeTree",
+        "connect",
+        "caRoots",
+        "caLeaf",
+        "node",
+        "nodes",
+        "checks",
+    ];
+    text.split("{{").skip(1).any(|action| {
+        let action = action.split("}}").next().unwrap_or_default();
+        // Words outside string literals: a service or variable name is not a function.
+        let mut code = String::with_capacity(action.len());
+        let mut quote = None;
+        let mut escaped = false;
+        for c in action.chars() {
+            match quote {
+                Some(_) if escaped => escaped = false,
+                Some('"') if c == '\\' => escaped = true,
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if c == '"' || c == '`' => {
+                    quote = Some(c);
+                    code.push(' ');
+                }
+                None => code.push(c),
+            }
+        }
+        code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$')).any(|word| FUNCTIONS.contains(&word))
+    })
 }
 
 /// What Nomad does when a rendered file changes.

@@ -22,11 +22,14 @@ pub use acl::{AclPolicy, AclSystem};
 pub use secrets::{Origin, SecretKey};
 pub use volumes::member_volume_id;
 
-/// Meta keys on every job pgnomad submits. Underscores, not dots: a jobspec `meta` block
-/// only takes identifiers, and the keys also become `NOMAD_META_*` variables.
+/// The one meta key on every job pgnomad submits: which cluster owns it. Underscores, not
+/// dots: a jobspec `meta` block only takes identifiers, and keys become `NOMAD_META_*`.
+///
+/// Job meta enters every task's combined meta (Nomad's scheduler/util.go), and a change there
+/// replaces every task of the job at once. So job meta holds only what never changes for a
+/// deployed cluster; what pgnomad last registered (a content hash, its version) is kept in
+/// its own variable (`deploy`), never in a job.
 pub const META_CLUSTER: &str = "pgnomad_cluster";
-pub const META_STACK_HASH: &str = "pgnomad_stack_hash";
-pub const META_VERSION: &str = "pgnomad_version";
 
 /// Everything a stack compiles to.
 #[derive(Debug, Clone)]
@@ -96,17 +99,16 @@ pub fn compile(stack: &Stack, packs: &Packs) -> Result<Artifacts, ConfigError> {
     Ok(Artifacts { volumes: volumes::volumes(stack), acl_policies: acl::policies(stack, &jobs), secrets, jobs })
 }
 
-/// Ownership meta: which cluster a job belongs to, and a hash of its content so that
-/// `plan` can tell a job pgnomad wrote from one edited behind its back.
+/// Ownership meta: which cluster a job belongs to.
 fn stamp(job: &mut Job, cluster: &str) {
-    let meta = job.meta.get_or_insert_with(Default::default);
-    meta.insert(META_CLUSTER.into(), cluster.into());
-    meta.insert(META_VERSION.into(), env!("CARGO_PKG_VERSION").into());
-    meta.remove(META_STACK_HASH);
-    let content = serde_json::to_vec(&*job).expect("jobs serialize");
-    let hash = Sha256::digest(&content);
-    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    job.meta.get_or_insert_with(Default::default).insert(META_STACK_HASH.into(), hex);
+    job.meta.get_or_insert_with(Default::default).insert(META_CLUSTER.into(), cluster.into());
+}
+
+/// A short hash of a job's content, so that `plan` can tell a job pgnomad wrote from one
+/// edited behind its back (pgnomad records it when it registers the job).
+pub fn content_hash(job: &Job) -> String {
+    let content = serde_json::to_vec(job).expect("jobs serialize");
+    Sha256::digest(&content).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 fn secret_specs(stack: &Stack, facts: &Facts, jobs: &[CompiledJob]) -> Vec<SecretSpec> {

@@ -7,6 +7,7 @@ use serde_json::json;
 use crate::config::runtime::names;
 use crate::config::{ConfigError, Runtime};
 use crate::nomad::job::*;
+use crate::stack::Secrets;
 
 use super::common::*;
 
@@ -26,7 +27,7 @@ pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
     );
     env.envvars = Some(true);
 
-    let task = Task {
+    let mut task = Task {
         name: some("pgadmin"),
         driver: some("docker"),
         config: Some(BTreeMap::from([("image".to_owned(), json!(stack.pgadmin.image)), ("ports".to_owned(), json!(["http"]))])),
@@ -41,12 +42,20 @@ pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
         templates: Some(vec![servers, env]),
         ..Task::default()
     };
+    if let Secrets::Vault { role, .. } = &stack.secrets {
+        // Its password template reads Vault: without a `vault` block the task gets no token.
+        task.vault = Some(Vault { role: role.clone(), change_mode: some("restart") });
+    }
+    finish_task(&mut task, PGADMIN_OWNER);
     job.task_groups = Some(vec![TaskGroup {
         name: some("pgadmin"),
         count: Some(1),
         networks: Some(vec![bridge(vec![port("http", port_number)])]),
         services: Some(vec![service(names::pgadmin_service(c), "http", vec![http_check("pgadmin ping", "/misc/ping", "http")])]),
         tasks: Some(vec![task]),
+        // Long enough for Consul to drop the service before the UI stops answering.
+        shutdown_delay: Some(Nanos::secs(2)),
+        disconnect: Some(DisconnectStrategy { lost_after: Some(Nanos::secs(300)), replace: Some(true), reconcile: some("best_score") }),
         ..TaskGroup::default()
     }]);
     Ok(job)

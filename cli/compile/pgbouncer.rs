@@ -16,13 +16,15 @@ pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
 
     let mut task = cx.program_task("pgbouncer", "pgbouncer", vec!["/secrets/pgbouncer.ini".into()], &["pgbouncer"]);
     task.resources = Some(resources(stack.pgbouncer.cpu, stack.pgbouncer.memory_mb));
-    task.kill_timeout = Some(Nanos::secs(30));
+    task.kill_timeout = Some(Nanos::secs(u64::from(stack.cluster.max_kill_timeout.value.min(30))));
     // SIGINT is PgBouncer's safe shutdown: it waits for clients to finish.
     task.kill_signal = some("SIGINT");
     let mut ini = cx.pack_template("pgbouncer/pgbouncer.ini", None, &holes, "secrets/pgbouncer.ini", Change::Reload)?;
     // Consul changes come in bursts during a failover; wait for them to settle a moment.
     ini.wait = Some(WaitConfig { min: Some(Nanos::millis(500)), max: Some(Nanos::secs(2)) });
     task.templates = Some(vec![ini, cx.pack_template("pgbouncer/userlist.txt", None, &holes, "secrets/userlist.txt", Change::Reload)?]);
+    // PgBouncer runs from the stack's image (or the hosts' packages) as postgres.
+    finish_task(&mut task, cx.postgres_owner());
 
     job.update = Some(UpdateStrategy {
         max_parallel: Some(1),
@@ -40,6 +42,10 @@ pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
         networks: Some(vec![bridge(vec![port("pgbouncer", stack.pgbouncer.port.value)])]),
         services: Some(vec![service(names::pgbouncer_service(c), "pgbouncer", vec![tcp_check("pgbouncer accepts", "pgbouncer")])]),
         tasks: Some(vec![task]),
+        // Out of Consul (DNS, pgAdmin) before SIGINT, so new clients go to the other instance.
+        shutdown_delay: Some(Nanos::secs(5)),
+        // Stateless: start a replacement at once, keep the better placed one when the node is back.
+        disconnect: Some(DisconnectStrategy { lost_after: Some(Nanos::secs(300)), replace: Some(true), reconcile: some("best_score") }),
         ..TaskGroup::default()
     }]);
     Ok(job)

@@ -102,8 +102,8 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
     let mut patroni = cx.program_task("patroni", "patroni", vec!["/secrets/patroni.yml".into()], &["pg", "patroni"]);
     patroni.resources = Some(resources(stack.postgres.cpu, stack.postgres.memory_mb));
     // Patroni stops Postgres and hands over the leader key on SIGTERM; give it time to do
-    // both before Nomad kills it.
-    patroni.kill_timeout = Some(Nanos::secs(90));
+    // both before Nomad kills it (no more than the clients' max_kill_timeout, checked).
+    patroni.kill_timeout = Some(Nanos::secs(u64::from(stack.patroni.kill_timeout.value)));
     patroni.kill_signal = some("SIGTERM");
     patroni.volume_mounts = Some(mounts.clone());
     let mut templates = vec![
@@ -150,6 +150,9 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
     if stack.monitoring.postgres_exporter {
         tasks.push(exporter_task(cx, &job_id));
     }
+    for task in &mut tasks {
+        finish_task(task, cx.postgres_owner());
+    }
 
     Ok(TaskGroup {
         name: Some(member.name.clone()),
@@ -159,6 +162,18 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
         networks: Some(vec![bridge(ports)]),
         services: Some(services),
         meta: Some(member_meta),
+        // Services are deregistered this long before Patroni gets SIGTERM: a primary that is
+        // stopped leaves Consul first, and PgBouncer (template wait ≤ 2 s) and the backup jobs
+        // stop sending to it before Postgres goes down.
+        shutdown_delay: Some(Nanos::secs(5)),
+        // A member whose node stops heartbeating is not replaced elsewhere: its data is on
+        // that node's volume, and Patroni already fails over to a member that has its own.
+        // Only after an hour is the allocation lost and rescheduled.
+        disconnect: Some(DisconnectStrategy {
+            lost_after: Some(Nanos::secs(3600)),
+            replace: Some(false),
+            reconcile: some("keep_original"),
+        }),
         // Restart in place first: the member's data is on this node.
         restart_policy: Some(RestartPolicy {
             attempts: Some(3),

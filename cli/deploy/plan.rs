@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::compile::{self, Artifacts, JobRole, META_STACK_HASH};
+use crate::compile::{self, Artifacts, JobRole};
 use crate::config::Packs;
 use crate::nomad::api::{DesiredUpdates, DiffType, JobDiff, JobPlanResponse};
 use crate::settings::OperatorSecrets;
@@ -42,6 +42,28 @@ pub struct Plan {
     pub(crate) artifacts: Artifacts,
     #[serde(skip)]
     pub(crate) existing_secrets: ExistingSecrets,
+    #[serde(skip)]
+    pub(crate) state: DeployState,
+}
+
+/// Where pgnomad records what it last registered: `pgnomad/<cluster>/state`, one item per job
+/// (the [`compile::content_hash`] of the job as pgnomad registered it) and `pgnomad_version`.
+/// Kept out of the jobs on purpose: job meta enters every task's combined meta, so a hash or a
+/// version there would restart every member whenever it changes. Outside `nomad/jobs/`, so no
+/// workload reads it.
+pub fn state_path(cluster: &str) -> String {
+    format!("pgnomad/{cluster}/state")
+}
+
+/// The item of the state variable that names the pgnomad version that last wrote it.
+pub const STATE_VERSION_KEY: &str = "pgnomad_version";
+
+/// The state variable as `plan` read it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DeployState {
+    pub items: BTreeMap<String, String>,
+    /// Its ModifyIndex, the check-and-set index of the next write (0: create).
+    pub modify_index: u64,
 }
 
 impl Plan {
@@ -167,6 +189,12 @@ pub enum Problem {
         key: String,
         how: String,
     },
+    /// Registering the postgres job would replace several member groups at once: Nomad rolls
+    /// task groups in parallel, so every one of those members would restart together.
+    MembersRestartTogether {
+        job: String,
+        members: Vec<String>,
+    },
     /// Some keys of the TLS set exist and others do not; the CA that could sign the rest is gone.
     IncompleteTlsSet {
         present: Vec<String>,
@@ -185,6 +213,7 @@ impl std::fmt::Display for Problem {
             Problem::ForeignJob { job, owner: None } => write!(f, "job {job} exists but was not created by pgnomad (no pgnomad_cluster meta); pgnomad will not modify it — rename the cluster or remove that job yourself"),
             Problem::ForeignJob { job, owner: Some(owner) } => write!(f, "job {job} belongs to cluster \"{owner}\"; pgnomad will not modify it"),
             Problem::ChangedOutside { job, check_index } => write!(f, "job {job} was changed outside pgnomad since pgnomad last wrote it; to overwrite that change run `pgnomad run --job {job} --check-index {check_index}`"),
+            Problem::MembersRestartTogether { job, members } => write!(f, "this change to {job} would replace {} at once (Nomad updates task groups in parallel), so those members would all restart together; `run` never restarts more than one member per registration — rolling such a change member by member, replicas first and the primary last after a switchover, is `pgnomad upgrade` (not built yet)", members.join(", ")),
             Problem::MissingOperatorKey { job, key, how } => write!(f, "secret {key} of {job} is missing and only you can provide it: {how}"),
             Problem::IncompleteTlsSet { present, missing } => write!(f, "the pgBackRest TLS set is incomplete ({} exist, {} missing) and cannot be completed without its CA; delete the tls_* keys from the cluster's variables to have pgnomad generate a new set", present.join(", "), missing.join(", ")),
             Problem::InconsistentSecret { key, paths } => write!(f, "secret {key} differs between {}; the jobs need the same value — pgnomad never changes an existing value, so make them equal by hand", paths.join(" and ")),
@@ -224,6 +253,11 @@ pub async fn plan<N: Transport, C: Transport>(
     }
 
     let existing = existing_jobs(nomad, &name).await?;
+    let state_at = state_path(&name);
+    let state = match nomad.read_variable(&state_at).await.map_err(DeployError::api(format!("reading variable {state_at}")))? {
+        Some(variable) => DeployState { items: variable.items, modify_index: variable.modify_index },
+        None => DeployState::default(),
+    };
     let mut jobs = Vec::new();
     for compiled in artifacts.jobs.iter().filter(|j| scope.job.as_ref().is_none_or(|only| only == j.id())) {
         let id = compiled.id().to_string();
@@ -255,18 +289,24 @@ pub async fn plan<N: Transport, C: Transport>(
             _ if response.has_changes() => JobChange::Changed,
             _ => JobChange::Unchanged,
         };
-        // Same stamp, different content: someone edited pgnomad's job by hand.
-        let stamped = existing.get(&id).and_then(|stub| stub.meta.get(META_STACK_HASH));
-        let ours_stamp = compiled.job.meta.as_ref().and_then(|m| m.get(META_STACK_HASH));
+        // pgnomad last registered exactly this content, yet Nomad sees a change: someone
+        // edited pgnomad's job by hand.
+        let registered_by_us = state.items.get(&id).is_some_and(|hash| *hash == compile::content_hash(&compiled.job));
         let alive = existing.get(&id).is_some_and(|stub| !stub.stop);
-        if owner == Owner::Ours && alive && change == JobChange::Changed && stamped == ours_stamp && scope.check_index.is_none() {
+        if owner == Owner::Ours && alive && change == JobChange::Changed && registered_by_us && scope.check_index.is_none() {
             problems.push(Problem::ChangedOutside { job: id.clone(), check_index: response.job_modify_index });
         }
-        let groups = response
+        let groups: Vec<GroupPlan> = response
             .annotations
             .as_ref()
             .map(|a| a.desired_tg_updates.iter().map(|(group, updates)| GroupPlan::from_updates(group, updates)).collect())
             .unwrap_or_default();
+        if compiled.role == JobRole::Postgres {
+            let replaced: Vec<String> = groups.iter().filter(|g| g.destructive > 0).map(|g| g.name.clone()).collect();
+            if replaced.len() > 1 {
+                problems.push(Problem::MembersRestartTogether { job: id.clone(), members: replaced });
+            }
+        }
         let placement_failures = response
             .failed_tg_allocs
             .iter()
@@ -287,5 +327,5 @@ pub async fn plan<N: Transport, C: Transport>(
             warnings: response.warnings,
         });
     }
-    Ok(Plan { cluster: name, secrets, volumes, jobs, problems, artifacts, existing_secrets })
+    Ok(Plan { cluster: name, secrets, volumes, jobs, problems, artifacts, existing_secrets, state })
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::compile::JobRole;
+use crate::compile::{self, JobRole};
 use crate::config::runtime::names;
 use crate::config::Packs;
 use crate::nomad::api::{deployment_status, RegisterOptions};
@@ -16,7 +16,7 @@ use crate::settings::OperatorSecrets;
 use crate::stack::Stack;
 use crate::transport::{conflicting_variable, Transport};
 
-use super::plan::{JobChange, Plan, PlanScope, SecretAction, VolumeAction};
+use super::plan::{state_path, JobChange, Plan, PlanScope, SecretAction, VolumeAction, STATE_VERSION_KEY};
 use super::{failed_allocations, plan, wait, Cluster, DeployError, Reporter};
 
 #[derive(Debug, Clone)]
@@ -96,6 +96,31 @@ pub async fn run<N: Transport, C: Transport>(
     write_secrets(cluster, stack, &plan, &options.operator, reporter, &mut summary).await?;
     create_volumes(cluster, &plan, reporter, &mut summary).await?;
 
+    // What was registered is recorded even when a later step fails, so that the next plan
+    // still tells pgnomad's own registrations from edits made behind its back.
+    let mut registered = Vec::new();
+    let result = register_jobs(cluster, stack, &plan, options, reporter, &mut summary, &mut registered).await;
+    let recorded = record_state(cluster, &plan, &registered).await;
+    result?;
+    if let Err(error) = recorded {
+        let message = format!("{error}; the next plan cannot tell these registrations from edits outside pgnomad");
+        reporter.warn(message.trim_start_matches("error: "));
+        summary.warnings.push(message);
+    }
+    Ok(summary)
+}
+
+/// Registers the jobs that changed, in order, following each one's deployment; `recorded`
+/// gets each job registered with its content hash.
+async fn register_jobs<N: Transport, C: Transport>(
+    cluster: &Cluster<N, C>,
+    stack: &Stack,
+    plan: &Plan,
+    options: &RunOptions,
+    reporter: &dyn Reporter,
+    summary: &mut RunSummary,
+    recorded: &mut Vec<(String, String)>,
+) -> Result<(), DeployError> {
     for job_plan in &plan.jobs {
         let compiled = plan.artifacts.jobs.iter().find(|j| j.id() == job_plan.id).expect("planned jobs are compiled");
         let mut outcome = JobOutcome { id: job_plan.id.clone(), action: JobAction::Unchanged, job_modify_index: None, deployment: None };
@@ -112,6 +137,7 @@ pub async fn run<N: Transport, C: Transport>(
                 )),
                 _ => DeployError::Api { what: format!("registering {}", job_plan.id), source: error },
             })?;
+            recorded.push((job_plan.id.clone(), compile::content_hash(&compiled.job)));
             outcome.action = JobAction::Registered;
             outcome.job_modify_index = Some(registered.job_modify_index);
             spec_index = Some(registered.job_modify_index);
@@ -145,7 +171,29 @@ pub async fn run<N: Transport, C: Transport>(
         }
         summary.jobs.push(outcome);
     }
-    Ok(summary)
+    Ok(())
+}
+
+/// Writes the hashes of the jobs just registered into pgnomad's state variable (one write per
+/// run, check-and-set on the index `plan` read).
+async fn record_state<N: Transport, C: Transport>(
+    cluster: &Cluster<N, C>,
+    plan: &Plan,
+    registered: &[(String, String)],
+) -> Result<(), DeployError> {
+    if registered.is_empty() {
+        return Ok(());
+    }
+    let path = state_path(&plan.cluster);
+    let mut items = plan.state.items.clone();
+    items.extend(registered.iter().cloned());
+    items.insert(STATE_VERSION_KEY.into(), env!("CARGO_PKG_VERSION").into());
+    cluster
+        .nomad
+        .put_variable(&path, &items, Some(plan.state.modify_index))
+        .await
+        .map_err(DeployError::api(format!("writing variable {path}")))?;
+    Ok(())
 }
 
 async fn write_secrets<N: Transport, C: Transport>(

@@ -108,6 +108,8 @@ api_struct! {
         pub reschedule_policy: ReschedulePolicy,
         pub update: UpdateStrategy,
         pub shutdown_delay: Nanos,
+        pub disconnect: DisconnectStrategy,
+        pub consul: Consul,
         pub meta: BTreeMap<String, String>,
         pub networks: Vec<NetworkResource>,
         pub volumes: BTreeMap<String, VolumeRequest>,
@@ -133,6 +135,7 @@ api_struct! {
         pub templates: Vec<Template>,
         pub volume_mounts: Vec<VolumeMount>,
         pub vault: Vault,
+        pub consul: Consul,
     }
 }
 
@@ -308,6 +311,25 @@ api_struct! {
     pub struct WaitConfig {
         pub min: Nanos,
         pub max: Nanos,
+    }
+}
+
+api_struct! {
+    /// `disconnect`: what Nomad does with an allocation whose client stops heartbeating
+    /// (Nomad 1.10+; the group fields `max_client_disconnect` and friends are ignored since).
+    pub struct DisconnectStrategy {
+        pub lost_after: Nanos,
+        pub replace: bool,
+        pub reconcile: String,
+    }
+}
+
+api_struct! {
+    /// `consul {}`: the task (or group) gets a Consul token from Nomad's workload identity.
+    /// Empty means the default Consul cluster.
+    pub struct Consul {
+        pub cluster: String,
+        pub namespace: String,
     }
 }
 

@@ -34,6 +34,8 @@ fn block_name(field: &str) -> Option<(&'static str, Option<&'static str>)> {
         "MountOptions" => ("mount_options", None),
         "Wait" => ("wait", None),
         "Vault" => ("vault", None),
+        "Consul" => ("consul", None),
+        "Disconnect" => ("disconnect", None),
         _ => return None,
     })
 }
@@ -78,6 +80,7 @@ const DURATIONS: &[&str] = &[
     "HealthyDeadline",
     "ProgressDeadline",
     "ShutdownDelay",
+    "LostAfter",
     "Splay",
     "Grace",
     "Min",

@@ -124,7 +124,8 @@ fn cluster(name: Spanned<String>, reader: &Reader<'_>) -> Cluster {
             constraint
         })
         .collect();
-    Cluster { name, datacenters, namespace, region, node_pool, constraints }
+    let max_kill_timeout = u32_or(Some(reader), "max_kill_timeout", 1, 86400, defaults::NOMAD_MAX_KILL_TIMEOUT_SECS);
+    Cluster { name, datacenters, namespace, region, node_pool, constraints, max_kill_timeout }
 }
 
 fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
@@ -211,6 +212,8 @@ fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
         version,
         members,
         driver,
+        uid: u32_or(reader, "uid", 1, i64::from(i32::MAX), defaults::POSTGRES_UID).value,
+        gid: u32_or(reader, "gid", 1, i64::from(i32::MAX), defaults::POSTGRES_GID).value,
         cpu: u32_or(reader, "cpu", 100, 1_000_000, 1000).value,
         memory_mb: u32_or(reader, "memory", 128, 10_000_000, 1024).value,
         port: port_or(reader, "port", defaults::POSTGRES_PORT),
@@ -300,6 +303,7 @@ fn patroni(reader: Option<&Reader<'_>>, _postgres: &Postgres) -> Patroni {
         consul_session_ttl_min: session_ttl_min,
         port: port_or(reader, "port", defaults::PATRONI_PORT),
         tags,
+        kill_timeout: u32_or(reader, "kill_timeout", 1, 86400, defaults::NOMAD_MAX_KILL_TIMEOUT_SECS),
     }
 }
 

@@ -40,3 +40,10 @@ pub const POSTGRES_VERSION: u32 = 15;
 pub const CONSUL_SESSION_TTL_MIN_SECS: u32 = 10;
 /// The lowered `session_ttl_min` the Vagrant lab and Terraform servers configure.
 pub const LAB_CONSUL_SESSION_TTL_MIN_SECS: u32 = 5;
+
+/// Nomad clients' default `max_kill_timeout`: a longer `kill_timeout` is silently cut to it.
+pub const NOMAD_MAX_KILL_TIMEOUT_SECS: u32 = 30;
+
+/// The `postgres` user of pgnomad's image (packs/image creates it with this uid and gid).
+pub const POSTGRES_UID: u32 = 999;
+pub const POSTGRES_GID: u32 = 999;

@@ -7,6 +7,7 @@ cluster "main" {
   namespace   = "default"
   region      = "global"
   node_pool   = "default"
+  max_kill_timeout = 30  # seconds: your Nomad clients' client.max_kill_timeout
   # constraint "attr.kernel.name" { operator = "=" value = "linux" }   # a Nomad node attribute
 }
 
@@ -15,6 +16,8 @@ postgres {
   members = 3        # one Nomad task group (member-0 …) and one volume each
   driver  = "docker" # or "exec" / "raw_exec" with packages on the hosts (bin_dir)
   # image = "pgnomad/postgres:15"
+  uid     = 999      # numeric uid/gid of the postgres user (the image's; with exec drivers the hosts')
+  gid     = 999      #   Nomad writes the config and secret files owned by them, mode 0600
   cpu     = 1000     # MHz
   memory  = 1024     # MB
   port    = 5432
@@ -45,6 +48,7 @@ patroni {
   primary_start_timeout = 0        # 0: fail over when Postgres crashes, do not restart in place
   consul_session_ttl_min = "10s"   # what your Consul servers are configured with
   port                  = 8008
+  kill_timeout          = 30       # seconds after SIGTERM (stop Postgres, hand over the leader key)
   tags = {
     # nofailover = true
   }

@@ -28,6 +28,8 @@ pub struct Cluster {
     pub region: String,
     pub node_pool: String,
     pub constraints: Vec<Constraint>,
+    /// The Nomad clients' `max_kill_timeout` in seconds: no task's `kill_timeout` may exceed it.
+    pub max_kill_timeout: Spanned<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +82,10 @@ pub struct Postgres {
     pub version: Spanned<u32>,
     pub members: Spanned<u32>,
     pub driver: Driver,
+    /// Numeric uid and gid of the `postgres` user the tasks run as (in the image, or on the
+    /// hosts with exec drivers): Nomad writes template files with these as owner.
+    pub uid: u32,
+    pub gid: u32,
     pub cpu: u32,
     pub memory_mb: u32,
     pub port: Spanned<u16>,
@@ -115,6 +121,8 @@ pub struct Patroni {
     pub consul_session_ttl_min: Spanned<u32>,
     pub port: Spanned<u16>,
     pub tags: BTreeMap<String, String>,
+    /// Seconds Nomad waits after SIGTERM before it kills Patroni.
+    pub kill_timeout: Spanned<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

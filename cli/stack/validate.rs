@@ -181,6 +181,19 @@ fn patroni(stack: &Stack, out: &mut Vec<Diagnostic>) {
             .with_help(format!("raise `ttl` to at least {} or lower `loop_wait` / `retry_timeout`", loop_wait + 2 * retry)),
         );
     }
+    let cap = stack.cluster.max_kill_timeout.value;
+    if p.kill_timeout.value > cap {
+        out.push(
+            Diagnostic::error(
+                p.kill_timeout.span.clone(),
+                format!("kill_timeout {}s is longer than the Nomad clients' max_kill_timeout of {cap}s", p.kill_timeout.value),
+            )
+            .with_help(format!(
+                "Nomad would kill Patroni after {cap}s anyway: lower `kill_timeout` to at most {cap}, or, if your clients set a higher `max_kill_timeout`, say so in the cluster block: max_kill_timeout = {}",
+                p.kill_timeout.value
+            )),
+        );
+    }
     if p.dcs == Dcs::Consul && ttl / 2 < p.consul_session_ttl_min.value {
         out.push(
             Diagnostic::error(

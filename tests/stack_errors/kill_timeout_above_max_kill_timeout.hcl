@@ -1,0 +1,5 @@
+cluster "main" {}
+
+patroni {
+  kill_timeout = 90
+}
