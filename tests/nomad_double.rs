@@ -234,3 +234,367 @@ async fn a_missing_variable_fails_the_deployment_at_its_progress_deadline() {
     let deployment = await_deployment(&client, "pg").await;
     assert_eq!((deployment.status.as_str(), deployment.status_description.as_str()), ("failed", "Failed due to progress deadline"));
 }
+
+// ---- The cluster: placement, updates, claims, node loss, the client seam -----------------
+
+use crate::support::jobs::csi_volume;
+use crate::support::nomad_double::{AllocView, ClientMode, DoubleConfig};
+
+fn distinct_members(id: &str, members: usize) -> Value {
+    let mut job = members_job(id, members, |_| vec![http_check("alive", "/liveness", None)]);
+    job["Constraints"] = json!([{"Operand": "distinct_hosts", "RTarget": "true"}]);
+    job
+}
+
+fn live(nomad: &NomadDouble, job: &str) -> Vec<AllocView> {
+    nomad.all_allocations().into_iter().filter(|a| a.job_id == job && a.desired_status == "run" && a.client_status != "lost").collect()
+}
+
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn get(nomad: &NomadDouble, path: &str, server_type: &str) -> Value {
+    let response = nomad.client().transport().send(&Request::new(Method::Get, path), None).await.unwrap();
+    assert_eq!(response.status, 200, "{path}");
+    let body: Value = serde_json::from_slice(&response.body).unwrap();
+    let items = match &body {
+        Value::Array(items) => items.clone(),
+        other => vec![other.clone()],
+    };
+    for item in &items {
+        let violations = crate::support::schema::violations(server_type, item);
+        assert!(violations.is_empty(), "{path} does not match {server_type}: {violations:?}");
+    }
+    body
+}
+
+#[tokio::test]
+async fn distinct_hosts_puts_three_members_on_three_nodes_and_a_fourth_nowhere() {
+    let nomad = NomadDouble::start();
+    let client = nomad.client();
+    let plan = client.plan_job(&distinct_members("pg", 4)).await.unwrap();
+    let failure = &plan.failed_tg_allocs["member-3"];
+    assert_eq!(failure.constraint_filtered.get("distinct_hosts"), Some(&3), "{failure:?}");
+    assert_eq!((failure.nodes_evaluated, failure.nodes_filtered, failure.nodes_in_pool), (3, 3, 3));
+    assert_eq!(failure.nodes_available.get("dc1"), Some(&3));
+    assert_eq!(plan.failed_tg_allocs.len(), 1, "members 0-2 fit");
+
+    client.register_job(&distinct_members("pg", 4), RegisterOptions::default()).await.unwrap();
+    let mut nodes: Vec<String> = live(&nomad, "pg").iter().map(|a| a.node_name.clone()).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["double-client-1", "double-client-2", "double-client-3"]);
+    let evaluations = client.job_evaluations("pg").await.unwrap();
+    let blocked = evaluations.iter().find(|e| e.status == "blocked").expect("a blocked eval");
+    assert_eq!(blocked.failed_tg_allocs["member-3"].constraint_filtered["distinct_hosts"], 3);
+    for e in &evaluations {
+        get(&nomad, &format!("/v1/evaluation/{}", e.id), "server.Evaluation").await;
+    }
+    // Without distinct_hosts binpacking puts every member on one node.
+    client.register_job(&members_job("packed", 3, |_| vec![]), RegisterOptions::default()).await.unwrap();
+    let packed: Vec<String> = live(&nomad, "packed").iter().map(|a| a.node_name.clone()).collect();
+    assert_eq!(packed.len(), 3);
+    assert!(packed.iter().all(|n| *n == packed[0]), "{packed:?}");
+}
+
+#[tokio::test]
+async fn constraints_pin_and_spread_spreads() {
+    let nomad = NomadDouble::start();
+    let client = nomad.client();
+    let mut pinned = members_job("pinned", 2, |_| vec![]);
+    pinned["Constraints"] = json!([
+        {"LTarget": "${attr.unique.hostname}", "RTarget": "double-client-2", "Operand": "="},
+        {"LTarget": "${attr.kernel.name}", "RTarget": "^lin.x$", "Operand": "regexp"},
+        {"LTarget": "${attr.nomad.version}", "RTarget": ">= 1.10, < 3", "Operand": "version"},
+    ]);
+    client.register_job(&pinned, RegisterOptions::default()).await.unwrap();
+    assert!(live(&nomad, "pinned").iter().all(|a| a.node_name == "double-client-2"));
+    let mut impossible = members_job("impossible", 1, |_| vec![]);
+    impossible["TaskGroups"][0]["Constraints"] = json!([{"LTarget": "${meta.rack}", "RTarget": "r9", "Operand": "="}]);
+    let plan = client.plan_job(&impossible).await.unwrap();
+    assert_eq!(plan.failed_tg_allocs["member-0"].constraint_filtered.get("${meta.rack} = r9"), Some(&3));
+
+    let mut spread = members_job("spread", 1, |_| vec![]);
+    spread["TaskGroups"][0]["Count"] = json!(3);
+    spread["TaskGroups"][0]["Spreads"] = json!([{"Attribute": "${meta.rack}", "Weight": 100}]);
+    client.register_job(&spread, RegisterOptions::default()).await.unwrap();
+    let mut nodes: Vec<String> = live(&nomad, "spread").iter().map(|a| a.node_name.clone()).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["double-client-1", "double-client-2", "double-client-3"]);
+}
+
+#[tokio::test]
+async fn missing_volumes_drivers_and_memory_are_reported_as_nomad_does() {
+    let nomad = NomadDouble::start();
+    let client = nomad.client();
+    let mut host = members_job("host", 1, |_| vec![]);
+    host["TaskGroups"][0]["Volumes"] = json!({"repo": {"Name": "repo", "Type": "host", "Source": "no-such-volume"}});
+    let failure = client.plan_job(&host).await.unwrap().failed_tg_allocs["member-0"].clone();
+    assert_eq!(failure.constraint_filtered.get("missing compatible host volumes"), Some(&3), "{failure:?}");
+
+    let mut driver = members_job("driver", 1, |_| vec![]);
+    driver["TaskGroups"][0]["Tasks"][0]["Driver"] = json!("podman");
+    let failure = client.plan_job(&driver).await.unwrap().failed_tg_allocs["member-0"].clone();
+    assert_eq!(failure.constraint_filtered.get("missing drivers"), Some(&3), "{failure:?}");
+
+    let mut big = members_job("big", 1, |_| vec![]);
+    big["TaskGroups"][0]["Tasks"][0]["Resources"]["MemoryMB"] = json!(10_000);
+    let failure = client.plan_job(&big).await.unwrap().failed_tg_allocs["member-0"].clone();
+    assert_eq!((failure.nodes_exhausted, failure.dimension_exhausted.get("memory")), (3, Some(&3)), "{failure:?}");
+    assert!(failure.constraint_filtered.is_empty());
+
+    let mut static_port = members_job("static", 2, |_| vec![]);
+    for g in 0..2 {
+        static_port["TaskGroups"][g]["Networks"][0]["ReservedPorts"] = json!([{"Label": "admin", "Value": 5000}]);
+        static_port["TaskGroups"][g]["Constraints"] = json!([{"LTarget": "${node.unique.name}", "RTarget": "double-client-1"}]);
+    }
+    let failure = client.plan_job(&static_port).await.unwrap().failed_tg_allocs["member-1"].clone();
+    assert_eq!(failure.dimension_exhausted.get("network: reserved port collision admin=5000"), Some(&1), "{failure:?}");
+}
+
+#[tokio::test]
+async fn dynamic_ports_are_unique_per_node_and_shown_in_the_allocation() {
+    let nomad = NomadDouble::start();
+    let client = nomad.client();
+    client.register_job(&members_job("pg", 3, |_| vec![]), RegisterOptions::default()).await.unwrap();
+    let allocs = live(&nomad, "pg");
+    let mut ports: Vec<u16> = allocs.iter().flat_map(|a| a.ports.iter().map(|p| p.value)).collect();
+    assert_eq!(ports.len(), 6);
+    assert!(ports.iter().all(|p| (20000..=32000).contains(p)));
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 6, "two ports each for three allocations on one node");
+    let pg = allocs[0].ports.iter().find(|p| p.label == "pg").unwrap();
+    assert_eq!((pg.to, pg.host_ip.as_str()), (5432, "127.0.0.11"));
+    let full = get(&nomad, &format!("/v1/allocation/{}", allocs[0].id), "server.Allocation").await;
+    assert_eq!(full["NodeName"], json!(allocs[0].node_name));
+    assert!(full["AllocatedResources"]["Shared"]["Ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["Label"] == "pg" && p["Value"] == json!(pg.value)));
+    let nodes = get(&nomad, "/v1/nodes", "server.NodeListStub").await;
+    let _ = nodes;
+    let node = get(&nomad, &format!("/v1/node/{}", full["NodeID"].as_str().unwrap()), "server.Node").await;
+    assert_eq!(node["Attributes"]["unique.network.ip-address"], json!("127.0.0.11"));
+}
+
+fn desired(plan: &api::JobPlanResponse, group: &str) -> api::DesiredUpdates {
+    plan.annotations.as_ref().unwrap().desired_tg_updates[group]
+}
+
+#[tokio::test]
+async fn job_meta_is_a_destructive_update_of_every_group_and_groups_roll_in_parallel() {
+    let nomad = NomadDouble::start();
+    let client = nomad.client();
+    let job = distinct_members("pg", 3);
+    client.register_job(&job, RegisterOptions::default()).await.unwrap();
+    assert_eq!(await_deployment(&client, "pg").await.status, "successful");
+    let before: Vec<String> = live(&nomad, "pg").iter().map(|a| a.id.clone()).collect();
+
+    let mut changed = job.clone();
+    changed["Meta"]["pgnomad.version"] = json!("0.2.0");
+    let plan = client.plan_job(&changed).await.unwrap();
+    for g in ["member-0", "member-1", "member-2"] {
+        assert_eq!((desired(&plan, g).destructive_update, desired(&plan, g).in_place_update), (1, 0), "{g}: CombinedTaskMeta changed");
+    }
+    client.register_job(&changed, RegisterOptions::default()).await.unwrap();
+    // max_parallel = 1 counts within a group: all three members are replaced at once.
+    let replaced: Vec<AllocView> = live(&nomad, "pg").into_iter().filter(|a| !before.contains(&a.id)).collect();
+    assert_eq!(replaced.len(), 3, "{replaced:?}");
+    assert_eq!(await_deployment(&client, "pg").await.status, "successful");
+}
+
+#[tokio::test]
+async fn a_task_change_in_one_group_replaces_only_that_group_and_the_rest_update_in_place() {
+    let nomad = NomadDouble::start();
+    let client = nomad.client();
+    let job = distinct_members("pg", 3);
+    client.register_job(&job, RegisterOptions::default()).await.unwrap();
+    assert_eq!(await_deployment(&client, "pg").await.status, "successful");
+    let before = live(&nomad, "pg");
+
+    let mut image = job.clone();
+    image["TaskGroups"][1]["Tasks"][0]["Config"]["image"] = json!("ghcr.io/pgnomad/patroni:3.4");
+    let plan = client.plan_job(&image).await.unwrap();
+    assert_eq!(desired(&plan, "member-1").destructive_update, 1);
+    assert_eq!((desired(&plan, "member-0").in_place_update, desired(&plan, "member-0").destructive_update), (1, 0));
+    client.register_job(&image, RegisterOptions::default()).await.unwrap();
+    let after = live(&nomad, "pg");
+    let same = |g: &str| {
+        let old = before.iter().find(|a| a.group == g).unwrap();
+        let new = after.iter().find(|a| a.group == g).unwrap();
+        (old.id == new.id, old.node_name == new.node_name, new.job_version)
+    };
+    assert_eq!(same("member-0"), (true, true, 1), "in place: same allocation, same node, new version");
+    assert_eq!(same("member-1").0, false);
+    assert_eq!(await_deployment(&client, "pg").await.status, "successful");
+
+    // A service-only change (tags) is in place for every group; so are the others on a count change.
+    let mut tags = image.clone();
+    tags["TaskGroups"][0]["Services"][0]["Tags"] = json!(["primary-candidate"]);
+    let plan = client.plan_job(&tags).await.unwrap();
+    for g in ["member-0", "member-1", "member-2"] {
+        assert_eq!((desired(&plan, g).in_place_update, desired(&plan, g).destructive_update), (1, 0), "{g}");
+    }
+    let mut scaled = members_job("one", 1, |_| vec![]);
+    client.register_job(&scaled, RegisterOptions::default()).await.unwrap();
+    scaled["TaskGroups"][0]["Count"] = json!(3);
+    let plan = client.plan_job(&scaled).await.unwrap();
+    let update = desired(&plan, "member-0");
+    assert_eq!((update.place, update.in_place_update, update.destructive_update, update.stop), (2, 1, 0, 0));
+    // An identical re-register changes nothing.
+    let plan = client.plan_job(&image).await.unwrap();
+    assert_eq!(desired(&plan, "member-2").ignore, 1);
+}
+
+#[tokio::test]
+async fn max_parallel_replaces_one_allocation_of_a_group_at_a_time() {
+    let nomad = NomadDouble::start();
+    let client = nomad.client();
+    let mut job = members_job("web", 1, |_| vec![http_check("alive", "/liveness", None)]);
+    job["TaskGroups"][0]["Count"] = json!(3);
+    job["Update"]["MinHealthyTime"] = json!(50_000_000_000u64); // 50 ms at the default scale
+    client.register_job(&job, RegisterOptions::default()).await.unwrap();
+    assert_eq!(await_deployment(&client, "web").await.status, "successful");
+    let original: Vec<String> = live(&nomad, "web").iter().map(|a| a.id.clone()).collect();
+
+    let mut changed = job.clone();
+    changed["TaskGroups"][0]["Tasks"][0]["Env"] = json!({"PGTZ": "UTC"});
+    let plan = client.plan_job(&changed).await.unwrap();
+    let update = desired(&plan, "member-0");
+    assert_eq!((update.destructive_update, update.ignore), (1, 2), "max_parallel 1: one now, two later");
+    client.register_job(&changed, RegisterOptions::default()).await.unwrap();
+    let mut most_in_flight = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let allocs = live(&nomad, "web");
+        let new: Vec<&AllocView> = allocs.iter().filter(|a| !original.contains(&a.id)).collect();
+        let deployment = client.read_job("web").await.unwrap().unwrap();
+        let unhealthy = new.len() - count_healthy(&client, "web", &original).await;
+        most_in_flight = most_in_flight.max(unhealthy);
+        if new.len() == 3 && deployment.stable {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the rolling update did not finish");
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    assert_eq!(most_in_flight, 1, "never more than max_parallel replacements waiting for health");
+}
+
+async fn count_healthy(client: &pgnomad::transport::NomadClient<HttpTransport>, job: &str, except: &[String]) -> usize {
+    let allocs = client.job_allocations(job).await.unwrap();
+    allocs
+        .iter()
+        .filter(|a| {
+            !except.contains(&a.id) && a.desired_status == "run" && a.deployment_status.as_ref().is_some_and(|d| d.healthy == Some(true))
+        })
+        .count()
+}
+
+fn job_with_data(id: &str) -> Value {
+    let mut job = members_job(id, 1, |_| vec![http_check("alive", "/liveness", None)]);
+    job["TaskGroups"][0]["Volumes"] = json!({"data": {"Name": "data", "Type": "csi", "Source": "pg-data", "AccessMode": "single-node-writer", "AttachmentMode": "file-system", "PerAlloc": true}});
+    job
+}
+
+#[tokio::test]
+async fn an_external_runner_drives_allocations_and_a_claim_is_held_until_the_old_allocation_stopped() {
+    let nomad = NomadDouble::start_with(DoubleConfig { client: ClientMode::External, time_scale: 0.001, ..DoubleConfig::default() });
+    let client = nomad.client();
+    client.create_csi_volume(&csi_volume("pg-data[0]")).await.unwrap();
+    client.register_job(&job_with_data("pg"), RegisterOptions::default()).await.unwrap();
+    let first = live(&nomad, "pg").remove(0);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(nomad.allocation(&first.id).unwrap().client_status, "pending", "nothing moves without the runner");
+    let on_node = nomad.node_allocations(&first.node_name);
+    assert_eq!(on_node.len(), 1);
+    assert_eq!(on_node[0].group_spec["Name"], json!("member-0"));
+    assert_eq!(on_node[0].csi_volumes, ["pg-data[0]"]);
+    nomad.update_task_state(&first.id, "patroni", "pending", false, ("Received", "Task received by client")).unwrap();
+    nomad.update_task_state(&first.id, "patroni", "running", false, ("Started", "Task started by client")).unwrap();
+    assert_eq!(nomad.allocation(&first.id).unwrap().client_status, "running");
+
+    // Health comes from the checks the runner reports: critical until it passes.
+    let consul = nomad.start_consul();
+    let settings = pgnomad::settings::ConnectionArgs { consul_address: Some(consul.address()), ..Default::default() }
+        .consul(&pgnomad::settings::Environment::default())
+        .unwrap();
+    let consul_client = ConsulClient::new(HttpTransport::consul(&settings).unwrap());
+    assert!(consul_client.health_service("pg-member-0", true).await.unwrap().is_empty());
+    nomad.set_check_status(&first.id, "pg-member-0", "alive", true, "HTTP GET: 200 OK").unwrap();
+    let passing = consul_client.health_service("pg-member-0", true).await.unwrap();
+    assert_eq!(passing.len(), 1);
+    let pg_port = first.ports.iter().find(|p| p.label == "pg").unwrap().value;
+    let entry = serde_json::to_value(&passing[0]).unwrap();
+    assert!(entry.to_string().contains(&first.node_address) && entry.to_string().contains(&pg_port.to_string()), "{entry}");
+    assert_eq!(await_deployment(&client, "pg").await.status, "successful");
+
+    // A destructive update: the replacement waits for the claim until the old one stopped.
+    let mut changed = job_with_data("pg");
+    changed["TaskGroups"][0]["Tasks"][0]["Config"]["image"] = json!("ghcr.io/pgnomad/patroni:3.4");
+    client.register_job(&changed, RegisterOptions::default()).await.unwrap();
+    let old = nomad.allocation(&first.id).unwrap();
+    assert_eq!((old.desired_status.as_str(), old.client_status.as_str()), ("stop", "running"), "stopping, still holding its claim");
+    let replacement = live(&nomad, "pg").into_iter().find(|a| a.id != first.id).expect("placed");
+    assert_eq!(replacement.node_name, first.node_name, "a hostpath volume stays on its node");
+    assert_eq!(replacement.waiting_for_volumes, ["pg-data[0]"]);
+    // Another job cannot even be placed while the claim is held.
+    let mut other = job_with_data("other");
+    other["TaskGroups"][0]["Volumes"]["data"]["Source"] = json!("pg-data");
+    let plan = client.plan_job(&other).await.unwrap();
+    assert!(plan.failed_tg_allocs["member-0"]
+        .constraint_filtered
+        .contains_key("CSI volume pg-data[0] has exhausted its available writer claims"));
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(nomad.allocation(&replacement.id).unwrap().waiting_for_volumes, ["pg-data[0]"]);
+    nomad.update_task_state(&first.id, "patroni", "dead", false, ("Killed", "Task successfully killed")).unwrap();
+    assert_eq!(nomad.allocation(&first.id).unwrap().client_status, "complete");
+    assert!(nomad.allocation(&replacement.id).unwrap().waiting_for_volumes.is_empty(), "the claim is free once the old one stopped");
+}
+
+#[tokio::test]
+async fn a_hostpath_volume_on_a_down_node_blocks_its_group_until_the_node_is_back() {
+    let nomad = NomadDouble::start();
+    let client = nomad.client();
+    client.create_csi_volume(&csi_volume("pg-data[0]")).await.unwrap();
+    client.register_job(&distinct_members("web", 2), RegisterOptions::default()).await.unwrap();
+    client.register_job(&job_with_data("pg"), RegisterOptions::default()).await.unwrap();
+    assert_eq!(await_deployment(&client, "pg").await.status, "successful");
+    let first = live(&nomad, "pg").remove(0);
+    let web_before = live(&nomad, "web");
+
+    nomad.set_node_status(&first.node_name, "down");
+    assert_eq!(nomad.allocation(&first.id).unwrap().client_status, "lost");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let blocked = loop {
+        if let Some(e) = client.job_evaluations("pg").await.unwrap().into_iter().find(|e| e.status == "blocked") {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no blocked eval for pg");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(!live(&nomad, "pg").iter().any(|a| a.id != first.id), "pg cannot be placed elsewhere");
+    let metric = &blocked.failed_tg_allocs["member-0"];
+    assert_eq!(metric.constraint_filtered.get("did not meet topology requirement"), Some(&2), "{metric:?}");
+    assert_eq!(metric.nodes_available.get("dc1"), Some(&2));
+    // The web member that was on the down node moves to the one node left free.
+    let web_lost: Vec<&AllocView> = web_before.iter().filter(|a| a.node_name == first.node_name).collect();
+    for lost in web_lost {
+        eventually("the lost web member is replaced", || {
+            live(&nomad, "web").iter().any(|a| a.group == lost.group && a.id != lost.id && a.node_name != first.node_name)
+        })
+        .await;
+    }
+
+    nomad.set_node_status(&first.node_name, "ready");
+    eventually("pg is placed on its volume's node again", || {
+        live(&nomad, "pg").iter().any(|a| a.node_name == first.node_name && a.id != first.id)
+    })
+    .await;
+    assert!(client.job_evaluations("pg").await.unwrap().iter().all(|e| e.status != "blocked"));
+}
