@@ -10,6 +10,37 @@
 //! nomad.inject(Fault::status("GET", "/v1/job/", 503).times(2));
 //! // … drop checks that no request broke the schema.
 //! ```
+//!
+//! ## The cluster
+//! `DoubleConfig.nodes` (default `NodeSpec::defaults()`: `double-client-1..3` at 127.0.0.11..13,
+//! dc1, pool default, 4000 MHz / 8192 MB, docker/exec/raw_exec, host volume `pgbackrest`, CSI
+//! node plugin `hostpath`, meta `rack = r1..r3`). Placement follows Nomad's scheduler
+//! (`sched.rs`), updates its reconciler (`reconcile.rs`). `set_node_status(name, "down")` loses
+//! the node's allocations; `"ready"` brings it back and blocked evals are retried.
+//!
+//! ## The client seam (`seam.rs`)
+//! With `DoubleConfig { client: ClientMode::External, .. }` the double never starts, stops or
+//! checks anything itself. A runner (e.g. `client.rs`, declared here as `pub mod client;` by
+//! its author) loops:
+//! ```ignore
+//! let mut index = 0;
+//! loop {
+//!     index = nomad.wait_allocations(index, Duration::from_secs(5)).await;
+//!     for alloc in nomad.node_allocations("double-client-1") {        // Vec<AllocView>
+//!         // alloc.desired_status "run": start unless alloc.waiting_for_volumes is non-empty;
+//!         //   alloc.group_spec / alloc.job (Meta, Env, Templates), alloc.ports (host value, to,
+//!         //   host_ip), alloc.node_address, alloc.host_volumes (name → path)
+//!         nomad.update_task_state(&alloc.id, "patroni", "running", false, ("Started", "Task started by client"))?;
+//!         nomad.set_check_status(&alloc.id, "main-postgres", "patroni", true, "HTTP 200")?;
+//!         // alloc.desired_status "stop": kill, then
+//!         nomad.update_task_state(&alloc.id, "patroni", "dead", false, ("Killed", "Task successfully killed"))?;
+//!         // or nomad.set_alloc_client_status(&alloc.id, "complete")  — claims are released now
+//!     }
+//! }
+//! ```
+//! Deployment health, in both modes, comes from check results (Simulated: the oracle's) with the
+//! job's min_healthy_time / healthy_deadline / progress_deadline scaled by `time_scale`.
+//! Consul's health view lists each instance at its node's address and its mapped host port.
 
 pub mod nodes;
 mod ops;
