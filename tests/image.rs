@@ -43,6 +43,8 @@ fn stdout_of(script: &str) -> String {
 #[test]
 fn runs_as_postgres_by_default() {
     assert_eq!(stdout_of("id -un"), "postgres");
+    // The ids the rendered templates write secret files with (postgres.uid/gid, 999:999).
+    assert_eq!(stdout_of("echo $(id -u):$(id -g)"), "999:999");
     assert_eq!(stdout_of("pwd"), "/var/lib/postgresql");
     let out = Command::new("docker").args(["image", "inspect", "-f", "{{.Config.User}}", &postgres_image(MAJOR)]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "postgres", "the image's USER");

@@ -56,6 +56,16 @@ apt_install() {
 printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
 chmod 0755 /usr/sbin/policy-rc.d
 
+# The postgres user with fixed ids (postgres.uid/gid in the stack file, 999:999 by default):
+# Nomad writes each task's secret files with those numeric owners, and Debian's package
+# would otherwise pick whatever ids are free.
+if ! getent group postgres > /dev/null; then
+    groupadd --system --gid 999 postgres
+fi
+if ! getent passwd postgres > /dev/null; then
+    useradd --system --uid 999 --gid 999 --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi
+
 # No cluster on install: written before postgresql-common is installed.
 install -d /etc/postgresql-common
 echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf
@@ -86,6 +96,7 @@ grep -qx 'create_main_cluster = false' /etc/postgresql-common/createcluster.conf
     || die "postgresql-common replaced /etc/postgresql-common/createcluster.conf"
 [ -x "/usr/lib/postgresql/${major}/bin/postgres" ] || die "postgresql-${major} did not install /usr/lib/postgresql/${major}/bin/postgres"
 [ ! -e "/etc/postgresql/${major}/main" ] || die "a ${major}/main cluster was created despite create_main_cluster = false"
+[ "$(id -u postgres):$(id -g postgres)" = "999:999" ] || die "the postgres user is not 999:999"
 
 # Postgres refuses to run as root; the volume mount points must be the postgres user's.
 install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data
