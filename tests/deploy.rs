@@ -113,7 +113,9 @@ fn plan_run_status_plan_destroy_on_a_fresh_cluster() {
     expected.extend(JOBS_IN_ORDER.iter().map(|j| format!("PUT var nomad/jobs/{j}")));
     expected.extend((0..3).map(|i| format!("PUT volume main-member-{i}")));
     expected.extend(JOBS_IN_ORDER.iter().map(|j| format!("register {j}")));
-    assert_eq!(log, expected, "secrets, volumes, postgres, pgbouncer, pgadmin, backups");
+    // What pgnomad registered (each job's content hash, its version), for the next plan.
+    expected.push("PUT var pgnomad/main/state".to_string());
+    assert_eq!(log, expected, "secrets, volumes, postgres, pgbouncer, pgadmin, backups, pgnomad's state");
     let register_bodies: Vec<&RecordedRequest> =
         lab.nomad.writes().iter().filter(|w| w.path == "/v1/jobs").cloned().collect::<Vec<_>>().leak().iter().collect();
     for body in register_bodies {
