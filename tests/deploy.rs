@@ -103,6 +103,12 @@ fn plan_run_status_plan_destroy_on_a_fresh_cluster() {
     let plan_text = text(&plan.stdout);
     assert!(plan_text.contains("+ Job: \"main-postgres\""), "{plan_text}");
     assert!(plan_text.contains("main-member-0: + create"), "{plan_text}");
+    // Nomad cannot place a member before its volume exists; the plan says run makes it first.
+    assert!(
+        plan_text.contains("cannot be placed now: missing CSI volume(s) main-member-0")
+            && plan_text.contains("(run creates the volume first)"),
+        "{plan_text}"
+    );
     assert!(lab.nomad.writes().iter().all(|w| w.path.ends_with("/plan")), "plan writes nothing: {:?}", lab.write_log());
 
     let run = lab.pgnomad(&["run"]);
@@ -340,7 +346,8 @@ fn destroy_never_touches_a_job_pgnomad_does_not_own() {
     assert_eq!(deregistered.len(), 5, "{log:?}");
     assert!(!deregistered.iter().any(|w| w.contains("main-postgres-old") || *w == "deregister main-pgadmin"), "{log:?}");
     let deleted: Vec<&String> = log.iter().filter(|w| w.starts_with("DELETE")).collect();
-    assert_eq!(deleted.len(), 5 + 1 + 3, "five job variables, the TLS store and three volumes: {deleted:?}");
+    assert_eq!(deleted.len(), 5 + 1 + 1 + 3, "five job variables, the TLS store, pgnomad's state and three volumes: {deleted:?}");
+    assert!(deleted.iter().any(|w| w.contains("pgnomad/main/state")), "{deleted:?}");
     let jobs = block_on(client.list_jobs(Some("main-"))).unwrap();
     let alive: Vec<&str> = jobs.iter().filter(|j| !j.stop).map(|j| j.id.as_str()).collect();
     assert_eq!(alive, ["main-pgadmin", "main-postgres-old"]);

@@ -78,6 +78,12 @@ pub async fn destroy_targets<N: Transport, C: Transport>(cluster: &Cluster<N, C>
             targets.secrets.push((store, variable.modify_index));
         }
     }
+    // What run recorded of the jobs it registered goes with the secrets: without them the
+    // cluster is gone for good, and a stale record would confuse the next plan.
+    let state = super::plan::state_path(name);
+    if let Some(variable) = nomad.read_variable(&state).await.map_err(DeployError::api(format!("reading variable {state}")))? {
+        targets.secrets.push((state, variable.modify_index));
+    }
     Ok(targets)
 }
 

@@ -282,7 +282,8 @@ pub fn plan_text(plan: &Plan, verbose: bool) -> String {
         };
         let _ = writeln!(out, "  => {change}; check index {}", job.check_index);
         for (group, reason) in &job.placement_failures {
-            let pending_volume = reason.starts_with("missing CSI Volume")
+            // Nomad 2.0 says "missing CSI volume(s) X", 1.x "missing CSI Volume X".
+            let pending_volume = reason.to_ascii_lowercase().starts_with("missing csi volume")
                 && plan.volumes.iter().any(|v| v.action == VolumeAction::Create && reason.contains(&v.id));
             let note = if pending_volume { " (run creates the volume first)" } else { "" };
             let _ = writeln!(out, "  ! group {group} cannot be placed now: {reason}{note}");
