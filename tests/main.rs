@@ -5,6 +5,7 @@ mod support_dev;
 mod support_procs;
 
 mod cli;
+mod cluster;
 mod deploy;
 mod dev;
 mod image;

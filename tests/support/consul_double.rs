@@ -40,7 +40,7 @@ fn reply(body: &Value, index: u64) -> Response {
 }
 
 /// Every registered service instance: (service name, tags, entry) from running allocations.
-fn service_entries(shared: &Shared) -> Vec<(String, Vec<Value>, Value)> {
+pub(crate) fn service_entries(shared: &Shared) -> Vec<(String, Vec<Value>, Value)> {
     let oracle = shared.oracle();
     let state = shared.state.lock().unwrap();
     let mut entries = Vec::new();

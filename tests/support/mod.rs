@@ -16,6 +16,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod cluster;
 pub mod consul_double;
 pub mod gotemplate;
 pub mod image;

@@ -42,6 +42,7 @@
 //! job's min_healthy_time / healthy_deadline / progress_deadline scaled by `time_scale`.
 //! Consul's health view lists each instance at its node's address and its mapped host port.
 
+pub mod client;
 pub mod nodes;
 mod ops;
 mod reconcile;

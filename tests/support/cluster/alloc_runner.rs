@@ -1,0 +1,651 @@
+//! Runs one allocation as Nomad's client does (client/allocrunner, taskrunner): the allocation
+//! directory, the group's network namespace (a pause container holding the port mappings, as
+//! the docker driver's `nomad_init` container does), templates rendered by Go's text/template
+//! before a task starts and again when their data change (change_mode), prestart tasks to
+//! completion, main tasks, poststart sidecars, the restart policy, service checks against the
+//! mapped ports, and on stop the kill signal with a kill timeout capped at the client's
+//! max_kill_timeout.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::docker;
+use super::taskenv::{interpolate, parse_env_file, task_env, AllocDir, AllocFacts};
+use super::{ControlPlane, NodeInfo};
+use crate::support::gotemplate::{self, Rendered, TemplateContext};
+
+/// The client's `max_kill_timeout` default (client/config): a longer `kill_timeout` is cut.
+pub const MAX_KILL_TIMEOUT: Duration = Duration::from_secs(30);
+
+const SECOND_NS: f64 = 1e9;
+
+fn duration(value: &Value, default: Duration) -> Duration {
+    value.as_i64().map(|ns| Duration::from_secs_f64(ns.max(0) as f64 / SECOND_NS)).unwrap_or(default)
+}
+
+fn str_of<'a>(value: &'a Value, key: &str) -> &'a str {
+    value.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn list<'a>(value: &'a Value, key: &str) -> &'a [Value] {
+    value.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
+}
+
+/// What the runner was asked to do with its allocation.
+pub struct Control {
+    pub stop: AtomicBool,
+    /// The node was lost: kill at once, report nothing (a lost node's client says nothing).
+    pub lost: AtomicBool,
+}
+
+pub struct AllocRunner {
+    pub facts: AllocFacts,
+    pub node: NodeInfo,
+    pub plane: Arc<dyn ControlPlane>,
+    pub control: Arc<Control>,
+    pub dirs: AllocDir,
+    /// Rendered template contents per (task, destination), to see changes.
+    rendered: Mutex<BTreeMap<(String, String), String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Prestart,
+    Main,
+    Poststart,
+}
+
+fn phase(task: &Value) -> Phase {
+    match (str_of(&task["Lifecycle"], "Hook"), task["Lifecycle"]["Sidecar"].as_bool().unwrap_or(false)) {
+        ("prestart", _) => Phase::Prestart,
+        ("poststart", _) => Phase::Poststart,
+        _ => Phase::Main,
+    }
+}
+
+/// A task that runs: its container (docker) or its process (exec, raw_exec).
+struct Running {
+    name: String,
+    task: Value,
+    container: String,
+    started: Instant,
+    restarts: u32,
+    restart_window_start: Instant,
+}
+
+impl AllocRunner {
+    pub fn new(facts: AllocFacts, node: NodeInfo, plane: Arc<dyn ControlPlane>, control: Arc<Control>) -> Self {
+        let dirs = AllocDir { root: node.root.join("allocs").join(&facts.alloc_id) };
+        AllocRunner { facts, node, plane, control, dirs, rendered: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn tasks(&self) -> Vec<Value> {
+        list(&self.facts.group, "Tasks").to_vec()
+    }
+
+    fn container_name(&self, task: &str) -> String {
+        format!("{}-{}-{}", task, self.facts.group_name(), &self.facts.alloc_id[..8])
+    }
+
+    fn pause_name(&self) -> String {
+        format!("nomad_init-{}", &self.facts.alloc_id[..8])
+    }
+
+    fn event(&self, task: &str, state: &str, failed: bool, kind: &str, message: &str) {
+        self.plane.task_state(&self.facts.alloc_id, task, state, failed, kind, message);
+    }
+
+    fn stopping(&self) -> bool {
+        self.control.stop.load(Ordering::SeqCst) || self.control.lost.load(Ordering::SeqCst)
+    }
+
+    /// The whole life of the allocation; returns when it has stopped.
+    pub fn run(self: Arc<Self>) {
+        let outcome = self.clone().run_inner();
+        let lost = self.control.lost.load(Ordering::SeqCst);
+        self.cleanup();
+        if lost {
+            return;
+        }
+        match outcome {
+            Ok(()) => self.plane.alloc_status(&self.facts.alloc_id, "complete", "All tasks have completed"),
+            Err(why) => self.plane.alloc_status(&self.facts.alloc_id, "failed", &why),
+        }
+    }
+
+    fn run_inner(self: Arc<Self>) -> Result<(), String> {
+        let tasks = self.tasks();
+        let names: Vec<&str> = tasks.iter().map(|t| str_of(t, "Name")).collect();
+        self.dirs.build(&names).map_err(|e| format!("building the allocation directory: {e}"))?;
+        for task in &names {
+            self.event(task, "pending", false, "Received", "Task received by client");
+            self.event(task, "pending", false, "Task Setup", "Building Task Directory");
+        }
+        if self.facts.bridge() {
+            self.start_pause()?;
+        }
+        // Prestart tasks, then main tasks, then poststart ones (lifecycle.mdx).
+        let mut running: Vec<Running> = Vec::new();
+        for wanted in [Phase::Prestart, Phase::Main, Phase::Poststart] {
+            for task in tasks.iter().filter(|t| phase(t) == wanted) {
+                let name = str_of(task, "Name").to_string();
+                if !self.wait_for_templates(&name, task) {
+                    return self.stop_all(running);
+                }
+                let container = self.start_task(task)?;
+                self.event(&name, "running", false, "Started", "Task started by client");
+                let ephemeral = wanted == Phase::Prestart && !task["Lifecycle"]["Sidecar"].as_bool().unwrap_or(false);
+                if ephemeral {
+                    self.wait_for_exit(&name, task, &container)?;
+                } else {
+                    running.push(Running {
+                        name,
+                        task: task.clone(),
+                        container,
+                        started: Instant::now(),
+                        restarts: 0,
+                        restart_window_start: Instant::now(),
+                    });
+                }
+            }
+            if wanted == Phase::Main {
+                self.plane.alloc_status(&self.facts.alloc_id, "running", "Tasks are running");
+            }
+        }
+        let checks = self.clone().start_checks();
+        let result = self.supervise(&mut running);
+        checks.store(true, Ordering::SeqCst);
+        match result {
+            Ok(()) => self.stop_all(running),
+            Err(why) => {
+                let _ = self.stop_all(running);
+                Err(why)
+            }
+        }
+    }
+
+    fn start_pause(&self) -> Result<(), String> {
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--detach".into(),
+            "--name".into(),
+            self.pause_name(),
+            "--label".into(),
+            format!("{}={}", docker::LABEL, self.node.cluster_id),
+            "--network".into(),
+            self.node.docker_network.clone(),
+        ];
+        for port in &self.facts.ports {
+            let inside = if port.to > 0 { port.to } else { port.value };
+            args.push("--publish".into());
+            args.push(format!("{}:{}:{inside}", self.node.address, port.value));
+        }
+        args.extend([self.node.pause_image.clone(), "sleep".into(), "infinity".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        docker::run(&args).map(|_| ()).map_err(|e| format!("failed to set up the allocation network: {e}"))
+    }
+
+    /// Renders every template of `task` until none is blocked (Nomad's template hook holds the
+    /// task until then, reporting what is missing); false when stopped while waiting.
+    fn wait_for_templates(&self, name: &str, task: &Value) -> bool {
+        let mut reported = String::new();
+        loop {
+            match self.render_templates(name, task, true) {
+                Ok(_) => return true,
+                Err(missing) => {
+                    if missing != reported {
+                        self.event(name, "pending", false, "Template", &format!("Missing: {missing}"));
+                        reported = missing;
+                    }
+                }
+            }
+            if self.stopping() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn template_context(&self, name: &str, task: &Value, env: &BTreeMap<String, String>) -> TemplateContext {
+        let job = self.facts.job_id();
+        let group = self.facts.group_name();
+        let mut context = TemplateContext::for_task(job, group, name, self.facts.alloc_index as u32);
+        context.env = env.clone();
+        context.namespace = self.facts.namespace().to_string();
+        let (variables, readable) = self.plane.variables_for(self.facts.namespace(), job, group, name);
+        context.variables = variables;
+        context.readable_variable_paths = readable;
+        // Nomad gives a task a Consul token only when it or its group has a `consul` block.
+        context.consul_token = !task["Consul"].is_null() || !self.facts.group["Consul"].is_null() || !self.plane.consul_acls();
+        // Every instance of every service, whatever its health: the engine filters as
+        // consul-template's `service` does (passing only, unless asked).
+        if list(task, "Templates").iter().any(|t| str_of(t, "EmbeddedTmpl").contains("service")) {
+            context.services = self.plane.service_instances();
+        }
+        context
+    }
+
+    /// Renders the task's templates; writes the ones whose content changed. Ok(the change
+    /// modes of the templates that changed), or Err(what blocks them).
+    fn render_templates(&self, name: &str, task: &Value, first: bool) -> Result<Vec<(String, String)>, String> {
+        let docker = str_of(task, "Driver") == "docker";
+        let env = task_env(&self.facts, task, &self.dirs, docker);
+        let context = self.template_context(name, task, &env);
+        let mut blocked = Vec::new();
+        let mut outputs = Vec::new();
+        for template in list(task, "Templates") {
+            match gotemplate::execute(template, &context) {
+                Ok(Rendered::Text(text)) => outputs.push((template.clone(), text)),
+                Ok(Rendered::Blocked(missing)) => blocked.extend(missing),
+                Err(error) => {
+                    // A template error fails the task (Nomad: "Template failed: …").
+                    self.event(name, "dead", true, "Killing", &format!("Template failed: {error}"));
+                    blocked.push(format!("template error: {error}"));
+                }
+            }
+        }
+        if !blocked.is_empty() {
+            return Err(blocked.join(", "));
+        }
+        let mut changed = Vec::new();
+        let mut rendered = self.rendered.lock().unwrap();
+        for (template, text) in outputs {
+            let dest = str_of(&template, "DestPath").to_string();
+            let key = (name.to_string(), dest.clone());
+            if rendered.get(&key) == Some(&text) {
+                continue;
+            }
+            let path = self.dirs.destination(name, &dest);
+            write_template(&path, &text, &template).map_err(|e| format!("writing {dest}: {e}"))?;
+            rendered.insert(key, text);
+            if !first {
+                changed.push((str_of(&template, "ChangeMode").to_string(), str_of(&template, "ChangeSignal").to_string()));
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The environment a task starts with: its own plus the `env = true` templates' files.
+    fn full_env(&self, task: &Value) -> BTreeMap<String, String> {
+        let name = str_of(task, "Name");
+        let docker = str_of(task, "Driver") == "docker";
+        let mut env = task_env(&self.facts, task, &self.dirs, docker);
+        for template in list(task, "Templates").iter().filter(|t| t["Envvars"].as_bool().unwrap_or(false)) {
+            let path = self.dirs.destination(name, str_of(template, "DestPath"));
+            if let Ok(text) = std::fs::read_to_string(path) {
+                env.extend(parse_env_file(&text));
+            }
+        }
+        env
+    }
+
+    fn volume_mounts(&self, task: &Value) -> Result<Vec<String>, String> {
+        let mut mounts = Vec::new();
+        for mount in list(task, "VolumeMounts") {
+            let volume_name = str_of(mount, "Volume");
+            let request = &self.facts.group["Volumes"][volume_name];
+            let source = str_of(request, "Source");
+            let host_path = match str_of(request, "Type") {
+                "host" => self
+                    .node
+                    .host_volumes
+                    .get(source)
+                    .cloned()
+                    .ok_or_else(|| format!("host volume {source} is not on node {}", self.node.name))?,
+                "csi" => {
+                    let id = if request["PerAlloc"].as_bool().unwrap_or(false) {
+                        format!("{source}[{}]", self.facts.alloc_index)
+                    } else {
+                        source.to_string()
+                    };
+                    let path = self.node.csi_volume_path(&id);
+                    std::fs::create_dir_all(&path).map_err(|e| format!("staging CSI volume {id}: {e}"))?;
+                    path
+                }
+                other => return Err(format!("volume type {other} is not supported by this client")),
+            };
+            let read_only = mount["ReadOnly"].as_bool().unwrap_or(false) || request["ReadOnly"].as_bool().unwrap_or(false);
+            mounts.push(format!("{}:{}{}", host_path.display(), str_of(mount, "Destination"), if read_only { ":ro" } else { "" }));
+        }
+        Ok(mounts)
+    }
+
+    fn start_task(&self, task: &Value) -> Result<String, String> {
+        let name = str_of(task, "Name");
+        match str_of(task, "Driver") {
+            "docker" => self.start_container(task),
+            other => {
+                let message = format!("driver {other} is not run by this client yet");
+                self.event(name, "dead", true, "Driver Failure", &message);
+                Err(message)
+            }
+        }
+    }
+
+    fn start_container(&self, task: &Value) -> Result<String, String> {
+        let name = str_of(task, "Name");
+        let container = self.container_name(name);
+        docker::remove(&container);
+        let env = self.full_env(task);
+        let config = &task["Config"];
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--detach".into(),
+            "--name".into(),
+            container.clone(),
+            "--label".into(),
+            format!("{}={}", docker::LABEL, self.node.cluster_id),
+            "--label".into(),
+            format!("pgnomad.double.alloc={}", self.facts.alloc_id),
+            "--label".into(),
+            format!("pgnomad.double.node={}", self.node.name),
+            "--stop-signal".into(),
+            task["KillSignal"].as_str().filter(|s| !s.is_empty()).unwrap_or("SIGTERM").into(),
+            "--memory".into(),
+            format!("{}m", task["Resources"]["MemoryMB"].as_u64().unwrap_or(300).max(16)),
+        ];
+        if self.facts.bridge() {
+            args.push("--network".into());
+            args.push(format!("container:{}", self.pause_name()));
+        } else {
+            args.push("--network".into());
+            args.push(self.node.docker_network.clone());
+        }
+        if !str_of(task, "User").is_empty() {
+            args.push("--user".into());
+            args.push(str_of(task, "User").into());
+        }
+        args.push("--volume".into());
+        args.push(format!("{}:/alloc", self.dirs.shared().display()));
+        args.push("--volume".into());
+        args.push(format!("{}:/local", self.dirs.local(name).display()));
+        args.push("--volume".into());
+        args.push(format!("{}:/secrets", self.dirs.secrets(name).display()));
+        for mount in self.volume_mounts(task)? {
+            args.push("--volume".into());
+            args.push(mount);
+        }
+        for (key, value) in &env {
+            args.push("--env".into());
+            args.push(format!("{key}={value}"));
+        }
+        let command = config["command"].as_str().map(|c| interpolate(c, &env));
+        if let Some(command) = &command {
+            args.push("--entrypoint".into());
+            args.push(command.clone());
+        }
+        let image = config["image"].as_str().ok_or("task config has no image")?;
+        args.push(image.to_string());
+        for arg in config["args"].as_array().into_iter().flatten() {
+            args.push(interpolate(arg.as_str().unwrap_or_default(), &env));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        docker::run(&args).map_err(|e| {
+            let message = format!("failed to create container: {e}");
+            self.event(name, "dead", true, "Driver Failure", &message);
+            message
+        })?;
+        Ok(container)
+    }
+
+    /// A prestart task that must finish: exit 0 moves on, anything else follows the restart
+    /// policy and in the end fails the allocation.
+    fn wait_for_exit(&self, name: &str, task: &Value, container: &str) -> Result<(), String> {
+        let policy = self.restart_policy(task);
+        let mut attempts = 0;
+        loop {
+            let state = wait_until_exited(container, &self.control);
+            let Some(state) = state else { return Err("stopped".into()) };
+            if state.exit_code == 0 {
+                self.event(name, "dead", false, "Terminated", "Exit Code: 0");
+                return Ok(());
+            }
+            let logs = docker::logs_tail(container, 20);
+            self.event(name, "dead", false, "Terminated", &format!("Exit Code: {}, output: {}", state.exit_code, logs.trim()));
+            attempts += 1;
+            if attempts > policy.attempts {
+                self.event(name, "dead", true, "Not Restarting", "Exceeded allowed attempts");
+                return Err(format!("prestart task {name} failed"));
+            }
+            self.event(name, "pending", false, "Restarting", &format!("Task restarting in {:?}", policy.delay));
+            std::thread::sleep(policy.delay);
+            docker::run(&["start", container]).map_err(|e| format!("restarting {name}: {e}"))?;
+        }
+    }
+
+    fn restart_policy(&self, task: &Value) -> RestartPolicy {
+        let policy = if task["RestartPolicy"].is_object() { &task["RestartPolicy"] } else { &self.facts.group["RestartPolicy"] };
+        RestartPolicy {
+            attempts: policy["Attempts"].as_u64().unwrap_or(2) as u32,
+            interval: duration(&policy["Interval"], Duration::from_secs(1800)),
+            delay: self.node.scaled(duration(&policy["Delay"], Duration::from_secs(15))),
+            mode_fail: str_of(policy, "Mode") == "fail",
+        }
+    }
+
+    /// Watches the tasks and the templates until the allocation is told to stop.
+    fn supervise(&self, running: &mut [Running]) -> Result<(), String> {
+        let mut last_render = Instant::now();
+        while !self.stopping() {
+            for task in running.iter_mut() {
+                let state = docker::state(&task.container);
+                if state.as_ref().is_some_and(|s| s.running) {
+                    continue;
+                }
+                let exit = state.map(|s| s.exit_code).unwrap_or(-1);
+                let logs = docker::logs_tail(&task.container, 15);
+                self.event(&task.name, "dead", false, "Terminated", &format!("Exit Code: {exit}, output: {}", logs.trim()));
+                let policy = self.restart_policy(&task.task);
+                if task.restart_window_start.elapsed() > policy.interval {
+                    task.restart_window_start = Instant::now();
+                    task.restarts = 0;
+                }
+                task.restarts += 1;
+                if task.restarts > policy.attempts && policy.mode_fail {
+                    self.event(&task.name, "dead", true, "Not Restarting", "Exceeded allowed attempts");
+                    return Err(format!("task {} failed", task.name));
+                }
+                let delay = if task.restarts > policy.attempts {
+                    policy.interval.min(self.node.scaled(Duration::from_secs(60)))
+                } else {
+                    policy.delay
+                };
+                self.event(&task.name, "pending", false, "Restarting", &format!("Task restarting in {delay:?}"));
+                if !sleep_unless_stopped(delay, &self.control) {
+                    return Ok(());
+                }
+                docker::run(&["start", &task.container]).map_err(|e| format!("restarting {}: {e}", task.name))?;
+                task.started = Instant::now();
+                self.event(&task.name, "running", false, "Started", "Task started by client");
+            }
+            if last_render.elapsed() >= Duration::from_millis(250) {
+                last_render = Instant::now();
+                for task in running.iter() {
+                    match self.render_templates(&task.name, &task.task, false) {
+                        Ok(changes) => self.apply_changes(task, &changes),
+                        Err(_) => {} // a dependency went away: Nomad keeps the last rendering
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// change_mode of re-rendered templates: signal, restart or nothing.
+    fn apply_changes(&self, task: &Running, changes: &[(String, String)]) {
+        if changes.iter().any(|(mode, _)| mode == "restart") {
+            self.event(&task.name, "running", false, "Restart Signaled", "Template with change_mode restart re-rendered");
+            let _ = docker::run(&["restart", "--time", "5", &task.container]);
+            return;
+        }
+        for (mode, signal) in changes {
+            if mode == "signal" {
+                self.event(&task.name, "running", false, "Signaling", &format!("Template re-rendered: {signal}"));
+                let _ = docker::signal(&task.container, signal);
+            }
+        }
+    }
+
+    /// Kills every running task with its kill signal, waits up to its kill timeout (capped at
+    /// max_kill_timeout), then removes it.
+    fn stop_all(&self, running: Vec<Running>) -> Result<(), String> {
+        let lost = self.control.lost.load(Ordering::SeqCst);
+        // Poststart and sidecars go last in Nomad's order: main tasks first, then the rest.
+        for task in running.iter().rev() {
+            if !lost {
+                self.event(&task.name, "running", false, "Killing", "Sent interrupt");
+            }
+            let timeout = duration(&task.task["KillTimeout"], Duration::from_secs(5)).min(MAX_KILL_TIMEOUT);
+            let seconds = if lost { 0 } else { timeout.as_secs().max(1) };
+            let _ = docker::run(&["stop", "--time", &seconds.to_string(), &task.container]);
+            if !lost {
+                self.event(&task.name, "dead", false, "Killed", "Task successfully killed");
+            }
+        }
+        Ok(())
+    }
+
+    fn cleanup(&self) {
+        for task in self.tasks() {
+            docker::remove(&self.container_name(str_of(&task, "Name")));
+        }
+        docker::remove(&self.pause_name());
+    }
+
+    /// One thread per service check, probing the mapped port from the host, as the Consul agent
+    /// does; results go to the control plane. Returns the flag that stops them.
+    fn start_checks(self: Arc<Self>) -> Arc<AtomicBool> {
+        let done = Arc::new(AtomicBool::new(false));
+        let mut services: Vec<(Value, String)> = list(&self.facts.group, "Services").iter().map(|s| (s.clone(), String::new())).collect();
+        for task in self.tasks() {
+            for service in list(&task, "Services") {
+                services.push((service.clone(), str_of(&task, "Name").to_string()));
+            }
+        }
+        for (service, _task) in services {
+            let service_name = interpolate(str_of(&service, "Name"), &BTreeMap::new());
+            for check in list(&service, "Checks").iter().cloned() {
+                let runner = self.clone();
+                let done = done.clone();
+                let service_name = service_name.clone();
+                let service = service.clone();
+                std::thread::spawn(move || runner.run_check(&service, &service_name, &check, &done));
+            }
+        }
+        done
+    }
+
+    fn run_check(&self, service: &Value, service_name: &str, check: &Value, done: &AtomicBool) {
+        let label = match str_of(check, "PortLabel") {
+            "" => str_of(service, "PortLabel"),
+            label => label,
+        };
+        let Some(port) = self.facts.ports.iter().find(|p| p.label == label) else { return };
+        let interval = duration(&check["Interval"], Duration::from_secs(10)).max(Duration::from_millis(200));
+        let timeout = duration(&check["Timeout"], Duration::from_secs(2));
+        let address = format!("{}:{}", port.host_ip, port.value);
+        let check_name = str_of(check, "Name").to_string();
+        while !done.load(Ordering::SeqCst) && !self.stopping() {
+            let (passing, output) = match str_of(check, "Type") {
+                "http" => http_check(&address, str_of(check, "Path"), timeout),
+                "tcp" => match std::net::TcpStream::connect_timeout(&address.parse().unwrap(), timeout) {
+                    Ok(_) => (true, format!("TCP connect {address}: Success")),
+                    Err(e) => (false, format!("dial tcp {address}: {e}")),
+                },
+                other => (false, format!("check type {other} is not run by this client")),
+            };
+            self.plane.check_status(&self.facts.alloc_id, service_name, &check_name, passing, &output);
+            let until = Instant::now() + interval;
+            while Instant::now() < until && !done.load(Ordering::SeqCst) && !self.stopping() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+struct RestartPolicy {
+    attempts: u32,
+    interval: Duration,
+    delay: Duration,
+    mode_fail: bool,
+}
+
+fn wait_until_exited(container: &str, control: &Control) -> Option<docker::ContainerState> {
+    loop {
+        if control.stop.load(Ordering::SeqCst) || control.lost.load(Ordering::SeqCst) {
+            return None;
+        }
+        match docker::state(container) {
+            Some(state) if !state.running => return Some(state),
+            None => return Some(docker::ContainerState { running: false, exit_code: -1, oom_killed: false, error: "gone".into() }),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn sleep_unless_stopped(delay: Duration, control: &Control) -> bool {
+    let until = Instant::now() + delay;
+    while Instant::now() < until {
+        if control.stop.load(Ordering::SeqCst) || control.lost.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// A template's file, with its perms and owner (Nomad's defaults: 0644, the agent's user).
+fn write_template(path: &std::path::Path, text: &str, template: &Value) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let temp = path.with_extension("pgnomad-tmp");
+    std::fs::write(&temp, text)?;
+    let perms = u32::from_str_radix(template["Perms"].as_str().filter(|p| !p.is_empty()).unwrap_or("0644"), 8).unwrap_or(0o644);
+    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(perms))?;
+    let uid = template["Uid"].as_i64().filter(|u| *u >= 0).map(|u| u as u32);
+    let gid = template["Gid"].as_i64().filter(|g| *g >= 0).map(|g| g as u32);
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::chown(&temp, uid, gid)?;
+    }
+    std::fs::rename(&temp, path)
+}
+
+/// Consul's HTTP check: 2xx passing, 429 warning (counted as not passing here), else critical.
+fn http_check(address: &str, path: &str, timeout: Duration) -> (bool, String) {
+    use std::io::{Read, Write};
+    let socket: std::net::SocketAddr = match address.parse() {
+        Ok(s) => s,
+        Err(e) => return (false, format!("bad address {address}: {e}")),
+    };
+    let attempt = || -> std::io::Result<u16> {
+        let mut stream = std::net::TcpStream::connect_timeout(&socket, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        write!(
+            stream,
+            "GET {} HTTP/1.0\r\nHost: {address}\r\nUser-Agent: Consul Health Check\r\n\r\n",
+            if path.is_empty() { "/" } else { path }
+        )?;
+        let mut head = [0u8; 64];
+        let n = stream.read(&mut head)?;
+        let line = String::from_utf8_lossy(&head[..n]);
+        line.split_whitespace().nth(1).and_then(|code| code.parse().ok()).ok_or_else(|| std::io::Error::other("no HTTP status line"))
+    };
+    match attempt() {
+        Ok(code) if (200..300).contains(&code) => (true, format!("HTTP GET http://{address}{path}: {code} OK")),
+        Ok(code) => (false, format!("HTTP GET http://{address}{path}: {code}")),
+        Err(e) => (false, format!("Get \"http://{address}{path}\": {e}")),
+    }
+}
+
+pub fn alloc_root(node_root: &std::path::Path, alloc_id: &str) -> PathBuf {
+    node_root.join("allocs").join(alloc_id)
+}

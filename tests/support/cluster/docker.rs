@@ -1,0 +1,114 @@
+//! The Docker Engine through its CLI: what the cluster double's client needs to run a docker
+//! task as Nomad's docker driver does (a pause container holding the allocation's network
+//! namespace and port mappings, task containers joining it, signals, exit codes).
+
+use std::process::{Command, Output, Stdio};
+
+/// Every container and network the double creates carries this label (value: the cluster's
+/// id), so that a cluster's drop, or a later run after a crash, removes exactly its own.
+pub const LABEL: &str = "pgnomad.double";
+
+pub fn docker() -> Command {
+    let mut cmd = Command::new("docker");
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Runs docker with `args`; stdout on success, the command and stderr on failure.
+pub fn run(args: &[&str]) -> Result<String, String> {
+    let out = docker().args(args).output().map_err(|e| format!("docker {}: {e} (is the Docker CLI installed?)", args.join(" ")))?;
+    result(args, out)
+}
+
+fn result(args: &[&str], out: Output) -> Result<String, String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "docker {}: {}",
+            args.iter().take(3).copied().collect::<Vec<_>>().join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Fails the test at once, with the fix, when the engine is not reachable: nothing skips.
+pub fn require_engine() {
+    if let Err(error) = run(&["info", "--format", "{{.ServerVersion}}"]) {
+        panic!("the cluster double runs docker tasks as containers, but the Docker Engine is not reachable: {error}\n(start dockerd)");
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerState {
+    pub running: bool,
+    pub exit_code: i64,
+    pub oom_killed: bool,
+    pub error: String,
+}
+
+/// The state of a container; None when it does not exist.
+pub fn state(name: &str) -> Option<ContainerState> {
+    let text = run(&["inspect", "--format", "{{.State.Running}}|{{.State.ExitCode}}|{{.State.OOMKilled}}|{{.State.Error}}", name]).ok()?;
+    let mut parts = text.splitn(4, '|');
+    Some(ContainerState {
+        running: parts.next()? == "true",
+        exit_code: parts.next()?.parse().ok()?,
+        oom_killed: parts.next()? == "true",
+        error: parts.next().unwrap_or_default().to_string(),
+    })
+}
+
+pub fn signal(name: &str, signal: &str) -> Result<(), String> {
+    run(&["kill", "--signal", signal, name]).map(|_| ())
+}
+
+pub fn remove(name: &str) {
+    let _ = run(&["rm", "--force", "--volumes", name]);
+}
+
+/// The last lines of a container's output, for task events and test failures.
+pub fn logs_tail(name: &str, lines: usize) -> String {
+    let out = docker().args(["logs", "--tail", &lines.to_string(), name]).output();
+    match out {
+        Ok(out) => format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        Err(e) => format!("(no logs: {e})"),
+    }
+}
+
+/// Removes every container and network labelled with `cluster_id`.
+pub fn remove_labelled(cluster_id: &str) {
+    let filter = format!("label={LABEL}={cluster_id}");
+    if let Ok(ids) = run(&["ps", "--all", "--quiet", "--filter", &filter]) {
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "--force", "--volumes"];
+            args.extend(ids);
+            let _ = run(&args);
+        }
+    }
+    if let Ok(ids) = run(&["network", "ls", "--quiet", "--filter", &filter]) {
+        for id in ids.split_whitespace() {
+            let _ = run(&["network", "rm", id]);
+        }
+    }
+}
+
+/// Clusters of test processes that died without cleaning up (the label's value starts with
+/// the owner's pid): their containers and networks are removed.
+pub fn remove_orphans() {
+    let Ok(text) = run(&["ps", "--all", "--format", &format!("{{{{.Label \"{LABEL}\"}}}}"), "--filter", &format!("label={LABEL}")]) else {
+        return;
+    };
+    let networks = run(&["network", "ls", "--format", &format!("{{{{.Label \"{LABEL}\"}}}}"), "--filter", &format!("label={LABEL}")])
+        .unwrap_or_default();
+    let mut owners: Vec<&str> = text.lines().chain(networks.lines()).map(str::trim).filter(|l| !l.is_empty()).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    for owner in owners {
+        let pid = owner.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            remove_labelled(owner);
+        }
+    }
+}
