@@ -232,6 +232,36 @@ fn the_default_stack_runs_on_three_nodes_fails_over_and_is_destroyed() {
     assert!(info[0]["db"][0]["system-id"].as_u64().is_some(), "the stanza knows the cluster: {info}");
     assert!(info[0]["archive"][0]["max"].as_str().is_some(), "WAL is archived: {info}");
 
+    // A forced full backup runs as a child of the periodic job and lands in the repository.
+    let client = deployed.cluster.nomad.client();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let forced = runtime.block_on(client.force_periodic("main-backup-full")).expect("forcing main-backup-full");
+    let _ = forced;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let outcome = loop {
+        let children: Vec<_> =
+            deployed.cluster.nomad.all_allocations().into_iter().filter(|a| a.job_id.starts_with("main-backup-full/periodic-")).collect();
+        let outcome = format!("{:#?}", children.iter().map(|a| (&a.node_name, &a.client_status, &a.task_states)).collect::<Vec<_>>());
+        if children.iter().any(|a| matches!(a.client_status.as_str(), "complete" | "failed")) {
+            break outcome;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the forced backup did not finish in 300 s: {outcome}\nevaluations: {:#?}",
+            deployed.cluster.nomad.evaluations_of("main-backup-full")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let child = deployed.cluster.nomad.all_allocations().into_iter().find(|a| a.job_id.starts_with("main-backup-full/periodic-")).unwrap();
+    assert_eq!(child.client_status, "complete", "the backup job: {outcome}");
+    let info = docker::docker()
+        .args(["exec", &container, "pgbackrest", "--config=/secrets/pgbackrest.conf", "--stanza=main", "--output=json", "info"])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    let backups = info[0]["backup"].as_array().cloned().unwrap_or_default();
+    assert!(backups.iter().any(|b| b["type"] == "full"), "pgbackrest info lists the full backup: {info}");
+
     let status = deployed.pgnomad(&["status", "--json"]);
     assert_ok("pgnomad status", &status);
 

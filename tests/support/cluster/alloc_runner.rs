@@ -179,6 +179,8 @@ impl AllocRunner {
             format!("{}={}", docker::LABEL, self.node.cluster_id),
             "--network".into(),
             self.node.docker_network.clone(),
+            "--dns".into(),
+            self.node.dns.clone(),
         ];
         for port in &self.facts.ports {
             let inside = if port.to > 0 { port.to } else { port.value };
@@ -355,6 +357,8 @@ impl AllocRunner {
         } else {
             args.push("--network".into());
             args.push(self.node.docker_network.clone());
+            args.push("--dns".into());
+            args.push(self.node.dns.clone());
         }
         if !str_of(task, "User").is_empty() {
             args.push("--user".into());

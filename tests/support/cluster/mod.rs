@@ -13,6 +13,7 @@
 //! ```
 
 pub mod alloc_runner;
+pub mod dns;
 pub mod docker;
 pub mod taskenv;
 
@@ -71,6 +72,8 @@ pub struct NodeInfo {
     pub docker_network: String,
     pub cluster_id: String,
     pub pause_image: String,
+    /// The resolver tasks use: Consul's DNS interface (`*.service.consul`).
+    pub dns: String,
     /// The factor the double applies to job durations, applied to restart delays too.
     pub time_scale: f64,
 }
@@ -261,6 +264,7 @@ pub struct Cluster {
     pub consul: crate::support::ConsulDouble,
     pub network: NodeNetwork,
     pub etcd: Etcd,
+    pub dns: dns::ConsulDns,
     pub image: String,
     plane: Arc<dyn ControlPlane>,
     clients: Vec<Arc<NodeClient>>,
@@ -299,12 +303,14 @@ impl Cluster {
                 docker_network: network.name.clone(),
                 cluster_id: id.clone(),
                 pause_image: image.clone(),
+                dns: network.gateway.clone(),
                 time_scale: config.time_scale,
             });
         }
         let nomad = Arc::new(crate::support::nomad_double::client::start_external(&nodes, config.time_scale, config.consul_acls));
         let consul = nomad.start_consul();
         let plane: Arc<dyn ControlPlane> = Arc::new(crate::support::nomad_double::client::Plane::new(nomad.clone(), config.consul_acls));
+        let dns = dns::ConsulDns::start(&network.gateway, plane.clone());
         let clients: Vec<Arc<NodeClient>> = nodes
             .into_iter()
             .map(|info| {
@@ -333,7 +339,7 @@ impl Cluster {
                 })
                 .unwrap()
         };
-        Cluster { id, nomad, consul, network, etcd, image, plane, clients, poller: Some(poller), stop, root }
+        Cluster { id, nomad, consul, network, etcd, dns, image, plane, clients, poller: Some(poller), stop, root }
     }
 
     pub fn node(&self, name: &str) -> &NodeInfo {

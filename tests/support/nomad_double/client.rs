@@ -146,3 +146,12 @@ impl ControlPlane for Plane {
         self.consul_acls
     }
 }
+
+impl NomadDouble {
+    /// Evaluations of jobs whose ID starts with `prefix` (children of a periodic job included),
+    /// for a test's failure message.
+    pub fn evaluations_of(&self, prefix: &str) -> Vec<serde_json::Value> {
+        let state = self.shared.state.lock().unwrap();
+        state.evals.iter().filter(|e| e["JobID"].as_str().is_some_and(|j| j.starts_with(prefix))).cloned().collect()
+    }
+}
