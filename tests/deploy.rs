@@ -92,8 +92,8 @@ fn show(output: &Output) -> String {
     format!("exit {:?}\n--- stdout\n{}--- stderr\n{}", output.status.code(), text(&output.stdout), text(&output.stderr))
 }
 
-const JOBS_IN_ORDER: [&str; 6] =
-    ["main-postgres", "main-pgbouncer", "main-pgadmin", "main-backup-full", "main-backup-diff", "main-backup-incr"];
+const JOBS_IN_ORDER: [&str; 7] =
+    ["main-repo", "main-postgres", "main-pgbouncer", "main-pgadmin", "main-backup-full", "main-backup-diff", "main-backup-incr"];
 
 #[test]
 fn plan_run_status_plan_destroy_on_a_fresh_cluster() {
@@ -121,7 +121,7 @@ fn plan_run_status_plan_destroy_on_a_fresh_cluster() {
     expected.extend(JOBS_IN_ORDER.iter().map(|j| format!("register {j}")));
     // What pgnomad registered (each job's content hash, its version), for the next plan.
     expected.push("PUT var pgnomad/main/state".to_string());
-    assert_eq!(log, expected, "secrets, volumes, postgres, pgbouncer, pgadmin, backups, pgnomad's state");
+    assert_eq!(log, expected, "secrets, volumes, repository host, postgres, pgbouncer, pgadmin, backups, pgnomad's state");
     let register_bodies: Vec<&RecordedRequest> =
         lab.nomad.writes().iter().filter(|w| w.path == "/v1/jobs").cloned().collect::<Vec<_>>().leak().iter().collect();
     for body in register_bodies {
@@ -181,8 +181,12 @@ fn plan_run_status_plan_destroy_on_a_fresh_cluster() {
     let destroy = lab.pgnomad(&["destroy", "--yes", "--purge"]);
     assert_eq!(code(&destroy), Some(0), "{}", show(&destroy));
     let deregistered: Vec<String> = lab.write_log().into_iter().filter(|w| w.starts_with("deregister")).collect();
-    assert_eq!(deregistered.len(), 6, "{deregistered:?}");
-    assert_eq!(deregistered.last().unwrap(), "deregister main-postgres", "postgres goes last");
+    assert_eq!(deregistered.len(), 7, "{deregistered:?}");
+    assert_eq!(
+        deregistered[5..],
+        ["deregister main-postgres", "deregister main-repo"],
+        "postgres, then the repository it archives to, go last"
+    );
     // Volumes and secrets are kept.
     assert!(!lab.write_log().iter().any(|w| w.starts_with("DELETE")), "{:?}", lab.write_log());
 }
@@ -293,12 +297,12 @@ fn a_server_error_on_each_write_stops_the_run_and_a_rerun_converges() {
         2,
     );
     fault_then_rerun(Fault::status("PUT", "/v1/volume/csi/main-member-2", 500), "creating CSI volume main-member-2: Nomad answered 500", 2);
-    fault_then_rerun(Fault::status("PUT", "/v1/jobs", 503), "registering main-postgres: Nomad answered 503", 2);
+    fault_then_rerun(Fault::status("PUT", "/v1/jobs", 503), "registering main-repo: Nomad answered 503", 2);
 }
 
 #[test]
 fn a_dropped_connection_stops_the_run_and_a_rerun_converges() {
-    fault_then_rerun(Fault::drop_connection("PUT", "/v1/jobs"), "registering main-postgres", 2);
+    fault_then_rerun(Fault::drop_connection("PUT", "/v1/jobs"), "registering main-repo", 2);
     // Reads are retried: a dropped watch is invisible, four in a row are reported.
     fault_then_rerun(
         Fault::drop_connection("GET", "/v1/job/main-postgres/deployment").times(4),
@@ -343,10 +347,10 @@ fn destroy_never_touches_a_job_pgnomad_does_not_own() {
     assert!(text(&destroy.stderr).contains("main-pgadmin — it has no pgnomad_cluster meta"), "{}", show(&destroy));
     let log = lab.write_log();
     let deregistered: Vec<&String> = log.iter().filter(|w| w.starts_with("deregister")).collect();
-    assert_eq!(deregistered.len(), 5, "{log:?}");
+    assert_eq!(deregistered.len(), 6, "{log:?}");
     assert!(!deregistered.iter().any(|w| w.contains("main-postgres-old") || *w == "deregister main-pgadmin"), "{log:?}");
     let deleted: Vec<&String> = log.iter().filter(|w| w.starts_with("DELETE")).collect();
-    assert_eq!(deleted.len(), 5 + 1 + 1 + 3, "five job variables, the TLS store, pgnomad's state and three volumes: {deleted:?}");
+    assert_eq!(deleted.len(), 6 + 1 + 1 + 3, "six job variables, the TLS store, pgnomad's state and three volumes: {deleted:?}");
     assert!(deleted.iter().any(|w| w.contains("pgnomad/main/state")), "{deleted:?}");
     let jobs = block_on(client.list_jobs(Some("main-"))).unwrap();
     let alive: Vec<&str> = jobs.iter().filter(|j| !j.stop).map(|j| j.id.as_str()).collect();

@@ -3,10 +3,16 @@
 
 use serde_json::{json, Map, Value};
 
+use pgnomad::compile::{Artifacts, JobRole};
+use pgnomad::nomad::job::Job;
 use pgnomad::render;
 
 use crate::stack_fixtures::{compile, DEFAULT, VARIANTS};
 use crate::support::schema;
+
+fn postgres_of(artifacts: &Artifacts) -> &Job {
+    &artifacts.jobs.iter().find(|j| j.role == JobRole::Postgres).expect("a postgres job").job
+}
 
 #[test]
 fn every_job_and_volume_body_validates_against_the_nomad_api_schema() {
@@ -33,7 +39,7 @@ fn every_job_and_volume_body_validates_against_the_nomad_api_schema() {
 fn the_schema_check_catches_a_misspelt_field() {
     // Guards the guard: a body that only a lenient Nomad would take must fail here.
     let artifacts = compile(DEFAULT);
-    let mut body = json!({ "Job": artifacts.jobs[0].job });
+    let mut body = json!({ "Job": artifacts.jobs.iter().find(|j| j.role == JobRole::Postgres).unwrap().job });
     body["Job"]["TaskGroups"][0]["count"] = json!(1);
     assert!(!schema::violations("JobRegisterRequest", &body).is_empty());
 }
@@ -41,20 +47,23 @@ fn the_schema_check_catches_a_misspelt_field() {
 #[test]
 fn variants_compile_to_what_they_ask_for() {
     let five = compile(VARIANTS.iter().find(|(n, _)| *n == "five-members").unwrap().1);
-    let groups: Vec<_> = five.jobs[0].job.task_groups.as_ref().unwrap().iter().map(|g| g.name.clone().unwrap()).collect();
+    let groups: Vec<_> = postgres_of(&five).task_groups.as_ref().unwrap().iter().map(|g| g.name.clone().unwrap()).collect();
     assert_eq!(groups, ["member-0", "member-1", "member-2", "member-3", "member-4"]);
     assert_eq!(five.volumes.len(), 5);
 
     let host = compile(VARIANTS.iter().find(|(n, _)| *n == "host-volumes").unwrap().1);
     assert!(host.volumes.is_empty(), "host volumes are the operator's, not created by pgnomad");
-    let data = &host.jobs[0].job.task_groups.as_ref().unwrap()[1].volumes.as_ref().unwrap()["data"];
+    let data = &postgres_of(&host).task_groups.as_ref().unwrap()[1].volumes.as_ref().unwrap()["data"];
     assert_eq!((data.volume_type.as_deref(), data.source.as_deref()), (Some("host"), Some("main-member-1")));
 
     let off = compile(VARIANTS.iter().find(|(n, _)| *n == "pgadmin-off").unwrap().1);
     assert!(off.jobs.iter().all(|j| j.id() != "main-pgadmin"));
 
     let ids: Vec<_> = compile(DEFAULT).jobs.iter().map(|j| j.id().to_owned()).collect();
-    assert_eq!(ids, ["main-postgres", "main-pgbouncer", "main-pgadmin", "main-backup-full", "main-backup-diff", "main-backup-incr"]);
+    assert_eq!(
+        ids,
+        ["main-repo", "main-postgres", "main-pgbouncer", "main-pgadmin", "main-backup-full", "main-backup-diff", "main-backup-incr"]
+    );
 }
 
 #[test]
@@ -286,7 +295,7 @@ fn every_template_file_belongs_to_the_user_its_task_runs_as_and_only_it_reads_it
     // With exec drivers the hosts' postgres user is whatever their package made it: the
     // stack says which numbers, and every template follows.
     let exec = compile("cluster \"main\" {}\npostgres {\n  driver = \"exec\"\n  uid = 114\n  gid = 121\n}\n");
-    let tls_key = tasks(&exec.jobs[0].job)
+    let tls_key = tasks(&postgres_of(&exec))
         .find(|(_, t)| t.name.as_deref() == Some("pgbackrest"))
         .and_then(|(_, t)| t.templates.iter().flatten().find(|x| x.dest_path.as_deref() == Some("secrets/tls/tls.key")))
         .expect("the pgBackRest TLS server has its key");
@@ -321,6 +330,13 @@ fn every_task_whose_templates_query_consul_has_a_consul_block_and_no_other_does(
     assert_eq!(
         with_consul,
         [
+            // Members read the repository host's port from the catalog.
+            "main-postgres/member-0/patroni",
+            "main-postgres/member-0/pgbackrest",
+            "main-postgres/member-1/patroni",
+            "main-postgres/member-1/pgbackrest",
+            "main-postgres/member-2/patroni",
+            "main-postgres/member-2/pgbackrest",
             "main-pgbouncer/pgbouncer/pgbouncer",
             "main-pgadmin/pgadmin/pgadmin",
             "main-backup-full/backup/backup",
@@ -328,7 +344,7 @@ fn every_task_whose_templates_query_consul_has_a_consul_block_and_no_other_does(
             "main-backup-incr/backup/backup"
         ]
     );
-    let body = serde_json::to_value(&default.jobs[1].job).unwrap();
+    let body = serde_json::to_value(&default.jobs.iter().find(|j| j.role == JobRole::PgBouncer).unwrap().job).unwrap();
     assert_eq!(body["TaskGroups"][0]["Tasks"][0]["Consul"], json!({}), "an empty block: the default Consul cluster");
 }
 
@@ -354,14 +370,14 @@ fn groups_use_disconnect_blocks_kill_timeouts_fit_the_clients_cap_and_services_l
             }
         }
     }
-    let members = compile(DEFAULT).jobs[0].job.task_groups.clone().unwrap();
+    let members = postgres_of(&compile(DEFAULT)).task_groups.clone().unwrap();
     let disconnect = members[0].disconnect.as_ref().unwrap();
     assert_eq!(disconnect.replace, Some(false), "a member's data is on its node: never start a second copy elsewhere");
     assert_eq!(members[0].shutdown_delay.map(|d| d.0.as_secs()), Some(5));
 
     // A client that allows longer kills may be told so, and Patroni gets the time.
     let longer = compile("cluster \"main\" {\n  max_kill_timeout = 120\n}\npatroni {\n  kill_timeout = 90\n}\n");
-    let patroni = tasks(&longer.jobs[0].job).find(|(_, t)| t.name.as_deref() == Some("patroni")).unwrap().1;
+    let patroni = tasks(&postgres_of(&longer)).find(|(_, t)| t.name.as_deref() == Some("patroni")).unwrap().1;
     assert_eq!(patroni.kill_timeout.map(|t| t.0.as_secs()), Some(90));
 }
 
@@ -379,7 +395,7 @@ fn nothing_in_a_job_changes_with_the_pgnomad_version_or_with_other_jobs_or_membe
             }
         }
     }
-    let postgres = |text: &str| serde_json::to_value(&compile(text).jobs[0].job).unwrap();
+    let postgres = |text: &str| serde_json::to_value(postgres_of(&compile(text))).unwrap();
     // A PgBouncer-only change leaves the postgres job exactly as it was.
     assert_eq!(postgres(DEFAULT), postgres("cluster \"main\" {}\npgbouncer {\n  default_pool_size = 40\n  count = 3\n}\n"));
     // Adding members leaves the existing member groups exactly as they were.

@@ -150,7 +150,16 @@ fn what_pgnomad_registered_is_recorded_outside_the_jobs_and_an_edit_behind_its_b
     let jobs: Vec<&str> = state.items.keys().map(String::as_str).collect();
     assert_eq!(
         jobs,
-        ["main-backup-diff", "main-backup-full", "main-backup-incr", "main-pgadmin", "main-pgbouncer", "main-postgres", "pgnomad_version"]
+        [
+            "main-backup-diff",
+            "main-backup-full",
+            "main-backup-incr",
+            "main-pgadmin",
+            "main-pgbouncer",
+            "main-postgres",
+            "main-repo",
+            "pgnomad_version"
+        ]
     );
     assert_eq!(state.items["pgnomad_version"], env!("CARGO_PKG_VERSION"));
 

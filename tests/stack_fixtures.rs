@@ -15,7 +15,7 @@ pub const VARIANTS: &[(&str, &str)] = &[
         "s3-repo",
         "cluster \"main\" {}\nbackup {\n  repo {\n    type = \"s3\"\n    endpoint = \"minio.service.consul:9000\"\n    bucket = \"pg-backups\"\n    region = \"eu-west-1\"\n    uri_style = \"path\"\n  }\n}\n",
     ),
-    ("csi-volume-repo", "cluster \"main\" {}\nbackup {\n  repo {\n    type = \"volume\"\n    volume_type = \"csi\"\n    source = \"main-pgbackrest\"\n  }\n}\n"),
+    ("csi-volume-repo", "cluster \"main\" {}\nbackup {\n  repo {\n    type = \"volume\"\n    volume_type = \"csi\"\n    source = \"main-pgbackrest\"\n    shared = true\n  }\n}\n"),
     ("host-volumes", "cluster \"main\" {}\nstorage {\n  type = \"host\"\n}\n"),
     ("five-members", "cluster \"main\" {}\npostgres {\n  members = 5\n}\n"),
     ("pgadmin-off", "cluster \"main\" {}\npgadmin {\n  enabled = false\n}\n"),

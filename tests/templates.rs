@@ -65,7 +65,9 @@ fn host_port(job_index: usize, group_index: usize, label_index: usize) -> u16 {
 fn stored_secrets(text: &str, specs: &[pgnomad::compile::SecretSpec]) -> BTreeMap<String, BTreeMap<String, String>> {
     let stack = load(text);
     let cluster = stack.cluster.name.value.clone();
-    let names = pgnomad::config::runtime::names::pgbackrest_server_names(&cluster, stack.postgres.members.value);
+    let mut names = pgnomad::config::runtime::names::pgbackrest_server_names(&cluster, stack.postgres.members.value);
+    // The repository host is reached at 127.0.0.1 by the pgBackRest check below.
+    names.push("127.0.0.1".into());
     let tls = pgnomad::secrets::tls_set(&cluster, &names).expect("TLS set");
     let mut keys: Vec<_> = specs.iter().flat_map(|s| s.keys.clone()).collect();
     keys.sort_by(|a, b| a.key.cmp(&b.key));
@@ -101,8 +103,12 @@ fn catalog(jobs: &[Value]) -> BTreeMap<String, Vec<ServiceInstance>> {
                     (_, true) if primary => "critical",
                     _ => "passing",
                 };
-                let meta =
-                    service["Meta"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect());
+                // Nomad interpolates service meta: the repository host's `alloc`.
+                let meta = service["Meta"].as_object().map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap().replace("${NOMAD_ALLOC_ID}", &format!("alloc-{j}-{g}"))))
+                        .collect()
+                });
                 catalog.entry(name.clone()).or_default().push(ServiceInstance {
                     node: format!("node-{j}-{g}"),
                     node_address: host_ip(j, g),
@@ -519,7 +525,14 @@ fn pgbackrest_check_passes_with_each_rendered_member_pgbackrest_conf() {
     let pgbackrest = require("pgbackrest", "pgbackrest");
     // Only volume repos: an S3 repo would need S3. The backup jobs' configs reach members
     // by Consul DNS names (tests/packs.rs runs backup.sh through a member's TLS server).
-    let mut confs: Vec<(String, String, String)> = Vec::new();
+    // With a repository host the member's config reaches it over TLS: its rendered config,
+    // the command its task runs and the TLS files the member presents come along.
+    struct RepoHost {
+        conf: String,
+        command: String,
+        tls: Vec<(String, String)>,
+    }
+    let mut confs: Vec<(String, String, String, Option<RepoHost>)> = Vec::new();
     for (variant, text) in VARIANTS.iter().filter(|(v, _)| *v != "s3-repo") {
         let blocks = blocks(variant, text);
         let Some(conf) = blocks.iter().find(|b| b.group == "member-0" && b.task == "patroni" && b.dest().ends_with("pgbackrest.conf"))
@@ -531,12 +544,36 @@ fn pgbackrest_check_passes_with_each_rendered_member_pgbackrest_conf() {
         let server =
             blocks.iter().find(|b| b.group == "member-0" && b.task == "pgbackrest" && b.dest().ends_with("pgbackrest.conf")).unwrap();
         assert_eq!(conf.render(), server.render(), "variant {variant}: the two tasks render different pgbackrest.conf");
-        if !confs.iter().any(|(_, c, _)| *c == conf.render()) {
-            confs.push((conf.name(), conf.render(), patroni.render()));
+        let repo_host = conf.render().contains("repo1-host=").then(|| {
+            let repo = blocks
+                .iter()
+                .find(|b| b.job.ends_with("-repo") && b.dest().ends_with("pgbackrest.conf"))
+                .expect("the repository host's config");
+            let job = compile(text).jobs.into_iter().find(|j| j.id() == repo.job).unwrap();
+            let task = &job.job.task_groups.as_ref().unwrap()[0]
+                .tasks
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|t| t.name.as_deref() == Some("pgbackrest"))
+                .unwrap()
+                .clone();
+            let args = task.config.as_ref().unwrap()["args"].as_array().unwrap().clone();
+            assert_eq!(args[0], "-c", "{args:?}");
+            let tls = blocks
+                .iter()
+                .filter(|b| b.group == "member-0" && b.task == "patroni" && b.dest().starts_with("secrets/tls/"))
+                .map(|b| (b.dest().to_owned(), b.render()))
+                .collect();
+            RepoHost { conf: repo.render(), command: args[1].as_str().unwrap().to_owned(), tls }
+        });
+        if !confs.iter().any(|(_, c, _, _)| *c == conf.render()) {
+            confs.push((conf.name(), conf.render(), patroni.render(), repo_host));
         }
     }
-    assert!(confs.len() >= 2, "{confs:?}");
-    for (name, conf, patroni) in &confs {
+    assert!(confs.len() >= 2, "{:?}", confs.iter().map(|c| &c.1).collect::<Vec<_>>());
+    assert!(confs.iter().any(|c| c.3.is_some()) && confs.iter().any(|c| c.3.is_none()), "both a repository host and a shared volume");
+    for (name, conf, patroni, repo_host) in &confs {
         let dir = postgres_tempdir();
         let root = dir.path();
         for sub in ["alloc/tmp", "alloc/logs", "secrets", "repo", "data"] {
@@ -545,7 +582,52 @@ fn pgbackrest_check_passes_with_each_rendered_member_pgbackrest_conf() {
         // The rendered port (the task's) may be taken on this machine: a free one instead.
         let port = free_port("127.0.0.1");
         let pg_port_line = conf.lines().find(|l| l.starts_with("pg1-port=")).unwrap().to_owned();
-        let conf = relocate(conf, root).replace(&pg_port_line, &format!("pg1-port={port}"));
+        let mut conf = relocate(conf, root).replace(&pg_port_line, &format!("pg1-port={port}"));
+        // The repository host: its rendered config and its task's command, on a free port.
+        let mut _server = None;
+        if let Some(repo) = repo_host {
+            let repo_port = free_port("127.0.0.1");
+            std::fs::create_dir_all(root.join("secrets/tls")).unwrap();
+            std::fs::create_dir_all(root.join("repo-host")).unwrap();
+            for (dest, text) in &repo.tls {
+                std::fs::write(root.join(dest), text).unwrap();
+                std::fs::set_permissions(root.join(dest), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            }
+            // Its own config apart from the member's (both are /secrets/pgbackrest.conf in
+            // their tasks); the server certificate is the same set's.
+            let repo_conf_file = root.join("repo-host/pgbackrest.conf");
+            let tls_port_line = repo.conf.lines().find(|l| l.starts_with("tls-server-port=")).unwrap().to_owned();
+            let repo_conf = relocate(&repo.conf, root).replace(&tls_port_line, &format!("tls-server-port={repo_port}"));
+            std::fs::write(&repo_conf_file, repo_conf).unwrap();
+            std::fs::set_permissions(&repo_conf_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            let command = relocate(&repo.command, root)
+                .replace(&format!("{}/secrets/pgbackrest.conf", root.display()), &repo_conf_file.display().to_string());
+            chown_postgres(root);
+            _server = Some(Guard::spawn(
+                "pgbackrest server",
+                {
+                    let mut c = as_postgres("sh");
+                    c.args(["-c", &command]).env("NOMAD_ALLOC_ID", "alloc-repo-test");
+                    c
+                },
+                root.join("repo-host.log"),
+            ));
+            let server = _server.as_mut().unwrap();
+            wait_until("the repository host's TLS server", Duration::from_secs(20), || {
+                server.assert_running();
+                std::net::TcpStream::connect(("127.0.0.1", repo_port)).is_ok()
+            });
+            assert_eq!(
+                std::fs::read_to_string(root.join("repo/lock/repo-host")).unwrap(),
+                "alloc-repo-test",
+                "{name}: the marker backup.sh checks"
+            );
+            // The member reaches it at this address (on the test certificate) and port.
+            let host_line = conf.lines().find(|l| l.starts_with("repo1-host=")).unwrap().to_owned();
+            let port_line = conf.lines().find(|l| l.starts_with("repo1-host-port=")).unwrap().to_owned();
+            assert_ne!(port_line, "repo1-host-port=", "{name}: the catalog has a passing repository host");
+            conf = conf.replace(&host_line, "repo1-host=127.0.0.1").replace(&port_line, &format!("repo1-host-port={repo_port}"));
+        }
         let conf_file = root.join("secrets/pgbackrest.conf");
         std::fs::write(&conf_file, &conf).unwrap();
         std::fs::set_permissions(&conf_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -572,6 +654,8 @@ fn pgbackrest_check_passes_with_each_rendered_member_pgbackrest_conf() {
         run_pgbackrest("check");
         let info = run_pgbackrest("info");
         assert!(info.contains(&format!("stanza: {stanza}")) && info.contains("cipher: aes-256-cbc"), "{name}:\n{info}");
+        // WAL and the stanza are in the one repository (the repository host's, through TLS).
+        assert!(root.join(format!("repo/archive/{stanza}/archive.info")).exists(), "{name}: no archive.info in the repository");
         drop(pg);
     }
 }

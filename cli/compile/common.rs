@@ -46,6 +46,14 @@ impl Context<'_> {
         .collect()
     }
 
+    /// The client certificate a member presents to the repository host, beside its own.
+    pub fn tls_client_templates(&self, job: &str) -> Vec<Template> {
+        [("tls_client_crt", "secrets/tls/client.crt"), ("tls_client_key", "secrets/tls/client.key")]
+            .into_iter()
+            .map(|(key, dest)| template(self.runtime.secret_expr(job, key), dest, Change::Restart))
+            .collect()
+    }
+
     /// The `postgres` user every task of the stack's own image (or, with exec drivers, of the
     /// hosts) runs as.
     pub fn postgres_owner(&self) -> Owner {

@@ -7,6 +7,7 @@ mod common;
 mod pgadmin;
 mod pgbouncer;
 mod postgres;
+mod repo;
 pub mod secrets;
 mod volumes;
 
@@ -34,7 +35,8 @@ pub const META_CLUSTER: &str = "pgnomad_cluster";
 /// Everything a stack compiles to.
 #[derive(Debug, Clone)]
 pub struct Artifacts {
-    /// In the order `run` submits them: postgres, pgbouncer, pgadmin, backups.
+    /// In the order `run` submits them: the repository host (members archive to it from
+    /// their first WAL switch), postgres, pgbouncer, pgadmin, backups.
     pub jobs: Vec<CompiledJob>,
     pub volumes: Vec<CsiVolume>,
     pub acl_policies: Vec<AclPolicy>,
@@ -44,6 +46,8 @@ pub struct Artifacts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobRole {
+    /// The pgBackRest repository host.
+    Repo,
     Postgres,
     PgBouncer,
     PgAdmin,
@@ -79,7 +83,11 @@ pub fn compile(stack: &Stack, packs: &Packs) -> Result<Artifacts, ConfigError> {
     let renderer = packs.renderer(&facts, &runtime);
     let context = common::Context { stack, facts: &facts, renderer: &renderer, runtime: &runtime };
 
-    let mut jobs = vec![CompiledJob { role: JobRole::Postgres, job: postgres::job(&context)? }];
+    let mut jobs = Vec::new();
+    if facts.backup.repo_host {
+        jobs.push(CompiledJob { role: JobRole::Repo, job: repo::job(&context)? });
+    }
+    jobs.push(CompiledJob { role: JobRole::Postgres, job: postgres::job(&context)? });
     if stack.pgbouncer.enabled {
         jobs.push(CompiledJob { role: JobRole::PgBouncer, job: pgbouncer::job(&context)? });
     }
@@ -116,6 +124,7 @@ fn secret_specs(stack: &Stack, facts: &Facts, jobs: &[CompiledJob]) -> Vec<Secre
         .map(|compiled| {
             let job = compiled.id().to_owned();
             let keys = match compiled.role {
+                JobRole::Repo => secrets::repo_secrets(facts),
                 JobRole::Postgres => secrets::postgres_secrets(facts),
                 JobRole::PgBouncer => secrets::pgbouncer_secrets(facts),
                 JobRole::PgAdmin => secrets::pgadmin_secrets(facts),
@@ -134,7 +143,11 @@ fn secret_specs(stack: &Stack, facts: &Facts, jobs: &[CompiledJob]) -> Vec<Secre
 /// The IDs of a stack's jobs without compiling them (for destroy and status).
 pub fn job_ids(stack: &Stack) -> Vec<String> {
     let c = &stack.cluster.name.value;
-    let mut ids = vec![names::postgres_job(c)];
+    let mut ids = Vec::new();
+    if stack.backup.enabled && stack.backup.repo.has_repo_host() {
+        ids.push(names::repo_job(c));
+    }
+    ids.push(names::postgres_job(c));
     if stack.pgbouncer.enabled {
         ids.push(names::pgbouncer_job(c));
     }

@@ -56,7 +56,9 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
 
     let mut volumes = BTreeMap::from([("data".to_owned(), data_volume(cx, member))]);
     let mut mounts = vec![volume_mount("data", names::DATA_MOUNT)];
-    if let (true, Repo::Volume { source, kind, .. }) = (backup, &stack.backup.repo) {
+    // A member mounts the repository only when it is declared as shared storage; otherwise
+    // it archives to the repository host over TLS.
+    if let (true, Repo::Volume { source, kind, shared: true, .. }) = (backup, &stack.backup.repo) {
         volumes.insert("repo".into(), repo_volume(source, *kind));
         mounts.push(volume_mount("repo", names::REPO_MOUNT));
     }
@@ -126,6 +128,9 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
             Change::Noop,
         )?);
         templates.extend(cx.tls_templates(&job_id, "tls_server"));
+        if cx.facts.backup.repo_host {
+            templates.extend(cx.tls_client_templates(&job_id));
+        }
     }
     patroni.templates = Some(templates);
 
@@ -141,8 +146,12 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
         server.lifecycle = Some(TaskLifecycle { hook: some("poststart"), sidecar: Some(true) });
         server.resources = Some(resources(100, 128));
         server.volume_mounts = Some(mounts.clone());
+        // The server reads only its tls-server settings, which change with the job, never
+        // at run time: a repository host moving (its port re-rendered into this file) must
+        // not restart every member's server, and a backup running through it.
+        let server_change = if cx.facts.backup.repo_host { Change::Noop } else { Change::Restart };
         let mut templates =
-            vec![cx.pack_template("postgres/pgbackrest.conf", Some(member), &holes, &secrets_file("pgbackrest.conf"), Change::Restart)?];
+            vec![cx.pack_template("postgres/pgbackrest.conf", Some(member), &holes, &secrets_file("pgbackrest.conf"), server_change)?];
         templates.extend(cx.tls_templates(&job_id, "tls_server"));
         server.templates = Some(templates);
         tasks.push(server);
@@ -197,7 +206,7 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
 /// a data directory it does not own: a short prestart task hands the mounts over. With the
 /// exec drivers Nomad refuses root tasks by default, so there the volumes must be prepared
 /// with the right owner (see the README).
-fn prepare_volumes_task(cx: &Context<'_>, mounts: &[VolumeMount]) -> Option<Task> {
+pub fn prepare_volumes_task(cx: &Context<'_>, mounts: &[VolumeMount]) -> Option<Task> {
     if !matches!(cx.stack.postgres.driver, crate::stack::Driver::Docker { .. }) {
         return None;
     }
@@ -238,7 +247,8 @@ fn data_volume(cx: &Context<'_>, member: &MemberFacts) -> VolumeRequest {
     }
 }
 
-/// The shared pgBackRest repository volume (every member pushes WAL into it).
+/// The pgBackRest repository volume: the repository host's and the backup jobs' (on its one
+/// node), or with `shared = true` every member's too.
 pub fn repo_volume(source: &str, kind: VolumeKind) -> VolumeRequest {
     match kind {
         VolumeKind::Csi => VolumeRequest {

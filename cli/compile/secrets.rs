@@ -46,7 +46,17 @@ pub fn postgres_secrets(facts: &Facts) -> Vec<SecretKey> {
         keys.push(key("consul_token", Origin::Operator, "Consul ACL token for Patroni (empty when Consul runs without ACLs)"));
     }
     keys.extend(backup_common(facts, "tls_server"));
+    if facts.backup.repo_host {
+        // What a member reaches the repository host with (the CN its TLS server admits).
+        keys.push(key("tls_client_crt", Origin::Certificate, "pgBackRest TLS client certificate (to the repository host)"));
+        keys.push(key("tls_client_key", Origin::Certificate, "pgBackRest TLS client private key (to the repository host)"));
+    }
     keys
+}
+
+/// The repository host's: the repository's passphrase and its TLS server certificate.
+pub fn repo_secrets(facts: &Facts) -> Vec<SecretKey> {
+    backup_common(facts, "tls_server")
 }
 
 fn backup_common(facts: &Facts, side: &str) -> Vec<SecretKey> {
@@ -91,6 +101,9 @@ pub fn pgbouncer_keys(facts: &Facts) -> Vec<String> {
 }
 pub fn pgadmin_keys(facts: &Facts) -> Vec<String> {
     names(pgadmin_secrets(facts))
+}
+pub fn repo_keys(facts: &Facts) -> Vec<String> {
+    names(repo_secrets(facts))
 }
 pub fn backup_keys(facts: &Facts) -> Vec<String> {
     names(backup_secrets(facts))

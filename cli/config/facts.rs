@@ -76,6 +76,9 @@ pub struct BackupFacts {
     pub s3_verify_tls: bool,
     /// The repo's path: the S3 prefix, or the mount point of the repo volume.
     pub repo_path: String,
+    /// Whether a repository host (`<c>-repo`) holds the repository: members reach it over
+    /// TLS instead of mounting the volume (a volume repo not declared `shared`).
+    pub repo_host: bool,
     pub cipher: bool,
     pub retention_full: u32,
     pub retention_diff: u32,
@@ -171,6 +174,7 @@ fn backup_facts(backup: &Backup) -> BackupFacts {
         s3_uri_style: String::new(),
         s3_verify_tls: true,
         repo_path: String::new(),
+        repo_host: backup.enabled && backup.repo.has_repo_host(),
         cipher: backup.cipher,
         retention_full: backup.retention_full,
         retention_diff: backup.retention_diff,

@@ -70,6 +70,7 @@ impl LocalRuntime {
             tls_ca_file: tls("ca.crt"),
             tls_cert_file: tls(&format!("{tls_side}.crt")),
             tls_key_file: tls(&format!("{tls_side}.key")),
+            lock_dir: self.dir(part, "run") + "/pgbackrest",
             ..Holes::default()
         }
     }

@@ -33,6 +33,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("pgadmin/servers.json", include_str!("../../packs/pgadmin/servers.json")),
     ("backup/pgbackrest.conf", include_str!("../../packs/backup/pgbackrest.conf")),
     ("backup/backup.sh", include_str!("../../packs/backup/backup.sh")),
+    ("backup/repo.conf", include_str!("../../packs/backup/repo.conf")),
     ("image/Dockerfile", include_str!("../../packs/image/Dockerfile")),
 ];
 

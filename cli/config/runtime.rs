@@ -49,10 +49,25 @@ pub struct Holes {
     pub pgbouncer_listen_port: String,
     pub pgbouncer_connect_host: String,
     pub pgbouncer_connect_port: String,
-    /// pgBackRest's TLS certificates.
+    /// pgBackRest's TLS certificates: the CA, the task's own certificate (the server's in a
+    /// member or the repository host, the client's in a backup job), and on a member the
+    /// client certificate it reaches the repository host with.
     pub tls_ca_file: String,
     pub tls_cert_file: String,
     pub tls_key_file: String,
+    pub tls_client_cert_file: String,
+    pub tls_client_key_file: String,
+    /// pgBackRest's lock directory: one that every process working on the repository shares
+    /// (on the repository volume with a repository host), or the task's own.
+    pub lock_dir: String,
+    /// The repository host members archive WAL to (its DNS name, the one on its certificate)
+    /// and its port; empty when the repository is reached directly (S3, a shared volume, dev).
+    pub repo_host: String,
+    pub repo_host_port: String,
+    /// In a backup job beside the repository host: the allocation ID the passing repository
+    /// host registered (its service meta `alloc`), which it also writes into
+    /// `<lock_dir>/repo-host` on the volume; empty where there is no such check (dev).
+    pub repo_host_alloc: String,
     /// Members as a repeated section: the text before and after it, and its entries
     /// (one entry with loop expressions for Nomad, one per member for `dev`).
     pub members_begin: String,
@@ -132,6 +147,18 @@ pub mod names {
     pub fn pgbackrest_service(cluster: &str) -> String {
         format!("{cluster}-pgbackrest")
     }
+    /// The pgBackRest repository host: its job and its Consul service (short, so that
+    /// `<c>-pgbackrest` stays the longest service name).
+    pub fn repo_job(cluster: &str) -> String {
+        format!("{cluster}-repo")
+    }
+    pub fn repo_service(cluster: &str) -> String {
+        repo_job(cluster)
+    }
+    /// The DNS name members reach the repository host at; its certificate names it.
+    pub fn repo_host_name(cluster: &str) -> String {
+        format!("{}.service.consul", repo_service(cluster))
+    }
     pub fn exporter_service(cluster: &str) -> String {
         format!("{cluster}-exporter")
     }
@@ -141,15 +168,21 @@ pub mod names {
     pub fn pgadmin_service(cluster: &str) -> String {
         format!("{cluster}-pgadmin")
     }
-    /// The DNS names of the members' pgBackRest TLS servers, as the backup jobs reach them
-    /// (Consul's `<tag>.<service>.service.consul`); the server certificate holds them all.
+    /// The DNS names of pgBackRest's TLS servers: the members' as the backup jobs reach them
+    /// (Consul's `<tag>.<service>.service.consul`) and the repository host's as the members
+    /// reach it; the server certificate holds them all.
     pub fn pgbackrest_server_names(cluster: &str, members: u32) -> Vec<String> {
-        (0..members).map(|i| format!("member-{i}.{}.service.consul", pgbackrest_service(cluster))).collect()
+        let mut names: Vec<String> = (0..members).map(|i| format!("member-{i}.{}.service.consul", pgbackrest_service(cluster))).collect();
+        names.push(repo_host_name(cluster));
+        names
     }
     /// Where each member's volume is mounted in its task.
     pub const DATA_MOUNT: &str = "/var/lib/postgresql/data";
     /// The repo volume's mount point when the repo is a volume.
     pub const REPO_MOUNT: &str = "/var/lib/pgbackrest";
+    /// pgBackRest's lock directory on the repository volume, shared by the repository host
+    /// and the backup jobs beside it on its node.
+    pub const REPO_LOCK_DIR: &str = "/var/lib/pgbackrest/lock";
 }
 
 /// Holes as Nomad fills them on the client: `{{ env … }}`, `{{ with nomadVar … }}`,
@@ -224,7 +257,20 @@ impl NomadRuntime {
             tls_ca_file: "/secrets/tls/ca.crt".into(),
             tls_cert_file: "/secrets/tls/tls.crt".into(),
             tls_key_file: "/secrets/tls/tls.key".into(),
+            lock_dir: "/alloc/tmp/pgbackrest".into(),
             ..Holes::default()
+        }
+    }
+
+    /// The repository host's job: pgBackRest's TLS server on the repository volume.
+    pub fn repo(&self, facts: &Facts) -> Holes {
+        let job = names::repo_job(&self.cluster);
+        Holes {
+            tls_listen_port: "{{ env \"NOMAD_PORT_pgbackrest\" }}".into(),
+            repo_path: self.repo_path(facts),
+            lock_dir: names::REPO_LOCK_DIR.into(),
+            secrets: self.secrets_of(&job, &crate::compile::secrets::repo_keys(facts)),
+            ..self.base()
         }
     }
 
@@ -255,6 +301,20 @@ impl Runtime for NomadRuntime {
             tls_listen_port: "{{ env \"NOMAD_PORT_pgbackrest\" }}".into(),
             data_dir: format!("{}/pgdata", names::DATA_MOUNT),
             repo_path: self.repo_path(facts),
+            repo_host: if facts.backup.repo_host { names::repo_host_name(&self.cluster) } else { String::new() },
+            // The port of a passing repository host from the catalog (bridge ports are
+            // mapped); empty while there is none, and pgBackRest's archive-push fails with
+            // "must have a value" until it passes — WAL waits in pg_wal meanwhile.
+            repo_host_port: if facts.backup.repo_host {
+                format!(
+                    "{{{{ with service \"{}\" }}}}{{{{ with index . 0 }}}}{{{{ .Port }}}}{{{{ end }}}}{{{{ end }}}}",
+                    names::repo_service(&self.cluster)
+                )
+            } else {
+                String::new()
+            },
+            tls_client_cert_file: "/secrets/tls/client.crt".into(),
+            tls_client_key_file: "/secrets/tls/client.key".into(),
             dcs: self.dcs_section(&job),
             secrets: self.secrets_of(&job, &crate::compile::secrets::postgres_keys(facts)),
             ..self.base()
@@ -327,6 +387,16 @@ impl Runtime for NomadRuntime {
                 separator: "{{ if $i }},{{ end }}".into(),
             }],
             data_dir: format!("{}/pgdata", names::DATA_MOUNT),
+            // Beside the repository host on its node: one lock directory for both.
+            lock_dir: if facts.backup.repo_host { names::REPO_LOCK_DIR.into() } else { "/alloc/tmp/pgbackrest".into() },
+            repo_host_alloc: if facts.backup.repo_host {
+                format!(
+                    "{{{{ with service \"{}\" }}}}{{{{ with index . 0 }}}}{{{{ index .ServiceMeta \"alloc\" }}}}{{{{ end }}}}{{{{ end }}}}",
+                    names::repo_service(&self.cluster)
+                )
+            } else {
+                String::new()
+            },
             secrets: self.secrets_of(&job, &crate::compile::secrets::backup_keys(facts)),
             ..self.base()
         }

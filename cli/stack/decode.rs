@@ -449,20 +449,48 @@ fn backup(reader: Option<&Reader<'_>>) -> Backup {
         }
         _ => {
             let r = repo_reader.as_ref();
-            let kind = match choice_or(r, "volume_type", &["csi", "host"], "host").value {
+            let volume_type = choice_or(r, "volume_type", &["csi", "host"], "host");
+            let kind = match volume_type.value {
                 "csi" => VolumeKind::Csi,
                 _ => VolumeKind::Host,
             };
+            let shared_value = r.and_then(|r| r.boolean("shared"));
+            let shared = shared_value.as_ref().is_some_and(|s| s.value);
+            if let (VolumeKind::Host, Some(s), Some(r)) = (kind, shared_value.as_ref().filter(|s| s.value), r) {
+                r.error(
+                    Diagnostic::warning(
+                        s.span.clone(),
+                        "every member and backup job mounts this host volume: each node's copy of it must be the same storage",
+                    )
+                    .with_help(
+                        "mount one shared filesystem (NFS, …) at the host volume's path on every node; a local directory per node splits the repository. Without shared = true, the volume is needed on one node only",
+                    ),
+                );
+            }
+            if let (VolumeKind::Csi, false, Some(r)) = (kind, shared, r) {
+                // The repository host holds the volume and the backup jobs must mount the same
+                // directory: only a host volume (one node, several allocations) gives that.
+                r.error(
+                    Diagnostic::error(
+                        volume_type.span.clone(),
+                        "a CSI volume cannot be the repository of the pgBackRest repository host: the backup jobs must mount the same volume beside it",
+                    )
+                    .with_help(
+                        "use a host volume on one node (volume_type = \"host\"), an s3 repo, or, if the CSI volume is multi-writer storage every member may mount, declare it with shared = true",
+                    ),
+                );
+            }
             Repo::Volume {
-                source: string_or(r, "source", "pgbackrest").value,
+                source: string_or(r, "source", defaults::REPO_VOLUME).value,
                 kind,
                 path: string_or(r, "path", "/var/lib/pgbackrest").value,
+                shared,
             }
         }
     };
     if let Some(r) = repo_reader {
         r.finish_for(match repo_kind.value {
-            "s3" => &["source", "volume_type"],
+            "s3" => &["source", "volume_type", "shared"],
             _ => &["endpoint", "bucket", "region", "uri_style", "verify_tls"],
         });
     }

@@ -47,3 +47,8 @@ pub const NOMAD_MAX_KILL_TIMEOUT_SECS: u32 = 30;
 /// The `postgres` user of pgnomad's image (packs/image creates it with this uid and gid).
 pub const POSTGRES_UID: u32 = 999;
 pub const POSTGRES_GID: u32 = 999;
+
+/// The host volume the repository host and the backup jobs mount by default. The operator
+/// creates it on exactly one node (the lab and Terraform do); the backup jobs check that
+/// they run beside the repository host (packs/backup/backup.sh).
+pub const REPO_VOLUME: &str = "pgbackrest";

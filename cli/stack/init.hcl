@@ -91,11 +91,16 @@ backup {
   wal_archiving  = true
   from_standby   = true
 
+  # A host volume on ONE node: the repository host job (main-repo, pgBackRest's TLS server,
+  # to which members push WAL) and the backup jobs run there; members do not mount it.
+  # shared = true: storage that is the same on every node (NFS, a multi-writer CSI volume),
+  # mounted by every member, without a repository host.
   repo {
     type        = "volume" # or "s3" with endpoint, bucket, region, path, uri_style
-    volume_type = "host"
-    source      = "pgbackrest"
+    volume_type = "host"   # "csi" only with shared = true
+    source      = "pgbackrest"  # a host volume on one node only
     path        = "/var/lib/pgbackrest"
+    shared      = false
   }
 
   schedule {

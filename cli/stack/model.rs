@@ -182,9 +182,20 @@ pub enum Repo {
         uri_style: String,
         verify_tls: bool,
     },
-    /// A volume mounted by every member (for WAL) and by the backup jobs; it must allow
-    /// several writers (e.g. an NFS-backed CSI volume) or be a host volume on a shared path.
-    Volume { source: String, kind: VolumeKind, path: String },
+    /// A volume holding the repository. Without `shared`, a host volume on one node that the
+    /// repository host job (`<c>-repo`, pgBackRest's TLS server, to which members push WAL)
+    /// and the backup jobs mount; no member mounts it. With `shared` (storage that is the same
+    /// on every node: an NFS-backed host volume or a multi-writer CSI volume) every member and
+    /// backup job mounts it, and there is no repository host.
+    Volume { source: String, kind: VolumeKind, path: String, shared: bool },
+}
+
+impl Repo {
+    /// Whether the stack runs a pgBackRest repository host (`<c>-repo`): a volume repo that
+    /// is not declared as shared storage.
+    pub fn has_repo_host(&self) -> bool {
+        matches!(self, Repo::Volume { shared: false, .. })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,8 @@ use super::diagnostic::Diagnostic;
 use super::model::*;
 use super::syntax::ByteSpan;
 
-/// The longest suffix pgnomad appends to the cluster name (`<c>-pgbackrest` service);
+/// The longest suffix pgnomad appends to the cluster name (`<c>-pgbackrest` service; the
+/// repository host's `<c>-repo` is shorter);
 /// Consul service names and DNS labels stop at 63 characters.
 const LONGEST_SUFFIX: &str = "-pgbackrest";
 pub const MAX_CLUSTER_NAME: usize = 63 - LONGEST_SUFFIX.len();

@@ -24,6 +24,16 @@ pgbackrest_run() {
     pgbackrest --config="$config" --stanza="$stanza" "$@"
 }
 
+[% if rt.repo_host_alloc %]
+# The repository host writes its allocation ID into the lock directory on the repository
+# volume; the same ID here means this job mounts the very directory it serves. A host volume
+# created on more than one node would otherwise split the repository.
+repo_host_alloc='[[ rt.repo_host_alloc ]]'
+marker='[[ rt.lock_dir ]]/repo-host'
+[ -n "$repo_host_alloc" ] || fail "no repository host passes its check in Consul: is the [[ stack.cluster ]]-repo job running?"
+[ "$(cat "$marker" 2>/dev/null || true)" = "$repo_host_alloc" ] ||
+    fail "this node's repository volume is not the one the repository host (allocation $repo_host_alloc) serves: create the repository host volume on one node only"
+[% endif %]
 # Idempotent; covers a repo that was emptied or a cluster whose primary never got to it.
 pgbackrest_run stanza-create || fail "stanza-create for $stanza failed: is a member's pgBackRest TLS server reachable, and the repo writable?"
 pgbackrest_run --type="$type" backup || fail "$type backup of $stanza failed"

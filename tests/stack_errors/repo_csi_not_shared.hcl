@@ -1,0 +1,7 @@
+cluster "main" {}
+backup {
+  repo {
+    volume_type = "csi"
+    source      = "main-pgbackrest"
+  }
+}

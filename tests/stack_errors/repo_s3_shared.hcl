@@ -1,0 +1,8 @@
+cluster "main" {}
+backup {
+  repo {
+    type   = "s3"
+    bucket = "pg-backups"
+    shared = true
+  }
+}

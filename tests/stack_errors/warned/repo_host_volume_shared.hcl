@@ -1,0 +1,7 @@
+cluster "main" {}
+backup {
+  repo {
+    source = "pgbackrest-nfs"
+    shared = true
+  }
+}
