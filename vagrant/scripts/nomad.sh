@@ -105,6 +105,24 @@ elif [[ -f /etc/nomad.d/host-volumes.hcl ]]; then
   changed=1
 fi
 
+# The pgBackRest repository host volume, on node1 ONLY: the repository host job (<c>-repo) and
+# the backup jobs land where it is and share it (backup { repo { type = "volume" } } in the
+# stack; the lab's stack uses MinIO instead). A copy on a second node would split the repository.
+if [[ "${NODE_NAME}" == "node1" ]]; then
+  install -d -m 0700 /srv/pgnomad/pgbackrest
+  write_if_changed /etc/nomad.d/pgbackrest-repo.hcl 0640 <<'HCL' && changed=1
+client {
+  host_volume "pgbackrest" {
+    path      = "/srv/pgnomad/pgbackrest"
+    read_only = false
+  }
+}
+HCL
+elif [[ -f /etc/nomad.d/pgbackrest-repo.hcl ]]; then
+  rm -f /etc/nomad.d/pgbackrest-repo.hcl
+  changed=1
+fi
+
 write_if_changed /etc/systemd/system/nomad.service 0644 <<'UNIT' && changed=1
 [Unit]
 Description=Nomad agent
