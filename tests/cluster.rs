@@ -276,11 +276,45 @@ fn the_default_stack_runs_on_three_nodes_fails_over_and_is_destroyed() {
                 "kill postmaster",
                 &docker::docker().args(["exec", &container, "pkill", "-9", "-o", "-x", "postgres"]).output().unwrap(),
             ),
-            _ => assert_ok("kill container", &docker::docker().args(["kill", &container]).output().unwrap()),
+            _ => {
+                assert_ok("kill container", &docker::docker().args(["kill", &container]).output().unwrap());
+                eprintln!("killed {container} at {:?}: {:?}", std::time::SystemTime::now(), docker::state(&container));
+            }
         }
-        wait_until(&format!("a new leader after the {fault} kill"), Duration::from_secs(120), || {
-            deployed.leader().is_some_and(|l| l != leader)
-        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !deployed.leader().is_some_and(|l| l != leader) {
+            assert!(
+                Instant::now() < deadline,
+                "no new leader 120 s after the {fault} kill: {:?}\nevents of {leader}'s patroni task: {}\n{}",
+                deployed.patroni_cluster(),
+                deployed
+                    .cluster
+                    .nomad
+                    .all_allocations()
+                    .iter()
+                    .filter(|a| a.job_id == "main-postgres" && a.group == leader)
+                    .flat_map(|a| a.task_states.get("patroni").and_then(|t| t["Events"].as_array().cloned()).unwrap_or_default())
+                    .map(|e| format!("{} {}", e["Type"], e["Message"].as_str().unwrap_or_default().chars().take(80).collect::<String>()))
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+                (0..3)
+                    .filter_map(|i| deployed.cluster.container("main-postgres", &format!("member-{i}"), "patroni"))
+                    .map(|c| {
+                        let logs = docker::logs_tail(&c, 400);
+                        let path = std::env::temp_dir().join(format!("{c}.log"));
+                        let _ = std::fs::write(&path, &logs);
+                        format!(
+                            "--- {c} {:?} (whole log: {})\n{}",
+                            docker::state(&c),
+                            path.display(),
+                            logs.lines().rev().take(12).collect::<Vec<_>>().join("\n")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         writer.wait_ack_after(at, Duration::from_secs(120));
         eprintln!("{fault} kill: writes resumed after {:?}", at.elapsed());
         wait_until("all three members healthy again", Duration::from_secs(240), || deployed.healthy_topology().is_ok());

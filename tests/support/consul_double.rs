@@ -89,10 +89,30 @@ pub(crate) fn service_entries(shared: &Shared) -> Vec<(String, Vec<Value>, Value
                     "ServiceID": format!("_nomad-task-{}-{}", alloc.id, name), "ServiceName": name,
                 }));
             }
-            let tags = list(&service, "Tags").to_vec();
+            // Nomad interpolates a service's tags and meta with the allocation's runtime
+            // variables before registering it.
+            let runtime = |text: &str| {
+                text.replace("${NOMAD_ALLOC_ID}", &alloc.id)
+                    .replace("${NOMAD_ALLOC_NAME}", &format!("{}.{}[{}]", alloc.job_id, alloc.group, alloc.alloc_index))
+                    .replace("${NOMAD_ALLOC_INDEX}", &alloc.alloc_index.to_string())
+                    .replace("${NOMAD_JOB_NAME}", str_of(job, "Name"))
+                    .replace("${NOMAD_JOB_ID}", &alloc.job_id)
+                    .replace("${NOMAD_GROUP_NAME}", &alloc.group)
+                    .replace("${NOMAD_TASK_NAME}", &task)
+                    .replace("${node.unique.name}", &node_name)
+                    .replace("${node.unique.id}", &node_id)
+            };
+            let tags: Vec<Value> = list(&service, "Tags").iter().map(|t| json!(runtime(t.as_str().unwrap_or_default()))).collect();
+            let meta: serde_json::Map<String, Value> = service
+                .get("Meta")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), json!(runtime(v.as_str().unwrap_or_default()))))
+                .collect();
             let entry = json!({
                 "Node": {"ID": node_id, "Node": node_name, "Address": node_address, "Datacenter": datacenter},
-                "Service": {"ID": format!("_nomad-task-{}-{}", alloc.id, name), "Service": name, "Tags": tags, "Meta": service.get("Meta").cloned().unwrap_or(json!({})), "Address": address, "Port": port},
+                "Service": {"ID": format!("_nomad-task-{}-{}", alloc.id, name), "Service": name, "Tags": tags, "Meta": meta, "Address": address, "Port": port},
                 "Checks": checks,
             });
             entries.push((name, tags, entry));

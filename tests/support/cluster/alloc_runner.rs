@@ -51,6 +51,15 @@ pub struct AllocRunner {
     pub dirs: AllocDir,
     /// Rendered template contents per (task, destination), to see changes.
     rendered: Mutex<BTreeMap<(String, String), String>>,
+    /// A changed rendering not written yet, held by the template's `wait`: (text, first seen,
+    /// last changed).
+    held: Mutex<BTreeMap<(String, String), (String, Instant, Instant)>>,
+}
+
+/// A template's `wait { min, max }`; without one, the client's default (5 s, 4 m).
+fn template_wait(template: &Value) -> (Duration, Duration) {
+    let wait = &template["Wait"];
+    (duration(&wait["Min"], Duration::from_secs(5)), duration(&wait["Max"], Duration::from_secs(240)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,7 +90,7 @@ struct Running {
 impl AllocRunner {
     pub fn new(facts: AllocFacts, node: NodeInfo, plane: Arc<dyn ControlPlane>, control: Arc<Control>) -> Self {
         let dirs = AllocDir { root: node.root.join("allocs").join(&facts.alloc_id) };
-        AllocRunner { facts, node, plane, control, dirs, rendered: Mutex::new(BTreeMap::new()) }
+        AllocRunner { facts, node, plane, control, dirs, rendered: Mutex::new(BTreeMap::new()), held: Mutex::new(BTreeMap::new()) }
     }
 
     fn tasks(&self) -> Vec<Value> {
@@ -214,7 +223,8 @@ impl AllocRunner {
     }
 
     fn template_context(&self, name: &str, task: &Value, env: &BTreeMap<String, String>) -> TemplateContext {
-        let job = self.facts.job_id();
+        // Children of periodic and parameterized jobs carry their parent's workload identity.
+        let job = self.facts.job["ParentID"].as_str().filter(|p| !p.is_empty()).unwrap_or(self.facts.job_id());
         let group = self.facts.group_name();
         let mut context = TemplateContext::for_task(job, group, name, self.facts.alloc_index as u32);
         context.env = env.clone();
@@ -256,11 +266,28 @@ impl AllocRunner {
         }
         let mut changed = Vec::new();
         let mut rendered = self.rendered.lock().unwrap();
+        let mut held = self.held.lock().unwrap();
         for (template, text) in outputs {
             let dest = str_of(&template, "DestPath").to_string();
             let key = (name.to_string(), dest.clone());
             if rendered.get(&key) == Some(&text) {
+                held.remove(&key);
                 continue;
+            }
+            // consul-template's quiescence: write once the data stayed the same for `min`, or
+            // `max` after the first change at the latest.
+            if !first {
+                let now = Instant::now();
+                let (min, max) = template_wait(&template);
+                let entry = held.entry(key.clone()).or_insert_with(|| (text.clone(), now, now));
+                if entry.0 != text {
+                    entry.0 = text.clone();
+                    entry.2 = now;
+                }
+                if now.duration_since(entry.2) < min && now.duration_since(entry.1) < max {
+                    continue;
+                }
+                held.remove(&key);
             }
             let path = self.dirs.destination(name, &dest);
             write_template(&path, &text, &template).map_err(|e| format!("writing {dest}: {e}"))?;
@@ -433,17 +460,25 @@ impl AllocRunner {
     }
 
     /// Watches the tasks and the templates until the allocation is told to stop.
-    fn supervise(&self, running: &mut [Running]) -> Result<(), String> {
+    fn supervise(&self, running: &mut Vec<Running>) -> Result<(), String> {
         let mut last_render = Instant::now();
+        // Batch tasks that finish with exit 0 are done (a service task that exits restarts).
+        let batch = matches!(self.facts.job["Type"].as_str(), Some("batch" | "sysbatch"));
         while !self.stopping() {
-            for task in running.iter_mut() {
+            let mut finished = Vec::new();
+            for (i, task) in running.iter_mut().enumerate() {
                 let state = docker::state(&task.container);
                 if state.as_ref().is_some_and(|s| s.running) {
                     continue;
                 }
                 let exit = state.map(|s| s.exit_code).unwrap_or(-1);
                 let logs = docker::logs_tail(&task.container, 15);
-                self.event(&task.name, "dead", false, "Terminated", &format!("Exit Code: {exit}, output: {}", logs.trim()));
+                let message = format!("Exit Code: {exit}, output: {}", logs.trim());
+                if batch && exit == 0 {
+                    self.event(&task.name, "dead", false, "Terminated", &message);
+                    finished.push(i);
+                    continue;
+                }
                 let policy = self.restart_policy(&task.task);
                 if task.restart_window_start.elapsed() > policy.interval {
                     task.restart_window_start = Instant::now();
@@ -451,11 +486,18 @@ impl AllocRunner {
                 }
                 task.restarts += 1;
                 if task.restarts > policy.attempts && policy.mode_fail {
-                    self.event(&task.name, "dead", true, "Not Restarting", "Exceeded allowed attempts");
-                    return Err(format!("task {} failed", task.name));
+                    self.event(&task.name, "running", false, "Terminated", &message);
+                    self.event(&task.name, "dead", true, "Not Restarting", "Exceeded allowed attempts, applying a delay");
+                    return Err(format!("task {} failed: {message}", task.name));
                 }
+                // The task runner records the exit, then restarts: the task is not dead between.
+                self.event(&task.name, "running", false, "Terminated", &message);
+                // mode = "delay": past the attempts, wait for the interval to end, then start over.
                 let delay = if task.restarts > policy.attempts {
-                    policy.interval.min(self.node.scaled(Duration::from_secs(60)))
+                    task.restarts = 0;
+                    let left = policy.interval.saturating_sub(task.restart_window_start.elapsed());
+                    task.restart_window_start = Instant::now() + left;
+                    left.max(policy.delay)
                 } else {
                     policy.delay
                 };
@@ -466,6 +508,13 @@ impl AllocRunner {
                 docker::run(&["start", &task.container]).map_err(|e| format!("restarting {}: {e}", task.name))?;
                 task.started = Instant::now();
                 self.event(&task.name, "running", false, "Started", "Task started by client");
+            }
+            for i in finished.into_iter().rev() {
+                running.remove(i);
+            }
+            // Every main task of a batch allocation is done: the sidecars are stopped with it.
+            if batch && !running.iter().any(|t| phase(&t.task) == Phase::Main) {
+                return Ok(());
             }
             if last_render.elapsed() >= Duration::from_millis(250) {
                 last_render = Instant::now();

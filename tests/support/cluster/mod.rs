@@ -152,13 +152,14 @@ pub struct ClusterConfig {
     /// Applied by the double to update durations and by the clients to restart delays.
     pub time_scale: f64,
     pub consul_acls: bool,
-    /// Host volumes every node has (name → created empty under the node's root).
-    pub host_volumes: Vec<String>,
+    /// Host volumes (name → the indexes of the nodes that have one, created empty under each
+    /// node's root). pgBackRest's repository volume exists on one node, as pgnomad asks.
+    pub host_volumes: Vec<(String, Vec<usize>)>,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { nodes: 3, time_scale: 0.2, consul_acls: true, host_volumes: vec!["pgbackrest".into()] }
+        ClusterConfig { nodes: 3, time_scale: 0.2, consul_acls: true, host_volumes: vec![("pgbackrest".into(), vec![0])] }
     }
 }
 
@@ -289,7 +290,8 @@ impl Cluster {
             let host_volumes: BTreeMap<String, PathBuf> = config
                 .host_volumes
                 .iter()
-                .map(|volume| {
+                .filter(|(_, on)| on.contains(&i))
+                .map(|(volume, _)| {
                     let path = node_root.join("host-volumes").join(volume);
                     std::fs::create_dir_all(&path).unwrap();
                     (volume.clone(), path)
