@@ -339,7 +339,23 @@ fn the_default_stack_runs_on_three_nodes_fails_over_and_is_destroyed() {
 
     let destroy = deployed.pgnomad(&["destroy", "--yes"]);
     assert_ok("pgnomad destroy", &destroy);
-    wait_until("no container of the stack runs", Duration::from_secs(120), || deployed.cluster.running_containers().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !deployed.cluster.running_containers().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "containers still run 120 s after destroy: {:?}\nallocations not stopped: {:?}",
+            deployed.cluster.running_containers(),
+            deployed
+                .cluster
+                .nomad
+                .all_allocations()
+                .iter()
+                .filter(|a| !matches!(a.client_status.as_str(), "complete" | "failed" | "lost"))
+                .map(|a| (&a.name, &a.node_name, &a.desired_status, &a.client_status))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // The volumes stay: each member's data directory is still on its node.
     let kept = deployed.cluster.nodes().iter().filter(|n| n.csi_volume_path("main-member-0").join("pgdata").exists()).count();
     assert_eq!(kept, 1, "member-0's volume is kept on exactly one node");

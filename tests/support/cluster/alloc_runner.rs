@@ -454,7 +454,9 @@ impl AllocRunner {
         RestartPolicy {
             attempts: policy["Attempts"].as_u64().unwrap_or(2) as u32,
             interval: duration(&policy["Interval"], Duration::from_secs(1800)),
-            delay: self.node.scaled(duration(&policy["Delay"], Duration::from_secs(15))),
+            // Real time, not the double's deployment scale: a restart faster than Patroni's
+            // ttl would keep the old leader where Nomad would have let a replica take over.
+            delay: duration(&policy["Delay"], Duration::from_secs(15)),
             mode_fail: str_of(policy, "Mode") == "fail",
         }
     }
