@@ -251,3 +251,14 @@ pub fn service(name: String, port_label: &str, checks: Vec<ServiceCheck>) -> Ser
 pub fn volume_mount(volume: &str, destination: &str) -> VolumeMount {
     VolumeMount { volume: some(volume), destination: some(destination), read_only: Some(false) }
 }
+
+/// For a group whose data lives on its node's volume: a node that stops heartbeating keeps the
+/// allocation for an hour instead of replacing it elsewhere, where the data is not.
+pub fn node_bound_disconnect() -> DisconnectStrategy {
+    DisconnectStrategy { lost_after: Some(Nanos::secs(3600)), replace: Some(false), reconcile: some("keep_original") }
+}
+
+/// Restart in place first (3 times in 10 minutes, 15 s apart): the group's data is on this node.
+pub fn restart_in_place() -> RestartPolicy {
+    RestartPolicy { attempts: Some(3), interval: Some(Nanos::secs(600)), delay: Some(Nanos::secs(15)), mode: some("delay") }
+}

@@ -178,18 +178,9 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
         // A member whose node stops heartbeating is not replaced elsewhere: its data is on
         // that node's volume, and Patroni already fails over to a member that has its own.
         // Only after an hour is the allocation lost and rescheduled.
-        disconnect: Some(DisconnectStrategy {
-            lost_after: Some(Nanos::secs(3600)),
-            replace: Some(false),
-            reconcile: some("keep_original"),
-        }),
+        disconnect: Some(node_bound_disconnect()),
         // Restart in place first: the member's data is on this node.
-        restart_policy: Some(RestartPolicy {
-            attempts: Some(3),
-            interval: Some(Nanos::secs(600)),
-            delay: Some(Nanos::secs(15)),
-            mode: some("delay"),
-        }),
+        restart_policy: Some(restart_in_place()),
         reschedule_policy: Some(ReschedulePolicy {
             unlimited: Some(true),
             delay_function: some("exponential"),

@@ -68,17 +68,8 @@ pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
         shutdown_delay: Some(Nanos::secs(5)),
         // The repository is on this node's volume and nowhere else: a node that stops
         // heartbeating keeps the allocation (members keep WAL in pg_wal meanwhile).
-        disconnect: Some(DisconnectStrategy {
-            lost_after: Some(Nanos::secs(3600)),
-            replace: Some(false),
-            reconcile: some("keep_original"),
-        }),
-        restart_policy: Some(RestartPolicy {
-            attempts: Some(3),
-            interval: Some(Nanos::secs(600)),
-            delay: Some(Nanos::secs(15)),
-            mode: some("delay"),
-        }),
+        disconnect: Some(node_bound_disconnect()),
+        restart_policy: Some(restart_in_place()),
         ..TaskGroup::default()
     }]);
     Ok(job)
