@@ -224,10 +224,11 @@ pub struct Etcd {
 
 impl Etcd {
     fn start(address: &str) -> Etcd {
-        let etcd = crate::support_procs::require("etcd", "etcd-server");
+        let etcd = std::path::Path::new("/usr/bin/etcd");
+        assert!(etcd.is_file(), "`etcd` is not installed: the cluster double runs a real etcd for Patroni (apt-get install etcd-server)");
         let dir = tempfile::tempdir().unwrap();
-        let port = crate::support_procs::free_port(address);
-        let peer = crate::support_procs::free_port("127.0.0.1");
+        let port = free_port(address);
+        let peer = free_port("127.0.0.1");
         let client_url = format!("http://{address}:{port}");
         let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
         let child = std::process::Command::new(etcd)
@@ -247,7 +248,15 @@ impl Etcd {
             .spawn()
             .expect("starting etcd");
         let endpoint = format!("{address}:{port}");
-        crate::support_procs::wait_until("etcd answers", Duration::from_secs(20), || std::net::TcpStream::connect(&endpoint).is_ok());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&endpoint).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd did not answer on {endpoint} within 20 s (log: {})",
+                dir.path().join("etcd.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Etcd { endpoint, child, _dir: dir }
     }
 }
@@ -420,6 +429,10 @@ impl Drop for Cluster {
         }
         docker::remove_labelled(&self.id);
     }
+}
+
+fn free_port(host: &str) -> u16 {
+    std::net::TcpListener::bind((host, 0)).expect("bind a free port").local_addr().unwrap().port()
 }
 
 /// Allocation dirs are bind-mounted into containers: they must be on a real filesystem the
