@@ -81,10 +81,19 @@ mod tests {
         let address = listener.local_addr().unwrap().to_string();
         let server = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
-            let mut request = [0u8; 1024];
-            let n = stream.read(&mut request).unwrap();
+            // The whole request, however many reads it takes: answering and closing with bytes
+            // unread resets the connection (the client then saw ECONNRESET, not the answer).
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !String::from_utf8_lossy(&request).ends_with("{\"leader\":\"member-0\"}") {
+                let n = stream.read(&mut chunk).unwrap();
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&chunk[..n]);
+            }
             stream.write_all(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n\r\n{\"role\": \"replica\"}").unwrap();
-            String::from_utf8_lossy(&request[..n]).into_owned()
+            String::from_utf8_lossy(&request).into_owned()
         });
         let (status, body) = request(&address, "POST", "/switchover", Some("{\"leader\":\"member-0\"}"), Duration::from_secs(5)).unwrap();
         assert_eq!((status, body.as_str()), (503, "{\"role\": \"replica\"}"));
