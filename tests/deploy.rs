@@ -181,9 +181,11 @@ fn plan_run_status_plan_destroy_on_a_fresh_cluster() {
     let destroy = lab.pgnomad(&["destroy", "--yes", "--purge"]);
     assert_eq!(code(&destroy), Some(0), "{}", show(&destroy));
     let deregistered: Vec<String> = lab.write_log().into_iter().filter(|w| w.starts_with("deregister")).collect();
-    assert_eq!(deregistered.len(), 7, "{deregistered:?}");
+    // The forced backup's launch, then the seven jobs.
+    assert_eq!(deregistered.len(), 8, "{deregistered:?}");
+    assert!(deregistered[0].starts_with("deregister main-backup-full%2Fperiodic-"), "{deregistered:?}");
     assert_eq!(
-        deregistered[5..],
+        deregistered[6..],
         ["deregister main-postgres", "deregister main-repo"],
         "postgres, then the repository it archives to, go last"
     );
@@ -433,4 +435,25 @@ fn status_reads_roles_timelines_and_lag_from_a_real_patroni() {
             assert!(member["lag_bytes"]["known"].is_u64(), "a replica's lag is known: {member}");
         }
     }
+}
+
+#[test]
+fn destroy_deregisters_the_launches_of_the_periodic_backup_jobs_first() {
+    // Nomad keeps a periodic job's launches (`<id>/periodic-<time>`) when the parent goes: a
+    // backup running then would outlive the cluster.
+    let lab = Lab::new();
+    assert_eq!(code(&lab.pgnomad(&["run", "--detach"])), Some(0));
+    let client = lab.nomad.client();
+    let forced = block_on(client.force_periodic("main-backup-full")).unwrap();
+    let _ = forced;
+    let destroy = lab.pgnomad(&["destroy", "--yes"]);
+    assert_eq!(code(&destroy), Some(0), "{}", show(&destroy));
+    let log = lab.write_log();
+    let child = log
+        .iter()
+        .position(|w| w.starts_with("deregister main-backup-full/periodic-") || w.starts_with("deregister main-backup-full%2Fperiodic-"));
+    let parent = log.iter().position(|w| w == "deregister main-backup-full");
+    assert!(matches!((child, parent), (Some(c), Some(p)) if c < p), "the launch goes before its parent: {log:?}");
+    let jobs = block_on(client.list_jobs(Some("main-backup-full"))).unwrap();
+    assert!(jobs.iter().all(|j| j.stop), "{:?}", jobs.iter().map(|j| (&j.id, j.stop)).collect::<Vec<_>>());
 }

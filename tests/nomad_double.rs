@@ -598,3 +598,27 @@ async fn a_hostpath_volume_on_a_down_node_blocks_its_group_until_the_node_is_bac
     .await;
     assert!(client.job_evaluations("pg").await.unwrap().iter().all(|e| e.status != "blocked"));
 }
+
+#[tokio::test]
+async fn a_completed_batch_allocation_is_not_replaced_when_the_cluster_changes() {
+    let nomad = NomadDouble::start_with(DoubleConfig { client: ClientMode::External, time_scale: 0.001, ..DoubleConfig::default() });
+    let client = nomad.client();
+    let mut job = simple_job("once");
+    job["Type"] = json!("batch");
+    job.as_object_mut().unwrap().remove("Update");
+    job["TaskGroups"][0]["Services"] = json!(null);
+    client.register_job(&job, RegisterOptions::default()).await.unwrap();
+    let allocs: Vec<_> = nomad.all_allocations().into_iter().filter(|a| a.job_id == "once").collect();
+    assert_eq!(allocs.len(), 1);
+    let task = allocs[0].group_spec["Tasks"][0]["Name"].as_str().unwrap().to_string();
+    nomad.update_task_state(&allocs[0].id, &task, "running", false, ("Started", "Task started by client")).unwrap();
+    nomad.update_task_state(&allocs[0].id, &task, "dead", false, ("Terminated", "Exit Code: 0")).unwrap();
+    assert_eq!(nomad.allocation(&allocs[0].id).unwrap().client_status, "complete");
+    // Another node goes down and comes back: every job is evaluated again.
+    let other = nomad.nodes().into_iter().map(|n| n.name).find(|n| *n != allocs[0].node_name).unwrap();
+    nomad.set_node_status(&other, "down");
+    nomad.set_node_status(&other, "ready");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after: Vec<_> = nomad.all_allocations().into_iter().filter(|a| a.job_id == "once").collect();
+    assert_eq!(after.len(), 1, "a batch allocation that completed has done its work: {after:?}");
+}

@@ -53,6 +53,15 @@ pub async fn destroy_targets<N: Transport, C: Transport>(cluster: &Cluster<N, C>
             Owner::Absent => {}
         }
     }
+    // A periodic job's launches are jobs of their own (`<id>/periodic-<time>`): deregistering
+    // the parent leaves a running backup running, so they go too, first.
+    let parents: Vec<String> = targets.jobs.clone();
+    for (id, stub) in &existing {
+        let child_of_ours = parents.iter().any(|p| id.starts_with(&format!("{p}/periodic-")) || id.starts_with(&format!("{p}/dispatch-")));
+        if child_of_ours && !stub.stop {
+            targets.jobs.push(id.clone());
+        }
+    }
     if let Storage::Csi(_) = &stack.storage {
         let listed = nomad.list_csi_volumes(Some(&format!("{name}-member-"))).await.map_err(DeployError::api("listing CSI volumes"))?;
         for index in 0..stack.postgres.members.value {

@@ -77,10 +77,14 @@ impl State {
             let group = list(&job, "TaskGroups").iter().find(|g| str_of(g, "Name") == group_name).unwrap().clone();
             let count = group["Count"].as_u64().unwrap_or(1);
             let mut update = GroupUpdate::default();
+            // A batch allocation that completed has done its work: Nomad's reconciler never
+            // replaces it (only failed or lost ones are).
+            let batch = matches!(str_of(&job, "Type"), "batch" | "sysbatch");
             let mut live: Vec<usize> = (0..self.allocs.len())
                 .filter(|&i| {
                     let a = &self.allocs[i];
-                    a.namespace == namespace && a.job_id == job_id && a.group == *group_name && a.is_live()
+                    let done = batch && a.desired_status == "run" && a.client_status == "complete";
+                    a.namespace == namespace && a.job_id == job_id && a.group == *group_name && (a.is_live() || done)
                 })
                 .collect();
             live.sort_by_key(|&i| (self.allocs[i].alloc_index, self.allocs[i].create_index));
