@@ -18,6 +18,7 @@ use super::docker;
 use super::taskenv::{interpolate, parse_env_file, task_env, AllocDir, AllocFacts};
 use super::{ControlPlane, NodeInfo};
 use crate::support::gotemplate::{self, Rendered, TemplateContext};
+use crate::support::job_rules::interpolate_service_name;
 
 /// The client's `max_kill_timeout` default (client/config): a longer `kill_timeout` is cut.
 pub const MAX_KILL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -583,8 +584,10 @@ impl AllocRunner {
                 services.push((service.clone(), str_of(&task, "Name").to_string()));
             }
         }
-        for (service, _task) in services {
-            let service_name = interpolate(str_of(&service, "Name"), &BTreeMap::new());
+        for (service, task) in services {
+            // The name the double keys check results by, interpolated as Nomad registers it.
+            let job_name = self.facts.job["Name"].as_str().unwrap_or(self.facts.job_id());
+            let service_name = interpolate_service_name(str_of(&service, "Name"), job_name, self.facts.group_name(), &task);
             for check in list(&service, "Checks").iter().cloned() {
                 let runner = self.clone();
                 let done = done.clone();
