@@ -660,3 +660,203 @@ fn secrets_and_state_are_gitignored() {
         assert!(ignore.lines().any(|l| l.trim() == entry), ".gitignore must list {entry}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Consul ACLs: what the lab and Terraform grant, against what the rendered jobs need
+
+/// `resource "segment" { policy = "…" }` rules of Consul's ACL language (bare `acl = "write"`
+/// style rules are not segment rules and are left out).
+fn consul_rules(text: &str) -> Vec<(String, String, String)> {
+    let mut rules = Vec::new();
+    let mut rest = text;
+    // Each rule: an identifier, a quoted segment, then `{ policy = "…" }`.
+    while let Some(open) = rest.find('{') {
+        let close = open + rest[open..].find('}').expect("a rule's block closes");
+        let head: Vec<&str> = rest[..open].trim().rsplitn(2, char::is_whitespace).collect();
+        let inner = &rest[open + 1..close];
+        if let ([segment, resource], Some(policy)) = (head.as_slice(), inner.split('"').nth(1)) {
+            if segment.starts_with('"') && inner.trim_start().starts_with("policy") {
+                let resource = resource.rsplit(char::is_whitespace).next().unwrap_or(resource);
+                rules.push((resource.to_owned(), segment.trim_matches('"').to_owned(), policy.to_owned()));
+            }
+        }
+        rest = &rest[close + 1..];
+    }
+    rules
+}
+
+/// The policy a set of rules gives `resource` `segment`, as Consul decides it: an exact rule
+/// first, else the longest matching prefix rule.
+fn consul_grant(rules: &[(String, String, String)], resource: &str, segment: &str) -> Option<String> {
+    let base = resource.trim_end_matches("_prefix");
+    if let Some((_, _, policy)) = rules.iter().find(|(r, s, _)| r == base && s == segment) {
+        return Some(policy.clone());
+    }
+    let prefix = format!("{base}_prefix");
+    rules
+        .iter()
+        .filter(|(r, s, _)| *r == prefix && segment.starts_with(s.as_str()))
+        .max_by_key(|(_, s, _)| s.len())
+        .map(|(_, _, p)| p.clone())
+}
+
+fn policy_rank(policy: &str) -> u8 {
+    match policy {
+        "read" => 1,
+        "write" => 2,
+        _ => 0, // deny, or anything unknown
+    }
+}
+
+/// The rules a provisioning script gives the Consul policy `name` (`policy NAME '…'` or the
+/// lab's `consul_policy NAME '…'`).
+fn provisioned_policy(rel: &str, name: &str) -> String {
+    let text = read(rel);
+    let start = [format!("consul_policy {name} '"), format!("policy {name} '")]
+        .iter()
+        .find_map(|head| text.find(head.as_str()).map(|at| at + head.len()))
+        .unwrap_or_else(|| panic!("{rel} creates no Consul policy {name}"));
+    text[start..start + text[start..].find('\'').expect("the rules' quote closes")].to_owned()
+}
+
+fn compiled(path: &str) -> pgnomad::compile::Artifacts {
+    let source = pgnomad::stack::Source::new(path, read(path));
+    let checked =
+        pgnomad::stack::load(&source).unwrap_or_else(|d| panic!("{path}: {}", d.iter().map(|d| source.render(d)).collect::<String>()));
+    pgnomad::compile::compile(&checked.stack, &pgnomad::config::Packs::default()).expect("compiles")
+}
+
+const LAB_BOOTSTRAP: &str = "vagrant/scripts/bootstrap.sh";
+const TERRAFORM_BOOTSTRAP: &str = "terraform/modules/nomad-cluster/templates/user-data.sh.tftpl";
+
+#[test]
+fn the_patroni_token_the_lab_and_terraform_create_grants_what_patroni_needs() {
+    for (bootstrap, stack) in [(LAB_BOOTSTRAP, "vagrant/pgnomad.hcl"), (TERRAFORM_BOOTSTRAP, "terraform/examples/aws-cluster/pgnomad.hcl")]
+    {
+        let artifacts = compiled(stack);
+        let needed = artifacts
+            .acl_policies
+            .iter()
+            .find(|p| p.system == pgnomad::compile::AclSystem::Consul && p.name.ends_with("-patroni"))
+            .unwrap_or_else(|| panic!("{stack} uses Consul as the DCS, so pgnomad renders a Patroni policy"));
+        let granted = consul_rules(&provisioned_policy(bootstrap, "pgnomad-patroni"));
+        let needed_rules = consul_rules(&needed.rules);
+        // What Patroni's consul.py does: KV under service/<scope>/, sessions for the leader
+        // lock, and GET /v1/agent/self when Consul refuses its session TTL (adjust_ttl).
+        let scope = needed.name.trim_end_matches("-patroni");
+        for rule in [
+            ("key_prefix", format!("service/{scope}/"), "write"),
+            ("session_prefix", String::new(), "write"),
+            ("agent_prefix", String::new(), "read"),
+        ] {
+            assert!(
+                needed_rules.iter().any(|(r, s, p)| r == rule.0 && *s == rule.1 && p == rule.2),
+                "the compiled Patroni policy lacks {rule:?}: {}",
+                needed.rules
+            );
+        }
+        for (resource, segment, policy) in needed_rules {
+            let grant = consul_grant(&granted, &resource, &segment);
+            assert!(
+                grant.as_deref().map(policy_rank).unwrap_or(0) >= policy_rank(&policy),
+                "{bootstrap}: pgnomad-patroni gives {resource} \"{segment}\" {grant:?}, Patroni needs {policy}"
+            );
+        }
+        // And a token of that policy exists for `PGNOMAD_PATRONI_CONSUL_TOKEN`.
+        let text = read(bootstrap);
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with("token ") || l.trim_start().starts_with("consul_token "))
+                && text.contains("pgnomad Patroni"),
+            "{bootstrap} creates a Patroni token"
+        );
+    }
+    let module = cluster_module();
+    assert!(
+        tf_outputs(&module).contains("patroni_consul_token_ssm_parameter"),
+        "the Terraform module outputs the Patroni token's parameter"
+    );
+    assert!(
+        read("terraform/examples/aws-cluster/README.md").contains("PGNOMAD_PATRONI_CONSUL_TOKEN"),
+        "the AWS example says how Patroni's token reaches pgnomad run"
+    );
+}
+
+#[test]
+fn consul_rule_matching_is_consuls_longest_prefix() {
+    let rules =
+        consul_rules(r#"key_prefix "" { policy = "read" } key_prefix "service/" { policy = "write" } key "service/x" { policy = "deny" }"#);
+    assert_eq!(consul_grant(&rules, "key_prefix", "service/lab/").as_deref(), Some("write"));
+    assert_eq!(consul_grant(&rules, "key_prefix", "other/").as_deref(), Some("read"));
+    assert_eq!(consul_grant(&rules, "key", "service/x").as_deref(), Some("deny"));
+    assert_eq!(consul_grant(&rules, "session_prefix", ""), None);
+}
+
+/// Whether a template's actions call one of consul-template's Consul functions.
+fn template_queries_consul(text: &str) -> bool {
+    const CONSUL_FUNCTIONS: [&str; 9] = ["service", "services", "key", "keyExists", "keyOrDefault", "ls", "tree", "node", "nodes"];
+    text.split("{{").skip(1).filter_map(|a| a.split("}}").next()).any(|action| {
+        action
+            .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == '-' || c == '|')
+            .any(|word| CONSUL_FUNCTIONS.contains(&word))
+    })
+}
+
+/// Nomad 1.10 gives tasks and services Consul tokens only through workload identities: the
+/// servers sign them for Consul's audience, and `nomad setup consul` creates the
+/// `nomad-workloads` auth method that accepts that audience, with binding rules for services
+/// and a read-only role for tasks (services and keys), which is what the templates use.
+#[test]
+fn workload_identities_for_consul_are_configured_as_the_rendered_jobs_expect() {
+    let agent_configs = [read("vagrant/scripts/nomad.sh"), read(TERRAFORM_BOOTSTRAP)];
+    for (i, config) in agent_configs.iter().enumerate() {
+        for block in ["service_identity", "task_identity"] {
+            let at = config.find(&format!("{block} {{")).unwrap_or_else(|| panic!("agent config {i} has no consul.{block}"));
+            let body = &config[at..at + config[at..].find('}').unwrap()];
+            assert!(
+                body.contains(r#"aud = ["consul.io"]"#),
+                "agent config {i}: {block} must be signed for consul.io (what nomad setup consul binds)"
+            );
+        }
+    }
+    for bootstrap in [LAB_BOOTSTRAP, TERRAFORM_BOOTSTRAP] {
+        let text = read(bootstrap);
+        assert!(
+            text.contains("auth-method read -name nomad-workloads") && text.contains("nomad setup consul -y"),
+            "{bootstrap} sets up Consul's JWT auth method"
+        );
+    }
+    for stack in ["vagrant/pgnomad.hcl", "terraform/examples/aws-cluster/pgnomad.hcl"] {
+        let artifacts = compiled(stack);
+        let mut querying_tasks = 0;
+        for job in &artifacts.jobs {
+            let body: serde_json::Value = serde_json::from_str(&pgnomad::render::job_register_json(&job.job)).unwrap();
+            for group in body["Job"]["TaskGroups"].as_array().unwrap() {
+                for task in group["Tasks"].as_array().unwrap() {
+                    let templates = task["Templates"].as_array().map(|t| t.as_slice()).unwrap_or_default();
+                    let queries_consul = templates.iter().any(|t| template_queries_consul(t["EmbeddedTmpl"].as_str().unwrap_or("")));
+                    let consul_block = task.get("Consul").filter(|c| !c.is_null()).or(group.get("Consul").filter(|c| !c.is_null()));
+                    if queries_consul {
+                        querying_tasks += 1;
+                        let block = consul_block
+                            .unwrap_or_else(|| panic!("{stack}: {} task {} queries Consul without a consul block", job.id(), task["Name"]));
+                        // The default cluster is the one the agents configure; another would need its own identities.
+                        let cluster = block.get("Cluster").and_then(|c| c.as_str()).unwrap_or("default");
+                        assert!(cluster == "default" || cluster.is_empty(), "{}: consul cluster {cluster} is not configured", job.id());
+                    }
+                    for identity in task["Identities"].as_array().map(|i| i.as_slice()).unwrap_or_default() {
+                        if identity["Name"].as_str().is_some_and(|n| n.starts_with("consul_")) {
+                            assert_eq!(
+                                identity["Audience"],
+                                serde_json::json!(["consul.io"]),
+                                "{}: a Consul identity must be for consul.io",
+                                job.id()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // PgBouncer finds the primary through Consul: the check above has something to check.
+        assert!(querying_tasks > 0, "{stack}: no template queries Consul");
+    }
+}

@@ -28,13 +28,15 @@ pub fn policies(stack: &Stack, jobs: &[CompiledJob]) -> Vec<AclPolicy> {
     let mut out = Vec::new();
     if stack.patroni.dcs == Dcs::Consul {
         // Exactly what Patroni's Consul DCS touches: its keys under service/<scope>/, the
-        // sessions that hold the leader lock, and (if ever enabled) its own service entry.
+        // sessions that hold the leader lock, (if ever enabled) its own service entry, and
+        // the agent's configuration, which it reads when Consul refuses its session TTL
+        // (`adjust_ttl` reads /v1/agent/self for SessionTTLMin).
         out.push(AclPolicy {
             system: AclSystem::Consul,
             name: format!("{c}-patroni"),
             description: format!("Patroni of cluster {c}: DCS keys, leader sessions"),
             rules: format!(
-                "key_prefix \"service/{c}/\" {{\n  policy = \"write\"\n}}\n\nsession_prefix \"\" {{\n  policy = \"write\"\n}}\n\nservice_prefix \"{c}\" {{\n  policy = \"write\"\n}}\n"
+                "key_prefix \"service/{c}/\" {{\n  policy = \"write\"\n}}\n\nsession_prefix \"\" {{\n  policy = \"write\"\n}}\n\nservice_prefix \"{c}\" {{\n  policy = \"write\"\n}}\n\nagent_prefix \"\" {{\n  policy = \"read\"\n}}\n"
             ),
         });
     }

@@ -23,6 +23,11 @@ output "consul_token_ssm_parameter" {
   value       = module.cluster.consul_token_ssm_parameter
 }
 
+output "patroni_consul_token_ssm_parameter" {
+  description = "SSM SecureString parameter holding Patroni's Consul token (PGNOMAD_PATRONI_CONSUL_TOKEN)."
+  value       = module.cluster.patroni_consul_token_ssm_parameter
+}
+
 output "pgnomad_env_file" {
   description = "The environment file for pgnomad."
   value       = abspath(local_file.pgnomad_env.filename)

@@ -57,6 +57,8 @@ locals {
 resource "random_uuid" "consul_management" {}
 resource "random_uuid" "consul_agent" {}
 resource "random_uuid" "consul_nomad" {}
+# Patroni's Consul DCS token (PGNOMAD_PATRONI_CONSUL_TOKEN for `pgnomad run`).
+resource "random_uuid" "consul_patroni" {}
 resource "random_uuid" "nomad_bootstrap" {}
 
 resource "random_id" "consul_gossip" {
@@ -72,6 +74,7 @@ locals {
     "consul/management-token" = random_uuid.consul_management.result
     "consul/agent-token"      = random_uuid.consul_agent.result
     "consul/nomad-token"      = random_uuid.consul_nomad.result
+    "consul/patroni-token"    = random_uuid.consul_patroni.result
     "consul/gossip-key"       = random_id.consul_gossip.b64_std
     "nomad/bootstrap-token"   = random_uuid.nomad_bootstrap.result
     "nomad/gossip-key"        = random_id.nomad_gossip.b64_std

@@ -23,6 +23,11 @@ output "consul_token_ssm_parameter" {
   value       = aws_ssm_parameter.secure["consul/management-token"].name
 }
 
+output "patroni_consul_token_ssm_parameter" {
+  description = "Name of the SSM SecureString parameter holding Patroni's Consul token (policy pgnomad-patroni)."
+  value       = aws_ssm_parameter.secure["consul/patroni-token"].name
+}
+
 output "server_private_ips" {
   description = "Private addresses of the servers."
   value       = aws_instance.server[*].private_ip
