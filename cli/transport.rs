@@ -102,6 +102,8 @@ pub struct HttpTransport {
     base_url: String,
     service: Service,
     token: Option<String>,
+    /// Patroni's REST API credentials (`restapi.authentication`), sent as basic auth.
+    patroni_auth: Option<crate::patroni::RestAuth>,
     /// `namespace`/`region` added to every request that does not set them itself.
     default_query: Vec<(String, String)>,
     retry: RetryPolicy,
@@ -136,6 +138,14 @@ impl HttpTransport {
             .with_request_timeout(Duration::from_secs(2)))
     }
 
+    /// A Patroni member's REST API with the credentials its unsafe endpoints (POST
+    /// /switchover, /restart, PATCH /config, …) ask for.
+    pub fn patroni_with_auth(address: &str, auth: &crate::patroni::RestAuth) -> Result<Self, TransportError> {
+        let mut transport = Self::patroni(address)?;
+        transport.patroni_auth = Some(auth.clone());
+        Ok(transport)
+    }
+
     fn with_parts(
         client: reqwest::Client,
         base_url: String,
@@ -148,6 +158,7 @@ impl HttpTransport {
             base_url,
             service,
             token,
+            patroni_auth: None,
             default_query,
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(30),
@@ -194,6 +205,9 @@ impl HttpTransport {
                 Service::Consul | Service::Patroni => "X-Consul-Token",
             };
             builder = builder.header(header, token);
+        }
+        if let Some(auth) = &self.patroni_auth {
+            builder = builder.header(reqwest::header::AUTHORIZATION, auth.header_value());
         }
         if let Some(body) = &request.body {
             builder = builder.json(body);

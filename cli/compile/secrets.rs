@@ -38,6 +38,11 @@ pub fn postgres_secrets(facts: &Facts) -> Vec<SecretKey> {
         key("superuser_password", Origin::Password, "password of the `postgres` superuser (Patroni's own connections)"),
         key("replication_password", Origin::Password, "password of the `replicator` role that replicas stream with"),
         key("pgbouncer_auth_password", Origin::Password, "password of `pgbouncer_auth`, the role PgBouncer runs auth_query as"),
+        key(
+            crate::patroni::REST_PASSWORD_KEY,
+            Origin::Password,
+            "password of `pgnomad` on Patroni's REST API (its unsafe endpoints: switchover, restart, config)",
+        ),
     ];
     for user in &facts.users {
         keys.push(key(&user_password_key(user), Origin::Password, &format!("password of application user `{user}`")));

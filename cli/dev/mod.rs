@@ -242,6 +242,11 @@ impl Dev {
         self.recorded.ports.member(index)
     }
 
+    /// The credentials of the members' REST APIs (`restapi.authentication`).
+    pub fn rest_auth(&self) -> patroni::RestAuth {
+        patroni::RestAuth::new(self.secrets.get(crate::patroni::REST_PASSWORD_KEY).cloned().unwrap_or_default())
+    }
+
     pub fn rest_address(&self, index: usize) -> String {
         format!("{}:{}", self.host(), self.member_ports(index).rest)
     }
@@ -742,9 +747,15 @@ pub fn switchover(dev: &Dev, pause: bool, candidate: Option<&str>, reporter: &dy
             Some(c) => serde_json::json!({ "leader": leader, "candidate": c }),
             None => serde_json::json!({ "leader": leader }),
         };
-        let (code, text) =
-            patroni::request(&dev.rest_address(leader_index), "POST", "/switchover", Some(&body.to_string()), Duration::from_secs(60))
-                .map_err(|e| DevError::io("POST /switchover", e))?;
+        let (code, text) = patroni::request(
+            &dev.rest_address(leader_index),
+            "POST",
+            "/switchover",
+            Some(&body.to_string()),
+            Some(&dev.rest_auth()),
+            Duration::from_secs(60),
+        )
+        .map_err(|e| DevError::io("POST /switchover", e))?;
         if code != 200 {
             return Err(DevError::Failed(format!("Patroni refused the switchover ({code}): {}", text.trim())));
         }

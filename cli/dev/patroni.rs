@@ -7,8 +7,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// One HTTP/1.0 request; the status code and the body.
-pub fn request(address: &str, method: &str, path: &str, body: Option<&str>, timeout: Duration) -> std::io::Result<(u16, String)> {
+pub use crate::patroni::RestAuth;
+
+/// One HTTP/1.0 request; the status code and the body. `auth` is what Patroni's unsafe
+/// endpoints (POST, PATCH, …) ask for: without it they answer 401.
+pub fn request(
+    address: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    auth: Option<&RestAuth>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let socket: SocketAddr = address
         .to_socket_addrs()?
         .next()
@@ -17,8 +27,9 @@ pub fn request(address: &str, method: &str, path: &str, body: Option<&str>, time
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let body = body.unwrap_or("");
+    let authorization = auth.map(|a| format!("Authorization: {}\r\n", a.header_value())).unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes())?;
@@ -33,12 +44,12 @@ pub fn request(address: &str, method: &str, path: &str, body: Option<&str>, time
 
 /// `GET /primary` answers 200 only on the leader while its Postgres runs as primary.
 pub fn is_primary(rest_address: &str) -> bool {
-    matches!(request(rest_address, "GET", "/primary", None, Duration::from_millis(500)), Ok((200, _)))
+    matches!(request(rest_address, "GET", "/primary", None, None, Duration::from_millis(500)), Ok((200, _)))
 }
 
 /// `GET /cluster`: every member as the DCS and their REST APIs see it.
 pub fn cluster(rest_address: &str) -> Option<Cluster> {
-    match request(rest_address, "GET", "/cluster", None, Duration::from_secs(2)) {
+    match request(rest_address, "GET", "/cluster", None, None, Duration::from_secs(2)) {
         Ok((200, body)) => serde_json::from_str(&body).ok(),
         _ => None,
     }
@@ -95,10 +106,14 @@ mod tests {
             stream.write_all(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n\r\n{\"role\": \"replica\"}").unwrap();
             String::from_utf8_lossy(&request).into_owned()
         });
-        let (status, body) = request(&address, "POST", "/switchover", Some("{\"leader\":\"member-0\"}"), Duration::from_secs(5)).unwrap();
+        let auth = RestAuth { username: "pgnomad".into(), password: "secret".into() };
+        let (status, body) =
+            request(&address, "POST", "/switchover", Some("{\"leader\":\"member-0\"}"), Some(&auth), Duration::from_secs(5)).unwrap();
         assert_eq!((status, body.as_str()), (503, "{\"role\": \"replica\"}"));
         let sent = server.join().unwrap();
         assert!(sent.starts_with("POST /switchover HTTP/1.0\r\n") && sent.ends_with("\r\n\r\n{\"leader\":\"member-0\"}"), "{sent}");
+        // base64("pgnomad:secret")
+        assert!(sent.contains("\r\nAuthorization: Basic cGdub21hZDpzZWNyZXQ=\r\n"), "{sent}");
     }
 
     #[test]
