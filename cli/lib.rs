@@ -8,6 +8,7 @@ pub mod consul;
 pub mod deploy;
 pub mod dev;
 pub mod nomad;
+pub mod ops;
 pub mod patroni;
 pub mod render;
 pub mod secrets;

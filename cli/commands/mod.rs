@@ -3,12 +3,16 @@
 
 mod destroy;
 mod dev;
+mod failover;
 mod init;
 pub use init::INIT_TEMPLATE;
 mod plan;
 mod render;
+mod restart;
 mod run;
 mod status;
+mod switchover;
+mod upgrade;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -68,6 +72,18 @@ enum Command {
     ///
     /// Exit codes: 0 done, 1 bad input or not confirmed, 2 internal or connection error.
     Destroy(destroy::Args),
+    /// Apply a changed stack to the running cluster member by member: replicas first, a
+    /// switchover with PgBouncer paused, the former primary last; reload-only parameters
+    /// without a restart.
+    Upgrade(upgrade::Args),
+    /// Planned switchover: every PgBouncer paused, Patroni's switchover, RESUME once they
+    /// route to the new primary.
+    Switchover(switchover::Args),
+    /// Promote a member when there is no healthy primary (asks first, or --yes).
+    Failover(failover::Args),
+    /// Restart Postgres through Patroni: replicas one at a time, the leader last after a
+    /// switchover.
+    Restart(restart::Args),
     /// Run the stack on this machine with real processes, from the same config files.
     Dev(dev::Args),
 }
@@ -104,6 +120,10 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::run(args),
         Command::Destroy(args) => destroy::run(args),
+        Command::Upgrade(args) => upgrade::run(args),
+        Command::Switchover(args) => switchover::run(args),
+        Command::Failover(args) => failover::run(args),
+        Command::Restart(args) => restart::run(args),
         Command::Dev(args) => dev::run(args),
     };
     match result {

@@ -70,6 +70,7 @@ pub fn run(state_dir: &Path, reporter: &dyn Reporter) -> Result<(), DevError> {
     // member's leader key has expired and a replica had a loop to take over.
     let patroni_delay = Duration::from_secs(u64::from((dev.facts.patroni.ttl + 2 * dev.facts.patroni.loop_wait).max(15)));
     while !dev.state.stop_file().exists() {
+        serve_restart_requests(&dev, &mut supervised, primary, reporter);
         for entry in supervised.iter_mut() {
             if let Some(child) = entry.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -101,6 +102,36 @@ pub fn run(state_dir: &Path, reporter: &dyn Reporter) -> Result<(), DevError> {
     let _ = std::fs::remove_file(dev.state.supervisor_pid_file());
     reporter.step("stopped");
     Ok(())
+}
+
+/// The file by which `request_restart` asks for `member`'s restart.
+fn restart_request_file(dev: &Dev, member: &str) -> PathBuf {
+    dev.state.path(&format!("restart-{member}"))
+}
+
+/// Asks the running supervisor to restart `member`'s processes (Patroni and its pgBackRest
+/// server) with their current config files, at once rather than after the crash delay —
+/// what a new allocation of the member's group is on Nomad.
+pub fn request_restart(dev: &Dev, member: &str) -> Result<(), DevError> {
+    std::fs::write(restart_request_file(dev, member), "").map_err(|e| DevError::io(format!("ask the supervisor to restart {member}"), e))
+}
+
+/// Stops and starts again the processes of each member with a restart request.
+fn serve_restart_requests(dev: &Dev, supervised: &mut [Supervised], primary: u32, reporter: &dyn Reporter) {
+    for (i, member) in dev.facts.members.iter().enumerate() {
+        let request = restart_request_file(dev, &member.name);
+        if std::fs::remove_file(&request).is_err() {
+            continue;
+        }
+        reporter.step(&format!("restarting {} as asked", member.name));
+        let mut entries: Vec<&mut Supervised> =
+            supervised.iter_mut().filter(|e| matches!(e.kind, Kind::Patroni(m) | Kind::PgBackRestServer(m) if m == i)).collect();
+        stop(&mut entries, Duration::from_secs(60), reporter);
+        for entry in entries {
+            entry.restart_at = None;
+            start(dev, entry, primary, reporter);
+        }
+    }
 }
 
 /// Points PgBouncer at the member that is primary now, when exactly one is.

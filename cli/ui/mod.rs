@@ -2,6 +2,8 @@
 //! diffs, status tables. Bars are drawn only when stderr is a terminal; otherwise each change
 //! is one plain line, so logs and CI output stay readable.
 
+pub mod ops;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::IsTerminal;

@@ -1,0 +1,518 @@
+//! Operations on a running cluster — switchover, failover, restart, upgrade — written once
+//! and run against a [`Target`]: the `pgnomad dev` supervisor ([`dev::DevTarget`]) or Nomad
+//! and Consul ([`nomad::NomadTarget`]). They speak to Patroni's REST API and PgBouncer's
+//! admin console through the target, report through a [`Reporter`] and never print.
+//!
+//! Every wait polls a condition with a deadline; PgBouncer is never left paused: a PAUSE is
+//! always followed by a RESUME, whatever failed in between.
+
+pub mod dev;
+pub mod nomad;
+mod upgrade;
+mod view;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+pub use upgrade::{
+    parameter_changes, plan_steps, restart_required, upgrade, Change, Step, StepOutcome, StepReport, StepStatus, UpgradeOptions,
+    UpgradePlan, UpgradeReport,
+};
+pub use view::{observe, ClusterView, MemberView};
+
+/// Where the operations run: how to reach the members' REST APIs and PgBouncer's admin
+/// consoles, what the stack wants, and how one member is brought to it.
+pub trait Target {
+    /// `host:port` of REST APIs to ask for `GET /cluster` first (the rest are found there).
+    fn seeds(&self) -> Result<Vec<String>, OpsError>;
+    /// The REST address of a member Patroni lists without an `api_url`.
+    fn rest_address_of(&self, _member: &str) -> Option<String> {
+        None
+    }
+    /// One request to a Patroni REST API, with the credentials its unsafe endpoints need:
+    /// the status code and the body. `Err` only when no answer came.
+    fn rest(&self, address: &str, method: &str, path: &str, body: Option<&Value>, timeout: Duration) -> Result<(u16, String), String>;
+    /// Every PgBouncer instance, by the address clients use.
+    fn poolers(&self) -> Result<Vec<String>, OpsError>;
+    /// One command on a PgBouncer's admin console; its rows, `|`-separated.
+    fn pooler_admin(&self, pooler: &str, command: &str) -> Result<String, OpsError>;
+    /// The age of the oldest open transaction on the primary; `None` when the target cannot
+    /// tell (the reason is reported).
+    fn oldest_transaction(&self, primary: &MemberView) -> Result<Option<Duration>, String>;
+    /// postgresql.conf parameters the stack wants (pgnomad's defaults and the stack's own).
+    fn desired_parameters(&self) -> BTreeMap<String, String>;
+    /// Members whose own deployment (Nomad: their task group; dev: their config files)
+    /// differs from the stack in a way that needs their processes replaced.
+    fn members_to_update(&self) -> Result<Vec<String>, OpsError>;
+    /// Brings one member to the stack and restarts its processes (Nomad: registers the job
+    /// with only that member's group changed and follows the deployment). Returns once the
+    /// new processes run; the caller then waits for Patroni.
+    fn update_member(&self, member: &str, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError>;
+    /// After every member was updated: whatever the target records of a finished rollout.
+    fn finish_update(&self) -> Result<(), OpsError> {
+        Ok(())
+    }
+    /// A sentence naming the target ("the dev stack in …", "job main-postgres on Nomad").
+    fn describe(&self) -> String;
+}
+
+/// How an operation shows its progress. Every method has a quiet default.
+pub trait Reporter {
+    /// The steps an upgrade will take, before the first.
+    fn planned(&self, _plan: &UpgradePlan) {}
+    /// Step `index` (from 0) of `total` starts.
+    fn step_started(&self, _index: usize, _total: usize, _step: &Step) {}
+    /// Where the current step's wait stands (replaces the previous progress message).
+    fn progress(&self, _message: &str) {}
+    /// A step ended.
+    fn step_finished(&self, _index: usize, _step: &Step, _outcome: &StepOutcome) {}
+    /// Something worth a line of its own ("PAUSE on 127.0.0.1:6432").
+    fn note(&self, _message: &str) {}
+}
+
+/// Shows nothing.
+pub struct Quiet;
+impl Reporter for Quiet {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// The cluster is not in a state the operation may start from; nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+    /// No Patroni or PgBouncer answered; nothing was changed.
+    #[error("{0}")]
+    Unreachable(String),
+    /// Started, and a step failed.
+    #[error("{0}")]
+    Failed(String),
+    /// A wait ran out of time.
+    #[error("timed out after {} s waiting for {what}", .after.as_secs())]
+    TimedOut { what: String, after: Duration },
+    /// The stack, a config or a local file.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl OpsError {
+    /// The exit code class: refusals are bad input (1), waits that ran out did not converge (3).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, OpsError::Refused(_))
+    }
+
+    pub fn is_not_converged(&self) -> bool {
+        matches!(self, OpsError::TimedOut { .. } | OpsError::Failed(_))
+    }
+}
+
+/// Polls `check` every `every` until it gives a value or `deadline` passes; each miss tells
+/// the reporter what is awaited.
+pub fn wait_for<T>(
+    what: &str,
+    deadline: Instant,
+    every: Duration,
+    reporter: &dyn Reporter,
+    mut check: impl FnMut() -> Result<Option<T>, String>,
+) -> Result<T, OpsError> {
+    let started = Instant::now();
+    loop {
+        let status = match check() {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => String::new(),
+            Err(why) => why,
+        };
+        if Instant::now() >= deadline {
+            let what = if status.is_empty() { what.to_owned() } else { format!("{what} ({status})") };
+            return Err(OpsError::TimedOut { what, after: started.elapsed() });
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        reporter.progress(&if status.is_empty() {
+            format!("{what} ({elapsed:.0} s)")
+        } else {
+            format!("{what}: {status} ({elapsed:.0} s)")
+        });
+        std::thread::sleep(every);
+    }
+}
+
+/// What the health gate checks.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// Bytes a replica may be behind.
+    pub max_lag: u64,
+    /// The oldest transaction the primary may have open.
+    pub max_transaction_age: Duration,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate { max_lag: 16 * 1024 * 1024, max_transaction_age: Duration::from_secs(300) }
+    }
+}
+
+/// Why the cluster is not healthy enough to start; empty when it is. `notes` are checks the
+/// target could not make.
+pub fn health_problems(target: &dyn Target, view: &ClusterView, gate: &Gate, notes: &mut Vec<String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(leader) = view.leader() else {
+        return vec!["the cluster has no leader".into()];
+    };
+    for m in &view.members {
+        if !m.reachable {
+            problems.push(format!("{}'s REST API does not answer", m.name));
+        } else if m.state != "running" && m.state != "streaming" {
+            problems.push(format!("{} is {}, not running", m.name, m.state));
+        }
+    }
+    for r in view.replicas() {
+        if !r.is_streaming() {
+            let how = r.replication.as_deref().unwrap_or("not connected");
+            problems.push(format!("{} does not stream from {} ({how})", r.name, leader.name));
+        } else if r.lag.is_none_or(|lag| lag > gate.max_lag) {
+            let lag = r.lag.map_or("unknown".into(), |l| format!("{l} bytes"));
+            problems.push(format!("{} lags {lag}, more than --max-lag {}", r.name, gate.max_lag));
+        }
+    }
+    if view.synchronous_mode && view.members.len() > 1 && !view.replicas().any(MemberView::is_sync_standby) {
+        problems.push("synchronous mode is on and no synchronous standby is chosen".into());
+    }
+    match target.oldest_transaction(leader) {
+        Ok(Some(age)) if age > gate.max_transaction_age => problems.push(format!(
+            "a transaction on {} is open for {} s (more than {} s): it would hold the switchover; end it or wait",
+            leader.name,
+            age.as_secs(),
+            gate.max_transaction_age.as_secs()
+        )),
+        Ok(_) => {}
+        Err(why) => notes.push(format!("the oldest transaction was not checked: {why}")),
+    }
+    problems
+}
+
+/// The switchover candidate: `to` when it is fit, else the most caught-up synchronous
+/// standby (any streaming replica when synchronous mode is off).
+pub fn choose_candidate<'a>(view: &'a ClusterView, to: Option<&str>, max_lag: u64) -> Result<&'a MemberView, OpsError> {
+    let leader = view.leader().ok_or_else(|| OpsError::Refused("the cluster has no leader: use `failover --to MEMBER`".into()))?;
+    let refuse = |why: String| Err(OpsError::Refused(format!("refusing to switch over: {why}")));
+    if let Some(name) = to {
+        let Some(m) = view.member(name) else {
+            let names: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
+            return refuse(format!("{name} is not a member (members: {})", names.join(", ")));
+        };
+        if m.is_leader() {
+            return refuse(format!("{name} is already the leader"));
+        }
+        if !m.is_streaming() {
+            return refuse(format!(
+                "{name} does not stream from {} ({})",
+                leader.name,
+                m.replication.as_deref().unwrap_or("not connected")
+            ));
+        }
+        match m.lag {
+            Some(lag) if lag <= max_lag => {}
+            lag => {
+                return refuse(format!(
+                    "{name} lags {} (at most {max_lag} bytes allowed)",
+                    lag.map_or("unknown".into(), |l| format!("{l} bytes"))
+                ))
+            }
+        }
+        if view.synchronous_mode && !m.is_sync_standby() {
+            let sync: Vec<&str> = view.replicas().filter(|r| r.is_sync_standby()).map(|r| r.name.as_str()).collect();
+            return refuse(format!(
+                "{name} is not a synchronous standby, so it may miss acknowledged commits (synchronous standby: {})",
+                if sync.is_empty() { "none".into() } else { sync.join(", ") }
+            ));
+        }
+        return Ok(m);
+    }
+    let mut fit: Vec<&MemberView> = view
+        .replicas()
+        .filter(|m| m.is_streaming() && m.lag.is_some_and(|l| l <= max_lag))
+        .filter(|m| !view.synchronous_mode || m.is_sync_standby())
+        .collect();
+    fit.sort_by_key(|m| (m.lag, m.name.clone()));
+    match fit.first() {
+        Some(m) => Ok(m),
+        None => refuse(if view.synchronous_mode {
+            "no synchronous standby streams within the lag bound".into()
+        } else {
+            "no replica streams within the lag bound".into()
+        }),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SwitchoverOptions {
+    /// PAUSE every PgBouncer around it.
+    pub pause: bool,
+    pub max_lag: u64,
+    /// The longest clients are held: past it PgBouncer is RESUMEd and the switchover fails.
+    pub pause_timeout: Duration,
+}
+
+impl Default for SwitchoverOptions {
+    fn default() -> Self {
+        SwitchoverOptions { pause: true, max_lag: Gate::default().max_lag, pause_timeout: Duration::from_secs(60) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Switched {
+    pub from: String,
+    pub to: String,
+    /// How long clients were held (PAUSE to RESUME), or the switchover's own time.
+    #[serde(serialize_with = "seconds")]
+    pub took: Duration,
+    pub paused: bool,
+}
+
+pub fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+/// Which member PgBouncer's databases point at, by `SHOW DATABASES` (host and port of every
+/// database but the admin console); `None` while they disagree.
+fn pooler_routes_to(target: &dyn Target, pooler: &str, view: &ClusterView) -> Result<Option<String>, OpsError> {
+    let rows = target.pooler_admin(pooler, "SHOW DATABASES")?;
+    let addresses: std::collections::BTreeSet<String> = rows
+        .lines()
+        .map(|row| row.split('|').collect::<Vec<_>>())
+        .filter(|cols| cols.len() > 2 && cols[0] != "pgbouncer" && !cols[1].is_empty())
+        .map(|cols| format!("{}:{}", cols[1], cols[2]))
+        .collect();
+    let [address] = addresses.iter().collect::<Vec<_>>()[..] else { return Ok(None) };
+    Ok(view.members.iter().find(|m| &m.pg_address() == address).map(|m| m.name.clone()))
+}
+
+/// PAUSEs every pooler; on a failure RESUMEs those already paused.
+fn pause_all(target: &dyn Target, poolers: &[String], reporter: &dyn Reporter) -> Result<(), OpsError> {
+    for (i, pooler) in poolers.iter().enumerate() {
+        reporter.note(&format!("PAUSE on PgBouncer {pooler}: clients wait, server connections are released"));
+        if let Err(error) = target.pooler_admin(pooler, "PAUSE") {
+            resume_all(target, &poolers[..i], reporter);
+            return Err(OpsError::Failed(format!("PAUSE on PgBouncer {pooler} failed ({error}); every PgBouncer was resumed")));
+        }
+    }
+    Ok(())
+}
+
+/// RESUMEs every pooler, trying each even when one fails; what failed comes back.
+fn resume_all(target: &dyn Target, poolers: &[String], reporter: &dyn Reporter) -> Vec<String> {
+    let mut failed = Vec::new();
+    for pooler in poolers {
+        reporter.note(&format!("RESUME on PgBouncer {pooler}"));
+        // A RESUME of a pooler that is not paused is refused ("pooler is not paused"): fine.
+        let mut result = target.pooler_admin(pooler, "RESUME");
+        for _ in 0..3 {
+            match &result {
+                Err(e) if !e.to_string().contains("not paused") => {
+                    std::thread::sleep(Duration::from_millis(300));
+                    result = target.pooler_admin(pooler, "RESUME");
+                }
+                _ => break,
+            }
+        }
+        if let Err(e) = result {
+            if !e.to_string().contains("not paused") {
+                failed.push(format!("{pooler}: {e}"));
+            }
+        }
+    }
+    failed
+}
+
+/// Waits until Patroni has named a synchronous standby (a loop after a switchover), when
+/// synchronous mode asks for one.
+fn wait_sync_standby(target: &dyn Target, deadline: Instant, reporter: &dyn Reporter) -> Result<ClusterView, OpsError> {
+    wait_for("a synchronous standby", deadline, Duration::from_millis(200), reporter, || {
+        let view = observe(target).map_err(|e| e.to_string())?;
+        let ready = !view.synchronous_mode || view.members.len() < 2 || view.replicas().any(MemberView::is_sync_standby);
+        Ok(ready.then_some(view))
+    })
+}
+
+/// A planned switchover: every PgBouncer PAUSEd, Patroni's `POST /switchover` to the
+/// candidate, a wait until it runs as primary and every PgBouncer points at it, RESUME.
+/// Clients wait instead of failing; past `pause_timeout` PgBouncer is RESUMEd anyway.
+pub fn switchover(
+    target: &dyn Target,
+    to: Option<&str>,
+    options: &SwitchoverOptions,
+    reporter: &dyn Reporter,
+) -> Result<Switched, OpsError> {
+    let view = wait_sync_standby(target, Instant::now() + Duration::from_secs(30), reporter).or_else(|_| observe(target))?;
+    let leader = view.leader().ok_or_else(|| OpsError::Refused("the cluster has no leader: use `failover --to MEMBER`".into()))?.clone();
+    let candidate = choose_candidate(&view, to, options.max_lag)?.clone();
+    let poolers = if options.pause { target.poolers()? } else { Vec::new() };
+    let started = Instant::now();
+    pause_all(target, &poolers, reporter)?;
+    let result = (|| {
+        reporter.note(&format!("switchover from {} to {}", leader.name, candidate.name));
+        let body = serde_json::json!({ "leader": leader.name, "candidate": candidate.name });
+        let (code, text) = target
+            .rest(&leader.rest, "POST", "/switchover", Some(&body), options.pause_timeout)
+            .map_err(|e| OpsError::Failed(format!("POST /switchover to {}: {e}", leader.name)))?;
+        if code != 200 {
+            return Err(OpsError::Failed(format!("Patroni refused the switchover ({code}): {}", text.trim())));
+        }
+        let deadline = started + options.pause_timeout;
+        wait_for(
+            &format!("{} to run as primary with every PgBouncer on it", candidate.name),
+            deadline,
+            Duration::from_millis(50),
+            reporter,
+            || {
+                match target.rest(&candidate.rest, "GET", "/primary", None, Duration::from_millis(500)) {
+                    Ok((200, _)) => {}
+                    _ => return Ok(None),
+                }
+                let view = ClusterView { members: vec![candidate.clone()], ..ClusterView::default() };
+                for pooler in &poolers {
+                    if pooler_routes_to(target, pooler, &view).map_err(|e| e.to_string())?.as_deref() != Some(candidate.name.as_str()) {
+                        return Err(format!("PgBouncer {pooler} does not point at it yet"));
+                    }
+                }
+                Ok(Some(()))
+            },
+        )
+    })();
+    let took = started.elapsed();
+    let not_resumed = resume_all(target, &poolers, reporter);
+    if !not_resumed.is_empty() {
+        let message =
+            format!("RESUME failed on PgBouncer {}: clients stay paused there — run RESUME on its admin console", not_resumed.join(", "));
+        return Err(OpsError::Failed(match result {
+            Err(e) => format!("{e}; {message}"),
+            Ok(()) => message,
+        }));
+    }
+    result?;
+    Ok(Switched { from: leader.name, to: candidate.name, took, paused: !poolers.is_empty() })
+}
+
+/// `POST /failover` to `to`: for a cluster without a healthy leader. The caller has the
+/// operator's confirmation.
+pub fn failover(target: &dyn Target, to: &str, timeout: Duration, reporter: &dyn Reporter) -> Result<Switched, OpsError> {
+    let view = observe(target)?;
+    let Some(candidate) = view.member(to) else {
+        let names: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
+        return Err(OpsError::Refused(format!("refusing to fail over: {to} is not a member (members: {})", names.join(", "))));
+    };
+    if candidate.is_leader() {
+        return Err(OpsError::Refused(format!("refusing to fail over: {to} is already the leader")));
+    }
+    if !candidate.reachable {
+        return Err(OpsError::Refused(format!("refusing to fail over: {to}'s REST API does not answer")));
+    }
+    let from = view.leader().map(|l| l.name.clone()).unwrap_or_else(|| "(no leader)".into());
+    let started = Instant::now();
+    reporter.note(&format!("failover to {to}"));
+    let body = serde_json::json!({ "candidate": to });
+    let (code, text) = target
+        .rest(&candidate.rest, "POST", "/failover", Some(&body), timeout)
+        .map_err(|e| OpsError::Failed(format!("POST /failover: {e}")))?;
+    if code != 200 {
+        return Err(OpsError::Failed(format!("Patroni refused the failover ({code}): {}", text.trim())));
+    }
+    let rest = candidate.rest.clone();
+    wait_for(&format!("{to} to run as primary"), started + timeout, Duration::from_millis(100), reporter, || {
+        Ok(matches!(target.rest(&rest, "GET", "/primary", None, Duration::from_millis(500)), Ok((200, _))).then_some(()))
+    })?;
+    Ok(Switched { from, to: to.to_owned(), took: started.elapsed(), paused: false })
+}
+
+/// Waits until `member` runs and, as a replica, streams with lag under `max_lag` and (in
+/// synchronous mode) a synchronous standby exists again.
+pub fn wait_member_healthy(
+    target: &dyn Target,
+    member: &str,
+    max_lag: u64,
+    deadline: Instant,
+    reporter: &dyn Reporter,
+) -> Result<ClusterView, OpsError> {
+    wait_for(&format!("{member} to run and stream"), deadline, Duration::from_millis(250), reporter, || {
+        let view = observe(target).map_err(|e| e.to_string())?;
+        let Some(m) = view.member(member) else { return Err(format!("{member} is not in Patroni's member list")) };
+        if !m.reachable || m.state != "running" {
+            return Err(format!("{member} is {}", if m.reachable { m.state.as_str() } else { "not answering" }));
+        }
+        if !m.is_leader() {
+            if !m.is_streaming() {
+                return Err(format!("{member} does not stream yet"));
+            }
+            if m.lag.is_none_or(|l| l > max_lag) {
+                return Err(format!("{member} lags {}", m.lag.map_or("unknown".into(), |l| format!("{l} bytes"))));
+            }
+        }
+        if view.synchronous_mode && view.members.len() > 1 && !view.replicas().any(MemberView::is_sync_standby) {
+            return Err("no synchronous standby yet".into());
+        }
+        Ok(Some(view))
+    })
+}
+
+/// Restarts one member's Postgres through Patroni (`POST /restart`) and waits until it is
+/// healthy again; fails as soon as the member itself goes down. A leader is restarted in
+/// place (clients see errors), so the rolling restart moves the leader away first.
+pub fn restart_member(
+    target: &dyn Target,
+    member: &MemberView,
+    max_lag: u64,
+    deadline: Instant,
+    reporter: &dyn Reporter,
+) -> Result<(), OpsError> {
+    upgrade::restart_member_watched(target, member, max_lag, deadline, reporter)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Restarted {
+    pub members: Vec<String>,
+    pub switchover: Option<Switched>,
+}
+
+/// Rolling restart: `member` alone, or every member (with `pending`, those Patroni marks
+/// `pending_restart`), replicas one at a time, then a switchover and the former leader.
+pub fn restart(
+    target: &dyn Target,
+    member: Option<&str>,
+    pending: bool,
+    options: &SwitchoverOptions,
+    timeout: Duration,
+    reporter: &dyn Reporter,
+) -> Result<Restarted, OpsError> {
+    let deadline = Instant::now() + timeout;
+    let view = observe(target)?;
+    let mut chosen: Vec<MemberView> =
+        view.members.iter().filter(|m| member.is_none_or(|n| n == m.name)).filter(|m| !pending || m.pending_restart).cloned().collect();
+    if let Some(name) = member {
+        if view.member(name).is_none() {
+            let names: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
+            return Err(OpsError::Refused(format!("{name} is not a member (members: {})", names.join(", "))));
+        }
+    }
+    chosen.sort_by_key(|m| m.is_leader());
+    let mut done = Restarted { members: Vec::new(), switchover: None };
+    for m in chosen {
+        let current = observe(target)?;
+        let m = current.member(&m.name).cloned().unwrap_or(m);
+        if m.is_leader() && current.members.len() > 1 {
+            reporter.note(&format!("{} is the leader: switching over first", m.name));
+            done.switchover = Some(switchover(target, None, options, reporter)?);
+            let after = wait_member_healthy(target, &m.name, options.max_lag, deadline, reporter)?;
+            let demoted = after.member(&m.name).cloned().unwrap_or_else(|| m.clone());
+            // Demotion stopped its Postgres and started it again as a replica: that was the
+            // restart, unless Patroni still shows one pending.
+            if demoted.pending_restart {
+                restart_member(target, &demoted, options.max_lag, deadline, reporter)?;
+            }
+        } else {
+            restart_member(target, &m, options.max_lag, deadline, reporter)?;
+        }
+        done.members.push(m.name.clone());
+    }
+    Ok(done)
+}

@@ -1,0 +1,258 @@
+//! The operations' target on a Nomad + Consul cluster. Members are found through Consul's
+//! `<c>-patroni` service (and each other's `api_url` in Patroni's `/cluster`), PgBouncer
+//! instances through `<c>-pgbouncer`; the REST API's password and the PgBouncer auth user's
+//! come from the jobs' Nomad variables. A member is updated by registering the postgres job
+//! with only that member's group changed — every other group exactly as Nomad has it now —
+//! with the check index from Nomad's plan of it, then following its deployment.
+//!
+//! The operations are synchronous; this target owns a small runtime for the async clients.
+//! Patroni's REST API is plain HTTP from the jobs, spoken with the same blocking client `dev`
+//! uses (it has every method Patroni needs, PATCH included).
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{MemberView, OpsError, Reporter, Target};
+use crate::compile::{self, JobRole};
+use crate::config::runtime::names;
+use crate::config::{Facts, Packs};
+use crate::deploy::Cluster;
+use crate::nomad::api::{self, deployment_status, RegisterOptions};
+use crate::patroni::{RestAuth, REST_PASSWORD_KEY};
+use crate::stack::Stack;
+use crate::transport::{decode, execute, Transport};
+
+pub struct NomadTarget<N: Transport, C: Transport> {
+    runtime: tokio::runtime::Runtime,
+    cluster: Cluster<N, C>,
+    stack: Stack,
+    packs: Packs,
+    facts: Facts,
+    job: String,
+    auth: Option<RestAuth>,
+    pooler_password: Option<String>,
+}
+
+fn api_error(what: &str) -> impl FnOnce(crate::transport::TransportError) -> OpsError + '_ {
+    move |e| OpsError::Unreachable(format!("{what}: {e}"))
+}
+
+impl<N: Transport, C: Transport> NomadTarget<N, C> {
+    /// Reads the secrets the operations need from the jobs' variables.
+    pub fn connect(cluster: Cluster<N, C>, stack: Stack, packs: Packs) -> Result<Self, OpsError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| OpsError::Setup(format!("cannot start the async runtime: {e}")))?;
+        let facts = Facts::new(&stack);
+        let job = names::postgres_job(&facts.cluster);
+        let mut target = NomadTarget { runtime, cluster, stack, packs, facts, job, auth: None, pooler_password: None };
+        let postgres = target.variable(&format!("nomad/jobs/{}", target.job))?;
+        target.auth = postgres.get(REST_PASSWORD_KEY).map(RestAuth::new);
+        let pgbouncer = target.variable(&format!("nomad/jobs/{}", names::pgbouncer_job(&target.facts.cluster)))?;
+        target.pooler_password = pgbouncer.get("pgbouncer_auth_password").or(postgres.get("pgbouncer_auth_password")).cloned();
+        Ok(target)
+    }
+
+    fn variable(&self, path: &str) -> Result<BTreeMap<String, String>, OpsError> {
+        let read = self.runtime.block_on(self.cluster.nomad.read_variable(path)).map_err(api_error(&format!("reading variable {path}")))?;
+        Ok(read.map(|v| v.items).unwrap_or_default())
+    }
+
+    /// The postgres job as the stack compiles it, as the register body's `Job`.
+    fn desired_job(&self) -> Result<(Value, compile::CompiledJob), OpsError> {
+        let artifacts = compile::compile(&self.stack, &self.packs).map_err(|e| OpsError::Setup(format!("compiling the stack: {e}")))?;
+        let compiled = artifacts
+            .jobs
+            .into_iter()
+            .find(|j| j.role == JobRole::Postgres)
+            .ok_or_else(|| OpsError::Setup("the stack has no postgres job".into()))?;
+        Ok((serde_json::to_value(&compiled.job).expect("jobs serialize"), compiled))
+    }
+
+    /// The job as Nomad has it now, as JSON.
+    fn server_job(&self) -> Result<Value, OpsError> {
+        let request = api::read_job(&self.job);
+        let what = format!("reading job {}", self.job);
+        let response = self.runtime.block_on(execute(self.cluster.nomad.transport(), &request, None)).map_err(api_error(&what))?;
+        decode(&request, &response).map_err(api_error(&what))
+    }
+
+    /// Nomad's desired updates per group of registering `job`, and the check index.
+    fn plan(&self, job: &Value) -> Result<(BTreeMap<String, api::DesiredUpdates>, u64), OpsError> {
+        let plan = self.runtime.block_on(self.cluster.nomad.plan_job(job)).map_err(api_error(&format!("planning {}", self.job)))?;
+        Ok((plan.annotations.map(|a| a.desired_tg_updates).unwrap_or_default(), plan.job_modify_index))
+    }
+
+    /// The job to register for `member`: the stack's job with every other group as Nomad
+    /// runs it now.
+    pub fn job_for_member(&self, member: &str) -> Result<Value, OpsError> {
+        let (mut desired, _) = self.desired_job()?;
+        let server = self.server_job()?;
+        let running: BTreeMap<&str, &Value> =
+            server["TaskGroups"].as_array().into_iter().flatten().filter_map(|g| Some((g["Name"].as_str()?, g))).collect();
+        if let Some(groups) = desired["TaskGroups"].as_array_mut() {
+            for group in groups.iter_mut() {
+                let name = group["Name"].as_str().unwrap_or_default().to_owned();
+                if name != member {
+                    if let Some(now) = running.get(name.as_str()) {
+                        *group = (*now).clone();
+                    }
+                }
+            }
+        }
+        Ok(desired)
+    }
+
+    /// Follows the deployment of the job version registered at `spec_index` to its end.
+    fn follow_deployment(&self, spec_index: u64, deadline: Instant, reporter: &dyn Reporter) -> Result<api::Deployment, OpsError> {
+        let mut index = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(OpsError::TimedOut { what: format!("the deployment of {}", self.job), after: Duration::ZERO });
+            }
+            let wait = left.min(Duration::from_secs(60)).max(Duration::from_millis(1));
+            let (latest, next): (Option<api::Deployment>, u64) = self
+                .runtime
+                .block_on(self.cluster.nomad.get_blocking(api::job_latest_deployment(&self.job), index, wait))
+                .map_err(api_error(&format!("watching the deployment of {}", self.job)))?;
+            index = next;
+            if let Some(d) = latest.filter(|d| d.job_spec_modify_index >= spec_index) {
+                let healthy: u64 = d.task_groups.values().map(|g| g.healthy_allocs).sum();
+                reporter.progress(&format!("deployment {} {} ({healthy} healthy)", &d.id[..d.id.len().min(8)], d.status));
+                if d.is_terminal() {
+                    return Ok(d);
+                }
+            }
+        }
+    }
+
+    fn consul_addresses(&self, service: &str, passing: bool) -> Result<Vec<String>, OpsError> {
+        let entries = self
+            .runtime
+            .block_on(self.cluster.consul.health_service(service, passing))
+            .map_err(api_error(&format!("reading Consul service {service}")))?;
+        Ok(entries.iter().map(|e| e.address()).collect())
+    }
+}
+
+impl<N: Transport, C: Transport> Target for NomadTarget<N, C> {
+    fn seeds(&self) -> Result<Vec<String>, OpsError> {
+        self.consul_addresses(&names::patroni_service(&self.facts.cluster), false)
+    }
+
+    fn rest(&self, address: &str, method: &str, path: &str, body: Option<&Value>, timeout: Duration) -> Result<(u16, String), String> {
+        let body = body.map(Value::to_string);
+        crate::dev::patroni::request(address, method, path, body.as_deref(), self.auth.as_ref(), timeout).map_err(|e| e.to_string())
+    }
+
+    fn poolers(&self) -> Result<Vec<String>, OpsError> {
+        if !self.facts.pgbouncer.enabled {
+            return Ok(Vec::new());
+        }
+        self.consul_addresses(&names::pgbouncer_service(&self.facts.cluster), true)
+    }
+
+    fn pooler_admin(&self, pooler: &str, command: &str) -> Result<String, OpsError> {
+        let password = self.pooler_password.as_deref().ok_or_else(|| {
+            OpsError::Setup(format!(
+                "no pgbouncer_auth_password in nomad/jobs/{}: has `pgnomad run` written the secrets?",
+                names::pgbouncer_job(&self.facts.cluster)
+            ))
+        })?;
+        let (host, port) = pooler.rsplit_once(':').ok_or_else(|| OpsError::Setup(format!("PgBouncer address {pooler} has no port")))?;
+        // The password through the environment, never on a command line.
+        let out = Command::new("psql")
+            .args(["-X", "-A", "-t", "-h", host, "-p", port, "-U", "pgbouncer_auth", "-d", "pgbouncer", "-c", command])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .env_remove("PGPASSFILE")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| {
+                OpsError::Setup(format!("cannot run psql for PgBouncer's admin console: {e} (apt-get install postgresql-client)"))
+            })?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(OpsError::Failed(format!("PgBouncer {pooler} {command}: {}", String::from_utf8_lossy(&out.stderr).trim())))
+        }
+    }
+
+    fn oldest_transaction(&self, _primary: &MemberView) -> Result<Option<Duration>, String> {
+        Err("pgnomad has no SQL login on Nomad members (Patroni's REST API does not show transactions)".into())
+    }
+
+    fn desired_parameters(&self) -> BTreeMap<String, String> {
+        self.facts.parameters.clone()
+    }
+
+    fn members_to_update(&self) -> Result<Vec<String>, OpsError> {
+        let (job, _) = self.desired_job()?;
+        let (updates, _) = self.plan(&job)?;
+        let members: Vec<String> = self.facts.members.iter().map(|m| m.name.clone()).collect();
+        Ok(members.into_iter().filter(|m| updates.get(m).is_some_and(|u| u.destructive_update + u.place + u.in_place_update > 0)).collect())
+    }
+
+    fn update_member(&self, member: &str, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
+        let job = self.job_for_member(member)?;
+        let (updates, check_index) = self.plan(&job)?;
+        let others: Vec<&String> = updates
+            .iter()
+            .filter(|(g, u)| *g != member && u.destructive_update + u.place + u.in_place_update + u.stop > 0)
+            .map(|(g, _)| g)
+            .collect();
+        if !others.is_empty() {
+            return Err(OpsError::Failed(format!(
+                "registering {} for {member} would also change {} (a job-level change): not registered",
+                self.job,
+                others.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        reporter.note(&format!("registering {} with only {member} changed (check index {check_index})", self.job));
+        let options = RegisterOptions { enforce_index: Some(check_index), ..RegisterOptions::default() };
+        let registered = self.runtime.block_on(self.cluster.nomad.register_job(&job, options)).map_err(|error| match error.api() {
+            Some(e) if e.is_enforce_index_conflict() => OpsError::Refused(format!(
+                "{} changed on the server since the plan; nothing was registered — run the upgrade again",
+                self.job
+            )),
+            _ => OpsError::Failed(format!("registering {}: {error}", self.job)),
+        })?;
+        let deployment = self.follow_deployment(registered.job_modify_index, deadline, reporter)?;
+        if deployment.status != deployment_status::SUCCESSFUL {
+            return Err(OpsError::Failed(format!(
+                "the deployment of {member} ({}) {}: {}; see `nomad alloc status` of its allocation",
+                deployment.id, deployment.status, deployment.status_description
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records the job's hash in pgnomad's state variable, as `run` does, so that `plan` and
+    /// `run` see the upgraded job as pgnomad's own.
+    fn finish_update(&self) -> Result<(), OpsError> {
+        let (_, compiled) = self.desired_job()?;
+        let path = crate::deploy::state_path(&self.facts.cluster);
+        let current =
+            self.runtime.block_on(self.cluster.nomad.read_variable(&path)).map_err(api_error(&format!("reading variable {path}")))?;
+        let (mut items, index) = current.map(|v| (v.items, v.modify_index)).unwrap_or_default();
+        let hash = compile::content_hash(&compiled.job);
+        if items.get(&self.job) == Some(&hash) {
+            return Ok(());
+        }
+        items.insert(self.job.clone(), hash);
+        items.insert(crate::deploy::STATE_VERSION_KEY.into(), env!("CARGO_PKG_VERSION").into());
+        self.runtime
+            .block_on(self.cluster.nomad.put_variable(&path, &items, Some(index)))
+            .map_err(|e| OpsError::Failed(format!("writing variable {path}: {e}")))?;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("job {} on Nomad", self.job)
+    }
+}

@@ -1,0 +1,492 @@
+//! `upgrade`: a changed stack onto a running cluster, one member at a time — replicas first,
+//! a switchover to the most caught-up synchronous standby (PgBouncer paused around it), the
+//! former primary last. Parameters go through Patroni's dynamic configuration; those that
+//! need a restart ride the rolling restart. The step plan is a pure function of what the
+//! cluster shows, so a re-run after a failure plans only what is left.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{
+    health_problems, observe, seconds, switchover, wait_for, wait_member_healthy, ClusterView, Gate, MemberView, OpsError, Reporter,
+    Switched, SwitchoverOptions, Target,
+};
+
+/// PostgreSQL 13–17 parameters of context `postmaster`: a change takes effect only when the
+/// server restarts. Patroni's `pending_restart` tells the truth at run time; this list is for
+/// the plan (and `--dry-run`) beforehand.
+const POSTMASTER_PARAMETERS: &[&str] = &[
+    "archive_mode",
+    "autovacuum_freeze_max_age",
+    "autovacuum_max_workers",
+    "autovacuum_multixact_freeze_max_age",
+    "bonjour",
+    "bonjour_name",
+    "cluster_name",
+    "data_sync_retry",
+    "dynamic_shared_memory_type",
+    "event_source",
+    "external_pid_file",
+    "hot_standby",
+    "huge_page_size",
+    "huge_pages",
+    "ignore_invalid_pages",
+    "jit_provider",
+    "listen_addresses",
+    "logging_collector",
+    "max_connections",
+    "max_files_per_process",
+    "max_locks_per_transaction",
+    "max_logical_replication_workers",
+    "max_pred_locks_per_transaction",
+    "max_prepared_transactions",
+    "max_replication_slots",
+    "max_wal_senders",
+    "max_worker_processes",
+    "min_dynamic_shared_memory",
+    "old_snapshot_threshold",
+    "port",
+    "recovery_target",
+    "recovery_target_action",
+    "recovery_target_inclusive",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_timeline",
+    "recovery_target_xid",
+    "shared_buffers",
+    "shared_memory_type",
+    "shared_preload_libraries",
+    "superuser_reserved_connections",
+    "track_activity_query_size",
+    "track_commit_timestamp",
+    "unix_socket_directories",
+    "unix_socket_group",
+    "unix_socket_permissions",
+    "wal_buffers",
+    "wal_decode_buffer_size",
+    "wal_level",
+    "wal_log_hints",
+];
+
+/// Whether a change of `parameter` needs a restart of Postgres.
+pub fn restart_required(parameter: &str) -> bool {
+    POSTMASTER_PARAMETERS.contains(&parameter)
+}
+
+/// One parameter the stack changes.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Change {
+    pub parameter: String,
+    /// In Patroni's dynamic configuration now (`None`: not set).
+    pub from: Option<String>,
+    pub to: String,
+    pub restart: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case", tag = "step")]
+pub enum Step {
+    /// Every member running, replicas streaming within the lag bound, a synchronous standby,
+    /// no old transaction.
+    Gate,
+    /// `PATCH /config` with the changed parameters.
+    PatchConfig { parameters: BTreeMap<String, String> },
+    /// The member's deployment replaced (its processes restart with the new stack).
+    Update { member: String },
+    /// `POST /restart` of the member's Postgres; `if_pending`: only while Patroni still shows
+    /// `pending_restart` (a demoted leader restarted already).
+    Restart { member: String, if_pending: bool },
+    /// Away from `from`, to the most caught-up synchronous standby, PgBouncer paused.
+    Switchover { from: String },
+    /// Every member healthy, none with a restart pending, the configuration as wanted.
+    Verify,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Gate => write!(f, "health gate"),
+            Step::PatchConfig { parameters } => {
+                let list: Vec<String> = parameters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                write!(f, "PATCH /config {}", list.join(" "))
+            }
+            Step::Update { member } => write!(f, "update {member}"),
+            Step::Restart { member, if_pending: false } => write!(f, "restart {member}"),
+            Step::Restart { member, if_pending: true } => write!(f, "restart {member} if still pending"),
+            Step::Switchover { from } => write!(f, "switchover away from {from} (PgBouncer paused)"),
+            Step::Verify => write!(f, "verify every member"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpgradePlan {
+    pub target: String,
+    pub changes: Vec<Change>,
+    /// Members whose deployment changes.
+    pub update: Vec<String>,
+    pub steps: Vec<Step>,
+    /// Checks that could not be made, and other things worth knowing.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpgradeOptions {
+    pub gate: Gate,
+    /// The whole upgrade's deadline.
+    pub timeout: Duration,
+    pub switchover: SwitchoverOptions,
+    pub dry_run: bool,
+}
+
+impl Default for UpgradeOptions {
+    fn default() -> Self {
+        UpgradeOptions {
+            gate: Gate::default(),
+            timeout: Duration::from_secs(900),
+            switchover: SwitchoverOptions::default(),
+            dry_run: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepStatus {
+    Done,
+    Skipped,
+    Failed,
+    NotDone,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepOutcome {
+    pub status: StepStatus,
+    #[serde(serialize_with = "seconds")]
+    pub took: Duration,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    #[serde(flatten)]
+    pub step: Step,
+    pub description: String,
+    #[serde(flatten)]
+    pub outcome: StepOutcome,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpgradeReport {
+    pub plan: UpgradePlan,
+    pub steps: Vec<StepReport>,
+    pub switchover: Option<Switched>,
+    #[serde(serialize_with = "seconds")]
+    pub took: Duration,
+    /// Why it stopped; `None` when it finished (or `--dry-run`).
+    pub error: Option<String>,
+    pub dry_run: bool,
+}
+
+impl UpgradeReport {
+    pub fn finished(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// The parameters whose wanted value differs from Patroni's dynamic configuration.
+pub fn parameter_changes(desired: &BTreeMap<String, String>, current: &BTreeMap<String, String>) -> Vec<Change> {
+    desired
+        .iter()
+        .filter(|(k, v)| current.get(*k) != Some(*v))
+        .map(|(k, v)| Change { parameter: k.clone(), from: current.get(k).cloned(), to: v.clone(), restart: restart_required(k) })
+        .collect()
+}
+
+/// The steps, in order: the gate; the configuration; each replica (by name) updated or
+/// restarted; then, if the leader needs either, a switchover and the former leader; a final
+/// check. Empty when there is nothing to do.
+pub fn plan_steps(view: &ClusterView, changes: &[Change], update: &[String]) -> Result<Vec<Step>, OpsError> {
+    let restart = changes.iter().any(|c| c.restart);
+    let action = |name: &str, pending: bool, after_switchover: bool| {
+        if update.iter().any(|u| u == name) {
+            Some(Step::Update { member: name.to_owned() })
+        } else if restart || pending {
+            Some(Step::Restart { member: name.to_owned(), if_pending: after_switchover })
+        } else {
+            None
+        }
+    };
+    let mut member_steps = Vec::new();
+    let mut replicas: Vec<_> = view.replicas().collect();
+    replicas.sort_by(|a, b| a.name.cmp(&b.name));
+    for r in replicas {
+        member_steps.extend(action(&r.name, r.pending_restart, false));
+    }
+    if let Some(leader) = view.leader() {
+        if let Some(step) = action(&leader.name, leader.pending_restart, true) {
+            if view.members.len() > 1 {
+                member_steps.push(Step::Switchover { from: leader.name.clone() });
+            }
+            member_steps.push(step);
+        }
+    } else if !member_steps.is_empty() || !changes.is_empty() {
+        return Err(OpsError::Refused("the cluster has no leader: bring one back (`failover --to MEMBER`) before upgrading".into()));
+    }
+    if changes.is_empty() && member_steps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut steps = vec![Step::Gate];
+    if !changes.is_empty() {
+        steps.push(Step::PatchConfig { parameters: changes.iter().map(|c| (c.parameter.clone(), c.to.clone())).collect() });
+    }
+    steps.extend(member_steps);
+    steps.push(Step::Verify);
+    Ok(steps)
+}
+
+fn make_plan(target: &dyn Target, view: &ClusterView, gate: &Gate) -> Result<UpgradePlan, OpsError> {
+    let changes = parameter_changes(&target.desired_parameters(), &view.parameters);
+    let update = target.members_to_update()?;
+    let steps = plan_steps(view, &changes, &update)?;
+    let mut notes = Vec::new();
+    if !steps.is_empty() {
+        let problems = health_problems(target, view, gate, &mut notes);
+        notes.extend(problems.into_iter().map(|p| format!("the health gate would refuse now: {p}")));
+    }
+    Ok(UpgradePlan { target: target.describe(), changes, update, steps, notes })
+}
+
+/// Plans, and unless `dry_run` runs the plan. A failed step stops it: the report says what was
+/// done and what was not, and comes back with the error.
+pub fn upgrade(
+    target: &dyn Target,
+    options: &UpgradeOptions,
+    reporter: &dyn Reporter,
+) -> Result<UpgradeReport, (Box<UpgradeReport>, OpsError)> {
+    let started = Instant::now();
+    let deadline = started + options.timeout;
+    let view = observe(target).map_err(|e| (Box::new(empty_report(target, started, &e)), e))?;
+    let plan = make_plan(target, &view, &options.gate).map_err(|e| (Box::new(empty_report(target, started, &e)), e))?;
+    if !options.dry_run {
+        reporter.planned(&plan);
+    }
+    let mut report = UpgradeReport {
+        plan: plan.clone(),
+        steps: Vec::new(),
+        switchover: None,
+        took: Duration::ZERO,
+        error: None,
+        dry_run: options.dry_run,
+    };
+    let total = plan.steps.len();
+    let mut failure = None;
+    for (index, step) in plan.steps.iter().enumerate() {
+        if options.dry_run || failure.is_some() {
+            let outcome = StepOutcome { status: StepStatus::NotDone, took: Duration::ZERO, detail: String::new() };
+            report.steps.push(StepReport { step: step.clone(), description: step.to_string(), outcome });
+            continue;
+        }
+        reporter.step_started(index, total, step);
+        let step_started = Instant::now();
+        let result = run_step(target, step, &plan, options, deadline, reporter, &mut report.switchover);
+        let (status, detail) = match &result {
+            Ok(Some(detail)) => (StepStatus::Done, detail.clone()),
+            Ok(None) => (StepStatus::Skipped, String::new()),
+            Err(e) => (StepStatus::Failed, e.to_string()),
+        };
+        let outcome = StepOutcome { status, took: step_started.elapsed(), detail };
+        reporter.step_finished(index, step, &outcome);
+        report.steps.push(StepReport { step: step.clone(), description: step.to_string(), outcome });
+        if let Err(e) = result {
+            failure = Some(e);
+        }
+    }
+    report.took = started.elapsed();
+    match failure {
+        None => Ok(report),
+        Some(e) => {
+            report.error = Some(e.to_string());
+            Err((Box::new(report), e))
+        }
+    }
+}
+
+fn empty_report(target: &dyn Target, started: Instant, error: &OpsError) -> UpgradeReport {
+    UpgradeReport {
+        plan: UpgradePlan { target: target.describe(), changes: Vec::new(), update: Vec::new(), steps: Vec::new(), notes: Vec::new() },
+        steps: Vec::new(),
+        switchover: None,
+        took: started.elapsed(),
+        error: Some(error.to_string()),
+        dry_run: false,
+    }
+}
+
+/// One step; `Ok(None)` when it found nothing left to do.
+fn run_step(
+    target: &dyn Target,
+    step: &Step,
+    plan: &UpgradePlan,
+    options: &UpgradeOptions,
+    deadline: Instant,
+    reporter: &dyn Reporter,
+    switched: &mut Option<Switched>,
+) -> Result<Option<String>, OpsError> {
+    let max_lag = options.gate.max_lag;
+    match step {
+        Step::Gate => {
+            let view = observe(target)?;
+            let mut notes = Vec::new();
+            let problems = health_problems(target, &view, &options.gate, &mut notes);
+            for note in &notes {
+                reporter.note(note);
+            }
+            if !problems.is_empty() {
+                return Err(OpsError::Refused(format!(
+                    "the cluster is not healthy enough to upgrade; nothing was changed:\n{}",
+                    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+                )));
+            }
+            Ok(Some("healthy".into()))
+        }
+        Step::PatchConfig { parameters } => {
+            let view = observe(target)?;
+            let leader = view.leader().ok_or_else(|| OpsError::Failed("the cluster lost its leader".into()))?;
+            let body = serde_json::json!({ "postgresql": { "parameters": parameters } });
+            let (code, text) = target
+                .rest(&leader.rest, "PATCH", "/config", Some(&body), Duration::from_secs(10))
+                .map_err(|e| OpsError::Failed(format!("PATCH /config on {}: {e}", leader.name)))?;
+            if code != 200 {
+                return Err(OpsError::Failed(format!("Patroni refused PATCH /config ({code}): {}", text.trim())));
+            }
+            // Each member's Patroni applies it on its next loop (a reload); a parameter that
+            // needs a restart then shows as pending_restart.
+            let restart = plan.changes.iter().any(|c| c.restart);
+            wait_for(
+                "every member to load the new configuration",
+                deadline.min(Instant::now() + Duration::from_secs(30)),
+                Duration::from_millis(250),
+                reporter,
+                || {
+                    let view = observe(target).map_err(|e| e.to_string())?;
+                    let applied = parameters.iter().all(|(k, v)| view.parameters.get(k) == Some(v));
+                    let pending: Vec<&str> = view.members.iter().filter(|m| m.pending_restart).map(|m| m.name.as_str()).collect();
+                    let settled = !restart || pending.len() == view.members.len();
+                    if applied && settled {
+                        Ok(Some(()))
+                    } else {
+                        Err(format!("pending_restart on {}", if pending.is_empty() { "none".into() } else { pending.join(", ") }))
+                    }
+                },
+            )
+            .or_else(|e| if restart { Ok(reporter.note(&format!("{e}; restarting every member anyway"))) } else { Err(e) })?;
+            Ok(Some(format!("{} parameter(s) in Patroni's dynamic configuration", parameters.len())))
+        }
+        Step::Update { member } => {
+            let view = observe(target)?;
+            if view.member(member).is_some_and(|m| m.is_leader()) && view.members.len() > 1 {
+                return Err(OpsError::Failed(format!("{member} is the leader; it is updated only after a switchover")));
+            }
+            target.update_member(member, deadline, reporter)?;
+            wait_member_healthy(target, member, max_lag, deadline, reporter)?;
+            Ok(Some(format!("{member} runs the new deployment and streams")))
+        }
+        Step::Restart { member, if_pending } => {
+            let view = observe(target)?;
+            let m = view.member(member).ok_or_else(|| OpsError::Failed(format!("{member} is not in Patroni's member list")))?;
+            if m.is_leader() && view.members.len() > 1 {
+                return Err(OpsError::Failed(format!("{member} is the leader; it is restarted only after a switchover")));
+            }
+            let mut m = m.clone();
+            if *if_pending {
+                // A demoted leader restarts as a replica: wait for that to finish, then see
+                // whether it still needs one.
+                let view = wait_member_healthy(target, member, max_lag, deadline, reporter)?;
+                m = view.member(member).cloned().unwrap_or(m);
+                if !m.pending_restart {
+                    return Ok(None);
+                }
+            }
+            restart_member_watched(target, &m, max_lag, deadline, reporter)?;
+            Ok(Some(format!("{member} restarted")))
+        }
+        Step::Switchover { from } => {
+            let view = observe(target)?;
+            if view.leader().is_some_and(|l| &l.name != from) {
+                return Ok(None);
+            }
+            let done = switchover(target, None, &options.switchover, reporter)?;
+            let detail = format!("{} → {}, clients held {:.2} s", done.from, done.to, done.took.as_secs_f64());
+            *switched = Some(done);
+            Ok(Some(detail))
+        }
+        Step::Verify => {
+            let desired: BTreeMap<String, String> = plan.changes.iter().map(|c| (c.parameter.clone(), c.to.clone())).collect();
+            wait_for("every member healthy with no restart pending", deadline, Duration::from_millis(250), reporter, || {
+                let view = observe(target).map_err(|e| e.to_string())?;
+                let mut notes = Vec::new();
+                let mut problems = health_problems(target, &view, &options.gate, &mut notes);
+                problems.extend(view.members.iter().filter(|m| m.pending_restart).map(|m| format!("{} has a restart pending", m.name)));
+                problems.extend(
+                    desired
+                        .iter()
+                        .filter(|(k, v)| view.parameters.get(*k) != Some(*v))
+                        .map(|(k, _)| format!("{k} is not in the configuration")),
+                );
+                if problems.is_empty() {
+                    Ok(Some(()))
+                } else {
+                    Err(problems.join("; "))
+                }
+            })?;
+            target.finish_update()?;
+            Ok(Some("every member healthy, nothing pending".into()))
+        }
+    }
+}
+
+/// `POST /restart`, failing as soon as the member's Patroni stops answering: it keeps its
+/// REST API up while it restarts Postgres, so silence means the member itself went down.
+pub(super) fn restart_member_watched(
+    target: &dyn Target,
+    m: &MemberView,
+    max_lag: u64,
+    deadline: Instant,
+    reporter: &dyn Reporter,
+) -> Result<(), OpsError> {
+    let went_down = |why: String| {
+        OpsError::Failed(format!(
+            "{} went down during its restart ({why}); see its logs, and run the upgrade again once it is back",
+            m.name
+        ))
+    };
+    reporter.note(&format!("POST /restart on {}", m.name));
+    let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+    let (code, text) = target.rest(&m.rest, "POST", "/restart", Some(&serde_json::json!({})), timeout).map_err(went_down)?;
+    if code != 200 {
+        return Err(OpsError::Failed(format!("Patroni refused to restart {} ({code}): {}", m.name, text.trim())));
+    }
+    let mut silent_since: Option<Instant> = None;
+    let outcome = wait_for(&format!("{} to run and stream", m.name), deadline, Duration::from_millis(250), reporter, || {
+        match target.rest(&m.rest, "GET", "/patroni", None, Duration::from_secs(2)) {
+            Err(e) => {
+                let since = *silent_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(1500) {
+                    return Ok(Some(Err(e)));
+                }
+                return Err("not answering".into());
+            }
+            Ok(_) => silent_since = None,
+        }
+        let view = observe(target).map_err(|e| e.to_string())?;
+        let Some(now) = view.member(&m.name) else { return Err("not in the member list".into()) };
+        let healthy = now.state == "running" && (now.is_leader() || (now.is_streaming() && now.lag.is_some_and(|l| l <= max_lag)));
+        Ok(healthy.then_some(Ok(())))
+    })?;
+    outcome.map_err(went_down)?;
+    wait_member_healthy(target, &m.name, max_lag, deadline, reporter).map(|_| ())
+}
