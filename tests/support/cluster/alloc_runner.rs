@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::docker;
+use super::exec::{self, ExecSpec, ExecTask, Isolation};
 use super::taskenv::{interpolate, parse_env_file, task_env, AllocDir, AllocFacts};
 use super::{ControlPlane, NodeInfo};
 use crate::support::gotemplate::{self, Rendered, TemplateContext};
@@ -78,11 +79,65 @@ fn phase(task: &Value) -> Phase {
     }
 }
 
+/// How a task runs: a container (docker) or a process (exec, raw_exec).
+#[derive(Clone)]
+pub enum Handle {
+    Container(String),
+    Process(Arc<ExecTask>),
+}
+
+impl Handle {
+    /// None while it runs, else its exit code.
+    fn exit_code(&self) -> Option<i64> {
+        match self {
+            Handle::Container(name) => match docker::state(name) {
+                Some(state) if state.running => None,
+                Some(state) => Some(state.exit_code),
+                None => Some(-1),
+            },
+            Handle::Process(process) => process.exit_code(),
+        }
+    }
+
+    fn logs_tail(&self, lines: usize) -> String {
+        match self {
+            Handle::Container(name) => docker::logs_tail(name, lines),
+            Handle::Process(process) => process.logs_tail(lines),
+        }
+    }
+
+    /// Starts it again after it exited (the same container, a new process).
+    fn restart(&self) -> Result<(), String> {
+        match self {
+            Handle::Container(name) => docker::run(&["start", name]).map(|_| ()),
+            Handle::Process(process) => process.start(),
+        }
+    }
+
+    fn signal(&self, signal: &str) -> Result<(), String> {
+        match self {
+            Handle::Container(name) => docker::signal(name, signal),
+            Handle::Process(process) => process.signal(signal),
+        }
+    }
+
+    /// The kill signal, then SIGKILL after `timeout`.
+    fn stop(&self, kill_signal: &str, timeout: Duration) {
+        match self {
+            // The container's stop signal is the task's kill signal.
+            Handle::Container(name) => {
+                let _ = docker::run(&["stop", "--time", &timeout.as_secs().to_string(), name]);
+            }
+            Handle::Process(process) => process.stop(kill_signal, timeout),
+        }
+    }
+}
+
 /// A task that runs: its container (docker) or its process (exec, raw_exec).
 struct Running {
     name: String,
     task: Value,
-    container: String,
+    container: Handle,
     started: Instant,
     restarts: u32,
     restart_window_start: Instant,
@@ -152,6 +207,9 @@ impl AllocRunner {
                 let ephemeral = wanted == Phase::Prestart && !task["Lifecycle"]["Sidecar"].as_bool().unwrap_or(false);
                 if ephemeral {
                     self.wait_for_exit(&name, task, &container)?;
+                    if let Handle::Process(_) = &container {
+                        self.node.processes.lock().unwrap().remove(&(self.facts.alloc_id.clone(), name.clone()));
+                    }
                 } else {
                     running.push(Running {
                         name,
@@ -246,8 +304,7 @@ impl AllocRunner {
     /// Renders the task's templates; writes the ones whose content changed. Ok(the change
     /// modes of the templates that changed), or Err(what blocks them).
     fn render_templates(&self, name: &str, task: &Value, first: bool) -> Result<Vec<(String, String)>, String> {
-        let docker = str_of(task, "Driver") == "docker";
-        let env = task_env(&self.facts, task, &self.dirs, docker);
+        let env = task_env(&self.facts, task, &self.dirs, isolated(task));
         let context = self.template_context(name, task, &env);
         let mut blocked = Vec::new();
         let mut outputs = Vec::new();
@@ -303,8 +360,7 @@ impl AllocRunner {
     /// The environment a task starts with: its own plus the `env = true` templates' files.
     fn full_env(&self, task: &Value) -> BTreeMap<String, String> {
         let name = str_of(task, "Name");
-        let docker = str_of(task, "Driver") == "docker";
-        let mut env = task_env(&self.facts, task, &self.dirs, docker);
+        let mut env = task_env(&self.facts, task, &self.dirs, isolated(task));
         for template in list(task, "Templates").iter().filter(|t| t["Envvars"].as_bool().unwrap_or(false)) {
             let path = self.dirs.destination(name, str_of(template, "DestPath"));
             if let Ok(text) = std::fs::read_to_string(path) {
@@ -345,16 +401,82 @@ impl AllocRunner {
         Ok(mounts)
     }
 
-    fn start_task(&self, task: &Value) -> Result<String, String> {
+    fn start_task(&self, task: &Value) -> Result<Handle, String> {
         let name = str_of(task, "Name");
         match str_of(task, "Driver") {
-            "docker" => self.start_container(task),
+            "docker" => self.start_container(task).map(Handle::Container),
+            "exec" => self.start_process(task, Isolation::Chroot).map(Handle::Process),
+            "raw_exec" => self.start_process(task, Isolation::None).map(Handle::Process),
             other => {
                 let message = format!("driver {other} is not run by this client yet");
                 self.event(name, "dead", true, "Driver Failure", &message);
                 Err(message)
             }
         }
+    }
+
+    /// An exec or raw_exec task: a process in the allocation's network namespace (see exec.rs).
+    fn start_process(&self, task: &Value, isolation: Isolation) -> Result<Arc<ExecTask>, String> {
+        let name = str_of(task, "Name");
+        let fail = |message: String| {
+            self.event(name, "dead", true, "Driver Failure", &message);
+            message
+        };
+        let env = self.full_env(task);
+        let config = &task["Config"];
+        let command = config["command"].as_str().map(|c| interpolate(c, &env)).ok_or_else(|| fail("task config has no command".into()))?;
+        let args: Vec<String> =
+            config["args"].as_array().into_iter().flatten().map(|a| interpolate(a.as_str().unwrap_or_default(), &env)).collect();
+        // exec runs as `nobody` unless told otherwise, and the client's default
+        // `user.denylist` refuses root for it; raw_exec runs as the agent's user.
+        let user_name = match (str_of(task, "User"), isolation) {
+            ("", Isolation::Chroot) => "nobody",
+            ("", Isolation::None) => "",
+            (user, _) => user,
+        };
+        if isolation == Isolation::Chroot && matches!(user_name, "root" | "0") {
+            return Err(fail(format!("running as user {user_name:?} is disallowed for exec drivers")));
+        }
+        let node_root = self.node.rootfs.clone();
+        let user = match user_name {
+            "" => None,
+            user => {
+                Some(exec::lookup_user(&node_root, user).ok_or_else(|| fail(format!("failed to identify user {user:?}: unknown user")))?)
+            }
+        };
+        let netns = if self.facts.bridge() {
+            let pid = docker::run(&["inspect", "--format", "{{.State.Pid}}", &self.pause_name()]).map_err(fail)?;
+            Some(PathBuf::from(format!("/proc/{pid}/ns/net")))
+        } else {
+            None
+        };
+        let mounts = self.volume_mounts(task)?.into_iter().map(|m| {
+            let read_only = m.ends_with(":ro");
+            let m = m.trim_end_matches(":ro");
+            let (source, destination) = m.split_once(':').unwrap_or((m, m));
+            (PathBuf::from(source), destination.to_string(), read_only)
+        });
+        let logs = self.dirs.shared().join("logs");
+        let spec = ExecSpec {
+            task: name.to_string(),
+            isolation,
+            command,
+            args,
+            env,
+            user,
+            node_root,
+            task_dir: self.dirs.task(name),
+            alloc_dir: self.dirs.shared(),
+            mounts: mounts.collect(),
+            netns,
+            resolv_conf: self.node.root.join("resolv.conf"),
+            stdout: logs.join(format!("{name}.stdout.0")),
+            stderr: logs.join(format!("{name}.stderr.0")),
+        };
+        let process = Arc::new(ExecTask::new(spec));
+        process.start().map_err(fail)?;
+        self.node.processes.lock().unwrap().insert((self.facts.alloc_id.clone(), name.to_string()), process.clone());
+        Ok(process)
     }
 
     fn start_container(&self, task: &Value) -> Result<String, String> {
@@ -427,18 +549,17 @@ impl AllocRunner {
 
     /// A prestart task that must finish: exit 0 moves on, anything else follows the restart
     /// policy and in the end fails the allocation.
-    fn wait_for_exit(&self, name: &str, task: &Value, container: &str) -> Result<(), String> {
+    fn wait_for_exit(&self, name: &str, task: &Value, container: &Handle) -> Result<(), String> {
         let policy = self.restart_policy(task);
         let mut attempts = 0;
         loop {
-            let state = wait_until_exited(container, &self.control);
-            let Some(state) = state else { return Err("stopped".into()) };
-            if state.exit_code == 0 {
+            let Some(exit_code) = wait_until_exited(container, &self.control) else { return Err("stopped".into()) };
+            if exit_code == 0 {
                 self.event(name, "dead", false, "Terminated", "Exit Code: 0");
                 return Ok(());
             }
-            let logs = docker::logs_tail(container, 20);
-            self.event(name, "dead", false, "Terminated", &format!("Exit Code: {}, output: {}", state.exit_code, logs.trim()));
+            let logs = container.logs_tail(20);
+            self.event(name, "dead", false, "Terminated", &format!("Exit Code: {exit_code}, output: {}", logs.trim()));
             attempts += 1;
             if attempts > policy.attempts {
                 self.event(name, "dead", true, "Not Restarting", "Exceeded allowed attempts");
@@ -446,7 +567,7 @@ impl AllocRunner {
             }
             self.event(name, "pending", false, "Restarting", &format!("Task restarting in {:?}", policy.delay));
             std::thread::sleep(policy.delay);
-            docker::run(&["start", container]).map_err(|e| format!("restarting {name}: {e}"))?;
+            container.restart().map_err(|e| format!("restarting {name}: {e}"))?;
         }
     }
 
@@ -470,12 +591,8 @@ impl AllocRunner {
         while !self.stopping() {
             let mut finished = Vec::new();
             for (i, task) in running.iter_mut().enumerate() {
-                let state = docker::state(&task.container);
-                if state.as_ref().is_some_and(|s| s.running) {
-                    continue;
-                }
-                let exit = state.map(|s| s.exit_code).unwrap_or(-1);
-                let logs = docker::logs_tail(&task.container, 15);
+                let Some(exit) = task.container.exit_code() else { continue };
+                let logs = task.container.logs_tail(15);
                 let message = format!("Exit Code: {exit}, output: {}", logs.trim());
                 if batch && exit == 0 {
                     self.event(&task.name, "dead", false, "Terminated", &message);
@@ -508,7 +625,7 @@ impl AllocRunner {
                 if !sleep_unless_stopped(delay, &self.control) {
                     return Ok(());
                 }
-                docker::run(&["start", &task.container]).map_err(|e| format!("restarting {}: {e}", task.name))?;
+                task.container.restart().map_err(|e| format!("restarting {}: {e}", task.name))?;
                 task.started = Instant::now();
                 self.event(&task.name, "running", false, "Started", "Task started by client");
             }
@@ -537,13 +654,14 @@ impl AllocRunner {
     fn apply_changes(&self, task: &Running, changes: &[(String, String)]) {
         if changes.iter().any(|(mode, _)| mode == "restart") {
             self.event(&task.name, "running", false, "Restart Signaled", "Template with change_mode restart re-rendered");
-            let _ = docker::run(&["restart", "--time", "5", &task.container]);
+            task.container.stop(kill_signal(&task.task), Duration::from_secs(5));
+            let _ = task.container.restart();
             return;
         }
         for (mode, signal) in changes {
             if mode == "signal" {
                 self.event(&task.name, "running", false, "Signaling", &format!("Template re-rendered: {signal}"));
-                let _ = docker::signal(&task.container, signal);
+                let _ = task.container.signal(signal);
             }
         }
     }
@@ -559,7 +677,7 @@ impl AllocRunner {
             }
             let timeout = duration(&task.task["KillTimeout"], Duration::from_secs(5)).min(MAX_KILL_TIMEOUT);
             let seconds = if lost { 0 } else { timeout.as_secs().max(1) };
-            let _ = docker::run(&["stop", "--time", &seconds.to_string(), &task.container]);
+            task.container.stop(kill_signal(&task.task), Duration::from_secs(seconds));
             if !lost {
                 self.event(&task.name, "dead", false, "Killed", "Task successfully killed");
             }
@@ -568,6 +686,12 @@ impl AllocRunner {
     }
 
     fn cleanup(&self) {
+        self.node.processes.lock().unwrap().retain(|(alloc, _), process| {
+            if alloc == &self.facts.alloc_id {
+                process.kill();
+            }
+            alloc != &self.facts.alloc_id
+        });
         for task in self.tasks() {
             docker::remove(&self.container_name(str_of(&task, "Name")));
         }
@@ -634,17 +758,26 @@ struct RestartPolicy {
     mode_fail: bool,
 }
 
-fn wait_until_exited(container: &str, control: &Control) -> Option<docker::ContainerState> {
+fn wait_until_exited(handle: &Handle, control: &Control) -> Option<i64> {
     loop {
         if control.stop.load(Ordering::SeqCst) || control.lost.load(Ordering::SeqCst) {
             return None;
         }
-        match docker::state(container) {
-            Some(state) if !state.running => return Some(state),
-            None => return Some(docker::ContainerState { running: false, exit_code: -1, oom_killed: false, error: "gone".into() }),
-            _ => std::thread::sleep(Duration::from_millis(100)),
+        match handle.exit_code() {
+            Some(code) => return Some(code),
+            None => std::thread::sleep(Duration::from_millis(100)),
         }
     }
+}
+
+/// Drivers with filesystem isolation (docker, exec) show the task the allocation directory at
+/// /alloc, /local, /secrets; raw_exec shows the host paths (task_dir_hook.go).
+fn isolated(task: &Value) -> bool {
+    str_of(task, "Driver") != "raw_exec"
+}
+
+fn kill_signal(task: &Value) -> &str {
+    task["KillSignal"].as_str().filter(|s| !s.is_empty()).unwrap_or("SIGTERM")
 }
 
 fn sleep_unless_stopped(delay: Duration, control: &Control) -> bool {

@@ -15,6 +15,8 @@
 pub mod alloc_runner;
 pub mod dns;
 pub mod docker;
+pub mod e2e;
+pub mod exec;
 pub mod taskenv;
 
 use std::collections::BTreeMap;
@@ -76,7 +78,14 @@ pub struct NodeInfo {
     pub dns: String,
     /// The factor the double applies to job durations, applied to restart delays too.
     pub time_scale: f64,
+    /// The node's own filesystem, where exec tasks find their programs (pgnomad's image,
+    /// exported: a node with the packages installed).
+    pub rootfs: PathBuf,
+    /// The exec and raw_exec tasks running on the node, by (allocation, task).
+    pub processes: ProcessTable,
 }
+
+pub type ProcessTable = Arc<Mutex<BTreeMap<(String, String), Arc<exec::ExecTask>>>>;
 
 impl NodeInfo {
     pub fn csi_volume_path(&self, id: &str) -> PathBuf {
@@ -155,11 +164,20 @@ pub struct ClusterConfig {
     /// Host volumes (name → the indexes of the nodes that have one, created empty under each
     /// node's root). pgBackRest's repository volume exists on one node, as pgnomad asks.
     pub host_volumes: Vec<(String, Vec<usize>)>,
+    /// Who owns the host volumes' directories: root as created, or, as the README asks of
+    /// operators running exec drivers, the nodes' `postgres` (uid, gid).
+    pub host_volume_owner: Option<(u32, u32)>,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { nodes: 3, time_scale: 0.2, consul_acls: true, host_volumes: vec![("pgbackrest".into(), vec![0])] }
+        ClusterConfig {
+            nodes: 3,
+            time_scale: 0.2,
+            consul_acls: true,
+            host_volumes: vec![("pgbackrest".into(), vec![0])],
+            host_volume_owner: None,
+        }
     }
 }
 
@@ -292,6 +310,7 @@ impl Cluster {
         let network = NodeNetwork::create(&id, config.nodes);
         let etcd = Etcd::start(&network.gateway);
         let root = tempfile::Builder::new().prefix("pgnomad-cluster-").tempdir_in(cluster_tmp()).unwrap();
+        let rootfs = exec::node_rootfs(&image);
         let mut nodes = Vec::new();
         for (i, address) in network.addresses.iter().enumerate() {
             let name = format!("double-client-{}", i + 1);
@@ -303,9 +322,15 @@ impl Cluster {
                 .map(|(volume, _)| {
                     let path = node_root.join("host-volumes").join(volume);
                     std::fs::create_dir_all(&path).unwrap();
+                    if let Some((uid, gid)) = config.host_volume_owner {
+                        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+                    }
                     (volume.clone(), path)
                 })
                 .collect();
+            // The node's resolver forwards `.consul` to Consul (exec tasks read it in their chroot).
+            std::fs::create_dir_all(&node_root).unwrap();
+            std::fs::write(node_root.join("resolv.conf"), format!("nameserver {}\n", network.gateway)).unwrap();
             nodes.push(NodeInfo {
                 name,
                 address: address.clone(),
@@ -316,6 +341,8 @@ impl Cluster {
                 pause_image: image.clone(),
                 dns: network.gateway.clone(),
                 time_scale: config.time_scale,
+                rootfs: rootfs.clone(),
+                processes: ProcessTable::default(),
             });
         }
         let nomad = Arc::new(crate::support::nomad_double::client::start_external(&nodes, config.time_scale, config.consul_acls));
@@ -384,6 +411,54 @@ impl Cluster {
         names.lines().find(|n| n.starts_with(&prefix)).map(str::to_string)
     }
 
+    /// The running task `task` of the running allocation of `group` of `job`: its container
+    /// (docker) or its process (exec, raw_exec).
+    pub fn task(&self, job: &str, group: &str, task: &str) -> Option<TaskRef> {
+        let allocation = self.allocations(job).into_iter().find(|a| a.facts.group_name() == group && a.client_status == "running")?;
+        let client = self.clients.iter().find(|c| c.info.name == allocation.facts.node_name)?;
+        let process = client.info.processes.lock().unwrap().get(&(allocation.facts.alloc_id.clone(), task.to_string())).cloned();
+        match process {
+            Some(process) => Some(TaskRef::Process(process)),
+            None => self.container(job, group, task).map(TaskRef::Container),
+        }
+    }
+
+    /// The exec and raw_exec tasks of this cluster whose process still runs.
+    pub fn running_processes(&self) -> Vec<String> {
+        self.clients
+            .iter()
+            .flat_map(|c| {
+                c.info
+                    .processes
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(_, p)| p.running())
+                    .map(|((a, t), _)| format!("{t} of {}", &a[..8]))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Every process on the machine whose root directory is inside this cluster's nodes (an
+    /// exec task, or anything it left behind), by pid and command.
+    pub fn processes_in_task_dirs(&self) -> Vec<String> {
+        let root = self.root.path();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+                let process_root = std::fs::read_link(entry.path().join("root")).ok()?;
+                process_root.starts_with(root).then(|| {
+                    let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                    format!("{pid} {}", String::from_utf8_lossy(&cmdline).replace('\0', " ").trim())
+                })
+            })
+            .collect()
+    }
+
     /// Names of the containers of this cluster that are running.
     pub fn running_containers(&self) -> Vec<String> {
         let filter = format!("label={}={}", docker::LABEL, self.id);
@@ -415,6 +490,50 @@ impl Cluster {
 
     pub fn root(&self) -> &Path {
         self.root.path()
+    }
+}
+
+/// A running task, whatever its driver.
+#[derive(Clone)]
+pub enum TaskRef {
+    Container(String),
+    Process(Arc<exec::ExecTask>),
+}
+
+impl TaskRef {
+    /// Runs `argv` inside the task as its user, as `nomad alloc exec` does.
+    pub fn exec(&self, argv: &[&str]) -> Result<std::process::Output, String> {
+        match self {
+            TaskRef::Container(name) => {
+                let mut args = vec!["exec", name.as_str()];
+                args.extend(argv);
+                docker::docker().args(&args).output().map_err(|e| format!("docker exec: {e}"))
+            }
+            TaskRef::Process(process) => process.enter(argv, None),
+        }
+    }
+
+    /// The task dies at once with everything it started: `docker kill` of its container, or
+    /// SIGKILL to the first process of an exec task's PID namespace.
+    pub fn kill(&self) -> Result<(), String> {
+        match self {
+            TaskRef::Container(name) => docker::run(&["kill", name]).map(|_| ()),
+            TaskRef::Process(process) => process.signal("SIGKILL"),
+        }
+    }
+
+    pub fn logs_tail(&self, lines: usize) -> String {
+        match self {
+            TaskRef::Container(name) => docker::logs_tail(name, lines),
+            TaskRef::Process(process) => process.logs_tail(lines),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            TaskRef::Container(name) => name.clone(),
+            TaskRef::Process(process) => format!("{} (pid {:?})", process.spec.task, process.pid()),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The environment and directories Nomad's client gives a task (client/taskenv/env.go and
-//! client/allocdir: docs/runtime/environment.mdx), for the docker driver's view of the task
-//! (/alloc, /local, /secrets) and the exec drivers' view (the host paths).
+//! client/allocdir: docs/runtime/environment.mdx), for the view of drivers with filesystem
+//! isolation (docker, exec: /alloc, /local, /secrets) and raw_exec's (the host paths).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -83,6 +83,8 @@ impl AllocDir {
                 std::fs::create_dir_all(self.task(task).join(dir))?;
             }
             std::fs::set_permissions(self.secrets(task), std::fs::Permissions::from_mode(0o777))?;
+            // TaskDirs: tmp/ is 1777 in every task directory (the chroot's /tmp with exec).
+            std::fs::set_permissions(self.task(task).join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
             std::fs::set_permissions(self.local(task), std::fs::Permissions::from_mode(0o777))?;
         }
         Ok(())
@@ -113,10 +115,10 @@ fn meta_key(key: &str) -> String {
 /// The task's environment, as Nomad builds it (env.go): runtime variables, ports, combined
 /// meta (job, then group, then task), then the task's own `env` block, whose values may
 /// interpolate the others.
-pub fn task_env(facts: &AllocFacts, task: &Value, dirs: &AllocDir, docker: bool) -> BTreeMap<String, String> {
+pub fn task_env(facts: &AllocFacts, task: &Value, dirs: &AllocDir, isolated: bool) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     let task_name = task["Name"].as_str().unwrap_or_default();
-    let (alloc_dir, task_dir, secrets_dir) = if docker {
+    let (alloc_dir, task_dir, secrets_dir) = if isolated {
         ("/alloc".to_string(), "/local".to_string(), "/secrets".to_string())
     } else {
         (dirs.shared().display().to_string(), dirs.local(task_name).display().to_string(), dirs.secrets(task_name).display().to_string())

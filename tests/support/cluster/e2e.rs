@@ -1,0 +1,448 @@
+//! Driving a stack deployed on the cluster double through the real `pgnomad` binary: the
+//! stack file, `pgnomad` with the doubles' addresses, Patroni's view, SQL through PgBouncer
+//! and on a member, a writer whose acknowledged rows must survive. Shared by the end-to-end
+//! test (`tests/cluster.rs`) and the failover benchmark (`benches/nomad_failover.rs`).
+
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{Cluster, ClusterConfig, TaskRef};
+
+/// The task driver the stack runs its programs with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StackDriver {
+    Docker,
+    /// `driver = "exec"`, with host volumes owned by the nodes' `postgres` (exec tasks may not
+    /// run as root, so no prestart task can hand fresh volumes over, and the hostpath CSI
+    /// plugin makes root-owned directories).
+    Exec,
+}
+
+impl StackDriver {
+    pub fn name(self) -> &'static str {
+        match self {
+            StackDriver::Docker => "docker",
+            StackDriver::Exec => "exec",
+        }
+    }
+
+    /// The cluster this driver needs: with exec, every node has a host volume for every
+    /// member, owned by the nodes' postgres user (the image's, 999:999).
+    pub fn cluster_config(self, time_scale: f64) -> ClusterConfig {
+        let mut config = ClusterConfig { time_scale, ..ClusterConfig::default() };
+        if self == StackDriver::Exec {
+            for member in 0..3 {
+                config.host_volumes.push((format!("main-member-{member}"), vec![0, 1, 2]));
+            }
+            config.host_volume_owner = Some((999, 999));
+        }
+        config
+    }
+}
+
+/// The default stack with what this machine forces: Patroni's DCS is the test's etcd (the
+/// Consul double has no KV or sessions), and pgAdmin is off (its image cannot be built here).
+pub fn stack(cluster: &Cluster, driver: StackDriver) -> String {
+    let mut text = format!(
+        "cluster \"main\" {{}}\n\npatroni {{\n  dcs        = \"etcd3\"\n  etcd_hosts = [\"{}\"]\n}}\n\npgadmin {{\n  enabled = false\n}}\n",
+        cluster.etcd.endpoint
+    );
+    if driver == StackDriver::Exec {
+        text.push_str("\npostgres {\n  driver = \"exec\"\n}\n\nstorage {\n  type = \"host\"\n}\n");
+    }
+    text
+}
+
+pub struct Deployed {
+    pub cluster: Cluster,
+    pub dir: tempfile::TempDir,
+    pub driver: StackDriver,
+}
+
+impl Deployed {
+    /// A cluster for `driver` and a directory with the stack file; nothing registered yet.
+    pub fn new(driver: StackDriver, time_scale: f64) -> Deployed {
+        let cluster = Cluster::start(driver.cluster_config(time_scale));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pgnomad.hcl"), stack(&cluster, driver)).unwrap();
+        Deployed { cluster, dir, driver }
+    }
+
+    pub fn pgnomad(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_pgnomad"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("NOMAD_ADDR", self.cluster.nomad.address())
+            .env("CONSUL_HTTP_ADDR", self.cluster.consul.address())
+            .env_remove("NOMAD_TOKEN")
+            .env_remove("NOMAD_NAMESPACE")
+            .env_remove("NOMAD_REGION")
+            .stdin(Stdio::null())
+            .output()
+            .expect("pgnomad runs")
+    }
+
+    pub fn secret(&self, job: &str, key: &str) -> String {
+        let client = self.cluster.nomad.client();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let variable = runtime.block_on(client.read_variable(&format!("nomad/jobs/{job}"))).unwrap().expect("the job's variable exists");
+        variable.items.get(key).unwrap_or_else(|| panic!("no {key} in nomad/jobs/{job}")).clone()
+    }
+
+    /// Patroni's /cluster, read from whichever member answers.
+    pub fn patroni_cluster(&self) -> Option<Value> {
+        for i in 0..3 {
+            let Some(address) = self.cluster.address_of("main-postgres", &format!("member-{i}"), "patroni") else { continue };
+            if let Some(body) = http_get(&address, "/cluster") {
+                if let Ok(value) = serde_json::from_str::<Value>(&body) {
+                    return Some(value);
+                }
+            }
+        }
+        None
+    }
+
+    pub fn leader(&self) -> Option<String> {
+        let cluster = self.patroni_cluster()?;
+        cluster["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["role"] == "leader" && m["state"] == "running")
+            .and_then(|m| m["name"].as_str())
+            .map(str::to_string)
+    }
+
+    /// One leader, every other member streaming from it, one of them the synchronous standby.
+    pub fn healthy_topology(&self) -> Result<(String, Vec<String>), String> {
+        let cluster = self.patroni_cluster().ok_or("no member answers /cluster")?;
+        let members = cluster["members"].as_array().ok_or("no members")?;
+        let leaders: Vec<&Value> = members.iter().filter(|m| m["role"] == "leader").collect();
+        if leaders.len() != 1 || members.len() != 3 {
+            return Err(format!("{} members, {} leaders: {cluster}", members.len(), leaders.len()));
+        }
+        let replicas: Vec<String> =
+            members.iter().filter(|m| m["role"] != "leader").map(|m| m["name"].as_str().unwrap_or("?").to_string()).collect();
+        if !members.iter().any(|m| m["role"] == "sync_standby") {
+            return Err(format!("no synchronous standby: {cluster}"));
+        }
+        let leader = leaders[0]["name"].as_str().unwrap_or("?").to_string();
+        let streaming = self.member_sql(&leader, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").unwrap_or_default();
+        if streaming.trim() != "2" {
+            return Err(format!("{} replicas stream from {leader}", streaming.trim()));
+        }
+        Ok((leader, replicas))
+    }
+
+    /// The patroni task of `member` (its container, or its process with exec).
+    pub fn patroni_task(&self, member: &str) -> Option<TaskRef> {
+        self.cluster.task("main-postgres", member, "patroni")
+    }
+
+    /// SQL on a member, as postgres over its local socket inside the patroni task.
+    pub fn member_sql(&self, member: &str, sql: &str) -> Option<String> {
+        let out = self.patroni_task(member)?.exec(&["psql", "-X", "-At", "-h", "/alloc/tmp", "-d", "postgres", "-c", sql]).ok()?;
+        out.status.success().then(|| text(&out.stdout).trim().to_string())
+    }
+
+    pub fn pgbouncer_address(&self) -> String {
+        self.cluster.address_of("main-pgbouncer", "pgbouncer", "pgbouncer").expect("a running PgBouncer")
+    }
+
+    pub fn app_sql(&self, sql: &str) -> Output {
+        let address = self.pgbouncer_address();
+        psql(&address, &self.secret("main-postgres", "password_app"), sql)
+    }
+
+    /// `pgnomad run` until healthy, then the topology: returns the time `run` took.
+    pub fn run_until_healthy(&self) -> Duration {
+        let started = Instant::now();
+        let run = self.pgnomad(&["run", "--timeout", "10m"]);
+        if !run.status.success() {
+            eprintln!("members' logs after a failed run:\n{}", self.member_logs());
+        }
+        assert_ok("pgnomad run", &run);
+        let took = started.elapsed();
+        let mut topology = Err(String::new());
+        wait_until("one leader, two streaming replicas, a synchronous standby", Duration::from_secs(180), || {
+            topology = self.healthy_topology();
+            topology.is_ok()
+        });
+        took
+    }
+
+    /// The primary's postmaster (`postmaster`) or its whole patroni task (`task`: the
+    /// container, or with exec every process of the task) is killed.
+    pub fn kill_primary(&self, fault: Fault) -> String {
+        let leader = self.leader().expect("a leader before the fault");
+        let task = self.patroni_task(&leader).expect("the leader's patroni task");
+        match fault {
+            Fault::Postmaster => assert_ok("kill postmaster", &task.exec(&["pkill", "-9", "-o", "-x", "postgres"]).unwrap()),
+            Fault::Task => task.kill().expect("killing the primary's task"),
+        }
+        leader
+    }
+
+    /// Waits until a member other than `old` leads; the failure shows every member's log.
+    pub fn wait_new_leader(&self, old: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.leader().is_some_and(|l| l != old) {
+            assert!(
+                Instant::now() < deadline,
+                "no new leader {timeout:?} after the fault: {:?}\n{}",
+                self.patroni_cluster(),
+                self.member_logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn member_logs(&self) -> String {
+        (0..3)
+            .filter_map(|i| self.patroni_task(&format!("member-{i}")))
+            .map(|t| {
+                let logs = t.logs_tail(400);
+                let path = std::env::temp_dir().join(format!("pgnomad-{}.log", t.name().replace([' ', '(', ')', ':'], "_")));
+                let _ = std::fs::write(&path, &logs);
+                format!("--- {} (whole log: {})\n{}", t.name(), path.display(), {
+                    let lines: Vec<&str> = logs.lines().collect();
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                })
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Deployed {
+    /// Forces a WAL switch on the leader and waits until pgBackRest archived that segment.
+    pub fn archive_current_wal(&self, timeout: Duration) -> String {
+        let leader = self.leader().expect("a leader");
+        let segment = self.member_sql(&leader, "SELECT pg_walfile_name(pg_switch_wal())").expect("pg_switch_wal on the leader");
+        wait_until(&format!("{segment} archived by {leader}"), timeout, || {
+            self.member_sql(&leader, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").is_some_and(|last| last >= segment)
+        });
+        segment
+    }
+
+    /// The repository host's volume on the node that has it (the one repository).
+    pub fn repository(&self) -> std::path::PathBuf {
+        let mut found = self.cluster.nodes().into_iter().filter_map(|n| n.host_volumes.get("pgbackrest").cloned()).collect::<Vec<_>>();
+        assert_eq!(found.len(), 1, "the pgbackrest host volume is on exactly one node");
+        found.remove(0)
+    }
+
+    /// The timelines whose WAL is in the repository (`archive/<stanza>/<pg>-<id>/<tl><log>/`).
+    pub fn archived_timelines(&self) -> Vec<u32> {
+        let archive = self.repository().join("archive/main");
+        let mut timelines: Vec<u32> = std::fs::read_dir(&archive)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|db| std::fs::read_dir(db.path()).into_iter().flatten().flatten())
+            .filter_map(|dir| {
+                let name = dir.file_name().to_string_lossy().to_string();
+                (name.len() == 16).then(|| u32::from_str_radix(&name[..8], 16).ok()).flatten()
+            })
+            .collect();
+        timelines.sort_unstable();
+        timelines.dedup();
+        timelines
+    }
+
+    /// Restores the repository's latest backup and the WAL after it into a scratch directory,
+    /// in a container of the image on the node network, talking to the repository host over
+    /// TLS with `member`'s pgBackRest config and client certificate (as a member would); starts
+    /// PostgreSQL on it until recovery ends, and returns which of `ids` are in `acks`.
+    pub fn restore_and_read(&self, member: &str, ids: &[u64]) -> Vec<u64> {
+        let allocation = self
+            .cluster
+            .allocations("main-postgres")
+            .into_iter()
+            .find(|a| a.facts.group_name() == member && a.client_status == "running")
+            .expect("the member's allocation");
+        let node = self.cluster.node(&allocation.facts.node_name).clone();
+        let secrets = super::alloc_runner::alloc_root(&node.root, &allocation.facts.alloc_id).join("patroni/secrets");
+        let scratch = tempfile::Builder::new().prefix("restore-").tempdir_in(self.cluster.root()).unwrap();
+        for dir in ["alloc/tmp", "alloc/logs", "data"] {
+            std::fs::create_dir_all(scratch.path().join(dir)).unwrap();
+        }
+        for dir in ["alloc", "alloc/tmp", "alloc/logs", "data"] {
+            std::os::unix::fs::chown(scratch.path().join(dir), Some(999), Some(999)).unwrap();
+        }
+        let name = format!("restore-{}", self.cluster.id);
+        let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+        let script = format!(
+            r#"set -e
+pgbackrest --config=/secrets/pgbackrest.conf --stanza=main --log-level-console=warn --archive-mode=off restore
+pg_ctl=/usr/lib/postgresql/15/bin/pg_ctl
+data=/var/lib/postgresql/data/pgdata
+$pg_ctl -D $data -w -t 300 -l /alloc/logs/restored.log -o "-c port=5999 -c listen_addresses='' -c unix_socket_directories=/alloc/tmp -c synchronous_standby_names='' -c archive_mode=off" start
+for i in $(seq 1 600); do
+  [ "$(psql -X -At -h /alloc/tmp -p 5999 -d postgres -c 'SELECT pg_is_in_recovery()')" = f ] && break
+  sleep 0.5
+done
+psql -X -At -h /alloc/tmp -p 5999 -d app -c 'SELECT id FROM acks WHERE id IN ({}) ORDER BY id'
+$pg_ctl -D $data -m fast stop >/dev/null
+"#,
+            list.join(",")
+        );
+        let out = super::docker::docker()
+            .args(["run", "--rm", "--name", &name, "--label", &format!("{}={}", super::docker::LABEL, self.cluster.id)])
+            .args(["--network", &node.docker_network, "--dns", &node.dns, "--user", "999:999"])
+            .args(["--volume", &format!("{}:/secrets:ro", secrets.display())])
+            .args(["--volume", &format!("{}:/alloc", scratch.path().join("alloc").display())])
+            .args(["--volume", &format!("{}:/var/lib/postgresql/data", scratch.path().join("data").display())])
+            .args([&self.cluster.image, "bash", "-c", &script])
+            .output()
+            .unwrap();
+        let log = std::fs::read_to_string(scratch.path().join("alloc/logs/restored.log")).unwrap_or_default();
+        assert_ok(&format!("pgbackrest restore and PostgreSQL on the restored copy (its log:\n{log})"), &out);
+        text(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fault {
+    Postmaster,
+    Task,
+}
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Postmaster => "postmaster kill",
+            Fault::Task => "task kill",
+        }
+    }
+}
+
+pub fn psql(address: &str, password: &str, sql: &str) -> Output {
+    let (host, port) = address.rsplit_once(':').unwrap();
+    Command::new("psql")
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", port, "-U", "app", "-d", "app", "-c", sql])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "5")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+pub fn http_get(address: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let socket: std::net::SocketAddr = address.parse().ok()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&socket, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    body.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// One insert: its id, whether it was acknowledged, when it started and how long it took.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    pub id: u64,
+    pub ok: bool,
+    pub started: Instant,
+    pub took: Duration,
+}
+
+/// Inserts id = 1, 2, … through PgBouncer every 100 ms; an insert that returned success is
+/// acknowledged and must survive everything that follows.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    attempts: Arc<Mutex<Vec<Attempt>>>,
+}
+
+impl Writer {
+    pub fn start(deployed: &Deployed) -> Writer {
+        let out = deployed.app_sql("CREATE TABLE IF NOT EXISTS acks (id bigint PRIMARY KEY)");
+        assert!(out.status.success(), "creating the table through PgBouncer: {}", text(&out.stderr));
+        let first = text(&deployed.app_sql("SELECT coalesce(max(id), 0) FROM acks").stdout).trim().parse::<u64>().unwrap() + 1;
+        let password = deployed.secret("main-postgres", "password_app");
+        let address = deployed.pgbouncer_address();
+        let stop = Arc::new(AtomicBool::new(false));
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let handle = {
+            let (stop, attempts) = (stop.clone(), attempts.clone());
+            std::thread::spawn(move || {
+                let mut id = first;
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let ok = psql(&address, &password, &format!("INSERT INTO acks (id) VALUES ({id})")).status.success();
+                    attempts.lock().unwrap().push(Attempt { id, ok, started, took: started.elapsed() });
+                    id += 1;
+                    std::thread::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()));
+                }
+            })
+        };
+        Writer { stop, handle: Some(handle), attempts }
+    }
+
+    pub fn wait_ack_after(&self, since: Instant, timeout: Duration) {
+        wait_until("a write through PgBouncer acknowledged after the fault", timeout, || {
+            self.attempts.lock().unwrap().iter().any(|a| a.ok && a.started > since)
+        });
+    }
+
+    /// The write gap around `at`: from the end of the last acknowledged insert that started
+    /// before `at` to the end of the first acknowledged insert that started after it.
+    pub fn gap_around(&self, at: Instant) -> Option<Duration> {
+        let attempts = self.attempts.lock().unwrap();
+        let before = attempts.iter().filter(|a| a.ok && a.started <= at).map(|a| a.started + a.took).max()?;
+        let after = attempts.iter().filter(|a| a.ok && a.started > at).map(|a| a.started + a.took).min()?;
+        Some(after.saturating_duration_since(before))
+    }
+
+    /// Every attempt so far, while the writer goes on.
+    pub fn snapshot(&self) -> Vec<Attempt> {
+        self.attempts.lock().unwrap().clone()
+    }
+
+    pub fn acknowledged(&self) -> Vec<u64> {
+        self.attempts.lock().unwrap().iter().filter(|a| a.ok).map(|a| a.id).collect()
+    }
+
+    pub fn stop(mut self) -> Vec<Attempt> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            handle.join().unwrap();
+        }
+        self.attempts.lock().unwrap().clone()
+    }
+}
+
+/// Every acknowledged id that is not in `acks` any more.
+pub fn lost_rows(deployed: &Deployed, attempts: &[Attempt]) -> Vec<u64> {
+    let present: Vec<u64> =
+        text(&deployed.app_sql("SELECT id FROM acks ORDER BY id").stdout).lines().filter_map(|l| l.parse().ok()).collect();
+    attempts.iter().filter(|a| a.ok && !present.contains(&a.id)).map(|a| a.id).collect()
+}
+
+pub fn assert_ok(what: &str, out: &Output) {
+    assert!(out.status.success(), "{what} exited {:?}\nstdout:\n{}\nstderr:\n{}", out.status.code(), text(&out.stdout), text(&out.stderr));
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Polls `ready` every 100 ms until it holds or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
