@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod deploy;
 mod dev;
+mod doors;
 mod image;
 mod infra_defaults;
 mod nomad_client;

@@ -427,7 +427,16 @@ impl Member {
     }
 
     fn superuser(&self, database: &str, sql: &str) -> String {
-        self.pg.query("postgres", self.secret("superuser_password"), database, sql)
+        run_ok(&format!("psql as postgres in {database}: {sql}"), self.superuser_psql(database).args(["-c", sql])).trim().to_owned()
+    }
+
+    /// psql as the superuser over the socket, by peer as the OS user postgres: pg_hba
+    /// refuses the superuser over TCP.
+    fn superuser_psql(&self, database: &str) -> Command {
+        let mut cmd = as_postgres(require("psql", "postgresql-client-15"));
+        cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-h", &self.holes.run_dir])
+            .args(["-p", &self.pg.port.to_string(), "-U", "postgres", "-d", database]);
+        cmd
     }
 
     fn script(&self) -> PathBuf {
@@ -437,7 +446,7 @@ impl Member {
     /// bootstrap.sql as psql runs it, as the superuser.
     fn apply_bootstrap_sql(&self) {
         let file = Path::new(&self.holes.config_dir).join("bootstrap.sql");
-        run_ok("bootstrap.sql", self.pg.psql("postgres", self.secret("superuser_password"), "postgres").arg("-f").arg(file));
+        run_ok("bootstrap.sql", self.superuser_psql("postgres").arg("-f").arg(file));
     }
 
     /// The script as post_bootstrap: a connection string and a PGPASSFILE, as Patroni does.

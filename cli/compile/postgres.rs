@@ -271,14 +271,15 @@ fn exporter_task(cx: &Context<'_>, job_id: &str) -> Task {
     );
     task.lifecycle = Some(TaskLifecycle { hook: some("poststart"), sidecar: Some(true) });
     task.resources = Some(resources(50, 64));
-    // Members share one network namespace per group, so Postgres is on localhost.
-    let env = format!(
-        "DATA_SOURCE_URI=127.0.0.1:{port}/postgres?sslmode=disable\nDATA_SOURCE_USER=postgres\nDATA_SOURCE_PASS={pass}\n",
-        port = stack.postgres.port.value,
-        pass = cx.runtime.secret_expr(job_id, "superuser_password"),
-    );
-    let mut env_template = template(env, "secrets/exporter.env", Change::Restart);
-    env_template.envvars = Some(true);
-    task.templates = Some(vec![env_template]);
+    // Members share one network namespace per group, so Postgres is on localhost (pg_hba
+    // admits the monitor role from there only). The password is a file, never an
+    // environment variable: those show in `docker inspect` and Nomad's task environment.
+    let password_file = "secrets/monitor_password";
+    task.env = Some(BTreeMap::from([
+        ("DATA_SOURCE_URI".to_owned(), format!("127.0.0.1:{}/postgres?sslmode=disable", stack.postgres.port.value)),
+        ("DATA_SOURCE_USER".to_owned(), crate::config::facts::MONITOR_ROLE.to_owned()),
+        ("DATA_SOURCE_PASS_FILE".to_owned(), format!("/{password_file}")),
+    ]));
+    task.templates = Some(vec![template(cx.runtime.secret_expr(job_id, "monitor_password"), password_file, Change::Restart)]);
     task
 }

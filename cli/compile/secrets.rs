@@ -38,12 +38,20 @@ pub fn postgres_secrets(facts: &Facts) -> Vec<SecretKey> {
         key("superuser_password", Origin::Password, "password of the `postgres` superuser (Patroni's own connections)"),
         key("replication_password", Origin::Password, "password of the `replicator` role that replicas stream with"),
         key("pgbouncer_auth_password", Origin::Password, "password of `pgbouncer_auth`, the role PgBouncer runs auth_query as"),
+        key("rewind_password", Origin::Password, "password of `pgnomad_rewind`, the role pg_rewind reads the primary as"),
         key(
             crate::patroni::REST_PASSWORD_KEY,
             Origin::Password,
             "password of `pgnomad` on Patroni's REST API (its unsafe endpoints: switchover, restart, config)",
         ),
     ];
+    if facts.exporter {
+        keys.push(key(
+            "monitor_password",
+            Origin::Password,
+            "password of `pgnomad_monitor`, the pg_monitor role postgres_exporter logs in as",
+        ));
+    }
     for user in &facts.users {
         keys.push(key(&user_password_key(user), Origin::Password, &format!("password of application user `{user}`")));
     }

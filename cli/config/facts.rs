@@ -27,7 +27,15 @@ pub struct Facts {
     pub pgadmin_email: String,
     pub backup: BackupFacts,
     pub dcs: &'static str,
+    /// Whether postgres_exporter runs beside each member (as the `pg_monitor` role
+    /// [`MONITOR_ROLE`]).
+    pub exporter: bool,
 }
+
+/// The role pg_rewind connects to the primary as (over TCP: the superuser may not).
+pub const REWIND_ROLE: &str = "pgnomad_rewind";
+/// The `pg_monitor` role postgres_exporter logs in as.
+pub const MONITOR_ROLE: &str = "pgnomad_monitor";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MemberFacts {
@@ -158,6 +166,7 @@ impl Facts {
                 Dcs::Consul => "consul",
                 Dcs::Etcd3 { .. } => "etcd3",
             },
+            exporter: stack.monitoring.postgres_exporter,
         }
     }
 }

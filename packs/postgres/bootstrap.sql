@@ -14,6 +14,32 @@ EXCEPTION WHEN duplicate_object THEN NULL;
 END $$;
 ALTER ROLE pgbouncer_auth WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT
     PASSWORD [[ rt.secrets.pgbouncer_auth_password | sql ]];
+
+-- pg_rewind's role: it reads the primary's files over TCP, where the superuser may not log
+-- in (pg_hba), so it gets exactly the functions pg_rewind calls (PostgreSQL's pg_rewind docs).
+DO $$
+BEGIN
+    CREATE ROLE pgnomad_rewind;
+EXCEPTION WHEN duplicate_object THEN NULL;
+END $$;
+ALTER ROLE pgnomad_rewind WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION
+    PASSWORD [[ rt.secrets.rewind_password | sql ]];
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO pgnomad_rewind;
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO pgnomad_rewind;
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO pgnomad_rewind;
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO pgnomad_rewind;
+[% if stack.exporter %]
+
+-- postgres_exporter reads statistics as pg_monitor, never as the superuser.
+DO $$
+BEGIN
+    CREATE ROLE pgnomad_monitor;
+EXCEPTION WHEN duplicate_object THEN NULL;
+END $$;
+ALTER ROLE pgnomad_monitor WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION
+    PASSWORD [[ rt.secrets.monitor_password | sql ]];
+GRANT pg_monitor TO pgnomad_monitor;
+[% endif %]
 [% for user in stack.users %]
 
 DO $$
@@ -33,8 +59,8 @@ ALTER DATABASE [[ database.name ]] OWNER TO [[ database.owner ]];
 [#
    PgBouncer 1.18 runs auth_query in the database the client asked for (it has no
    auth_dbname), so every database clients reach needs the function; template1 passes it on
-   to databases created later. It hides superusers and replication roles: they cannot log
-   in through PgBouncer.
+   to databases created later. It hides superusers, replication roles and pgnomad's own
+   roles (pg_rewind's, the exporter's): they cannot log in through PgBouncer.
 #]
 [% for database in databases %]
 
@@ -52,6 +78,7 @@ AS $$
     SELECT s.usename, s.passwd
     FROM pg_catalog.pg_shadow AS s
     WHERE s.usename = get_auth.username AND NOT s.usesuper AND NOT s.userepl
+        AND s.usename NOT IN ('pgnomad_rewind', 'pgnomad_monitor')
 $$;
 REVOKE ALL ON FUNCTION pgbouncer.get_auth(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgbouncer.get_auth(text) TO pgbouncer_auth;
