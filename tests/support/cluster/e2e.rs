@@ -344,12 +344,14 @@ pub fn http_get(address: &str, path: &str) -> Option<String> {
 }
 
 /// One insert: its id, whether it was acknowledged, when it started and how long it took.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Attempt {
     pub id: u64,
     pub ok: bool,
     pub started: Instant,
     pub took: Duration,
+    /// psql's first line of stderr when it failed.
+    pub error: String,
 }
 
 /// Inserts id = 1, 2, … through PgBouncer every 100 ms; an insert that returned success is
@@ -375,8 +377,10 @@ impl Writer {
                 let mut id = first;
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    let ok = psql(&address, &password, &format!("INSERT INTO acks (id) VALUES ({id})")).status.success();
-                    attempts.lock().unwrap().push(Attempt { id, ok, started, took: started.elapsed() });
+                    let out = psql(&address, &password, &format!("INSERT INTO acks (id) VALUES ({id})"));
+                    let ok = out.status.success();
+                    let error = if ok { String::new() } else { text(&out.stderr).lines().next().unwrap_or_default().to_string() };
+                    attempts.lock().unwrap().push(Attempt { id, ok, started, took: started.elapsed(), error });
                     id += 1;
                     std::thread::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()));
                 }
@@ -391,13 +395,18 @@ impl Writer {
         });
     }
 
-    /// The write gap around `at`: from the end of the last acknowledged insert that started
-    /// before `at` to the end of the first acknowledged insert that started after it.
-    pub fn gap_around(&self, at: Instant) -> Option<Duration> {
+    /// The write gap of a fault at `at` that was over by `recovered` (a new leader seen): the
+    /// longest time between two consecutive acknowledgements, from the last one before `at` to
+    /// the first one of an insert that started after `recovered`. (Inserts that start between
+    /// `at` and the fault itself still succeed; the gap is wherever writes stopped.)
+    pub fn gap_around(&self, at: Instant, recovered: Instant) -> Option<Duration> {
         let attempts = self.attempts.lock().unwrap();
-        let before = attempts.iter().filter(|a| a.ok && a.started <= at).map(|a| a.started + a.took).max()?;
-        let after = attempts.iter().filter(|a| a.ok && a.started > at).map(|a| a.started + a.took).min()?;
-        Some(after.saturating_duration_since(before))
+        let first = attempts.iter().filter(|a| a.ok && a.started <= at).map(|a| a.started + a.took).max()?;
+        let last = attempts.iter().filter(|a| a.ok && a.started > recovered).map(|a| a.started + a.took).min()?;
+        let mut acks: Vec<Instant> =
+            attempts.iter().filter(|a| a.ok).map(|a| a.started + a.took).filter(|t| *t >= first && *t <= last).collect();
+        acks.sort();
+        acks.windows(2).map(|w| w[1] - w[0]).max()
     }
 
     /// Every attempt so far, while the writer goes on.

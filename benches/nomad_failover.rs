@@ -1,0 +1,101 @@
+//! Failover benchmark on the Nomad path: `cargo bench --bench nomad_failover`
+//! (`NOMAD_BENCH_RUNS=N` faults of each kind, default 5).
+//!
+//! The real `pgnomad` binary runs the default stack (docker driver, Patroni on etcd3, pgAdmin
+//! off) on the cluster double (tests/support/cluster) in real time (`time_scale` 1.0: update
+//! durations, restart delays and check intervals as the jobs say). Measures:
+//! - `pgnomad run` from a fresh cluster until it exits 0 (the postgres deployment healthy,
+//!   Consul shows one primary, PgBouncer's deployment healthy), and until Patroni also reports
+//!   two streaming replicas and a synchronous standby;
+//! - the write gap through PgBouncer (a writer inserts a row every 100 ms, one psql per
+//!   insert): from the end of the last acknowledged insert that started before the fault to the
+//!   end of the first acknowledged one after it, after kill -9 of the primary's postmaster and
+//!   after `docker kill` of the primary's patroni container; medians of N;
+//! - client errors during each gap and acknowledged rows lost (must be 0).
+//!
+//! The path measured is Patroni's failover, then the Consul check of `<c>-primary` passing on
+//! the new leader (its interval), then PgBouncer's template `wait`, then SIGHUP.
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::cluster::e2e::{lost_rows, median, wait_until, Deployed, Fault, StackDriver, Writer};
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else is taken.
+    let runs: usize = std::env::var("NOMAD_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
+    let deployed = Deployed::new(StackDriver::Docker, 1.0);
+    let started = Instant::now();
+    let run = deployed.pgnomad(&["run", "--timeout", "15m"]);
+    support::cluster::e2e::assert_ok("pgnomad run", &run);
+    let run_took = started.elapsed();
+    wait_until("one leader, two streaming replicas, a synchronous standby", Duration::from_secs(300), || {
+        deployed.healthy_topology().is_ok()
+    });
+    let healthy_took = started.elapsed();
+    println!("pgnomad run → exit 0: {}; → every replica streaming and a sync standby: {}", secs(run_took), secs(healthy_took));
+
+    let writer = Writer::start(&deployed);
+    for fault in [Fault::Postmaster, Fault::Task] {
+        let mut gaps = Vec::new();
+        let mut errors = Vec::new();
+        for run in 0..runs {
+            wait_until("all three members healthy", Duration::from_secs(300), || deployed.healthy_topology().is_ok());
+            // Writes have gone through PgBouncer for 3 s: it points at the current primary.
+            std::thread::sleep(Duration::from_secs(3));
+            let at = Instant::now();
+            let leader = deployed.kill_primary(fault);
+            deployed.wait_new_leader(&leader, Duration::from_secs(180));
+            let elected = at.elapsed();
+            let recovered = Instant::now();
+            writer.wait_ack_after(recovered, Duration::from_secs(180));
+            let gap = writer.gap_around(at, recovered).expect("acknowledged writes on both sides of the fault");
+            // What the writer saw from the fault to the first acknowledged insert after it.
+            let seen: Vec<String> = writer
+                .snapshot()
+                .iter()
+                .filter(|a| a.started + a.took > at && a.started <= recovered + Duration::from_millis(300))
+                .map(|a| {
+                    format!(
+                        "{:+.1}s {} {:.1}s",
+                        a.started.saturating_duration_since(at).as_secs_f64(),
+                        if a.ok { "ok".to_string() } else { format!("err ({})", a.error) },
+                        a.took.as_secs_f64()
+                    )
+                })
+                .collect();
+            println!("  new leader after {}; inserts: {}", secs(elected), seen.join(", "));
+            let failed = {
+                let attempts = writer.snapshot();
+                attempts.iter().filter(|a| !a.ok && a.started > at && a.started <= recovered + Duration::from_secs(1)).count()
+            };
+            println!("{} {}: {leader} → gap {}, {failed} client errors", fault.name(), run + 1, secs(gap));
+            gaps.push(gap);
+            errors.push(failed);
+        }
+        let min = gaps.iter().min().copied().unwrap();
+        let max = gaps.iter().max().copied().unwrap();
+        println!(
+            "write gap after {}: median {} ({}–{}) of {runs}; client errors per run {:?}",
+            fault.name(),
+            secs(median(gaps.clone())),
+            secs(min),
+            secs(max),
+            errors
+        );
+    }
+    wait_until("all three members healthy", Duration::from_secs(300), || deployed.healthy_topology().is_ok());
+    let attempts = writer.stop();
+    let lost = lost_rows(&deployed, &attempts);
+    println!("acknowledged rows: {}, lost: {}", attempts.iter().filter(|a| a.ok).count(), lost.len());
+    assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
+    let destroy = deployed.pgnomad(&["destroy", "--yes"]);
+    support::cluster::e2e::assert_ok("pgnomad destroy", &destroy);
+}
