@@ -10,6 +10,7 @@ pub mod dev;
 pub mod nomad;
 pub mod ops;
 pub mod patroni;
+pub mod pgbackrest;
 pub mod render;
 pub mod secrets;
 pub mod settings;

@@ -48,13 +48,30 @@ pub struct Source {
 }
 
 impl Source {
+    /// A leading UTF-8 byte-order mark (some editors write one) is not part of the text the
+    /// editor shows, so it is dropped here, before parsing: every span and column is then
+    /// counted as the editor counts.
     pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
-        Source { name: name.into(), text: text.into() }
+        let mut text = text.into();
+        if text.starts_with('\u{feff}') {
+            text.drain(..'\u{feff}'.len_utf8());
+        }
+        Source { name: name.into(), text }
+    }
+
+    /// The largest char boundary at or before `offset` (and within the text): a span from
+    /// the parser may end inside a multi-byte character.
+    fn floor_boundary(&self, offset: usize) -> usize {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        offset
     }
 
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
+        let offset = self.floor_boundary(offset);
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
@@ -86,8 +103,10 @@ impl Source {
         match &diagnostic.span {
             Some(span) => {
                 // A span may end past the text (a syntax error at the end of the file).
-                let start = span.start.min(self.text.len());
-                let span = start..span.end.clamp(start, self.text.len());
+                // Either end may fall inside a multi-byte character: both are moved back to
+                // the character's start.
+                let start = self.floor_boundary(span.start);
+                let span = start..self.floor_boundary(span.end.max(start));
                 let (line, col) = self.line_col(span.start);
                 let text = self.line_text(line);
                 let gutter = line.to_string().len();
