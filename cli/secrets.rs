@@ -22,8 +22,9 @@ pub fn password() -> String {
     Alphanumeric.sample_string(&mut rand::rngs::OsRng.unwrap_err(), 32)
 }
 
-/// pgBackRest's TLS material: a CA, a server certificate for the members and a client
-/// certificate for the backup jobs, all PEM.
+/// pgnomad's TLS material, all PEM, from one CA: pgBackRest's server certificate for the
+/// members and client certificate for the backup jobs, and the certificate Postgres and
+/// PgBouncer present to SQL clients (with `tls = true`).
 #[derive(Clone)]
 pub struct TlsSet {
     pub ca_crt: String,
@@ -31,6 +32,8 @@ pub struct TlsSet {
     pub server_key: String,
     pub client_crt: String,
     pub client_key: String,
+    pub sql_crt: String,
+    pub sql_key: String,
 }
 
 impl std::fmt::Debug for TlsSet {
@@ -43,9 +46,10 @@ impl std::fmt::Debug for TlsSet {
 #[error("generating pgBackRest's TLS certificates failed: {0}")]
 pub struct TlsError(#[from] rcgen::Error);
 
-/// Generates a CA and the two certificates it signs. `server_names` are the DNS names the
-/// backup jobs use to reach the members (the server certificate's SANs).
-pub fn tls_set(cluster: &str, server_names: &[String]) -> Result<TlsSet, TlsError> {
+/// Generates a CA and the certificates it signs. `server_names` are the DNS names the
+/// backup jobs use to reach the members (the server certificate's SANs); `sql_names` the
+/// names (or addresses) SQL clients reach Postgres and PgBouncer at.
+pub fn tls_set(cluster: &str, server_names: &[String], sql_names: &[String]) -> Result<TlsSet, TlsError> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.distinguished_name.push(DnType::CommonName, format!("pgnomad {cluster} pgBackRest CA"));
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -69,13 +73,32 @@ pub fn tls_set(cluster: &str, server_names: &[String]) -> Result<TlsSet, TlsErro
     let client_key = KeyPair::generate()?;
     let client = client_params.signed_by(&client_key, &ca)?;
 
+    // Addresses become IP SANs, which libpq's verify-full matches (PostgreSQL 14+).
+    let mut sql_params = CertificateParams::new(sql_names.to_vec())?;
+    sql_params.distinguished_name.push(DnType::CommonName, format!("{cluster}-postgres"));
+    sql_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let sql_key = KeyPair::generate()?;
+    let sql = sql_params.signed_by(&sql_key, &ca)?;
+
     Ok(TlsSet {
         ca_crt: ca.pem(),
         server_crt: server.pem(),
         server_key: server_key.serialize_pem(),
         client_crt: client.pem(),
         client_key: client_key.serialize_pem(),
+        sql_crt: sql.pem(),
+        sql_key: sql_key.serialize_pem(),
     })
+}
+
+/// The names SQL clients reach Postgres and PgBouncer at on Nomad: their Consul services'
+/// DNS names.
+pub fn sql_server_names(cluster: &str) -> Vec<String> {
+    use crate::config::runtime::names;
+    [names::primary_service(cluster), names::replica_service(cluster), names::postgres_service(cluster), names::pgbouncer_service(cluster)]
+        .into_iter()
+        .map(|service| format!("{service}.service.consul"))
+        .collect()
 }
 
 /// Values for `keys`: what `existing` already holds is kept as it is; missing passwords and
@@ -97,6 +120,8 @@ pub fn fill(keys: &[SecretKey], existing: &BTreeMap<String, String>, tls: &TlsSe
                 "tls_server_key" => tls.server_key.clone(),
                 "tls_client_crt" => tls.client_crt.clone(),
                 "tls_client_key" => tls.client_key.clone(),
+                "tls_sql_crt" => tls.sql_crt.clone(),
+                "tls_sql_key" => tls.sql_key.clone(),
                 other => unreachable!("no certificate is called {other}"),
             },
             Origin::Operator => {
@@ -130,7 +155,7 @@ mod tests {
             SecretKey { key: "tls_ca_crt".into(), origin: Origin::Certificate, description: String::new() },
         ];
         let existing = BTreeMap::from([("superuser_password".to_owned(), "kept".to_owned())]);
-        let tls = tls_set("main", &["member-0.main-pgbackrest.service.consul".into()]).unwrap();
+        let tls = tls_set("main", &["member-0.main-pgbackrest.service.consul".into()], &sql_server_names("main")).unwrap();
         let (values, missing) = fill(&keys, &existing, &tls);
         assert_eq!(values["superuser_password"], "kept");
         assert_eq!(values["replication_password"].len(), 32);

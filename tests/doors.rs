@@ -60,12 +60,15 @@ fn patroni_asks_for_pgnomads_credentials_from_the_jobs_variable_and_the_checks_u
     }
 }
 
-/// A dev cluster of `members` with `extra` appended to the tests' usual stack file.
-fn dev_cluster(cluster: &str, members: u32, extra: &str) -> DevCluster {
+/// A dev cluster of `members` from the tests' usual stack file; `postgres_extra` goes into
+/// its `postgres` block, `extra` after it.
+fn dev_cluster(cluster: &str, members: u32, postgres_extra: &str, extra: &str) -> DevCluster {
     crate::support_dev::require_dev_programs();
     let dir = crate::support_procs::postgres_tempdir();
     let stack_file = dir.path().join("pgnomad.hcl");
-    std::fs::write(&stack_file, format!("{}{extra}", crate::support_dev::stack_text(cluster, members))).unwrap();
+    let members_line = format!("  members = {members}\n");
+    let text = crate::support_dev::stack_text(cluster, members).replacen(&members_line, &format!("{members_line}{postgres_extra}"), 1);
+    std::fs::write(&stack_file, format!("{text}{extra}")).unwrap();
     let state_dir = dir.path().join("state");
     let mut dev =
         DevCluster { dir, stack_file, state_dir, cluster: cluster.to_owned(), members: members as usize, up_took: Duration::ZERO };
@@ -81,7 +84,7 @@ fn rest_address(dev: &DevCluster, index: usize) -> String {
 fn dev_patroni_refuses_an_unauthenticated_switchover_and_pgnomads_clients_are_let_in() {
     use pgnomad::dev::patroni::{request, RestAuth};
 
-    let dev = dev_cluster("doors-rest", 2, "");
+    let dev = dev_cluster("doors-rest", 2, "", "");
     let leader = dev.primary().expect("a primary");
     dev.wait_streaming(leader, Duration::from_secs(60));
     let address = rest_address(&dev, leader);
@@ -221,7 +224,7 @@ fn admitted(out: &std::process::Output) -> String {
 
 #[test]
 fn dev_logins_follow_pg_hba_superuser_by_socket_replication_as_replicator_apps_with_scram() {
-    let dev = dev_cluster("doors-hba", 2, "");
+    let dev = dev_cluster("doors-hba", 2, "", "");
     let primary = dev.primary().expect("a primary");
     dev.wait_streaming(primary, Duration::from_secs(60));
     let port = dev.pg_port(primary);
@@ -301,4 +304,103 @@ fn dev_logins_follow_pg_hba_superuser_by_socket_replication_as_replicator_apps_w
         assert!(!out.status.success(), "{user} logged in through PgBouncer");
     }
     assert_eq!(dev.app_sql("SELECT current_user"), "app");
+}
+
+const TLS_STACK: &str = "cluster \"main\" {}\npostgres {\n  tls = true\n}\npgbouncer {\n  tls = true\n}\n";
+
+#[test]
+fn tls_is_off_by_default_and_on_gives_postgres_and_pgbouncer_pgnomads_certificate() {
+    let plain = compile(DEFAULT);
+    for compiled in &plain.jobs {
+        for task in tasks(&compiled.job) {
+            for t in task.templates.iter().flatten() {
+                let text = t.embedded_tmpl.as_deref().unwrap_or_default();
+                assert!(
+                    !text.contains("tls_sql") && !text.contains("ssl: \"on\"") && !text.contains("client_tls"),
+                    "{}: {text}",
+                    compiled.id()
+                );
+            }
+        }
+    }
+    assert!(!plain.secrets.iter().flat_map(|s| &s.keys).any(|k| k.key.starts_with("tls_sql")));
+
+    let artifacts = compile(TLS_STACK);
+    for compiled in &artifacts.jobs {
+        let body: serde_json::Value = serde_json::from_str(&pgnomad::render::job_register_json(&compiled.job)).unwrap();
+        let violations = crate::support::schema::violations("JobRegisterRequest", &body);
+        assert!(violations.is_empty(), "{}: {violations:#?}", compiled.id());
+    }
+    let postgres = job(&artifacts, JobRole::Postgres);
+    let patroni = tasks(postgres).find(|t| t.name.as_deref() == Some("patroni")).unwrap();
+    assert!(template_text(patroni, "secrets/patroni.yml")
+        .contains("    ssl: \"on\"\n    ssl_cert_file: \"/secrets/tls/sql.crt\"\n    ssl_key_file: \"/secrets/tls/sql.key\"\n"));
+    assert_eq!(
+        template_text(patroni, "secrets/tls/sql.key"),
+        "{{ with nomadVar \"nomad/jobs/main-postgres\" }}{{ .tls_sql_key }}{{ end }}"
+    );
+    let pgbouncer = tasks(job(&artifacts, JobRole::PgBouncer)).next().unwrap();
+    let ini = template_text(pgbouncer, "secrets/pgbouncer.ini");
+    assert!(
+        ini.contains(
+            "client_tls_sslmode = prefer\nclient_tls_cert_file = /secrets/tls/sql.crt\nclient_tls_key_file = /secrets/tls/sql.key\n"
+        ),
+        "{ini}"
+    );
+    assert!(ini.contains("server_tls_sslmode = verify-ca\nserver_tls_ca_file = /secrets/tls/ca.crt\n"), "{ini}");
+    for (dest, key) in
+        [("secrets/tls/sql.crt", "tls_sql_crt"), ("secrets/tls/sql.key", "tls_sql_key"), ("secrets/tls/ca.crt", "tls_ca_crt")]
+    {
+        assert_eq!(
+            template_text(pgbouncer, dest),
+            format!("{{{{ with nomadVar \"nomad/jobs/main-pgbouncer\" }}}}{{{{ .{key} }}}}{{{{ end }}}}")
+        );
+        let t = pgbouncer.templates.iter().flatten().find(|t| t.dest_path.as_deref() == Some(dest)).unwrap();
+        assert_eq!((t.perms.as_deref(), t.uid), (Some("0600"), Some(999)));
+    }
+    let keys = |job: &str| -> Vec<String> {
+        artifacts.secrets.iter().find(|s| s.job == job).unwrap().keys.iter().map(|k| k.key.clone()).collect()
+    };
+    assert!(keys("main-postgres").contains(&"tls_sql_key".to_owned()));
+    assert!(keys("main-pgbouncer").contains(&"tls_sql_key".to_owned()) && keys("main-pgbouncer").contains(&"tls_ca_crt".to_owned()));
+
+    // On Nomad the certificate names the Consul services clients reach.
+    let tls = pgnomad::secrets::tls_set("main", &[], &pgnomad::secrets::sql_server_names("main")).unwrap();
+    let names = pgnomad::secrets::sql_server_names("main");
+    assert_eq!(
+        names,
+        ["main-primary.service.consul", "main-replica.service.consul", "main-postgres.service.consul", "main-pgbouncer.service.consul"]
+    );
+    assert!(tls.sql_crt.starts_with("-----BEGIN CERTIFICATE-----") && tls.sql_key.contains("PRIVATE KEY"));
+}
+
+#[test]
+fn dev_clients_verify_postgres_and_pgbouncer_with_pgnomads_ca() {
+    let dev = dev_cluster("doors-tls", 1, "  tls = true\n", "pgbouncer {\n  tls = true\n}\n");
+    let primary = dev.primary().expect("a primary");
+    let ca = dev.state_dir.join("tls/ca.crt");
+    let secrets = dev.secrets();
+    let app = secrets["password_app"].as_str().unwrap().to_owned();
+    let ssl = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    let verify = |root: &std::path::Path| format!("dbname=app sslmode=verify-full sslrootcert={}", root.display());
+
+    // Straight to Postgres: verify-full with pgnomad's CA, and the session is encrypted.
+    let port = dev.pg_port(primary);
+    assert_eq!(admitted(&tcp_login(port, "app", &app, &verify(&ca), ssl)), "t");
+    // Through PgBouncer: verify-full with pgnomad's CA.
+    let pgbouncer: u16 = dev.pgbouncer_port().parse().unwrap();
+    assert_eq!(admitted(&tcp_login(pgbouncer, "app", &app, &verify(&ca), "SELECT current_user")), "app");
+    // and PgBouncer's own connection to Postgres is TLS, checked against the same CA.
+    let encrypted = dev
+        .member_sql(primary, "postgres", "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.usename = 'app' AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'")
+        .unwrap();
+    assert_eq!(encrypted, "t", "PgBouncer's server connections are not encrypted");
+
+    // A CA that is not pgnomad's does not verify either of them.
+    let other = dev.dir.path().join("other-ca.crt");
+    let stranger = pgnomad::secrets::tls_set("stranger", &[], &["127.0.0.1".into()]).unwrap();
+    std::fs::write(&other, stranger.ca_crt).unwrap();
+    for port in [port, pgbouncer] {
+        refused(&tcp_login(port, "app", &app, &verify(&other), "SELECT 1"), "certificate verify failed");
+    }
 }

@@ -68,7 +68,7 @@ fn stored_secrets(text: &str, specs: &[pgnomad::compile::SecretSpec]) -> BTreeMa
     let mut names = pgnomad::config::runtime::names::pgbackrest_server_names(&cluster, stack.postgres.members.value);
     // The repository host is reached at 127.0.0.1 by the pgBackRest check below.
     names.push("127.0.0.1".into());
-    let tls = pgnomad::secrets::tls_set(&cluster, &names).expect("TLS set");
+    let tls = pgnomad::secrets::tls_set(&cluster, &names, &pgnomad::secrets::sql_server_names(&cluster)).expect("TLS set");
     let mut keys: Vec<_> = specs.iter().flat_map(|s| s.keys.clone()).collect();
     keys.sort_by(|a, b| a.key.cmp(&b.key));
     keys.dedup_by(|a, b| a.key == b.key);
@@ -195,8 +195,10 @@ fn blocks(variant: &'static str, text: &str) -> Vec<Block> {
     out
 }
 
+/// The variants, and TLS for clients on (its templates exist only then).
 fn all_blocks() -> Vec<Block> {
-    VARIANTS.iter().flat_map(|(name, text)| blocks(name, text)).collect()
+    const TLS: (&str, &str) = ("client-tls", "cluster \"main\" {}\npostgres {\n  tls = true\n}\npgbouncer {\n  tls = true\n}\n");
+    VARIANTS.iter().chain([&TLS]).flat_map(|(name, text)| blocks(name, text)).collect()
 }
 
 fn reads_secrets(block: &Block) -> bool {

@@ -20,9 +20,20 @@ pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
     // SIGINT is PgBouncer's safe shutdown: it waits for clients to finish.
     task.kill_signal = some("SIGINT");
     let mut ini = cx.pack_template("pgbouncer/pgbouncer.ini", None, &holes, "secrets/pgbouncer.ini", Change::Reload)?;
-    // Consul changes come in bursts during a failover; wait for them to settle a moment.
-    ini.wait = Some(WaitConfig { min: Some(Nanos::millis(500)), max: Some(Nanos::secs(2)) });
-    task.templates = Some(vec![ini, cx.pack_template("pgbouncer/userlist.txt", None, &holes, "secrets/userlist.txt", Change::Reload)?]);
+    // Consul changes come in bursts during a failover (the old primary's check fails, the new
+    // one's passes up to a check interval later); wait for them to settle a moment, but never
+    // more than 1 s: the wait is part of every write gap (see common::check_interval).
+    ini.wait = Some(WaitConfig { min: Some(Nanos::millis(250)), max: Some(Nanos::secs(1)) });
+    let mut templates = vec![ini, cx.pack_template("pgbouncer/userlist.txt", None, &holes, "secrets/userlist.txt", Change::Reload)?];
+    let job_id = names::pgbouncer_job(c);
+    if cx.facts.client_tls.pgbouncer {
+        templates.extend(super::postgres::sql_tls_templates(cx, &job_id));
+    }
+    if cx.facts.client_tls.postgres {
+        // PgBouncer checks Postgres' certificate against pgnomad's CA.
+        templates.push(template(cx.runtime.secret_expr(&job_id, "tls_ca_crt"), "secrets/tls/ca.crt", Change::Restart));
+    }
+    task.templates = Some(templates);
     // PgBouncer runs from the stack's image (or the hosts' packages) as postgres.
     finish_task(&mut task, cx.postgres_owner());
 

@@ -132,6 +132,9 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
             templates.extend(cx.tls_client_templates(&job_id));
         }
     }
+    if cx.facts.client_tls.postgres {
+        templates.extend(sql_tls_templates(cx, &job_id));
+    }
     patroni.templates = Some(templates);
 
     let mut tasks = vec![patroni];
@@ -209,6 +212,14 @@ pub fn prepare_volumes_task(cx: &Context<'_>, mounts: &[VolumeMount]) -> Option<
     task.resources = Some(resources(50, 32));
     task.volume_mounts = Some(mounts.to_vec());
     Some(task)
+}
+
+/// The certificate and key Postgres (and PgBouncer) present to SQL clients with `tls = true`.
+pub fn sql_tls_templates(cx: &Context<'_>, job: &str) -> Vec<Template> {
+    [("tls_sql_crt", "secrets/tls/sql.crt"), ("tls_sql_key", "secrets/tls/sql.key")]
+        .into_iter()
+        .map(|(key, dest)| template(cx.runtime.secret_expr(job, key), dest, Change::Restart))
+        .collect()
 }
 
 fn exec_template(mut template: Template) -> Template {

@@ -59,6 +59,9 @@ pub fn postgres_secrets(facts: &Facts) -> Vec<SecretKey> {
         keys.push(key("consul_token", Origin::Operator, "Consul ACL token for Patroni (empty when Consul runs without ACLs)"));
     }
     keys.extend(backup_common(facts, "tls_server"));
+    if facts.client_tls.postgres {
+        keys.extend(sql_tls_keys());
+    }
     if facts.backup.repo_host {
         // What a member reaches the repository host with (the CN its TLS server admits).
         keys.push(key("tls_client_crt", Origin::Certificate, "pgBackRest TLS client certificate (to the repository host)"));
@@ -90,8 +93,24 @@ fn backup_common(facts: &Facts, side: &str) -> Vec<SecretKey> {
     keys
 }
 
-pub fn pgbouncer_secrets(_facts: &Facts) -> Vec<SecretKey> {
-    vec![key("pgbouncer_auth_password", Origin::Password, "password of `pgbouncer_auth`, the role PgBouncer runs auth_query as")]
+/// The certificate Postgres and PgBouncer present to SQL clients.
+fn sql_tls_keys() -> Vec<SecretKey> {
+    vec![
+        key("tls_sql_crt", Origin::Certificate, "TLS certificate Postgres and PgBouncer present to SQL clients"),
+        key("tls_sql_key", Origin::Certificate, "TLS private key of Postgres and PgBouncer for SQL clients"),
+    ]
+}
+
+pub fn pgbouncer_secrets(facts: &Facts) -> Vec<SecretKey> {
+    let mut keys =
+        vec![key("pgbouncer_auth_password", Origin::Password, "password of `pgbouncer_auth`, the role PgBouncer runs auth_query as")];
+    if facts.client_tls.pgbouncer {
+        keys.extend(sql_tls_keys());
+    }
+    if facts.client_tls.postgres {
+        keys.push(key("tls_ca_crt", Origin::Certificate, "pgnomad's CA certificate, which PgBouncer checks Postgres' certificate with"));
+    }
+    keys
 }
 
 pub fn pgadmin_secrets(_facts: &Facts) -> Vec<SecretKey> {

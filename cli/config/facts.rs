@@ -27,9 +27,25 @@ pub struct Facts {
     pub pgadmin_email: String,
     pub backup: BackupFacts,
     pub dcs: &'static str,
+    /// TLS for SQL clients (`postgres { tls = true }`, `pgbouncer { tls = true }`).
+    pub client_tls: ClientTlsFacts,
     /// Whether postgres_exporter runs beside each member (as the `pg_monitor` role
     /// [`MONITOR_ROLE`]).
     pub exporter: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientTlsFacts {
+    /// Postgres offers TLS with pgnomad's certificate, and PgBouncer verifies it (verify-ca).
+    pub postgres: bool,
+    /// PgBouncer offers TLS to its clients with pgnomad's certificate.
+    pub pgbouncer: bool,
+}
+
+impl ClientTlsFacts {
+    pub fn any(&self) -> bool {
+        self.postgres || self.pgbouncer
+    }
 }
 
 /// The role pg_rewind connects to the primary as (over TCP: the superuser may not).
@@ -166,6 +182,7 @@ impl Facts {
                 Dcs::Consul => "consul",
                 Dcs::Etcd3 { .. } => "etcd3",
             },
+            client_tls: ClientTlsFacts { postgres: stack.postgres.tls, pgbouncer: stack.pgbouncer.enabled && stack.pgbouncer.tls },
             exporter: stack.monitoring.postgres_exporter,
         }
     }

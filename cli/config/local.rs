@@ -70,6 +70,8 @@ impl LocalRuntime {
             tls_ca_file: tls("ca.crt"),
             tls_cert_file: tls(&format!("{tls_side}.crt")),
             tls_key_file: tls(&format!("{tls_side}.key")),
+            sql_tls_cert_file: tls("sql.crt"),
+            sql_tls_key_file: tls("sql.key"),
             lock_dir: self.dir(part, "run") + "/pgbackrest",
             ..Holes::default()
         }

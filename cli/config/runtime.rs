@@ -57,6 +57,9 @@ pub struct Holes {
     pub tls_key_file: String,
     pub tls_client_cert_file: String,
     pub tls_client_key_file: String,
+    /// The certificate and key Postgres and PgBouncer present to SQL clients (`tls = true`).
+    pub sql_tls_cert_file: String,
+    pub sql_tls_key_file: String,
     /// pgBackRest's lock directory: one that every process working on the repository shares
     /// (on the repository volume with a repository host), or the task's own.
     pub lock_dir: String,
@@ -257,6 +260,8 @@ impl NomadRuntime {
             tls_ca_file: "/secrets/tls/ca.crt".into(),
             tls_cert_file: "/secrets/tls/tls.crt".into(),
             tls_key_file: "/secrets/tls/tls.key".into(),
+            sql_tls_cert_file: "/secrets/tls/sql.crt".into(),
+            sql_tls_key_file: "/secrets/tls/sql.key".into(),
             lock_dir: "/alloc/tmp/pgbackrest".into(),
             ..Holes::default()
         }

@@ -244,7 +244,11 @@ async fn write_secrets<N: Transport, C: Transport>(
     // One TLS set and one value per shared key for every job.
     let needs_tls = to_write.iter().any(|s| s.keys_to_add.iter().any(|k| k.starts_with("tls_")));
     let tls = if needs_tls {
-        secrets::tls_set(&plan.cluster, &names::pgbackrest_server_names(&plan.cluster, stack.postgres.members.value))?
+        secrets::tls_set(
+            &plan.cluster,
+            &names::pgbackrest_server_names(&plan.cluster, stack.postgres.members.value),
+            &secrets::sql_server_names(&plan.cluster),
+        )?
     } else {
         empty_tls()
     };
@@ -298,6 +302,8 @@ fn empty_tls() -> TlsSet {
         server_key: String::new(),
         client_crt: String::new(),
         client_key: String::new(),
+        sql_crt: String::new(),
+        sql_key: String::new(),
     }
 }
 

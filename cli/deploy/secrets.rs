@@ -17,7 +17,8 @@ use super::{DeployError, Problem, SecretAction, SecretPlan};
 
 /// Keys of the pgBackRest TLS set: all generated together from one CA, so either all the keys
 /// a stack needs exist or none does.
-const TLS_KEYS: &[&str] = &["tls_ca_crt", "tls_server_crt", "tls_server_key", "tls_client_crt", "tls_client_key"];
+const TLS_KEYS: &[&str] =
+    &["tls_ca_crt", "tls_server_crt", "tls_server_key", "tls_client_crt", "tls_client_key", "tls_sql_crt", "tls_sql_key"];
 
 /// Where pgnomad keeps its own copy of the TLS set. Written before any job's variable, so a
 /// run interrupted between two variables can finish the set on the next run (the CA's key is

@@ -218,7 +218,7 @@ impl Dev {
         // The dev DCS is a local etcd without ACLs: a stack on Consul needs no token here.
         keys.retain(|k| k.key != "consul_token");
         let names: Vec<String> = vec![host.to_owned(), "localhost".to_owned()];
-        let tls = crate::secrets::tls_set(&facts.cluster, &names)?;
+        let tls = crate::secrets::tls_set(&facts.cluster, &names, &names)?;
         let (mut values, missing) = crate::secrets::fill(&keys, &existing, &tls);
         if let Some(key) = missing.into_iter().next() {
             return Err(DevError::OperatorSecret(key));
@@ -345,6 +345,8 @@ impl Dev {
             ("server.key", "tls_server_key"),
             ("client.crt", "tls_client_crt"),
             ("client.key", "tls_client_key"),
+            ("sql.crt", "tls_sql_crt"),
+            ("sql.key", "tls_sql_key"),
         ];
         for (file, key) in tls {
             if let Some(value) = self.secrets.get(key) {

@@ -222,6 +222,7 @@ fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
         databases,
         users,
         synchronous_mode,
+        tls: bool_or(reader, "tls", false),
         distinct_hosts,
         spread_attribute,
     }
@@ -401,6 +402,7 @@ fn pgbouncer(reader: Option<&Reader<'_>>) -> PgBouncer {
         query_wait_timeout: u32_or(reader, "query_wait_timeout", 0, 86400, 120),
         // PgBouncer's default of 15 s would add up to 15 s to every failover.
         server_login_retry: u32_or(reader, "server_login_retry", 0, 3600, 1).value,
+        tls: bool_or(reader, "tls", false),
         cpu: u32_or(reader, "cpu", 20, 1_000_000, 200).value,
         memory_mb: u32_or(reader, "memory", 16, 10_000_000, 128).value,
     }

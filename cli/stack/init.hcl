@@ -22,6 +22,7 @@ postgres {
   memory  = 1024     # MB
   port    = 5432
   synchronous_mode = "on" # "off", "on" or "strict"
+  tls              = false # offer TLS to clients, with a certificate from pgnomad's CA
 
   parameters = {
     # shared_buffers = "1GB"
@@ -74,6 +75,7 @@ pgbouncer {
   max_client_conn    = 1000
   query_wait_timeout = 120 # seconds; must outlast a failover
   server_login_retry = 1   # seconds
+  tls                = false # offer TLS to clients, with a certificate from pgnomad's CA
 }
 
 pgadmin {

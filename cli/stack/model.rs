@@ -95,6 +95,8 @@ pub struct Postgres {
     /// Application users (login roles); their passwords are generated secrets.
     pub users: Vec<Spanned<String>>,
     pub synchronous_mode: SynchronousMode,
+    /// Postgres offers TLS to clients with a certificate from pgnomad's CA.
+    pub tls: bool,
     pub distinct_hosts: bool,
     pub spread_attribute: Option<String>,
 }
@@ -156,6 +158,8 @@ pub struct PgBouncer {
     pub reserve_pool_size: u32,
     pub query_wait_timeout: Spanned<u32>,
     pub server_login_retry: u32,
+    /// PgBouncer offers TLS to clients with a certificate from pgnomad's CA.
+    pub tls: bool,
     pub cpu: u32,
     pub memory_mb: u32,
 }
