@@ -221,14 +221,28 @@ pub fn resources(cpu: u32, memory_mb: u32) -> Resources {
     Resources { cpu: Some(i64::from(cpu)), memory_mb: Some(i64::from(memory_mb)), memory_max_mb: None }
 }
 
+/// How often Consul runs a check of Patroni's REST API at `path`. The role endpoints
+/// (`/primary`, `/replica`) decide where PgBouncer routes: after a failover the new leader's
+/// `/primary` passes only at its next run, so the interval is added to every write gap
+/// (on average half of it). At 1 s, a postmaster kill costs Patroni's promotion (≈ 2 s), up
+/// to 1 s of check and PgBouncer's template wait (0.25–1 s): ≤ 4 s (BENCHMARKS.md). The other
+/// checks only feed deployments and DNS; 5 s keeps the exporter from being scraped every second.
+fn check_interval(path: &str) -> (Nanos, Nanos) {
+    match path {
+        "/primary" | "/replica" => (Nanos::secs(1), Nanos::secs(1)),
+        _ => (Nanos::secs(5), Nanos::secs(2)),
+    }
+}
+
 pub fn http_check(name: &str, path: &str, port_label: &str) -> ServiceCheck {
+    let (interval, timeout) = check_interval(path);
     ServiceCheck {
         name: some(name),
         check_type: some("http"),
         path: some(path),
         port_label: some(port_label),
-        interval: Some(Nanos::secs(5)),
-        timeout: Some(Nanos::secs(2)),
+        interval: Some(interval),
+        timeout: Some(timeout),
         ..ServiceCheck::default()
     }
 }
