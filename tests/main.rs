@@ -4,6 +4,7 @@ mod support;
 mod support_dev;
 mod support_procs;
 
+mod backups;
 mod cli;
 mod cluster;
 mod deploy;

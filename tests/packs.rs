@@ -132,6 +132,7 @@ fn local(state_dir: &Path, host: &str, facts: &Facts, dcs: LocalDcs) -> LocalRun
         pgbouncer_port: free_port(host),
         primary: 0,
         secrets: secrets(facts),
+        restore: None,
     }
 }
 

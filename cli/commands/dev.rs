@@ -22,14 +22,34 @@ pub struct Args {
 struct Where {
     #[command(flatten)]
     stack: StackFile,
-    /// Where data, configs, secrets and logs live [default: .pgnomad/dev next to the stack file].
+    /// Where data, configs, secrets and logs live [default: .pgnomad/dev/<cluster> next to the stack file].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 }
 
 impl Where {
-    fn state_dir(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(|| dev::default_state_dir(&self.stack.path))
+    /// `--state-dir`, or the stack's own default: `.pgnomad/dev/<cluster>` beside the stack
+    /// file, which names the cluster.
+    fn state_dir(&self) -> Result<PathBuf, Failure> {
+        match &self.state_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => Ok(dev::default_state_dir(&self.stack.path, &cluster_name(&self.stack.path)?)),
+        }
+    }
+}
+
+/// The cluster a stack file declares, read without printing its warnings.
+fn cluster_name(path: &Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::BadInput(format!(
+            "error: cannot read stack file {}: {e}\n  = help: the dev state directory is named after the stack file's cluster; name the file with -f FILE or the directory with --state-dir DIR",
+            path.display()
+        ))
+    })?;
+    let source = crate::stack::Source::new(path.display().to_string(), text);
+    match crate::stack::load(&source) {
+        Ok(checked) => Ok(checked.stack.cluster.name.value),
+        Err(_) => load_stack(path).map(|checked| checked.stack.cluster.name.value),
     }
 }
 
@@ -72,12 +92,56 @@ enum DevCommand {
         #[arg(long, value_name = "MEMBER")]
         candidate: Option<String>,
     },
-    /// Run the rendered backup.sh (full, diff or incr) through the members' pgBackRest servers.
+    /// Take one backup now with the rendered backup.sh (full, diff or incr) through the
+    /// members' pgBackRest servers; says which member it read from.
+    ///
+    /// Exit codes: 0 taken, 1 refused (another backup runs, no standby), 2 unreachable, 3 failed.
     Backup {
         #[command(flatten)]
         at: Where,
-        #[arg(value_parser = ["full", "diff", "incr"])]
+        #[arg(value_parser = ["full", "diff", "incr"], default_value = "full")]
         kind: String,
+        /// The same as the positional type.
+        #[arg(long = "type", value_parser = ["full", "diff", "incr"], value_name = "TYPE", conflicts_with = "kind")]
+        kind_flag: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The repository's backups (label, type, start/stop, sizes, WAL range) and the
+    /// recoverable window, from `pgbackrest info --output=json`.
+    Backups {
+        #[command(flatten)]
+        at: Where,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore into a new cluster NAME beside the source: writes NAME.hcl (this stack renamed,
+    /// with a `restore` block) and brings it up from this cluster's repository.
+    ///
+    /// Exit codes: 0 up, 1 refused (target outside the window, NAME exists), 2 unreachable, 3 did not come up.
+    Restore {
+        #[command(flatten)]
+        at: Where,
+        /// The new cluster's name; its stack file is NAME.hcl beside this one.
+        #[arg(long, value_name = "NAME")]
+        into: String,
+        /// Recover to this time: RFC 3339 (2026-12-01T10:42:07.25Z) or PostgreSQL's text, with a zone.
+        #[arg(long, value_name = "T", group = "target")]
+        to_time: Option<String>,
+        /// Recover to this WAL location (0/3000060).
+        #[arg(long, value_name = "LSN", group = "target")]
+        to_lsn: Option<String>,
+        /// Recover to this transaction id.
+        #[arg(long, value_name = "XID", group = "target")]
+        to_xid: Option<String>,
+        /// Restore this backup to its consistent point.
+        #[arg(long, value_name = "LABEL", group = "target")]
+        backup: Option<String>,
+        /// Give up waiting for the clone after this many seconds.
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
     },
     /// Stop everything; data and secrets stay for the next `up`.
     Down {
@@ -159,7 +223,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         DevCommand::Status { at, json } => status(&at, json),
         DevCommand::Psql { at, args } => psql(&at, &args),
         DevCommand::Switchover { at, no_pause, candidate } => {
-            let dev = dev::Dev::open(&at.state_dir()).map_err(failed)?;
+            let dev = dev::Dev::open(&at.state_dir()?).map_err(failed)?;
             let progress = Progress::new();
             let result = dev::switchover(&dev, !no_pause, candidate.as_deref(), &progress);
             progress.finish();
@@ -168,22 +232,72 @@ pub fn run(args: Args) -> Result<(), Failure> {
             println!("switched over from {} to {}; {held} {:.2} s", done.from, done.to, done.took.as_secs_f64());
             Ok(())
         }
-        DevCommand::Backup { at, kind } => {
-            let dev = dev::Dev::open(&at.state_dir()).map_err(failed)?;
-            let log = dev::backup(&dev, &kind).map_err(failed)?;
-            eprint!("{log}");
+        DevCommand::Backup { at, kind, kind_flag, json } => {
+            let dev = dev::Dev::open(&at.state_dir()?).map_err(failed)?;
+            let progress = Progress::new();
+            let result = crate::ops::backup::dev_backup(&dev, kind_flag.as_deref().unwrap_or(&kind), &progress);
+            progress.finish();
+            let done = result.map_err(ops_failed)?;
+            eprint!("{}", done.log);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&done).expect("serializes"));
+            } else {
+                println!(
+                    "{} backup {} done in {:.1} s: files from {}, primary {}; database {}, in the repository {}",
+                    done.kind,
+                    done.label,
+                    done.took.as_secs_f64(),
+                    done.copied_from,
+                    done.primary,
+                    bytes(done.database_size),
+                    bytes(done.repository_size)
+                );
+            }
+            Ok(())
+        }
+        DevCommand::Backups { at, json } => {
+            let dev = dev::Dev::open(&at.state_dir()?).map_err(failed)?;
+            let list = crate::ops::backup::dev_backups(&dev).map_err(ops_failed)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list).expect("serializes"));
+            } else {
+                print_backups(&list);
+            }
+            Ok(())
+        }
+        DevCommand::Restore { at, into, to_time, to_lsn, to_xid, backup, timeout, json } => {
+            use crate::ops::restore::Target;
+            let target = match (to_time, to_lsn, to_xid, backup) {
+                (Some(t), ..) => Target::time(&t).map_err(ops_failed)?,
+                (_, Some(lsn), ..) => Target::Lsn(lsn),
+                (_, _, Some(xid), _) => Target::Xid(xid),
+                (_, _, _, Some(label)) => Target::Backup(label),
+                _ => return Err(Failure::BadInput("error: say where recovery stops: --to-time T, --to-lsn LSN, --to-xid XID or --backup LABEL".into())),
+            };
+            let dev = dev::Dev::open(&at.state_dir()?).map_err(failed)?;
+            let progress = Progress::new();
+            let result = crate::ops::restore::dev_restore(&dev, &into, &target, Duration::from_secs(timeout), &progress);
+            progress.finish();
+            let restored = result.map_err(ops_failed)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&restored).expect("serializes"));
+            } else {
+                print_status(&restored.status);
+                println!("\nrestored {} into {} in {:.1} s; use it with -f {}", dev.facts.cluster, restored.cluster, restored.took.as_secs_f64(), restored.stack_file.display());
+            }
             Ok(())
         }
         DevCommand::Down { at } => {
             let progress = Progress::new();
-            let result = dev::down(&at.state_dir(), &progress);
+            let dir = at.state_dir()?;
+            let result = dev::down(&dir, &progress);
             progress.finish();
             result.map_err(failed)?;
-            eprintln!("stopped; data stays in {} for the next `pgnomad dev up`", at.state_dir().display());
+            eprintln!("stopped; data stays in {} for the next `pgnomad dev up`", dir.display());
             Ok(())
         }
         DevCommand::Destroy { at, yes } => {
-            let dir = at.state_dir();
+            let dir = at.state_dir()?;
             if !yes && !confirm(&format!("remove {} with all data, backups and secrets?", dir.display())) {
                 return Err(Failure::BadInput("error: not confirmed; pass --yes to destroy without asking".into()));
             }
@@ -193,6 +307,55 @@ pub fn run(args: Args) -> Result<(), Failure> {
             result.map_err(failed)
         }
         DevCommand::Supervise { state_dir } => dev::supervise::run(&state_dir, &LogLines).map_err(failed),
+    }
+}
+
+/// The exit code an operation's error calls for.
+fn ops_failed(error: crate::ops::OpsError) -> Failure {
+    use crate::ops::OpsError;
+    let message = format!("error: {error}");
+    match error {
+        OpsError::Refused(_) | OpsError::Setup(_) => Failure::BadInput(message),
+        OpsError::Unreachable(_) => Failure::Internal(message),
+        OpsError::Failed(_) | OpsError::TimedOut { .. } => Failure::NotConverged(message),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / f64::from(1u32 << 30)),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20)),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+fn print_backups(list: &crate::ops::backup::Backups) {
+    println!("stanza {} ({}; cipher {})", list.stanza, list.status, list.cipher);
+    println!("{:<36} {:<5} {:<22} {:<22} {:>10} {:>10}  WAL", "LABEL", "TYPE", "START", "STOP", "DATABASE", "REPO");
+    for b in &list.backups {
+        println!(
+            "{:<36} {:<5} {:<22} {:<22} {:>10} {:>10}  {} … {}",
+            b.label,
+            b.kind,
+            b.start_time,
+            b.stop_time,
+            bytes(b.database_size),
+            bytes(b.repository_size),
+            b.wal_start.as_deref().unwrap_or("-"),
+            b.wal_stop.as_deref().unwrap_or("-")
+        );
+    }
+    match &list.window {
+        Some(w) => println!(
+            "recoverable: {} … {} ({}); WAL {} … {}",
+            w.oldest_time,
+            w.newest_time,
+            if w.newest_from_archive { "to the newest archived WAL" } else { "to the end of the newest backup at least" },
+            w.wal_min.as_deref().unwrap_or("-"),
+            w.wal_max.as_deref().unwrap_or("-")
+        ),
+        None => println!("recoverable: nothing yet (no backup)"),
     }
 }
 
@@ -221,7 +384,7 @@ fn up(at: &Where, install: bool, timeout: u64) -> Result<(), Failure> {
         }
     }
     let progress = Progress::new();
-    let result = dev::up(checked.stack, path, &at.state_dir(), Duration::from_secs(timeout), &progress);
+    let result = dev::up(checked.stack, path, &at.state_dir()?, Duration::from_secs(timeout), &progress);
     progress.finish();
     let dev = result.map_err(failed)?;
     print_status(&dev::status(&dev));
@@ -261,7 +424,7 @@ fn install_packages(packages: &[&str]) -> Result<(), Failure> {
 }
 
 fn status(at: &Where, json: bool) -> Result<(), Failure> {
-    let dev = dev::Dev::open(&at.state_dir()).map_err(failed)?;
+    let dev = dev::Dev::open(&at.state_dir()?).map_err(failed)?;
     let status = dev::status(&dev);
     if json {
         println!("{}", serde_json::to_string_pretty(&status).expect("serializes"));
@@ -300,7 +463,7 @@ fn print_status(status: &dev::Status) {
 }
 
 fn psql(at: &Where, args: &[String]) -> Result<(), Failure> {
-    let dev = dev::Dev::open(&at.state_dir()).map_err(failed)?;
+    let dev = dev::Dev::open(&at.state_dir()?).map_err(failed)?;
     let (user, database) =
         dev.application_login().ok_or_else(|| Failure::BadInput("error: the stack has no users (postgres.users)".into()))?;
     let mut cmd = dev.pgbouncer_psql(&user, &database);

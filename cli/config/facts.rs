@@ -27,6 +27,8 @@ pub struct Facts {
     pub pgadmin_email: String,
     pub backup: BackupFacts,
     pub dcs: &'static str,
+    /// `restore { … }`: how Patroni's custom bootstrap restores the source's backups.
+    pub restore: Option<RestoreFacts>,
     /// TLS for SQL clients (`postgres { tls = true }`, `pgbouncer { tls = true }`).
     pub client_tls: ClientTlsFacts,
     /// Whether postgres_exporter runs beside each member (as the `pg_monitor` role
@@ -184,8 +186,38 @@ impl Facts {
             },
             client_tls: ClientTlsFacts { postgres: stack.postgres.tls, pgbouncer: stack.pgbouncer.enabled && stack.pgbouncer.tls },
             exporter: stack.monitoring.postgres_exporter,
+            restore: stack.restore.as_ref().map(restore_facts),
         }
     }
+}
+
+/// What the restore templates need: pgBackRest's `--type`/`--target`/`--set` (they pick the
+/// backup set, the newest that ends before the target) and PostgreSQL's recovery target.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreFacts {
+    /// `time`, `lsn`, `xid`, `immediate` (a backup's consistent point) or `default` (the
+    /// end of the archive).
+    pub target_type: &'static str,
+    /// The target as pgBackRest and PostgreSQL read it (a time in UTC); empty for
+    /// `immediate` and `default`.
+    pub target: String,
+    /// `recovery_target_time`, `…_lsn`, `…_xid`, `recovery_target`; empty for `default`.
+    pub recovery_parameter: &'static str,
+    /// The backup set label, or empty.
+    pub set: String,
+}
+
+fn restore_facts(restore: &crate::stack::Restore) -> RestoreFacts {
+    use crate::stack::RestoreTarget;
+    let set = restore.backup.as_ref().map(|b| b.value.clone()).unwrap_or_default();
+    let (target_type, target, recovery_parameter) = match &restore.target {
+        RestoreTarget::Time { micros, .. } => ("time", crate::stack::decode::format_timestamp(*micros), "recovery_target_time"),
+        RestoreTarget::Lsn(lsn) => ("lsn", lsn.value.clone(), "recovery_target_lsn"),
+        RestoreTarget::Xid(xid) => ("xid", xid.value.clone(), "recovery_target_xid"),
+        RestoreTarget::Latest if !set.is_empty() => ("immediate", "immediate".to_owned(), "recovery_target"),
+        RestoreTarget::Latest => ("default", String::new(), ""),
+    };
+    RestoreFacts { target_type, target, recovery_parameter, set }
 }
 
 fn backup_facts(backup: &Backup) -> BackupFacts {

@@ -47,6 +47,17 @@ pub struct LocalRuntime {
     pub primary: u32,
     /// Secret values by key, for every job; each job sees only its own keys.
     pub secrets: BTreeMap<String, String>,
+    /// With `restore { … }`: where the source's backups are.
+    pub restore: Option<LocalRestoreSource>,
+}
+
+/// The repository a restored cluster bootstraps from: the source's stanza, its repository
+/// path (in the source's state directory) and cipher pass.
+#[derive(Debug, Clone)]
+pub struct LocalRestoreSource {
+    pub stanza: String,
+    pub repo_path: String,
+    pub cipher_pass: Option<String>,
 }
 
 impl LocalRuntime {
@@ -88,6 +99,15 @@ impl LocalRuntime {
         } else {
             self.state_dir.join("repo").to_string_lossy().into_owned()
         }
+    }
+
+    /// A member's secrets, and the source's cipher pass when it restores from one.
+    fn member_secrets(&self, facts: &Facts) -> BTreeMap<String, String> {
+        let mut values = self.secrets_of(&secrets::postgres_keys(facts));
+        if let Some(pass) = self.restore.as_ref().and_then(|r| r.cipher_pass.clone()) {
+            values.insert("restore_cipher_pass".into(), pass);
+        }
+        values
     }
 
     fn dcs_section(&self) -> String {
@@ -141,7 +161,9 @@ impl Runtime for LocalRuntime {
             data_dir: self.dir(&member.name, "data"),
             repo_path: self.repo_path(facts),
             dcs: self.dcs_section(),
-            secrets: self.secrets_of(&secrets::postgres_keys(facts)),
+            secrets: self.member_secrets(facts),
+            restore_stanza: self.restore.as_ref().map(|r| r.stanza.clone()).unwrap_or_default(),
+            restore_repo_path: self.restore.as_ref().map(|r| r.repo_path.clone()).unwrap_or_default(),
             ..self.base(&member.name, "server")
         }
     }

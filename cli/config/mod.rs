@@ -34,6 +34,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("backup/pgbackrest.conf", include_str!("../../packs/backup/pgbackrest.conf")),
     ("backup/backup.sh", include_str!("../../packs/backup/backup.sh")),
     ("backup/repo.conf", include_str!("../../packs/backup/repo.conf")),
+    ("backup/restore.conf", include_str!("../../packs/backup/restore.conf")),
     ("image/Dockerfile", include_str!("../../packs/image/Dockerfile")),
 ];
 

@@ -76,6 +76,11 @@ pub struct Holes {
     pub members_begin: String,
     pub members_end: String,
     pub members: Vec<MemberAddress>,
+    /// A cluster bootstrapped by `restore { … }`: the source's stanza and repository path,
+    /// read by packs/backup/restore.conf (the source's cipher pass is the secret
+    /// `restore_cipher_pass`); empty otherwise.
+    pub restore_stanza: String,
+    pub restore_repo_path: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

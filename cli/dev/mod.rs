@@ -90,21 +90,30 @@ impl DevError {
     }
 }
 
-/// The state directory `dev` uses when none is given: `.pgnomad/dev` next to the stack file.
-/// Run as root from a directory the postgres user cannot enter (anything under /root),
-/// it is `/var/lib/pgnomad/dev/<the stack file's directory, / as _>` instead.
-pub fn default_state_dir(stack_file: &Path) -> PathBuf {
+/// The state directory `dev` uses when none is given: `.pgnomad/dev/<cluster>` next to the
+/// stack file, so that two stack files in one directory (a source and its restored clone)
+/// never share data, ports or secrets. Run as root from a directory the postgres user
+/// cannot enter (anything under /root), it is `/var/lib/pgnomad/dev/<the stack file's
+/// directory, / as _>/<cluster>` instead. A state directory made before it was per cluster
+/// (`.pgnomad/dev` itself, recorded for this very stack file) is kept.
+pub fn default_state_dir(stack_file: &Path, cluster: &str) -> PathBuf {
     let parent = stack_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let beside = parent.join(".pgnomad").join("dev");
     // The stack file's directory may not exist yet when the path is only being resolved.
     let existing = parent.ancestors().find(|dir| dir.is_dir()).unwrap_or(Path::new("/"));
-    match OsUser::for_caller() {
+    let base = match OsUser::for_caller() {
         Ok(user) if !user.can_enter(existing) => {
             let absolute = parent.canonicalize().unwrap_or_else(|_| parent.to_owned());
             Path::new("/var/lib/pgnomad/dev").join(absolute.to_string_lossy().trim_start_matches('/').replace('/', "_"))
         }
         _ => beside,
+    };
+    let legacy = StateDir::new(base.clone());
+    let ours = |recorded: Recorded| stack_file.canonicalize().is_ok_and(|file| recorded.stack_file == file);
+    if legacy.exists() && legacy.read_recorded().is_ok_and(ours) {
+        return base;
     }
+    base.join(cluster)
 }
 
 /// The Debian packages `--install` installs, for the programs that are missing.
@@ -286,6 +295,7 @@ impl Dev {
             pgbouncer_port: self.recorded.ports.pgbouncer,
             primary,
             secrets: self.secrets.clone(),
+            restore: None,
         }
     }
 
@@ -310,7 +320,8 @@ impl Dev {
         // The members' user must traverse the state directory; its secrets stay 0600.
         self.owned_dir(root, 0o711)?;
         let primary = self.state.pgbouncer_primary().unwrap_or(0);
-        let runtime = self.runtime(primary);
+        let mut runtime = self.runtime(primary);
+        runtime.restore = crate::ops::restore::local_source(&self.stack, &self.recorded.stack_file, root)?;
         let packs = Packs::default();
         let renderer = packs.renderer(&self.facts, &runtime);
         for member in &self.facts.members {
@@ -322,6 +333,10 @@ impl Dev {
             for file in ["patroni.yml", "bootstrap.sql", "on-role-change.sh", "pgbackrest.conf"] {
                 let text = renderer.render(&format!("postgres/{file}"), Some(member), &holes)?;
                 self.owned_file(&Path::new(&holes.config_dir).join(file), &text)?;
+            }
+            if self.facts.restore.is_some() {
+                let text = renderer.render("backup/restore.conf", Some(member), &holes)?;
+                self.owned_file(&Path::new(&holes.config_dir).join("restore.conf"), &text)?;
             }
         }
         self.owned_dir(&root.join("pgbouncer"), 0o700)?;
@@ -818,9 +833,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let stack_file = dir.path().join("pgnomad.hcl");
-        assert_eq!(default_state_dir(&stack_file), dir.path().join(".pgnomad/dev"));
+        assert_eq!(default_state_dir(&stack_file, "main"), dir.path().join(".pgnomad/dev/main"));
         // A directory not made yet counts as its nearest existing parent.
         let later = dir.path().join("later/pgnomad.hcl");
-        assert_eq!(default_state_dir(&later), dir.path().join("later/.pgnomad/dev"));
+        assert_eq!(default_state_dir(&later, "main"), dir.path().join("later/.pgnomad/dev/main"));
+    }
+
+    #[test]
+    fn two_stack_files_in_one_directory_get_their_own_state_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let (source, clone) = (dir.path().join("pgnomad.hcl"), dir.path().join("clone.hcl"));
+        assert_eq!(default_state_dir(&source, "main"), dir.path().join(".pgnomad/dev/main"));
+        assert_eq!(default_state_dir(&clone, "clone"), dir.path().join(".pgnomad/dev/clone"));
+    }
+
+    #[test]
+    fn a_state_dir_made_before_it_was_per_cluster_is_kept_for_its_own_stack_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let (source, clone) = (dir.path().join("pgnomad.hcl"), dir.path().join("clone.hcl"));
+        std::fs::write(&source, "cluster \"main\" {}\n").unwrap();
+        std::fs::write(&clone, "cluster \"clone\" {}\n").unwrap();
+        let legacy = StateDir::new(dir.path().join(".pgnomad/dev"));
+        std::fs::create_dir_all(&legacy.root).unwrap();
+        let ports = Ports { etcd_client: 1, etcd_peer: 2, consul: None, members: vec![[3, 4, 5]], pgbouncer: 6 };
+        legacy.write_recorded(&Recorded { stack_file: source.canonicalize().unwrap(), host: "127.0.0.1".into(), ports }).unwrap();
+        assert_eq!(default_state_dir(&source, "main"), legacy.root);
+        assert_eq!(default_state_dir(&clone, "clone"), dir.path().join(".pgnomad/dev/clone"));
     }
 }

@@ -6,8 +6,10 @@
 //! Every wait polls a condition with a deadline; PgBouncer is never left paused: a PAUSE is
 //! always followed by a RESUME, whatever failed in between.
 
+pub mod backup;
 pub mod dev;
 pub mod nomad;
+pub mod restore;
 mod upgrade;
 mod view;
 

@@ -17,6 +17,7 @@ pub fn decode(root: &Reader<'_>) -> Option<Stack> {
     let backup_reader = root.block("backup");
     let monitoring_reader = root.block("monitoring");
     let secrets_reader = root.block("secrets");
+    let restore_reader = root.block("restore");
 
     let cluster = match clusters.len() {
         0 => {
@@ -50,18 +51,27 @@ pub fn decode(root: &Reader<'_>) -> Option<Stack> {
     let backup = self::backup(backup_reader.as_ref());
     let monitoring = self::monitoring(monitoring_reader.as_ref());
     let secrets = self::secrets(secrets_reader.as_ref());
+    let restore = restore_reader.as_ref().and_then(self::restore);
     for (_, reader) in &clusters {
         reader.finish();
     }
-    for reader in
-        [&postgres_reader, &patroni_reader, &pgbouncer_reader, &pgadmin_reader, &backup_reader, &monitoring_reader, &secrets_reader]
-            .into_iter()
-            .flatten()
+    for reader in [
+        &postgres_reader,
+        &patroni_reader,
+        &pgbouncer_reader,
+        &pgadmin_reader,
+        &backup_reader,
+        &monitoring_reader,
+        &secrets_reader,
+        &restore_reader,
+    ]
+    .into_iter()
+    .flatten()
     {
         reader.finish();
     }
     root.finish();
-    Some(Stack { cluster, postgres, patroni, storage, pgbouncer, pgadmin, backup, monitoring, secrets })
+    Some(Stack { cluster, postgres, patroni, storage, pgbouncer, pgadmin, backup, monitoring, secrets, restore })
 }
 
 /// A Nomad node attribute as Nomad's constraints take it, `${node.datacenter}`. Written in
@@ -575,9 +585,129 @@ fn secrets(reader: Option<&Reader<'_>>) -> Secrets {
     }
 }
 
+fn restore(reader: &Reader<'_>) -> Option<Restore> {
+    let Some(from) = reader.string("from") else {
+        reader.error(
+            Diagnostic::error(reader.span.clone(), "`restore` needs `from`: the cluster whose backups to restore")
+                .with_help("name its stack file or its cluster, e.g. from = \"pgnomad.hcl\" or from = \"main\""),
+        );
+        return None;
+    };
+    let targets: Vec<(&str, Spanned<String>)> =
+        ["to_time", "to_lsn", "to_xid"].into_iter().filter_map(|name| reader.string(name).map(|value| (name, value))).collect();
+    if let [_, (second, value), ..] = targets.as_slice() {
+        reader.error(
+            Diagnostic::error(
+                value.span.clone(),
+                format!("`restore` takes one target, but `{}` and `{second}` are both set", targets[0].0),
+            )
+            .with_help("keep one of to_time, to_lsn and to_xid"),
+        );
+        return None;
+    }
+    let target = match targets.into_iter().next() {
+        None => RestoreTarget::Latest,
+        Some(("to_time", text)) => match parse_timestamp(&text.value) {
+            Ok(micros) => RestoreTarget::Time { text, micros },
+            Err(problem) => {
+                reader.error(Diagnostic::error(text.span.clone(), format!("`to_time` {problem}")).with_help(
+                    "write RFC 3339 with a zone, e.g. \"2026-12-01T10:42:07.250000Z\", or PostgreSQL's text, e.g. \"2026-12-01 10:42:07.25+00\"",
+                ));
+                return None;
+            }
+        },
+        Some(("to_lsn", text)) => RestoreTarget::Lsn(text),
+        Some((_, text)) => RestoreTarget::Xid(text),
+    };
+    Some(Restore { from, target, backup: reader.string("backup") })
+}
+
+/// RFC 3339 (`2026-12-01T10:42:07.250000Z`, `…+02:00`) or PostgreSQL's timestamptz text
+/// (`2026-12-01 10:42:07.25+00`) → Unix microseconds. A zone is required: without one,
+/// PostgreSQL would read the time in the server's time zone.
+pub fn parse_timestamp(text: &str) -> Result<i64, String> {
+    let bad = || format!("\"{text}\" is not a timestamp with a zone");
+    let t = text.trim();
+    let (date, rest) = t.split_at(t.find(['T', 't', ' ']).ok_or_else(bad)?);
+    let rest = rest[1..].trim_start();
+    let fields: Vec<&str> = date.split('-').collect();
+    let [year, month, day] = fields.as_slice() else { return Err(bad()) };
+    let number = |s: &str, len: usize| (s.len() == len && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse::<i64>().ok()).flatten();
+    let (year, month, day) = (number(year, 4).ok_or_else(bad)?, number(month, 2).ok_or_else(bad)?, number(day, 2).ok_or_else(bad)?);
+    let zone_at = rest.find(['Z', 'z', '+', '-']).ok_or_else(|| format!("\"{text}\" has no zone (Z, +00, +02:00, …)"))?;
+    let (clock, zone) = rest.split_at(zone_at);
+    let (clock, fraction) = clock.trim_end().split_once('.').unwrap_or((clock.trim_end(), ""));
+    let parts: Vec<&str> = clock.split(':').collect();
+    let [hour, minute, second] = parts.as_slice() else { return Err(bad()) };
+    let (hour, minute, second) = (number(hour, 2).ok_or_else(bad)?, number(minute, 2).ok_or_else(bad)?, number(second, 2).ok_or_else(bad)?);
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) || fraction.len() > 9 {
+        return Err(bad());
+    }
+    let micros_part: i64 = format!("{fraction:0<6}")[..6].parse().map_err(|_| bad())?;
+    let offset_minutes = match zone {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = if zone.starts_with('-') { -1 } else { 1 };
+            let digits = zone[1..].replace(':', "");
+            let (h, m) = match digits.len() {
+                2 => (number(&digits, 2).ok_or_else(bad)?, 0),
+                4 => (number(&digits[..2], 2).ok_or_else(bad)?, number(&digits[2..], 2).ok_or_else(bad)?),
+                _ => return Err(bad()),
+            };
+            sign * (h * 60 + m)
+        }
+    };
+    let days_in_month =
+        [31, if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month[month as usize - 1] || hour > 23 || minute > 59 || second > 60 {
+        return Err(format!("\"{text}\" is not a valid date and time"));
+    }
+    // Days from 1970-01-01 to the civil date (Howard Hinnant's days_from_civil).
+    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
+    Ok(seconds * 1_000_000 + micros_part)
+}
+
+/// Unix microseconds → `2026-12-01 10:42:07.250000+00`, the text PostgreSQL and pgBackRest
+/// read back exactly.
+pub fn format_timestamp(micros: i64) -> String {
+    let (seconds, fraction) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
+    let (days, secs) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{fraction:06}+00", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_in_rfc_3339_and_postgres_text_agree() {
+        let utc = parse_timestamp("2026-12-01T10:42:07.250000Z").unwrap();
+        assert_eq!(parse_timestamp("2026-12-01 10:42:07.25+00").unwrap(), utc);
+        assert_eq!(parse_timestamp("2026-12-01T12:42:07.25+02:00").unwrap(), utc);
+        assert_eq!(parse_timestamp("2026-12-01 05:12:07.25-0530").unwrap(), utc);
+        assert_eq!(format_timestamp(utc), "2026-12-01 10:42:07.250000+00");
+        assert_eq!(parse_timestamp("1970-01-01T00:00:00Z").unwrap(), 0);
+        assert_eq!(format_timestamp(parse_timestamp("2024-02-29T23:59:59.999999Z").unwrap()), "2024-02-29 23:59:59.999999+00");
+        assert!(parse_timestamp("2026-12-01 10:42:07").unwrap_err().contains("has no zone"));
+        assert!(parse_timestamp("2026-02-30T10:00:00Z").unwrap_err().contains("not a valid date"));
+        assert!(parse_timestamp("yesterday").is_err());
+    }
 
     #[test]
     fn parse_seconds_edges() {

@@ -18,6 +18,8 @@ pub struct Stack {
     pub backup: Backup,
     pub monitoring: Monitoring,
     pub secrets: Secrets,
+    /// `restore { … }`: bootstrap this cluster from another cluster's repository.
+    pub restore: Option<Restore>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -260,4 +262,28 @@ pub enum Secrets {
     NomadVariables,
     /// Vault KV v2, one secret per job under `path_prefix`.
     Vault { mount: String, path_prefix: String, role: Option<String> },
+}
+
+/// A cluster bootstrapped from another cluster's backups (Patroni's custom bootstrap running
+/// `pgbackrest restore`), which then archives into a stanza of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restore {
+    /// The source: a stack file (relative to this one) or a cluster name.
+    pub from: Spanned<String>,
+    pub target: RestoreTarget,
+    /// The backup set to start from (pgBackRest's `--set`); the newest that fits when left out.
+    pub backup: Option<Spanned<String>>,
+}
+
+/// Where recovery stops; the restored cluster is then promoted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RestoreTarget {
+    /// The end of the archived WAL (or, with `backup`, that backup's consistent point).
+    Latest,
+    /// `to_time`, as written (RFC 3339 or PostgreSQL's text), and as Unix microseconds.
+    Time { text: Spanned<String>, micros: i64 },
+    /// `to_lsn`, as `0/3000060`.
+    Lsn(Spanned<String>),
+    /// `to_xid`, a transaction id.
+    Xid(Spanned<String>),
 }

@@ -41,6 +41,7 @@ pub fn validate(stack: &Stack) -> Vec<Diagnostic> {
     pgbouncer(stack, &mut out);
     pgadmin(stack, &mut out);
     backup(stack, &mut out);
+    restore(stack, &mut out);
     out
 }
 
@@ -307,6 +308,45 @@ fn backup(stack: &Stack, out: &mut Vec<Diagnostic>) {
                 .with_help("five fields: minute hour day-of-month month day-of-week, e.g. \"0 1 * * 0\"; or \"off\""),
             );
         }
+    }
+}
+
+/// `restore { … }`: a source other than this cluster (a clone archiving into its source's
+/// stanza would break the source's archive), and targets PostgreSQL will take.
+fn restore(stack: &Stack, out: &mut Vec<Diagnostic>) {
+    let Some(restore) = &stack.restore else { return };
+    let from = &restore.from;
+    if from.value == stack.cluster.name.value {
+        out.push(
+            Diagnostic::error(from.span.clone(), format!("`restore` names this very cluster \"{}\" as its source", from.value)).with_help(
+                "a restored cluster gets a name of its own, so that it archives into its own stanza and never into its source's; to restore a cluster in place use `pgnomad restore --in-place`",
+            ),
+        );
+    } else if !from.value.ends_with(".hcl") {
+        if let Err(problem) = dns_label(&from.value, MAX_CLUSTER_NAME) {
+            out.push(
+                Diagnostic::error(from.span.clone(), format!("`from` \"{}\" is neither a stack file (*.hcl) nor a cluster name: it {problem}", from.value))
+                    .with_help("name the source's stack file, e.g. from = \"pgnomad.hcl\", or its cluster, e.g. from = \"main\""),
+            );
+        }
+    }
+    let hex = |s: &str| !s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match &restore.target {
+        RestoreTarget::Lsn(lsn) if !lsn.value.split_once('/').is_some_and(|(a, b)| hex(a) && hex(b)) => out.push(
+            Diagnostic::error(lsn.span.clone(), format!("`to_lsn` \"{}\" is not a WAL location", lsn.value))
+                .with_help("write it as PostgreSQL shows it, e.g. \"0/3000060\" (SELECT pg_current_wal_lsn())"),
+        ),
+        RestoreTarget::Xid(xid) if xid.value.is_empty() || !xid.value.bytes().all(|b| b.is_ascii_digit()) => out.push(
+            Diagnostic::error(xid.span.clone(), format!("`to_xid` \"{}\" is not a transaction id", xid.value))
+                .with_help("write the number, e.g. \"7420\" (SELECT pg_current_xact_id())"),
+        ),
+        _ => {}
+    }
+    if !stack.backup.enabled {
+        out.push(
+            Diagnostic::error(from.span.clone(), "`restore` needs pgBackRest, but `backup { enabled = false }`")
+                .with_help("the restore runs `pgbackrest restore`, and the restored cluster archives into its own stanza: enable backups"),
+        );
     }
 }
 

@@ -1,0 +1,330 @@
+//! Point-in-time restore into a new cluster, declared: `restore --into NAME` writes
+//! `NAME.hcl` beside the source's stack file — the source's stack under the new name, with a
+//! `restore { from, to_time | to_lsn | to_xid | backup }` block — and brings it up. Patroni's
+//! custom bootstrap restores the source's backups into the first member and recovers to the
+//! target; the clone then archives into its own stanza and repository, never the source's.
+//!
+//! Before anything is written the source's WAL up to now is archived (a WAL switch, then a
+//! wait for the archiver) and the target is checked against the recoverable window.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::backup::{self, Window};
+use super::OpsError;
+use crate::config::local::LocalRestoreSource;
+use crate::dev::{self, Dev, DevError, Reporter};
+use crate::stack::decode::{format_timestamp, parse_timestamp};
+
+/// Where recovery stops, as the operator gave it on the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// Unix microseconds, and the text as given.
+    Time {
+        micros: i64,
+        text: String,
+    },
+    Lsn(String),
+    Xid(String),
+    /// A backup's own consistent point.
+    Backup(String),
+}
+
+impl Target {
+    /// `--to-time T`: RFC 3339 or PostgreSQL's text, with a zone.
+    pub fn time(text: &str) -> Result<Target, OpsError> {
+        parse_timestamp(text).map(|micros| Target::Time { micros, text: text.to_owned() }).map_err(|problem| {
+            OpsError::Refused(format!(
+                "--to-time {problem}\n  = help: write RFC 3339 with a zone, e.g. 2026-12-01T10:42:07.250000Z, or PostgreSQL's text, e.g. '2026-12-01 10:42:07.25+00'"
+            ))
+        })
+    }
+
+    /// The `restore { … }` block's lines for this target.
+    fn hcl(&self, from: &str) -> String {
+        let line = match self {
+            // Normalized to UTC with microseconds: what PostgreSQL reads back exactly.
+            Target::Time { micros, .. } => format!("to_time = \"{}\"", format_timestamp(*micros)),
+            Target::Lsn(lsn) => format!("to_lsn  = \"{lsn}\""),
+            Target::Xid(xid) => format!("to_xid  = \"{xid}\""),
+            Target::Backup(label) => format!("backup  = \"{label}\""),
+        };
+        format!("restore {{\n  from    = \"{from}\"\n  {line}\n}}\n")
+    }
+}
+
+/// Refuses a time outside what the repository can reach, naming the window.
+pub fn check_target(target: &Target, window: Option<&Window>, backups: &[backup::BackupRow]) -> Result<(), OpsError> {
+    let Some(window) = window else {
+        return Err(OpsError::Refused(
+            "the source's repository holds no backup, so nothing can be restored\n  = help: take one first: `pgnomad dev backup full`"
+                .into(),
+        ));
+    };
+    match target {
+        Target::Time { micros, text } => {
+            let seconds = micros.div_euclid(1_000_000);
+            let reach = if window.newest_from_archive { "the newest archived WAL" } else { "the end of the newest backup" };
+            if seconds < window.oldest || (window.newest_from_archive && seconds > window.newest) {
+                return Err(OpsError::Refused(format!(
+                    "--to-time {text} is outside the recoverable window {} … {} (the end of the oldest backup … {reach})\n  = help: pick a time inside it; `pgnomad dev backups` shows the window",
+                    window.oldest_time, window.newest_time
+                )));
+            }
+            Ok(())
+        }
+        Target::Backup(label) if !backups.iter().any(|b| b.label == *label) => Err(OpsError::Refused(format!(
+            "the source's repository has no backup {label}; it has {}\n  = help: `pgnomad dev backups` lists them",
+            backups.iter().map(|b| b.label.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The clone's stack file: the source's text with the cluster renamed, and the restore block.
+pub fn clone_stack_text(source_text: &str, source_cluster: &str, into: &str, target: &Target) -> Result<String, OpsError> {
+    let label = format!("cluster \"{source_cluster}\"");
+    let at = source_text.find(&label).ok_or_else(|| {
+        OpsError::Setup(format!(
+            "cannot find `{label}` in the source's stack file to rename it; write {into}.hcl by hand with a restore block"
+        ))
+    })?;
+    if source_text.contains("\nrestore") || source_text.starts_with("restore") {
+        return Err(OpsError::Refused(
+            "the source is itself a restored cluster with a `restore` block: remove the block from its stack file once it runs, then restore from it".into(),
+        ));
+    }
+    let mut text = String::with_capacity(source_text.len() + 200);
+    text.push_str(&source_text[..at]);
+    text.push_str(&format!("cluster \"{into}\""));
+    text.push_str(&source_text[at + label.len()..]);
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!("\n# Restored from {source_cluster} by `pgnomad restore`: it archives into its own stanza {into}.\n"));
+    text.push_str(&target.hcl(source_cluster));
+    Ok(text)
+}
+
+/// Recorded in a restored cluster's state directory: where its source's state directory is
+/// (the source may have been given with --state-dir).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SourceRecord {
+    state_dir: PathBuf,
+}
+
+fn source_record_file(state_root: &Path) -> PathBuf {
+    state_root.join("restore-source.json")
+}
+
+/// For a dev stack with `restore { … }`: the source's stanza, repository and cipher pass.
+pub fn local_source(stack: &crate::stack::Stack, stack_file: &Path, state_root: &Path) -> Result<Option<LocalRestoreSource>, DevError> {
+    let Some(restore) = &stack.restore else { return Ok(None) };
+    let from = &restore.from.value;
+    let recorded: Option<SourceRecord> =
+        std::fs::read_to_string(source_record_file(state_root)).ok().and_then(|text| serde_json::from_str(&text).ok());
+    let state_dir = match recorded {
+        Some(record) => record.state_dir,
+        None if from.ends_with(".hcl") => {
+            let file = stack_file.parent().unwrap_or(Path::new(".")).join(from);
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| DevError::io(format!("read the restore source {}", file.display()), e))?;
+            let source = crate::stack::Source::new(file.display().to_string(), text);
+            let cluster = crate::stack::load(&source)
+                .map_err(|d| DevError::Stack(d.iter().map(|d| source.render(d)).collect::<Vec<_>>().join("\n")))?
+                .stack
+                .cluster
+                .name
+                .value;
+            dev::default_state_dir(&file, &cluster)
+        }
+        None => dev::default_state_dir(stack_file, from),
+    };
+    let source = Dev::open(&state_dir).map_err(|e| match e {
+        DevError::NotCreated(dir) => DevError::Failed(format!(
+            "the restore source {from} has no dev state in {}: restore from a cluster that `pgnomad dev up` made",
+            dir.display()
+        )),
+        other => other,
+    })?;
+    Ok(Some(LocalRestoreSource {
+        stanza: source.facts.scope.clone(),
+        repo_path: source.state.root.join("repo").to_string_lossy().into_owned(),
+        cipher_pass: if source.stack.backup.cipher { source.state.read_secrets()?.get("repo_cipher_pass").cloned() } else { None },
+    }))
+}
+
+/// What `restore --into` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Restored {
+    pub cluster: String,
+    pub stack_file: PathBuf,
+    pub state_dir: PathBuf,
+    /// The source's repository window the target was checked against.
+    pub window: Window,
+    /// The clone's members, as `dev status` shows them.
+    pub status: dev::Status,
+    #[serde(serialize_with = "super::seconds")]
+    pub took: Duration,
+}
+
+/// Archives the source primary's WAL up to now: a WAL switch, then a wait until the archiver
+/// has the segment that held it.
+fn archive_now(source: &Dev, leader: usize, reporter: &dyn Reporter) -> Result<(), OpsError> {
+    reporter.step("archiving the source's WAL up to now (pg_switch_wal, then the archiver)");
+    let segment = source
+        .member_query(leader, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+        .ok_or_else(|| OpsError::Unreachable("the source's primary does not answer".into()))?;
+    source
+        .member_query(leader, "SELECT pg_switch_wal()")
+        .ok_or_else(|| OpsError::Unreachable("the source's primary does not answer".into()))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (archived, failed) = source
+            .member_query(leader, "SELECT coalesce(last_archived_wal, '') || '|' || coalesce(last_failed_wal, '') FROM pg_stat_archiver")
+            .and_then(|row| row.split_once('|').map(|(a, f)| (a.to_owned(), f.to_owned())))
+            .unwrap_or_default();
+        // Names of one timeline sort by position; a later timeline sorts after.
+        if archived.as_str() >= segment.as_str() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(OpsError::TimedOut {
+                what: format!("the source to archive WAL segment {segment} (last archived {archived:?}, last failed {failed:?}): is its repository reachable?"),
+                after: Duration::from_secs(60),
+            });
+        }
+        reporter.progress(&format!("waiting for {segment} in the archive"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `dev restore --into NAME`: the source's WAL archived up to now, the target checked, then
+/// `NAME.hcl` written beside the source's stack file and the clone brought up in its own
+/// state directory (`.pgnomad/dev/NAME`), the source untouched.
+pub fn dev_restore(source: &Dev, into: &str, target: &Target, timeout: Duration, reporter: &dyn Reporter) -> Result<Restored, OpsError> {
+    let started = Instant::now();
+    let source_file = source.recorded.stack_file.clone();
+    let dir = source_file.parent().unwrap_or(Path::new(".")).to_owned();
+    let stack_file = dir.join(format!("{into}.hcl"));
+    let state_dir = dev::default_state_dir(&stack_file, into);
+    if into == source.facts.cluster {
+        return Err(OpsError::Refused(format!(
+            "--into {into} is the source's own name: a clone needs its own, so that it archives into its own stanza\n  = help: pick another name; `pgnomad restore --in-place` restores a cluster into itself"
+        )));
+    }
+    if let Err(problem) = crate::stack::validate::dns_label(into, crate::stack::validate::MAX_CLUSTER_NAME) {
+        return Err(OpsError::Refused(format!("--into {into}: a cluster name {problem}")));
+    }
+    for existing in [&stack_file, &state_dir] {
+        if existing.exists() {
+            return Err(OpsError::Refused(format!(
+                "the restore target cluster {into} already exists ({}): a restore never overwrites a cluster\n  = help: pick another name, or remove it first with `pgnomad dev destroy -f {}`",
+                existing.display(),
+                stack_file.display()
+            )));
+        }
+    }
+    let (leader, _) = backup::dev_archived_at(source);
+    match leader {
+        Some(leader) => archive_now(source, leader, reporter)?,
+        None => reporter.step("the source has no running primary: restoring from what its repository holds"),
+    }
+    let list = backup::dev_backups(source)?;
+    check_target(target, list.window.as_ref(), &list.backups)?;
+    let window = list.window.clone().expect("check_target refuses a repository without backups");
+
+    let source_text = std::fs::read_to_string(&source_file)
+        .map_err(|e| OpsError::Setup(format!("read the source's stack file {}: {e}", source_file.display())))?;
+    let text = clone_stack_text(&source_text, &source.facts.cluster, into, target)?;
+    let source_name = crate::stack::Source::new(stack_file.display().to_string(), text.clone());
+    let checked = crate::stack::load(&source_name)
+        .map_err(|d| OpsError::Setup(d.iter().map(|d| source_name.render(d)).collect::<Vec<_>>().join("\n")))?;
+    reporter.step(&format!("writing {}", stack_file.display()));
+    std::fs::write(&stack_file, &text).map_err(|e| OpsError::Setup(format!("write {}: {e}", stack_file.display())))?;
+
+    // The clone starts with the source's secrets: the restored data holds the source's roles
+    // and passwords (the replication role's among them), and its repository's cipher pass.
+    std::fs::create_dir_all(&state_dir).map_err(|e| OpsError::Setup(format!("create {}: {e}", state_dir.display())))?;
+    let clone_state = dev::state::StateDir::new(state_dir.clone());
+    let secrets = source.state.read_secrets().map_err(dev_error)?;
+    clone_state.write_secrets(&secrets).map_err(dev_error)?;
+    let record = SourceRecord { state_dir: source.state.root.clone() };
+    dev::state::write_private(&source_record_file(&state_dir), &serde_json::to_string_pretty(&record).expect("serializes"))
+        .map_err(dev_error)?;
+
+    reporter.step(&format!(
+        "bringing up {into}: Patroni's custom bootstrap restores {}'s backups and recovers to the target",
+        source.facts.cluster
+    ));
+    let clone = dev::up(checked.stack, &stack_file, &state_dir, timeout, reporter).map_err(|e| match e {
+        DevError::Timeout { what, seconds, state } => OpsError::TimedOut {
+            what: format!("{what} in the restored cluster (Patroni's log: {}/member-0/log/patroni.log)", state.display()),
+            after: Duration::from_secs(seconds),
+        },
+        other => dev_error(other),
+    })?;
+    Ok(Restored { cluster: into.to_owned(), stack_file, state_dir, window, status: dev::status(&clone), took: started.elapsed() })
+}
+
+fn dev_error(error: DevError) -> OpsError {
+    match error {
+        DevError::Stack(text) => OpsError::Setup(text),
+        other => OpsError::Failed(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(newest_from_archive: bool) -> Window {
+        let (oldest, newest) =
+            (parse_timestamp("2026-12-01T10:00:00Z").unwrap() / 1_000_000, parse_timestamp("2026-12-01T11:00:00Z").unwrap() / 1_000_000);
+        Window {
+            oldest,
+            oldest_time: "2026-12-01 10:00:00+00".into(),
+            newest,
+            newest_time: "2026-12-01 11:00:00+00".into(),
+            newest_from_archive,
+            wal_min: None,
+            wal_max: None,
+        }
+    }
+
+    #[test]
+    fn a_time_outside_the_window_is_refused_naming_the_window() {
+        let before = Target::time("2026-12-01T09:59:59Z").unwrap();
+        let error = check_target(&before, Some(&window(true)), &[]).unwrap_err();
+        assert!(error.is_refusal());
+        assert_eq!(
+            error.to_string().lines().next().unwrap(),
+            "--to-time 2026-12-01T09:59:59Z is outside the recoverable window 2026-12-01 10:00:00+00 … 2026-12-01 11:00:00+00 (the end of the oldest backup … the newest archived WAL)"
+        );
+        let after = Target::time("2026-12-01 11:00:01+00").unwrap();
+        assert!(check_target(&after, Some(&window(true)), &[]).is_err());
+        // Only the newest backup's end is known: later times may be in the archive.
+        assert!(check_target(&after, Some(&window(false)), &[]).is_ok());
+        assert!(check_target(&Target::time("2026-12-01T10:30:00.5+00:00").unwrap(), Some(&window(true)), &[]).is_ok());
+        assert!(check_target(&after, None, &[]).unwrap_err().to_string().contains("holds no backup"));
+        assert!(Target::time("2026-12-01 10:30").unwrap_err().to_string().contains("has no zone"));
+    }
+
+    #[test]
+    fn the_clone_stack_is_the_source_renamed_with_a_restore_block() {
+        let source = "# mine\ncluster \"main\" {\n  datacenters = [\"dc1\"]\n}\npostgres {\n  members = 3\n}\n";
+        let target = Target::time("2026-12-01T10:42:07.25Z").unwrap();
+        let text = clone_stack_text(source, "main", "clone", &target).unwrap();
+        assert!(text.starts_with("# mine\ncluster \"clone\" {\n  datacenters"), "{text}");
+        assert!(text.ends_with("restore {\n  from    = \"main\"\n  to_time = \"2026-12-01 10:42:07.250000+00\"\n}\n"), "{text}");
+        let checked = crate::stack::load(&crate::stack::Source::new("clone.hcl", text)).unwrap();
+        let restore = checked.stack.restore.unwrap();
+        assert_eq!(restore.from.value, "main");
+        assert!(
+            matches!(restore.target, crate::stack::RestoreTarget::Time { micros, .. } if micros == parse_timestamp("2026-12-01T10:42:07.25Z").unwrap())
+        );
+        assert!(clone_stack_text("cluster \"other\" {}\n", "main", "clone", &target).is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! Backups an operator can trust, on `pgnomad dev` with real pgBackRest, Patroni and
+//! PostgreSQL 15: backups of each type listed from pgBackRest's JSON with the recoverable
+//! window, a second backup refused while one runs, and a point-in-time restore into a
+//! 3-member clone beside the untouched source.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::support_dev::*;
+use crate::support_procs::*;
+
+#[test]
+fn two_stack_files_in_one_directory_have_their_own_dev_state_dirs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for (file, cluster) in [("pgnomad.hcl", "main"), ("clone.hcl", "clone")] {
+        std::fs::write(dir.path().join(file), format!("cluster \"{cluster}\" {{}}\n")).unwrap();
+        let out = pgnomad().args(["dev", "status", "-f"]).arg(dir.path().join(file)).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        let expected = format!("no dev stack in {}", dir.path().join(".pgnomad/dev").join(cluster).display());
+        assert!(text(&out.stderr).contains(&expected), "{}", text(&out.stderr));
+    }
+}
+
+/// A dev stack started from a stack file with the default state dir, destroyed on drop.
+struct Clone {
+    stack_file: PathBuf,
+}
+
+impl Clone {
+    fn dev(&self, args: &[&str]) -> Command {
+        let mut cmd = pgnomad();
+        cmd.arg("dev").arg(args[0]).arg("-f").arg(&self.stack_file).args(&args[1..]).stdin(Stdio::null());
+        cmd
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&run_ok("dev status of the clone", &mut self.dev(&["status", "--json"]))).unwrap()
+    }
+
+    fn app_sql(&self, pgpass: &Path, sql: &str) -> String {
+        let status = self.status();
+        let port = status["pgbouncer"]["address"].as_str().unwrap().rsplit_once(':').unwrap().1.to_owned();
+        let out = Command::new("psql")
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &port, "-U", "app", "-d", "app", "-c", sql])
+            .env("PGPASSFILE", pgpass)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sql} on the clone: {}", text(&out.stderr));
+        text(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Clone {
+    fn drop(&mut self) {
+        let _ = self.dev(&["destroy", "--yes"]).output();
+    }
+}
+
+fn both(out: &Output) -> String {
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn dev_backups_list_each_type_and_a_point_in_time_restore_makes_a_streaming_clone_beside_the_source() {
+    let dev = DevCluster::up("src", 3);
+    let leader = dev.primary().expect("a primary");
+    dev.wait_streaming(leader, Duration::from_secs(60));
+    wait_until("the source's stanza", Duration::from_secs(60), || dev.pgbackrest(leader, &["info"]).status.success());
+    dev.app_sql("CREATE TABLE rows (id bigint PRIMARY KEY, part text NOT NULL)");
+    dev.app_sql("INSERT INTO rows SELECT g, 'before' FROM generate_series(1, 100) g");
+
+    // One backup of each type, each saying which member its files came from: a standby.
+    let mut labels = Vec::new();
+    for kind in ["full", "diff", "incr"] {
+        let out = dev.dev(&["backup", kind, "--json"]).output().unwrap();
+        assert!(out.status.success(), "dev backup {kind}: {}", both(&out));
+        let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(done["type"], kind);
+        assert_eq!(done["primary"], format!("member-{leader}"));
+        assert_ne!(done["copied_from"], done["primary"], "from_standby copies from a standby");
+        labels.push(done["label"].as_str().unwrap().to_owned());
+    }
+
+    // A second backup while one runs is refused with a clear message, exit 1.
+    let mut running = dev.dev(&["backup", "full"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let lock = dev.state_dir.join("backup.lock");
+    let holder = format!("pid {}", running.id());
+    wait_until("the first backup to hold the lock", Duration::from_secs(20), || std::fs::read_to_string(&lock).is_ok_and(|t| t == holder));
+    let second = dev.dev(&["backup", "diff"]).output().unwrap();
+    assert_eq!(second.status.code(), Some(1), "{}", both(&second));
+    assert!(text(&second.stderr).contains("another backup of this stack is running"), "{}", both(&second));
+    assert!(running.wait().unwrap().success(), "the first backup completes");
+
+    // The list, from pgBackRest's JSON: every backup and the recoverable window.
+    let out = dev.dev(&["backups", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", both(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let backups = list["backups"].as_array().unwrap();
+    let kinds: Vec<&str> = backups.iter().map(|b| b["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["full", "diff", "incr", "full"]);
+    assert_eq!(backups[..3].iter().map(|b| b["label"].as_str().unwrap()).collect::<Vec<_>>(), labels);
+    for b in backups {
+        assert!(b["database_size"].as_u64().unwrap() > 0 && b["stop"].as_i64() >= b["start"].as_i64(), "{b}");
+        assert!(b["wal_start"].is_string() && b["wal_stop"].is_string(), "{b}");
+    }
+    let window = &list["window"];
+    assert_eq!(window["oldest"], backups[0]["stop"]);
+    assert_eq!(window["newest_from_archive"], true, "{list:#}");
+    assert!(window["newest"].as_i64() >= backups[3]["stop"].as_i64(), "{list:#}");
+
+    // Rows A, a recorded time T, rows B.
+    dev.app_sql("INSERT INTO rows SELECT g, 'A' FROM generate_series(101, 200) g");
+    let t = dev.app_sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    std::thread::sleep(Duration::from_millis(1100));
+    dev.app_sql("INSERT INTO rows SELECT g, 'B' FROM generate_series(201, 300) g");
+
+    // A time before the oldest backup is refused, naming the window; nothing is written.
+    let clone_file = dev.dir.path().join("clone.hcl");
+    let early = dev.dev(&["restore", "--to-time", "2001-01-01T00:00:00Z", "--into", "clone"]).output().unwrap();
+    assert_eq!(early.status.code(), Some(1), "{}", both(&early));
+    assert!(text(&early.stderr).contains("is outside the recoverable window"), "{}", both(&early));
+    assert!(!clone_file.exists(), "a refused restore writes no stack file");
+
+    let out = dev.dev(&["restore", "--to-time", &t, "--into", "clone", "--json"]).output().unwrap();
+    let clone = Clone { stack_file: clone_file.clone() };
+    assert!(out.status.success(), "dev restore: {}\n{}", both(&out), clone_logs(&dev.dir.path().join(".pgnomad/dev/clone")));
+    let stack = std::fs::read_to_string(&clone_file).unwrap();
+    assert!(stack.contains("cluster \"clone\"") && stack.contains("restore {\n  from    = \"src\""), "{stack}");
+
+    // The clone holds exactly rows A (and what came before), through its own PgBouncer.
+    let clone_pgpass = dev.dir.path().join(".pgnomad/dev/clone/client/pgpass");
+    assert_eq!(clone.app_sql(&clone_pgpass, "SELECT part || ':' || count(*) FROM rows GROUP BY part ORDER BY part"), "A:100\nbefore:100");
+    // Three members, one leader, both replicas streaming from it.
+    wait_until("the clone's replicas to stream", Duration::from_secs(60), || {
+        let status = clone.status();
+        let members = status["members"].as_array().unwrap();
+        let leader = members.iter().position(|m| m["role"] == "leader");
+        members.len() == 3
+            && leader.is_some_and(|l| {
+                let run = dev.dir.path().join(format!(".pgnomad/dev/clone/member-{l}/run"));
+                let port = members[l]["pg_port"].as_u64().unwrap() as u16;
+                member_sql(&run, port, "postgres", "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").as_deref()
+                    == Some("2")
+            })
+    });
+    // It takes writes, and archives into its own stanza: a backup of it lists stanza clone.
+    clone.app_sql(&clone_pgpass, "INSERT INTO rows VALUES (1000, 'clone')");
+    let out = clone.dev(&["backup", "full"]).output().unwrap();
+    assert!(out.status.success(), "backup of the clone: {}", both(&out));
+    let out = clone.dev(&["backups", "--json"]).output().unwrap();
+    let clone_list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((clone_list["stanza"].as_str(), clone_list["backups"].as_array().map(Vec::len)), (Some("clone"), Some(1)), "{clone_list}");
+
+    // The source is untouched: rows B are there, it archives and backs up as before.
+    assert_eq!(dev.app_sql("SELECT count(*) FROM rows WHERE part = 'B'"), "100");
+    assert_eq!(dev.app_sql("SELECT count(*) FROM rows WHERE part = 'clone'"), "0");
+    let out = dev.dev(&["backup", "incr"]).output().unwrap();
+    assert!(out.status.success(), "a source backup after the restore: {}", both(&out));
+    let check = dev.pgbackrest(dev.primary().unwrap(), &["check"]);
+    assert!(check.status.success(), "the source's archive after the restore: {}", both(&check));
+
+    // Restoring again into the same name is refused: a restore never overwrites a cluster.
+    let again = dev.dev(&["restore", "--to-time", &t, "--into", "clone"]).output().unwrap();
+    assert_eq!(again.status.code(), Some(1), "{}", both(&again));
+    assert!(text(&again.stderr).contains("the restore target cluster clone already exists"), "{}", both(&again));
+    drop(clone);
+}
+
+fn clone_logs(state: &Path) -> String {
+    let mut all = std::fs::read_to_string(state.join("supervisor.log")).unwrap_or_default();
+    for i in 0..3 {
+        let log = state.join(format!("member-{i}/log/patroni.log"));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        all.push_str(&format!("\n--- {} (end)\n{}", log.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+    }
+    all
+}
