@@ -450,6 +450,17 @@ impl AllocRunner {
         } else {
             None
         };
+        // raw_exec has no mount support (MountConfigSupportNone): Nomad's volume hook fails a
+        // task of it that mounts a host volume, and its CSI hook a group where no task can.
+        if isolation == Isolation::None {
+            for mount in list(task, "VolumeMounts") {
+                let request = &self.facts.group["Volumes"][str_of(mount, "Volume")];
+                return Err(fail(match str_of(request, "Type") {
+                    "csi" => "no task supports CSI".to_string(),
+                    _ => format!("task driver \"raw_exec\" for {name:?} does not support host volumes"),
+                }));
+            }
+        }
         let mounts = self.volume_mounts(task)?.into_iter().map(|m| {
             let read_only = m.ends_with(":ro");
             let m = m.trim_end_matches(":ro");
