@@ -43,7 +43,13 @@ pub mod check_status {
 pub struct ServiceEntry {
     pub node: ConsulNode,
     pub service: AgentService,
+    #[serde(deserialize_with = "null_as_default")]
     pub checks: Vec<HealthCheck>,
+}
+
+/// Consul (Go) writes an empty list or map as `null` (a service registered without tags).
+fn null_as_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(deserializer: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl ServiceEntry {
@@ -74,7 +80,9 @@ pub struct AgentService {
     #[serde(rename = "ID")]
     pub id: String,
     pub service: String,
+    #[serde(deserialize_with = "null_as_default")]
     pub tags: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
     pub meta: BTreeMap<String, String>,
     pub address: String,
     pub port: u16,

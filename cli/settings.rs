@@ -249,6 +249,7 @@ fn normalize_address(address: &str, source_name: &str) -> Result<String, Setting
     let address = address.trim();
     let with_scheme = match address.split_once("://") {
         Some(("http" | "https", rest)) if !rest.is_empty() => address.to_string(),
+        Some(("http" | "https", _)) => return Err(bad("no host")),
         Some((_, _)) => return Err(bad("only http:// and https:// are supported")),
         None if address.is_empty() => return Err(bad("empty")),
         None => format!("http://{address}"),

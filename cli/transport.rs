@@ -96,6 +96,9 @@ impl RetryPolicy {
     }
 }
 
+/// The largest answer read; Nomad's biggest (a job list with meta, a plan diff) are far smaller.
+pub const MAX_BODY_BYTES: usize = 64 << 20;
+
 /// reqwest behind [`Transport`]: one per service (Nomad or Consul).
 pub struct HttpTransport {
     client: reqwest::Client,
@@ -215,7 +218,20 @@ impl HttpTransport {
         let response = builder.send().await.map_err(|e| self.classify(request, timeout, e))?;
         let status = response.status().as_u16();
         let meta = read_meta(response.headers(), self.service);
-        let body = response.bytes().await.map_err(|e| self.classify(request, timeout, e))?.to_vec();
+        // The whole body is held in memory: an answer without end (a wrong address, a broken
+        // proxy) is cut off rather than read until memory runs out.
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.classify(request, timeout, e))? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(TransportError::Decode {
+                    method: request.method.as_str(),
+                    path: request.path.clone(),
+                    message: format!("the answer is larger than {} MiB; {}", MAX_BODY_BYTES >> 20, self.service.address_hint()),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
         Ok(Response { status, body, meta })
     }
 
@@ -328,7 +344,15 @@ fn build_client(address: &str, tls: &TlsSettings) -> Result<(reqwest::Client, St
 
 fn read_certificates(file: &Path) -> Result<Vec<reqwest::Certificate>, TransportError> {
     let pem = std::fs::read(file).map_err(|e| TransportError::Setup(format!("reading {}: {e}", file.display())))?;
-    reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| TransportError::Setup(format!("{}: {e}", file.display())))
+    let certificates =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| TransportError::Setup(format!("{}: {e}", file.display())))?;
+    if certificates.is_empty() {
+        return Err(TransportError::Setup(format!(
+            "{}: no PEM certificate in it (a CA file holds -----BEGIN CERTIFICATE----- blocks)",
+            file.display()
+        )));
+    }
+    Ok(certificates)
 }
 
 /// Sends `request` and turns a non-2xx answer into a [`NomadError`].

@@ -6,9 +6,12 @@ mod support_procs;
 
 mod backups;
 mod cli;
+mod cli_misuse;
 mod cluster;
 mod deploy;
+mod fuzz_regressions;
 mod dev;
+mod hostile;
 mod doors;
 mod image;
 mod infra_defaults;

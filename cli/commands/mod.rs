@@ -151,10 +151,12 @@ pub struct StackFile {
 /// Reads and checks a stack file, printing warnings; errors come back rendered.
 pub fn load_stack(path: &Path) -> Result<Checked, Failure> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::NotFound {
-            "\n  = help: create one with `pgnomad init`, or name it with -f FILE"
-        } else {
-            ""
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound => "\n  = help: create one with `pgnomad init`, or name it with -f FILE",
+            std::io::ErrorKind::IsADirectory => "\n  = help: -f names the stack file itself, as in -f DIR/pgnomad.hcl",
+            std::io::ErrorKind::InvalidData => "\n  = help: a stack file is UTF-8 text; convert it, e.g. `iconv -f LATIN1 -t UTF-8`",
+            std::io::ErrorKind::PermissionDenied => "\n  = help: make the file readable by this user",
+            _ => "",
         };
         Failure::BadInput(format!("error: cannot read stack file {}: {e}{hint}", path.display()))
     })?;
@@ -221,7 +223,7 @@ impl DeployArgs {
         let packs = render::load_packs(self.packs.as_deref())?;
         let env = crate::settings::Environment::from_process();
         let operator = crate::settings::OperatorSecrets::from_env(&env, self.patroni_consul_token_file.as_deref())
-            .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            .map_err(|e| Failure::BadInput(format!("error: --patroni-consul-token-file: {e}")))?;
         let cluster = connect(&self.connection, &env)?;
         Ok(DeployInputs { checked, packs, operator, cluster, env })
     }

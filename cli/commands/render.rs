@@ -40,6 +40,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
         FormatArg::Both => Format::Both,
     };
     let files = render::files(&artifacts, format);
+    if args.out.exists() && !args.out.is_dir() {
+        return Err(Failure::BadInput(format!(
+            "error: --out {} is a file, not a directory\n  = help: name a directory (it is created if missing), e.g. --out rendered",
+            args.out.display()
+        )));
+    }
     for file in &files {
         let path = args.out.join(&file.path);
         if let Some(parent) = path.parent() {

@@ -34,8 +34,34 @@ pub fn request(
     );
     stream.write_all(head.as_bytes())?;
     stream.write_all(body.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+    // The timeout bounds the whole answer, not each read: a body that trickles in a byte at a
+    // time, or never ends, gives up at the deadline (and past 16 MiB).
+    let deadline = std::time::Instant::now() + timeout;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let timed_out =
+            || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{method} {path}: no whole answer within {timeout:?}"));
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return Err(timed_out()),
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        if bytes.len() + n > 16 << 20 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{method} {path}: the answer is larger than 16 MiB")));
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+    }
+    let response = String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{method} {path}: the answer is not UTF-8")))?;
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response");
     let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).ok_or_else(bad)?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();

@@ -19,6 +19,7 @@
 pub mod cluster;
 pub mod consul_double;
 pub mod gotemplate;
+pub mod hostile;
 pub mod image;
 pub mod job_rules;
 pub mod jobs;

@@ -1,0 +1,4 @@
+﻿cluster "main" {}
+postgres {
+  memebers = 3
+}
