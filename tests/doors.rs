@@ -108,6 +108,8 @@ fn dev_patroni_refuses_an_unauthenticated_switchover_and_pgnomads_clients_are_le
     assert_eq!(dev.primary(), Some(leader), "a refused switchover moved the leader");
 
     // `pgnomad dev switchover` authenticates.
+    let old_log = dev.state_dir.join(format!("member-{leader}/log/patroni.log"));
+    let before = std::fs::read_to_string(&old_log).unwrap_or_default().len();
     let out = dev.dev(&["switchover"]).output().unwrap();
     assert!(
         out.status.success(),
@@ -118,6 +120,14 @@ fn dev_patroni_refuses_an_unauthenticated_switchover_and_pgnomads_clients_are_le
     );
     let second = dev.wait_new_primary(Some(leader), Duration::from_secs(30));
     dev.wait_streaming(second, Duration::from_secs(90));
+    // The demoted leader checked whether it needs pg_rewind: Patroni logs the new primary's
+    // timeline only after it logged in to it over TCP as the rewind role (pg_hba keeps the
+    // superuser out there).
+    let rejoined = || std::fs::read_to_string(&old_log).unwrap_or_default()[before..].to_owned();
+    crate::support_procs::wait_until("the former leader's rewind check", Duration::from_secs(30), || {
+        rejoined().contains("primary_timeline=")
+    });
+    assert!(!rejoined().contains("Exception when working with leader"), "{}", rejoined());
 
     // And so does the Nomad side's client (HttpTransport), with the same request builder.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
