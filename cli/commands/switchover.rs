@@ -40,7 +40,7 @@ pub struct SwitchoverFlags {
 
 pub fn switchover_on(target: &dyn Target, flags: &SwitchoverFlags) -> Result<(), Failure> {
     let options = SwitchoverOptions { pause: !flags.no_pause, max_lag: flags.max_lag, pause_timeout: flags.pause_timeout };
-    let reporter = OpsReporter::new(flags.json);
+    let reporter = OpsReporter::new(false);
     let result = ops::switchover(target, flags.to.as_deref(), &options, &reporter);
     reporter.finish();
     let done = result.map_err(|e| ops_failure(&e))?;

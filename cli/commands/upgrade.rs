@@ -72,7 +72,8 @@ pub fn ops_failure(error: &OpsError) -> Failure {
 
 /// Runs the upgrade on `target` and prints its report.
 pub fn upgrade_on(target: &dyn Target, flags: &UpgradeFlags) -> Result<(), Failure> {
-    let reporter = OpsReporter::new(flags.json);
+    // Progress goes to stderr either way; with --json stdout carries only the report.
+    let reporter = OpsReporter::new(false);
     let result = ops::upgrade(target, &flags.options(), &reporter);
     reporter.finish();
     let (report, error) = match result {

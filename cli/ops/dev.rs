@@ -105,8 +105,15 @@ impl Target for DevTarget<'_> {
         Ok(if self.dev.facts.pgbouncer.enabled { vec![self.dev.pgbouncer_address()] } else { Vec::new() })
     }
 
-    fn pooler_admin(&self, _pooler: &str, command: &str) -> Result<String, OpsError> {
-        self.dev.pgbouncer_admin(command).map_err(|e| OpsError::Failed(e.to_string()))
+    fn pooler_admin(&self, _pooler: &str, command: &str, timeout: Duration) -> Result<String, OpsError> {
+        let mut cmd = self.dev.pgbouncer_psql("pgbouncer_auth", "pgbouncer");
+        cmd.args(["-X", "-A", "-t", "-c", command]).env("PGCONNECT_TIMEOUT", "5");
+        let out = super::run_bounded(&mut cmd, timeout).map_err(|e| OpsError::Failed(format!("PgBouncer {command}: {e}")))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(OpsError::Failed(format!("PgBouncer {command}: {}", String::from_utf8_lossy(&out.stderr).trim())))
+        }
     }
 
     fn oldest_transaction(&self, primary: &MemberView) -> Result<Option<Duration>, String> {

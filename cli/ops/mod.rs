@@ -39,8 +39,9 @@ pub trait Target {
     fn rest(&self, address: &str, method: &str, path: &str, body: Option<&Value>, timeout: Duration) -> Result<(u16, String), String>;
     /// Every PgBouncer instance, by the address clients use.
     fn poolers(&self) -> Result<Vec<String>, OpsError>;
-    /// One command on a PgBouncer's admin console; its rows, `|`-separated.
-    fn pooler_admin(&self, pooler: &str, command: &str) -> Result<String, OpsError>;
+    /// One command on a PgBouncer's admin console; its rows, `|`-separated. Gives up after
+    /// `timeout` (a PAUSE waits for every server connection to be released).
+    fn pooler_admin(&self, pooler: &str, command: &str, timeout: Duration) -> Result<String, OpsError>;
     /// The age of the oldest open transaction on the primary; `None` when the target cannot
     /// tell (the reason is reported).
     fn oldest_transaction(&self, primary: &MemberView) -> Result<Option<Duration>, String>;
@@ -279,7 +280,7 @@ pub fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Err
 /// Which member PgBouncer's databases point at, by `SHOW DATABASES` (host and port of every
 /// database but the admin console); `None` while they disagree.
 fn pooler_routes_to(target: &dyn Target, pooler: &str, view: &ClusterView) -> Result<Option<String>, OpsError> {
-    let rows = target.pooler_admin(pooler, "SHOW DATABASES")?;
+    let rows = target.pooler_admin(pooler, "SHOW DATABASES", ADMIN_TIMEOUT)?;
     let addresses: std::collections::BTreeSet<String> = rows
         .lines()
         .map(|row| row.split('|').collect::<Vec<_>>())
@@ -290,13 +291,72 @@ fn pooler_routes_to(target: &dyn Target, pooler: &str, view: &ClusterView) -> Re
     Ok(view.members.iter().find(|m| &m.pg_address() == address).map(|m| m.name.clone()))
 }
 
-/// PAUSEs every pooler; on a failure RESUMEs those already paused.
+/// How long a PAUSE may wait for server connections to be released (a transaction that
+/// does not end holds it): past it the switchover is called off and PgBouncer resumed.
+const PAUSE_WAIT: Duration = Duration::from_secs(10);
+/// Any other admin console command.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+const PAUSE_ATTEMPTS: u32 = 3;
+
+/// Runs a client program to its end or until `timeout`, when it is killed.
+pub fn run_bounded(cmd: &mut std::process::Command, timeout: Duration) -> Result<std::process::Output, String> {
+    use std::process::Stdio;
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return child.wait_with_output().map_err(|e| e.to_string()),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no answer within {} s", timeout.as_secs()));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// PAUSEs every pooler; on a failure RESUMEs every one of them. A PAUSE that does not
+/// complete in time (a transaction holds its server connection) is resumed and tried again,
+/// a few times, before the switchover is called off.
 fn pause_all(target: &dyn Target, poolers: &[String], reporter: &dyn Reporter) -> Result<(), OpsError> {
     for (i, pooler) in poolers.iter().enumerate() {
         reporter.note(&format!("PAUSE on PgBouncer {pooler}: clients wait, server connections are released"));
-        if let Err(error) = target.pooler_admin(pooler, "PAUSE") {
-            resume_all(target, &poolers[..i], reporter);
-            return Err(OpsError::Failed(format!("PAUSE on PgBouncer {pooler} failed ({error}); every PgBouncer was resumed")));
+        let mut attempt = 1;
+        loop {
+            match target.pooler_admin(pooler, "PAUSE", PAUSE_WAIT) {
+                Ok(_) => break,
+                Err(error) => {
+                    // What still holds a server connection, for the report.
+                    let busy = target.pooler_admin(pooler, "SHOW SERVERS", ADMIN_TIMEOUT).unwrap_or_default();
+                    let busy: Vec<String> = busy
+                        .lines()
+                        .map(|row| row.split('|').collect::<Vec<_>>())
+                        .filter(|c| c.len() > 3)
+                        .map(|c| format!("{}/{} {}", c[2], c[1], c[3]))
+                        .collect();
+                    // A PAUSE that did not complete has still put the pooler in pause mode.
+                    resume_all(target, &poolers[..=i], reporter);
+                    if attempt == PAUSE_ATTEMPTS {
+                        return Err(OpsError::Failed(format!(
+                            "PAUSE on PgBouncer {pooler} failed {attempt} times ({error}; server connections still in use: {}); every PgBouncer was resumed and no switchover was asked for",
+                            if busy.is_empty() { "none".into() } else { busy.join(", ") }
+                        )));
+                    }
+                    reporter.note(&format!("PAUSE on {pooler} did not complete ({error}); resumed, trying again"));
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(500));
+                    // The poolers paused before this one were resumed too: pause them again.
+                    for earlier in &poolers[..i] {
+                        target.pooler_admin(earlier, "PAUSE", PAUSE_WAIT).map_err(|e| {
+                            resume_all(target, &poolers[..=i], reporter);
+                            OpsError::Failed(format!("PAUSE on PgBouncer {earlier} failed ({e}); every PgBouncer was resumed"))
+                        })?;
+                    }
+                }
+            }
         }
     }
     Ok(())
@@ -308,12 +368,12 @@ fn resume_all(target: &dyn Target, poolers: &[String], reporter: &dyn Reporter) 
     for pooler in poolers {
         reporter.note(&format!("RESUME on PgBouncer {pooler}"));
         // A RESUME of a pooler that is not paused is refused ("pooler is not paused"): fine.
-        let mut result = target.pooler_admin(pooler, "RESUME");
+        let mut result = target.pooler_admin(pooler, "RESUME", ADMIN_TIMEOUT);
         for _ in 0..3 {
             match &result {
                 Err(e) if !e.to_string().contains("not paused") => {
                     std::thread::sleep(Duration::from_millis(300));
-                    result = target.pooler_admin(pooler, "RESUME");
+                    result = target.pooler_admin(pooler, "RESUME", ADMIN_TIMEOUT);
                 }
                 _ => break,
             }

@@ -10,7 +10,7 @@
 //! uses (it has every method Patroni needs, PATCH included).
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -157,7 +157,7 @@ impl<N: Transport, C: Transport> Target for NomadTarget<N, C> {
         self.consul_addresses(&names::pgbouncer_service(&self.facts.cluster), true)
     }
 
-    fn pooler_admin(&self, pooler: &str, command: &str) -> Result<String, OpsError> {
+    fn pooler_admin(&self, pooler: &str, command: &str, timeout: Duration) -> Result<String, OpsError> {
         let password = self.pooler_password.as_deref().ok_or_else(|| {
             OpsError::Setup(format!(
                 "no pgbouncer_auth_password in nomad/jobs/{}: has `pgnomad run` written the secrets?",
@@ -166,16 +166,13 @@ impl<N: Transport, C: Transport> Target for NomadTarget<N, C> {
         })?;
         let (host, port) = pooler.rsplit_once(':').ok_or_else(|| OpsError::Setup(format!("PgBouncer address {pooler} has no port")))?;
         // The password through the environment, never on a command line.
-        let out = Command::new("psql")
-            .args(["-X", "-A", "-t", "-h", host, "-p", port, "-U", "pgbouncer_auth", "-d", "pgbouncer", "-c", command])
+        let mut cmd = Command::new("psql");
+        cmd.args(["-X", "-A", "-t", "-h", host, "-p", port, "-U", "pgbouncer_auth", "-d", "pgbouncer", "-c", command])
             .env("PGPASSWORD", password)
             .env("PGCONNECT_TIMEOUT", "5")
-            .env_remove("PGPASSFILE")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| {
-                OpsError::Setup(format!("cannot run psql for PgBouncer's admin console: {e} (apt-get install postgresql-client)"))
-            })?;
+            .env_remove("PGPASSFILE");
+        let out = super::run_bounded(&mut cmd, timeout)
+            .map_err(|e| OpsError::Failed(format!("PgBouncer {pooler} {command}: {e} (psql comes with postgresql-client)")))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {

@@ -22,7 +22,8 @@ pub struct MemberView {
     /// Patroni's state: `running`, `starting`, `stopped`, …
     pub state: String,
     pub timeline: Option<u64>,
-    /// Bytes behind the leader (`None`: the leader, or Patroni does not know).
+    /// Bytes behind the leader, received or replayed, whichever is further behind (`None`:
+    /// the leader, or Patroni does not know).
     pub lag: Option<u64>,
     /// `host:port` of its REST API.
     pub rest: String,
@@ -109,7 +110,17 @@ struct PatroniAnswer {
     #[serde(default)]
     pending_restart: bool,
     #[serde(default)]
+    xlog: Xlog,
+    #[serde(default)]
     replication: Vec<ReplicationRow>,
+}
+
+/// WAL positions: `location` on the leader, `received_location` / `replayed_location` on a
+/// replica.
+#[derive(Debug, Deserialize, Default)]
+struct Xlog {
+    location: Option<u64>,
+    replayed_location: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +169,7 @@ pub fn observe(target: &dyn Target) -> Result<ClusterView, OpsError> {
     let answer: ClusterAnswer =
         serde_json::from_str(&body).map_err(|e| OpsError::Unreachable(format!("{seed}: GET /cluster is not Patroni's answer: {e}")))?;
     let mut members = Vec::new();
+    let mut positions: Vec<(Option<u64>, Option<u64>)> = Vec::new();
     for m in answer.members {
         let rest = m.api_url.as_deref().and_then(rest_address).or_else(|| target.rest_address_of(&m.name)).unwrap_or_default();
         let patroni: Option<PatroniAnswer> = match target.rest(&rest, "GET", "/patroni", None, READ_TIMEOUT) {
@@ -165,6 +177,7 @@ pub fn observe(target: &dyn Target) -> Result<ClusterView, OpsError> {
             Ok((200 | 503, body)) => serde_json::from_str(&body).ok(),
             _ => None,
         };
+        positions.push(patroni.as_ref().map(|p| (p.xlog.location, p.xlog.replayed_location)).unwrap_or_default());
         members.push(MemberView {
             name: m.name,
             role: m.role,
@@ -179,6 +192,14 @@ pub fn observe(target: &dyn Target) -> Result<ClusterView, OpsError> {
             replication: None,
             sync_state: None,
         });
+    }
+    // Patroni's lag counts WAL received; a replica that has not replayed it is behind too (it
+    // would replay it all before it could take over).
+    let leader_at = members.iter().zip(&positions).find(|(m, _)| m.is_leader()).and_then(|(_, (at, _))| *at);
+    for (m, (_, replayed)) in members.iter_mut().zip(&positions) {
+        if let (false, Some(at), Some(replayed), Some(lag)) = (m.is_leader(), leader_at, replayed, m.lag) {
+            m.lag = Some(lag.max(at.saturating_sub(*replayed)));
+        }
     }
     // pg_stat_replication on the leader: which replicas stream, which are synchronous.
     if let Some(leader) = members.iter().find(|m| m.is_leader()).map(|m| m.rest.clone()) {
