@@ -12,6 +12,7 @@ mod deploy;
 mod fuzz_regressions;
 mod dev;
 mod hostile;
+mod interrupted_run;
 mod doors;
 mod image;
 mod infra_defaults;
