@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{load_stack, Failure, StackFile};
 use crate::dev::{self, DevError, Reporter};
+use crate::ops::dev::DevTarget;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -85,12 +86,30 @@ enum DevCommand {
     Switchover {
         #[command(flatten)]
         at: Where,
-        /// Do not PAUSE PgBouncer (clients may see errors).
-        #[arg(long)]
-        no_pause: bool,
-        /// The member to promote (Patroni picks when left out).
-        #[arg(long, value_name = "MEMBER")]
-        candidate: Option<String>,
+        #[command(flatten)]
+        flags: super::switchover::SwitchoverFlags,
+    },
+    /// Apply the edited stack file to the running dev stack, member by member (as `pgnomad
+    /// upgrade` does on Nomad).
+    Upgrade {
+        #[command(flatten)]
+        at: Where,
+        #[command(flatten)]
+        flags: super::upgrade::UpgradeFlags,
+    },
+    /// Promote a member when there is no healthy primary (asks first, or --yes).
+    Failover {
+        #[command(flatten)]
+        at: Where,
+        #[command(flatten)]
+        flags: super::failover::FailoverFlags,
+    },
+    /// Restart Postgres through Patroni: replicas one at a time, the leader last after a switchover.
+    Restart {
+        #[command(flatten)]
+        at: Where,
+        #[command(flatten)]
+        flags: super::restart::RestartFlags,
     },
     /// Take one backup now with the rendered backup.sh (full, diff or incr) through the
     /// members' pgBackRest servers; says which member it read from.
@@ -222,15 +241,21 @@ pub fn run(args: Args) -> Result<(), Failure> {
         DevCommand::Up { at, install, timeout } => up(&at, install, timeout),
         DevCommand::Status { at, json } => status(&at, json),
         DevCommand::Psql { at, args } => psql(&at, &args),
-        DevCommand::Switchover { at, no_pause, candidate } => {
+        DevCommand::Switchover { at, flags } => {
             let dev = dev::Dev::open(&at.state_dir()?).map_err(failed)?;
-            let progress = Progress::new();
-            let result = dev::switchover(&dev, !no_pause, candidate.as_deref(), &progress);
-            progress.finish();
-            let done = result.map_err(failed)?;
-            let held = if no_pause { "took" } else { "clients held for" };
-            println!("switched over from {} to {}; {held} {:.2} s", done.from, done.to, done.took.as_secs_f64());
-            Ok(())
+            super::switchover::switchover_on(&DevTarget::new(&dev), &flags)
+        }
+        DevCommand::Upgrade { at, flags } => {
+            let dev = dev::Dev::open(&at.state_dir()?).map_err(failed)?;
+            super::upgrade::upgrade_on(&DevTarget::new(&dev), &flags)
+        }
+        DevCommand::Failover { at, flags } => {
+            let dev = dev::Dev::open(&at.state_dir()?).map_err(failed)?;
+            super::failover::failover_on(&DevTarget::new(&dev), &flags)
+        }
+        DevCommand::Restart { at, flags } => {
+            let dev = dev::Dev::open(&at.state_dir()?).map_err(failed)?;
+            super::restart::restart_on(&DevTarget::new(&dev), &flags)
         }
         DevCommand::Backup { at, kind, kind_flag, json } => {
             let dev = dev::Dev::open(&at.state_dir()?).map_err(failed)?;

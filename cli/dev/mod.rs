@@ -725,78 +725,8 @@ pub fn status(dev: &Dev) -> Status {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Switchover {
-    pub from: String,
-    pub to: String,
-    /// How long clients were held (PAUSE to RESUME), or the switchover's own time.
-    pub took: Duration,
-}
-
-/// A planned switchover: PgBouncer's PAUSE (when `pause`), Patroni's `POST /switchover`,
-/// a wait until the new leader runs as primary and PgBouncer points at it, RESUME. Clients
-/// wait instead of failing.
-pub fn switchover(dev: &Dev, pause: bool, candidate: Option<&str>, reporter: &dyn Reporter) -> Result<Switchover, DevError> {
-    let cluster = |dev: &Dev| (0..dev.member_count()).find_map(|i| patroni::cluster(&dev.rest_address(i)));
-    // Patroni refuses a switchover in synchronous mode until it has named a sync standby
-    // (a loop after the previous switchover).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while needs_sync_standby(dev)
-        && !cluster(dev).is_some_and(|c| c.members.iter().any(|m| m.role == "sync_standby"))
-        && Instant::now() < deadline
-    {
-        reporter.progress("waiting for a synchronous standby");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let cluster = cluster(dev).ok_or_else(|| DevError::Failed("no member's REST API answers: is the stack up?".into()))?;
-    let leader = cluster.leader().ok_or_else(|| DevError::Failed("the cluster has no leader now".into()))?.name.clone();
-    let leader_index =
-        dev.member_index(&leader).ok_or_else(|| DevError::Failed(format!("leader {leader} is not a member of this stack")))?;
-    let started = Instant::now();
-    let pause = pause && dev.facts.pgbouncer.enabled;
-    if pause {
-        reporter.step("PAUSE on PgBouncer: clients wait, server connections are released");
-        dev.pgbouncer_admin("PAUSE")?;
-    }
-    let result = (|| {
-        reporter.step(&format!("switchover away from {leader}"));
-        let body = match candidate {
-            Some(c) => serde_json::json!({ "leader": leader, "candidate": c }),
-            None => serde_json::json!({ "leader": leader }),
-        };
-        let (code, text) = patroni::request(
-            &dev.rest_address(leader_index),
-            "POST",
-            "/switchover",
-            Some(&body.to_string()),
-            Some(&dev.rest_auth()),
-            Duration::from_secs(60),
-        )
-        .map_err(|e| DevError::io("POST /switchover", e))?;
-        if code != 200 {
-            return Err(DevError::Failed(format!("Patroni refused the switchover ({code}): {}", text.trim())));
-        }
-        reporter.step("waiting for the new primary and PgBouncer to point at it");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let new = (0..dev.member_count()).filter(|&i| i != leader_index).find(|&i| patroni::is_primary(&dev.rest_address(i)));
-            if let Some(new) = new {
-                if !dev.facts.pgbouncer.enabled || dev.state.pgbouncer_primary() == Some(new as u32) {
-                    return Ok(dev.facts.members[new].name.clone());
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(DevError::Timeout { what: "the new primary".into(), seconds: 60, state: dev.state.root.clone() });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    })();
-    if pause {
-        reporter.step("RESUME on PgBouncer");
-        dev.pgbouncer_admin("RESUME")?;
-    }
-    Ok(Switchover { from: leader, to: result?, took: started.elapsed() })
-}
+// A planned switchover is `ops::switchover` on `ops::dev::DevTarget`: one implementation
+// for dev and Nomad.
 
 /// Runs the rendered backup.sh of `kind` as the backup job would: through the members'
 /// pgBackRest TLS servers.
