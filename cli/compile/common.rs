@@ -224,9 +224,10 @@ pub fn resources(cpu: u32, memory_mb: u32) -> Resources {
 /// How often Consul runs a check of Patroni's REST API at `path`. The role endpoints
 /// (`/primary`, `/replica`) decide where PgBouncer routes: after a failover the new leader's
 /// `/primary` passes only at its next run, so the interval is added to every write gap
-/// (on average half of it). At 1 s, a postmaster kill costs Patroni's promotion (≈ 2 s), up
-/// to 1 s of check and PgBouncer's template wait (0.25–1 s): ≤ 4 s (BENCHMARKS.md). The other
-/// checks only feed deployments and DNS; 5 s keeps the exporter from being scraped every second.
+/// (on average half of it). 1 s is Nomad's floor for a check interval; with PgBouncer's template
+/// wait of 0.25–1 s a postmaster kill costs Patroni's promotion (2.5–3 s), up to 1 s of check and
+/// the wait: 5.5 s median on the cluster double, from 7.7 s with 5 s checks (BENCHMARKS.md). The
+/// other checks only feed deployments and DNS; 5 s keeps the exporter from being scraped each second.
 fn check_interval(path: &str) -> (Nanos, Nanos) {
     match path {
         "/primary" | "/replica" => (Nanos::secs(1), Nanos::secs(1)),
