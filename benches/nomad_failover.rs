@@ -57,24 +57,21 @@ fn main() {
             let recovered = Instant::now();
             writer.wait_ack_after(recovered, Duration::from_secs(180));
             let gap = writer.gap_around(at, recovered).expect("acknowledged writes on both sides of the fault");
-            // What the writer saw from the fault to the first acknowledged insert after it.
-            let seen: Vec<String> = writer
-                .snapshot()
-                .iter()
-                .filter(|a| a.started + a.took > at && a.started <= recovered + Duration::from_millis(300))
-                .map(|a| {
-                    format!(
-                        "{:+.1}s {} {:.1}s",
-                        a.started.saturating_duration_since(at).as_secs_f64(),
-                        if a.ok { "ok".to_string() } else { format!("err ({})", a.error) },
-                        a.took.as_secs_f64()
-                    )
-                })
-                .collect();
-            println!("  new leader after {}; inserts: {}", secs(elected), seen.join(", "));
+            // What the writer saw from the fault to the first acknowledged insert after it:
+            // acknowledgements by start time, failures by message.
+            let seen = writer.snapshot();
+            let window: Vec<_> =
+                seen.iter().filter(|a| a.started + a.took > at && a.started <= recovered + Duration::from_millis(300)).collect();
+            let oks: Vec<String> =
+                window.iter().filter(|a| a.ok).map(|a| format!("{:+.1}s", a.started.saturating_duration_since(at).as_secs_f64())).collect();
+            let mut failures = std::collections::BTreeMap::<String, usize>::new();
+            for a in window.iter().filter(|a| !a.ok) {
+                *failures.entry(a.error.rsplit("failed: ").next().unwrap_or_default().chars().take(90).collect()).or_default() += 1;
+            }
+            println!("  new leader after {}; acknowledged inserts started at {}; failures {failures:?}", secs(elected), oks.join(" "));
             let failed = {
                 let attempts = writer.snapshot();
-                attempts.iter().filter(|a| !a.ok && a.started > at && a.started <= recovered + Duration::from_secs(1)).count()
+                attempts.iter().filter(|a| !a.ok && a.started + a.took > at && a.started <= recovered + Duration::from_secs(1)).count()
             };
             println!("{} {}: {leader} → gap {}, {failed} client errors", fault.name(), run + 1, secs(gap));
             gaps.push(gap);

@@ -321,12 +321,15 @@ impl Fault {
     }
 }
 
+/// One psql as `app`. The connect timeout (10 s, as `pgnomad dev`'s benchmark writer) outlasts
+/// a failover: PgBouncer holds a login whose auth_query has no server yet until it has one,
+/// so a client that gave up sooner would add its own timeout to the write gap.
 pub fn psql(address: &str, password: &str, sql: &str) -> Output {
     let (host, port) = address.rsplit_once(':').unwrap();
     Command::new("psql")
         .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", port, "-U", "app", "-d", "app", "-c", sql])
         .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "5")
+        .env("PGCONNECT_TIMEOUT", "10")
         .stdin(Stdio::null())
         .output()
         .unwrap()
