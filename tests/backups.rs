@@ -179,3 +179,36 @@ fn clone_logs(state: &Path) -> String {
     }
     all
 }
+
+#[test]
+fn dev_backup_errors_say_whether_the_repository_is_unreachable_or_holds_another_databases_stanza() {
+    // Two one-member clusters with the same name: what a cluster made afresh under an old
+    // name meets when the old repository is still there.
+    let old = DevCluster::up("dup", 1);
+    let new = DevCluster::up("dup", 1);
+    for dev in [&old, &new] {
+        wait_until("the stanza", Duration::from_secs(60), || dev.pgbackrest(0, &["info"]).status.success());
+        let out = dev.dev(&["backup", "full"]).output().unwrap();
+        assert!(out.status.success(), "{}", both(&out));
+    }
+
+    // A repository pgBackRest cannot read: exit 2, "unreachable", and what to check.
+    let repo = new.state_dir.join("repo");
+    let mode = |m: u32| std::fs::set_permissions(&repo, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap();
+    mode(0o000);
+    let out = new.dev(&["backups"]).output().unwrap();
+    mode(0o750);
+    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+    let error = text(&out.stderr);
+    assert!(error.contains(&format!("the repository {} is unreachable", repo.display())) && error.contains("Permission denied"), "{error}");
+
+    // The old cluster's stanza in the new one's repository: refused, exit 1, naming the trap.
+    for part in ["archive", "backup"] {
+        let target = repo.join(part).join("dup");
+        std::fs::remove_dir_all(&target).unwrap();
+        run_ok("copy the old stanza", Command::new("cp").arg("-a").arg(old.state_dir.join("repo").join(part).join("dup")).arg(&target));
+    }
+    let out = new.dev(&["backup", "full"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(text(&out.stderr).contains("the stanza in the repository belongs to another database"), "{}", both(&out));
+}

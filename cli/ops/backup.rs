@@ -130,10 +130,16 @@ pub fn explain_failure(what: &str, output: &str) -> OpsError {
         OpsError::Refused(format!(
             "{what}: another backup of this stanza is running (pgBackRest holds its lock)\n  = help: wait for it to end (`pgnomad dev backups` lists it once done), then run this one again\n{output}"
         ))
-    } else if has("ArchiveMismatchError") || has("BackupMismatchError") || has("[028]") || has("[051]") || has("do not match the database")
+    } else if has("ArchiveMismatchError")
+        || has("BackupMismatchError")
+        || has("[028]")
+        || has("[051]")
+        || has("do not match the database")
+        // Info files that do not decrypt with this cluster's cipher pass: another cluster's.
+        || (has("unable to load info file") && (has("CryptoError") || has("FormatError")))
     {
         OpsError::Refused(format!(
-            "{what}: the stanza in the repository belongs to another database (a cluster made afresh under the name of an old one, or a clone pointed at its source)\n  = help: give the cluster its own stanza or repository path; never point a new cluster at another's stanza\n{output}"
+            "{what}: the stanza in the repository belongs to another database or cipher pass (a cluster made afresh under the name of an old one, or a clone pointed at its source)\n  = help: give the cluster its own stanza or repository path; never point a new cluster at another's stanza\n{output}"
         ))
     } else if has("HostConnectError") || has("unable to connect") || has("[039]") || has("PathOpenError") || has("FileOpenError") {
         OpsError::Unreachable(format!(
@@ -178,12 +184,27 @@ pub fn dev_info(dev: &Dev) -> Result<Stanza, OpsError> {
             dev.facts.scope,
             stanza.status.message
         ))),
-        _ => Err(OpsError::Refused(format!(
-            "the stanza {} in {} does not match this cluster: {}\n  = help: a cluster made afresh under an old name must not reuse the old stanza: remove the old repository or restore into a new name",
+        4 | 5 => Err(OpsError::Refused(format!(
+            "the stanza {} in {} does not match this cluster ({}): the stanza in the repository belongs to another database or cipher\n  = help: a cluster made afresh under an old name must not reuse the old stanza: remove the old repository or restore into a new name",
             dev.facts.scope,
             dev_repo_path(dev).display(),
             stanza.status.message
         ))),
+        _ => Err(OpsError::Unreachable(format!(
+            "the repository {} is unreachable: {}\n  = help: check that the repository's directory exists and the members' user can read it, then retry",
+            dev_repo_path(dev).display(),
+            repo_messages(&stanza)
+        ))),
+    }
+}
+
+/// pgBackRest's own words for each repository of a stanza it could not read.
+fn repo_messages(stanza: &Stanza) -> String {
+    let messages: Vec<&str> = stanza.repo.iter().map(|r| r.status.message.as_str()).filter(|m| !m.is_empty()).collect();
+    if messages.is_empty() {
+        stanza.status.message.clone()
+    } else {
+        messages.join("; ")
     }
 }
 
@@ -358,6 +379,8 @@ mod tests {
         assert!(lock.is_refusal() && lock.to_string().contains("another backup of this stanza is running"), "{lock}");
         let mismatch = explain_failure("stanza-create", "ERROR: [028]: backup and archive info files exist but do not match the database");
         assert!(mismatch.to_string().contains("belongs to another database"), "{mismatch}");
+        let foreign = explain_failure("backup", "ERROR: [095]: unable to load info file 'archive.info':\n  CryptoError: unable to flush");
+        assert!(foreign.is_refusal() && foreign.to_string().contains("another database or cipher pass"), "{foreign}");
         let unreachable = explain_failure("info", "ERROR: [039]: HostConnectError: unable to connect to 'repo:8432'");
         assert!(matches!(unreachable, OpsError::Unreachable(_)) && unreachable.to_string().contains("repository is unreachable"));
         assert_eq!(seconds_text(0), "1970-01-01 00:00:00+00");

@@ -212,7 +212,7 @@ pub fn dev_restore(source: &Dev, into: &str, target: &Target, timeout: Duration,
     let state_dir = dev::default_state_dir(&stack_file, into);
     if into == source.facts.cluster {
         return Err(OpsError::Refused(format!(
-            "--into {into} is the source's own name: a clone needs its own, so that it archives into its own stanza\n  = help: pick another name; `pgnomad restore --in-place` restores a cluster into itself"
+            "--into {into} is the source's own name: a clone needs its own, so that it archives into its own stanza\n  = help: pick another name (restoring a cluster in place, into itself, is not supported yet)"
         )));
     }
     if let Err(problem) = crate::stack::validate::dns_label(into, crate::stack::validate::MAX_CLUSTER_NAME) {

@@ -319,7 +319,7 @@ fn restore(stack: &Stack, out: &mut Vec<Diagnostic>) {
     if from.value == stack.cluster.name.value {
         out.push(
             Diagnostic::error(from.span.clone(), format!("`restore` names this very cluster \"{}\" as its source", from.value)).with_help(
-                "a restored cluster gets a name of its own, so that it archives into its own stanza and never into its source's; to restore a cluster in place use `pgnomad restore --in-place`",
+                "a restored cluster gets a name of its own, so that it archives into its own stanza and never into its source's (restoring a cluster in place, into itself, is not supported yet)",
             ),
         );
     } else if !from.value.ends_with(".hcl") {

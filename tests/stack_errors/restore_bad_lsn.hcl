@@ -1,0 +1,6 @@
+cluster "clone" {}
+
+restore {
+  from   = "main"
+  to_lsn = "3000060"
+}

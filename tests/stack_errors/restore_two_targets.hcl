@@ -1,0 +1,7 @@
+cluster "clone" {}
+
+restore {
+  from    = "main"
+  to_time = "2026-12-01T10:42:07Z"
+  to_lsn  = "0/3000060"
+}
