@@ -212,3 +212,14 @@ fn dev_backup_errors_say_whether_the_repository_is_unreachable_or_holds_another_
     assert_eq!(out.status.code(), Some(1), "{}", both(&out));
     assert!(text(&out.stderr).contains("the stanza in the repository belongs to another database"), "{}", both(&out));
 }
+
+#[test]
+fn render_refuses_a_restore_stack_the_nomad_jobs_could_not_bootstrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clone.hcl");
+    std::fs::write(&file, "cluster \"clone\" {}\nrestore {\n  from    = \"main\"\n  to_time = \"2026-12-01T10:42:07Z\"\n}\n").unwrap();
+    let out = pgnomad().args(["render", "-f"]).arg(&file).arg("--out").arg(dir.path().join("rendered")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(text(&out.stderr).contains("a stack with `restore { … }` runs only on `pgnomad dev` so far"), "{}", both(&out));
+    assert!(!dir.path().join("rendered/jobs").exists(), "nothing is rendered");
+}

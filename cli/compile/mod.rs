@@ -78,6 +78,12 @@ pub struct SecretSpec {
 
 /// Compiles a checked stack with the given pack templates.
 pub fn compile(stack: &Stack, packs: &Packs) -> Result<Artifacts, ConfigError> {
+    if stack.restore.is_some() {
+        // The jobs would bootstrap from a repository they cannot reach: refuse, not render.
+        return Err(ConfigError::DevOnly(
+            "a stack with `restore { … }` runs only on `pgnomad dev` so far: the Nomad jobs do not yet reach the source's repository\n  = help: bring the clone up with `pgnomad dev up -f <file>`, or remove the `restore` block to compile a fresh cluster".into(),
+        ));
+    }
     let facts = Facts::new(stack);
     let runtime = NomadRuntime::for_stack(stack);
     let renderer = packs.renderer(&facts, &runtime);

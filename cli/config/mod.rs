@@ -44,6 +44,9 @@ pub enum ConfigError {
     UnknownPackFile { path: String, known: String },
     #[error("pack file {path}: {message}")]
     Template { path: String, message: String },
+    /// The stack asks for something only `pgnomad dev` does so far.
+    #[error("{0}")]
+    DevOnly(String),
 }
 
 /// The pack templates in use: the built-in ones, some perhaps replaced with `--packs DIR`.

@@ -221,7 +221,7 @@ pub fn dev_restore(source: &Dev, into: &str, target: &Target, timeout: Duration,
     for existing in [&stack_file, &state_dir] {
         if existing.exists() {
             return Err(OpsError::Refused(format!(
-                "the restore target cluster {into} already exists ({}): a restore never overwrites a cluster\n  = help: pick another name, or remove it first with `pgnomad dev destroy -f {}`",
+                "the restore target cluster {into} already exists ({}): a restore never overwrites a cluster\n  = help: pick another name, or remove it first: `pgnomad dev destroy -f {}`, then delete the stack file",
                 existing.display(),
                 stack_file.display()
             )));
