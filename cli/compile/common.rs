@@ -91,7 +91,7 @@ impl Context<'_> {
                 }
                 ("docker", config, None)
             }
-            driver @ (Driver::Exec { .. } | Driver::RawExec { .. }) => (
+            driver @ Driver::Exec { .. } => (
                 driver.nomad_name(),
                 BTreeMap::from([("command".to_owned(), json!(command)), ("args".to_owned(), json!(args))]),
                 // Postgres refuses to run as root; the image already runs as postgres.

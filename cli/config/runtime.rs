@@ -221,7 +221,7 @@ impl NomadRuntime {
             bin_dir: match &stack.postgres.driver {
                 // Where the pgnomad image (packs/image/Dockerfile) installs PostgreSQL.
                 Driver::Docker { .. } => format!("/usr/lib/postgresql/{}/bin", stack.postgres.version.value),
-                Driver::Exec { bin_dir } | Driver::RawExec { bin_dir } => bin_dir.clone(),
+                Driver::Exec { bin_dir } => bin_dir.clone(),
             },
         }
     }

@@ -141,7 +141,18 @@ fn cluster(name: Spanned<String>, reader: &Reader<'_>) -> Cluster {
 fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
     let version = u32_or(reader, "version", 13, 17, defaults::POSTGRES_VERSION);
     let members = u32_or(reader, "members", 1, 99, 3);
-    let driver_name = choice_or(reader, "driver", &["docker", "exec", "raw_exec"], "docker");
+    // raw_exec is Nomad's, but its jobs would be placed and then fail at every start.
+    let raw_exec = reader.and_then(|r| r.string("driver")).filter(|d| d.value == "raw_exec");
+    let driver_name = match &raw_exec {
+        Some(raw_exec) => {
+            reader.unwrap().error(
+                Diagnostic::error(raw_exec.span.clone(), "the raw_exec driver cannot run pgnomad's jobs: Nomad's raw_exec mounts no volumes, and every member needs its data volume")
+                    .with_help("use driver = \"exec\": the same packages on the hosts, each task chrooted in its own directory"),
+            );
+            Spanned::new("exec", raw_exec.span.clone())
+        }
+        None => choice_or(reader, "driver", &["docker", "exec"], "docker"),
+    };
     let image = reader.and_then(|r| r.string("image"));
     let bin_dir = reader.and_then(|r| r.string("bin_dir"));
     let default_bin_dir = format!("/usr/lib/postgresql/{}/bin", version.value);
@@ -149,7 +160,7 @@ fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
         "docker" => {
             if let Some(bin_dir) = &bin_dir {
                 reader.unwrap().error(
-                    Diagnostic::error(bin_dir.span.clone(), "`bin_dir` only applies to the exec and raw_exec drivers")
+                    Diagnostic::error(bin_dir.span.clone(), "`bin_dir` only applies to the exec driver")
                         .with_help("remove it (the docker driver runs the binaries inside `image`), or set driver = \"exec\""),
                 );
             }
@@ -162,12 +173,7 @@ fn postgres(reader: Option<&Reader<'_>>, cluster: &Cluster) -> Postgres {
                         .with_help("remove it: with exec drivers Postgres is installed on the hosts; set `bin_dir` if its binaries are not in the default place"),
                 );
             }
-            let bin_dir = bin_dir.map_or(default_bin_dir, |b| b.value);
-            if exec == "exec" {
-                Driver::Exec { bin_dir }
-            } else {
-                Driver::RawExec { bin_dir }
-            }
+            Driver::Exec { bin_dir: bin_dir.map_or(default_bin_dir, |b| b.value) }
         }
     };
     let parameters = reader.and_then(|r| r.scalar_map("parameters")).unwrap_or_default();

@@ -14,7 +14,7 @@ cluster "main" {
 postgres {
   version = 15       # 13 to 17
   members = 3        # one Nomad task group (member-0 …) and one volume each
-  driver  = "docker" # or "exec" / "raw_exec" with packages on the hosts (bin_dir)
+  driver  = "docker" # or "exec" with packages on the hosts (bin_dir)
   # image = "pgnomad/postgres:15"
   uid     = 999      # numeric uid/gid of the postgres user (the image's; with exec drivers the hosts')
   gid     = 999      #   Nomad writes the config and secret files owned by them, mode 0600

@@ -51,9 +51,6 @@ pub enum Driver {
     Exec {
         bin_dir: String,
     },
-    RawExec {
-        bin_dir: String,
-    },
 }
 
 impl Driver {
@@ -61,7 +58,6 @@ impl Driver {
         match self {
             Driver::Docker { .. } => "docker",
             Driver::Exec { .. } => "exec",
-            Driver::RawExec { .. } => "raw_exec",
         }
     }
 }

@@ -1,0 +1,5 @@
+cluster "main" {}
+
+postgres {
+  driver = "raw_exec"
+}
