@@ -125,6 +125,11 @@ impl Target for DevTarget<'_> {
         Ok(Some(Duration::from_secs_f64(seconds.max(0.0))))
     }
 
+    fn postgres_pending_restart(&self, member: &MemberView) -> Option<bool> {
+        let index = self.dev.member_index(&member.name)?;
+        self.dev.member_query(index, "SELECT bool_or(pending_restart) FROM pg_settings").map(|v| v == "t")
+    }
+
     fn desired_parameters(&self) -> BTreeMap<String, String> {
         self.dev.facts.parameters.clone()
     }

@@ -45,6 +45,12 @@ pub trait Target {
     /// The age of the oldest open transaction on the primary; `None` when the target cannot
     /// tell (the reason is reported).
     fn oldest_transaction(&self, primary: &MemberView) -> Result<Option<Duration>, String>;
+    /// Whether the member's Postgres itself has a setting waiting for a restart
+    /// (`pg_settings.pending_restart`), which Patroni's flag misses when it adopted a running
+    /// Postgres; `None` when the target cannot ask Postgres.
+    fn postgres_pending_restart(&self, _member: &MemberView) -> Option<bool> {
+        None
+    }
     /// postgresql.conf parameters the stack wants (pgnomad's defaults and the stack's own).
     fn desired_parameters(&self) -> BTreeMap<String, String>;
     /// Members whose own deployment (Nomad: their task group; dev: their config files)
@@ -140,6 +146,14 @@ pub fn wait_for<T>(
     }
 }
 
+/// Adds Postgres' own pending restarts to Patroni's flags (where the target can see them).
+pub fn with_postgres_pending(target: &dyn Target, mut view: ClusterView) -> ClusterView {
+    for m in view.members.iter_mut().filter(|m| m.reachable && !m.pending_restart) {
+        m.pending_restart = target.postgres_pending_restart(m).unwrap_or(false);
+    }
+    view
+}
+
 /// What the health gate checks.
 #[derive(Debug, Clone)]
 pub struct Gate {
@@ -223,8 +237,9 @@ pub fn choose_candidate<'a>(view: &'a ClusterView, to: Option<&str>, max_lag: u6
                 ))
             }
         }
-        if view.synchronous_mode && !m.is_sync_standby() {
-            let sync: Vec<&str> = view.replicas().filter(|r| r.is_sync_standby()).map(|r| r.name.as_str()).collect();
+        // Patroni takes the synchronous standby from the DCS, not from pg_stat_replication.
+        if view.synchronous_mode && m.role != "sync_standby" {
+            let sync: Vec<&str> = view.replicas().filter(|r| r.role == "sync_standby").map(|r| r.name.as_str()).collect();
             return refuse(format!(
                 "{name} is not a synchronous standby, so it may miss acknowledged commits (synchronous standby: {})",
                 if sync.is_empty() { "none".into() } else { sync.join(", ") }
@@ -235,7 +250,7 @@ pub fn choose_candidate<'a>(view: &'a ClusterView, to: Option<&str>, max_lag: u6
     let mut fit: Vec<&MemberView> = view
         .replicas()
         .filter(|m| m.is_streaming() && m.lag.is_some_and(|l| l <= max_lag))
-        .filter(|m| !view.synchronous_mode || m.is_sync_standby())
+        .filter(|m| !view.synchronous_mode || m.role == "sync_standby")
         .collect();
     fit.sort_by_key(|m| (m.lag, m.name.clone()));
     match fit.first() {
@@ -301,8 +316,12 @@ const PAUSE_ATTEMPTS: u32 = 3;
 /// Runs a client program to its end or until `timeout`, when it is killed.
 pub fn run_bounded(cmd: &mut std::process::Command, timeout: Duration) -> Result<std::process::Output, String> {
     use std::process::Stdio;
-    let mut child =
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {

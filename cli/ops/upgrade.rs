@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{
-    health_problems, observe, seconds, switchover, wait_for, wait_member_healthy, ClusterView, Gate, MemberView, OpsError, Reporter,
-    Switched, SwitchoverOptions, Target,
+    health_problems, observe, seconds, switchover, wait_for, wait_member_healthy, with_postgres_pending, ClusterView, Gate, MemberView,
+    OpsError, Reporter, Switched, SwitchoverOptions, Target,
 };
 
 /// PostgreSQL 13–17 parameters of context `postmaster`: a change takes effect only when the
@@ -269,7 +269,7 @@ pub fn upgrade(
 ) -> Result<UpgradeReport, (Box<UpgradeReport>, OpsError)> {
     let started = Instant::now();
     let deadline = started + options.timeout;
-    let view = observe(target).map_err(|e| (Box::new(empty_report(target, started, &e)), e))?;
+    let view = observe(target).map(|v| with_postgres_pending(target, v)).map_err(|e| (Box::new(empty_report(target, started, &e)), e))?;
     let plan = make_plan(target, &view, &options.gate).map_err(|e| (Box::new(empty_report(target, started, &e)), e))?;
     if !options.dry_run {
         reporter.planned(&plan);
@@ -405,7 +405,7 @@ fn run_step(
             if *if_pending {
                 // A demoted leader restarts as a replica: wait for that to finish, then see
                 // whether it still needs one.
-                let view = wait_member_healthy(target, member, max_lag, deadline, reporter)?;
+                let view = with_postgres_pending(target, wait_member_healthy(target, member, max_lag, deadline, reporter)?);
                 m = view.member(member).cloned().unwrap_or(m);
                 if !m.pending_restart {
                     return Ok(None);
@@ -425,9 +425,18 @@ fn run_step(
             Ok(Some(detail))
         }
         Step::Verify => {
+            // A lowered parameter such as max_connections: a replica restarted while the
+            // primary still ran the higher value had to keep it (Patroni takes the primary's
+            // from pg_controldata); now that the primary runs the new one, restart it again.
+            let view = with_postgres_pending(target, observe(target)?);
+            let again: Vec<MemberView> = view.replicas().filter(|m| m.pending_restart).cloned().collect();
+            for m in &again {
+                reporter.note(&format!("{} still has a restart pending (a lowered setting follows the primary's): restarting it", m.name));
+                restart_member_watched(target, m, max_lag, deadline, reporter)?;
+            }
             let desired: BTreeMap<String, String> = plan.changes.iter().map(|c| (c.parameter.clone(), c.to.clone())).collect();
             wait_for("every member healthy with no restart pending", deadline, Duration::from_millis(250), reporter, || {
-                let view = observe(target).map_err(|e| e.to_string())?;
+                let view = with_postgres_pending(target, observe(target).map_err(|e| e.to_string())?);
                 let mut notes = Vec::new();
                 let mut problems = health_problems(target, &view, &options.gate, &mut notes);
                 problems.extend(view.members.iter().filter(|m| m.pending_restart).map(|m| format!("{} has a restart pending", m.name)));
@@ -489,4 +498,129 @@ pub(super) fn restart_member_watched(
     })?;
     outcome.map_err(went_down)?;
     wait_member_healthy(target, &m.name, max_lag, deadline, reporter).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, role: &str, pending: bool) -> MemberView {
+        MemberView {
+            name: name.into(),
+            role: role.into(),
+            state: "running".into(),
+            timeline: Some(1),
+            lag: if role == "leader" { None } else { Some(0) },
+            rest: format!("{name}:8008"),
+            host: name.into(),
+            port: 5432,
+            reachable: true,
+            pending_restart: pending,
+            replication: (role != "leader").then(|| "streaming".into()),
+            sync_state: Some(if role == "sync_standby" { "sync" } else { "async" }.into()),
+        }
+    }
+
+    fn view(pending: bool) -> ClusterView {
+        ClusterView {
+            members: vec![
+                member("member-0", "replica", pending),
+                member("member-1", "leader", pending),
+                member("member-2", "sync_standby", pending),
+            ],
+            parameters: [("max_connections".to_owned(), "200".to_owned()), ("work_mem".to_owned(), "4MB".to_owned())].into(),
+            synchronous_mode: true,
+        }
+    }
+
+    fn desired(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_restart_parameter_rolls_replicas_then_switches_over_then_the_former_leader() {
+        let v = view(false);
+        let changes = parameter_changes(&desired(&[("max_connections", "250"), ("work_mem", "4MB")]), &v.parameters);
+        assert_eq!(changes, [Change { parameter: "max_connections".into(), from: Some("200".into()), to: "250".into(), restart: true }]);
+        let steps = plan_steps(&v, &changes, &[]).unwrap();
+        let restart = |m: &str, if_pending| Step::Restart { member: m.into(), if_pending };
+        assert_eq!(
+            steps,
+            [
+                Step::Gate,
+                Step::PatchConfig { parameters: desired(&[("max_connections", "250")]) },
+                restart("member-0", false),
+                restart("member-2", false),
+                Step::Switchover { from: "member-1".into() },
+                restart("member-1", true),
+                Step::Verify,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reload_parameter_is_only_patched() {
+        let v = view(false);
+        let changes = parameter_changes(&desired(&[("work_mem", "8MB")]), &v.parameters);
+        assert!(!changes[0].restart);
+        let steps = plan_steps(&v, &changes, &[]).unwrap();
+        assert_eq!(steps, [Step::Gate, Step::PatchConfig { parameters: desired(&[("work_mem", "8MB")]) }, Step::Verify]);
+    }
+
+    #[test]
+    fn changed_member_groups_are_updated_replicas_first_and_the_leader_after_a_switchover() {
+        let v = view(false);
+        let all = ["member-0".to_owned(), "member-1".to_owned(), "member-2".to_owned()];
+        let steps = plan_steps(&v, &[], &all).unwrap();
+        let update = |m: &str| Step::Update { member: m.into() };
+        assert_eq!(
+            steps,
+            [
+                Step::Gate,
+                update("member-0"),
+                update("member-2"),
+                Step::Switchover { from: "member-1".into() },
+                update("member-1"),
+                Step::Verify
+            ]
+        );
+        // Only a replica changed: no switchover.
+        let steps = plan_steps(&v, &[], &["member-2".to_owned()]).unwrap();
+        assert_eq!(steps, [Step::Gate, update("member-2"), Step::Verify]);
+    }
+
+    #[test]
+    fn a_rerun_plans_only_what_is_left() {
+        // The configuration is patched and the replicas restarted; the leader still pending.
+        let mut v = view(false);
+        v.parameters.insert("max_connections".into(), "250".into());
+        v.members[1].pending_restart = true;
+        let changes = parameter_changes(&desired(&[("max_connections", "250")]), &v.parameters);
+        assert!(changes.is_empty());
+        let steps = plan_steps(&v, &changes, &[]).unwrap();
+        assert_eq!(
+            steps,
+            [
+                Step::Gate,
+                Step::Switchover { from: "member-1".into() },
+                Step::Restart { member: "member-1".into(), if_pending: true },
+                Step::Verify
+            ]
+        );
+        // Nothing left: nothing to do.
+        assert_eq!(plan_steps(&view(false), &[], &[]).unwrap(), []);
+    }
+
+    #[test]
+    fn the_candidate_is_the_synchronous_standby_and_a_wrong_or_lagging_one_is_refused() {
+        let mut v = view(false);
+        assert_eq!(super::super::choose_candidate(&v, None, 1024).unwrap().name, "member-2");
+        let refused = |v: &ClusterView, to: &str| super::super::choose_candidate(v, Some(to), 1024).unwrap_err().to_string();
+        assert!(refused(&v, "member-0").contains("member-0 is not a synchronous standby"), "{}", refused(&v, "member-0"));
+        assert!(refused(&v, "member-1").contains("already the leader"));
+        assert!(refused(&v, "member-7").contains("member-7 is not a member (members: member-0, member-1, member-2)"));
+        v.members[2].lag = Some(1 << 20);
+        assert!(refused(&v, "member-2").contains("member-2 lags 1048576 bytes"), "{}", refused(&v, "member-2"));
+        assert!(super::super::choose_candidate(&v, None, 1024).is_err(), "a lagging sync standby was chosen");
+    }
 }

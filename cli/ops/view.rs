@@ -45,7 +45,8 @@ impl MemberView {
     }
 
     pub fn is_sync_standby(&self) -> bool {
-        self.role == "sync_standby" || matches!(self.sync_state.as_deref(), Some("sync" | "quorum"))
+        // The DCS's choice (Patroni's /sync key), which is what Patroni's switchover checks.
+        self.role == "sync_standby"
     }
 
     pub fn is_streaming(&self) -> bool {
