@@ -24,3 +24,4 @@ mod safety;
 mod stack_errors;
 mod stack_fixtures;
 mod templates;
+mod upgrade;
