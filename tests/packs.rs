@@ -726,3 +726,22 @@ fn backup_sh_backs_up_a_member_through_its_pgbackrest_tls_server() {
     assert!(!refused.status.success(), "a backup with the server's certificate as client got through");
     assert!(text(&refused.stderr).contains("backup.sh: stanza-create for solo failed"), "{}", text(&refused.stderr));
 }
+
+/// A pack file that fails to render names the file, the line and the fault, and never the
+/// values in its context: `pgnomad dev`'s holes hold every secret of the stack.
+#[test]
+fn a_template_error_shows_no_secret() {
+    let facts = Facts::new(&stack(DEFAULT));
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = local(dir.path(), "127.0.0.1", &facts, LocalDcs::Etcd3 { hosts: vec!["127.0.0.1:2379".into()] });
+    // Strict undefined: the second line fails while the whole context is in scope.
+    let broken = "[pgbouncer]\nauth_user = [[ rt.no_such_hole ]] [[ rt ]]\n";
+    let packs = Packs::default().with_overrides(BTreeMap::from([("pgbouncer/userlist.txt".to_owned(), broken.to_owned())])).unwrap();
+    let holes = runtime.pgbouncer(&facts);
+    let error = packs.render("pgbouncer/userlist.txt", &facts, None, &holes, &runtime).expect_err("the template is broken").to_string();
+    assert!(error.contains("pgbouncer/userlist.txt") && error.contains("undefined"), "{error}");
+    assert!(error.contains("2 | auth_user"), "the line is shown: {error}");
+    for (key, value) in secrets(&facts) {
+        assert!(!error.contains(&value), "the error shows secret {key}: {error}");
+    }
+}

@@ -135,7 +135,17 @@ pub struct Renderer {
 
 impl Renderer {
     pub fn render(&self, path: &str, member: Option<&MemberFacts>, holes: &Holes) -> Result<String, ConfigError> {
-        let template_error = |error: minijinja::Error| ConfigError::Template { path: path.to_owned(), message: format!("{error:#}") };
+        // Not `{error:#}`: minijinja's debug info lists the referenced variables with their
+        // values, and the holes hold secrets (`pgnomad dev`). The message and the template's
+        // own line say what is wrong without them.
+        let template_error = |error: minijinja::Error| {
+            let mut message = error.to_string();
+            let line = error.line().and_then(|line| Some((line, self.env.get_template(path).ok()?.source().lines().nth(line.checked_sub(1)?)?.to_owned())));
+            if let Some((number, text)) = line {
+                message.push_str(&format!("\n  {number} | {}", text.trim_end()));
+            }
+            ConfigError::Template { path: path.to_owned(), message }
+        };
         let template = self.env.get_template(path).map_err(|error| match error.kind() {
             minijinja::ErrorKind::TemplateNotFound => ConfigError::UnknownPackFile {
                 path: path.to_owned(),
