@@ -435,8 +435,14 @@ impl Member {
     /// refuses the superuser over TCP.
     fn superuser_psql(&self, database: &str) -> Command {
         let mut cmd = as_postgres(require("psql", "postgresql-client-15"));
-        cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-h", &self.holes.run_dir])
-            .args(["-p", &self.pg.port.to_string(), "-U", "postgres", "-d", database]);
+        cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-h", &self.holes.run_dir]).args([
+            "-p",
+            &self.pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+        ]);
         cmd
     }
 

@@ -297,7 +297,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 (_, Some(lsn), ..) => Target::Lsn(lsn),
                 (_, _, Some(xid), _) => Target::Xid(xid),
                 (_, _, _, Some(label)) => Target::Backup(label),
-                _ => return Err(Failure::BadInput("error: say where recovery stops: --to-time T, --to-lsn LSN, --to-xid XID or --backup LABEL".into())),
+                _ => {
+                    return Err(Failure::BadInput(
+                        "error: say where recovery stops: --to-time T, --to-lsn LSN, --to-xid XID or --backup LABEL".into(),
+                    ))
+                }
             };
             let dev = dev::Dev::open(&at.state_dir()?).map_err(failed)?;
             let progress = Progress::new();
@@ -308,7 +312,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 println!("{}", serde_json::to_string_pretty(&restored).expect("serializes"));
             } else {
                 print_status(&restored.status);
-                println!("\nrestored {} into {} in {:.1} s; use it with -f {}", dev.facts.cluster, restored.cluster, restored.took.as_secs_f64(), restored.stack_file.display());
+                println!(
+                    "\nrestored {} into {} in {:.1} s; use it with -f {}",
+                    dev.facts.cluster,
+                    restored.cluster,
+                    restored.took.as_secs_f64(),
+                    restored.stack_file.display()
+                );
             }
             Ok(())
         }

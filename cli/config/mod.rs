@@ -140,7 +140,9 @@ impl Renderer {
         // own line say what is wrong without them.
         let template_error = |error: minijinja::Error| {
             let mut message = error.to_string();
-            let line = error.line().and_then(|line| Some((line, self.env.get_template(path).ok()?.source().lines().nth(line.checked_sub(1)?)?.to_owned())));
+            let line = error
+                .line()
+                .and_then(|line| Some((line, self.env.get_template(path).ok()?.source().lines().nth(line.checked_sub(1)?)?.to_owned())));
             if let Some((number, text)) = line {
                 message.push_str(&format!("\n  {number} | {}", text.trim_end()));
             }

@@ -15,7 +15,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use destroy::{destroy, destroy_targets, DestroyOptions, DestroySummary, DestroyTargets};
-pub use plan::{plan, state_path, GroupPlan, JobChange, JobPlan, Plan, PlanScope, Problem, SecretAction, SecretPlan, VolumeAction, VolumePlan, STATE_VERSION_KEY};
+pub use plan::{
+    plan, state_path, GroupPlan, JobChange, JobPlan, Plan, PlanScope, Problem, SecretAction, SecretPlan, VolumeAction, VolumePlan,
+    STATE_VERSION_KEY,
+};
 pub use run::{run, JobAction, JobOutcome, RunOptions, RunSummary};
 pub use status::{status, BackupStatus, Known, MemberStatus, Status};
 

@@ -44,13 +44,9 @@ pub struct Constraint {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Driver {
     /// The pgnomad image (Postgres, Patroni, pgBackRest, PgBouncer, postgres_exporter).
-    Docker {
-        image: String,
-    },
+    Docker { image: String },
     /// Packages installed on the hosts; `bin_dir` holds postgres, pg_ctl, …
-    Exec {
-        bin_dir: String,
-    },
+    Exec { bin_dir: String },
 }
 
 impl Driver {

@@ -325,8 +325,11 @@ fn restore(stack: &Stack, out: &mut Vec<Diagnostic>) {
     } else if !from.value.ends_with(".hcl") {
         if let Err(problem) = dns_label(&from.value, MAX_CLUSTER_NAME) {
             out.push(
-                Diagnostic::error(from.span.clone(), format!("`from` \"{}\" is neither a stack file (*.hcl) nor a cluster name: it {problem}", from.value))
-                    .with_help("name the source's stack file, e.g. from = \"pgnomad.hcl\", or its cluster, e.g. from = \"main\""),
+                Diagnostic::error(
+                    from.span.clone(),
+                    format!("`from` \"{}\" is neither a stack file (*.hcl) nor a cluster name: it {problem}", from.value),
+                )
+                .with_help("name the source's stack file, e.g. from = \"pgnomad.hcl\", or its cluster, e.g. from = \"main\""),
             );
         }
     }
