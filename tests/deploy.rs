@@ -49,20 +49,21 @@ impl Lab {
     }
 }
 
+/// The binary in `dir`, pointed at these Nomad and Consul addresses, with none of the
+/// caller's own Nomad, AWS or Patroni settings leaking in.
+pub fn pgnomad_command(dir: &Path, nomad: &str, consul: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pgnomad"));
+    command.args(args).current_dir(dir).env("NOMAD_ADDR", nomad).env("CONSUL_HTTP_ADDR", consul);
+    for name in
+        ["NOMAD_TOKEN", "NOMAD_NAMESPACE", "NOMAD_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PGNOMAD_PATRONI_CONSUL_TOKEN"]
+    {
+        command.env_remove(name);
+    }
+    command
+}
+
 pub fn pgnomad_at(dir: &Path, nomad: &str, consul: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgnomad"))
-        .args(args)
-        .current_dir(dir)
-        .env("NOMAD_ADDR", nomad)
-        .env("CONSUL_HTTP_ADDR", consul)
-        .env_remove("NOMAD_TOKEN")
-        .env_remove("NOMAD_NAMESPACE")
-        .env_remove("NOMAD_REGION")
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("PGNOMAD_PATRONI_CONSUL_TOKEN")
-        .output()
-        .expect("pgnomad runs")
+    pgnomad_command(dir, nomad, consul, args).output().expect("pgnomad runs")
 }
 
 fn describe_write(request: &RecordedRequest) -> Option<String> {

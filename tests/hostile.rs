@@ -2,7 +2,7 @@
 //! pgnomad takes for Nomad, Consul and Patroni. Each gives a clear error that names the
 //! endpoint, within the request's timeout; never a panic, never a hang.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use pgnomad::settings::{ConsulSettings, NomadSettings, TlsSettings};
@@ -110,17 +110,7 @@ fn pgnomad(nomad: &str, consul: &str, args: &[&str]) -> (Output, Duration) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pgnomad.hcl"), DEFAULT).unwrap();
     let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_pgnomad"))
-        .args(args)
-        .current_dir(dir.path())
-        .env("NOMAD_ADDR", nomad)
-        .env("CONSUL_HTTP_ADDR", consul)
-        .env_remove("NOMAD_TOKEN")
-        .env_remove("NOMAD_NAMESPACE")
-        .env_remove("NOMAD_REGION")
-        .env_remove("PGNOMAD_PATRONI_CONSUL_TOKEN")
-        .output()
-        .expect("pgnomad runs");
+    let output = crate::deploy::pgnomad_at(dir.path(), nomad, consul, args);
     (output, started.elapsed())
 }
 

@@ -3,7 +3,7 @@
 //! changes, no volume is created twice.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -15,19 +15,7 @@ use crate::support::{Fault, NomadDouble};
 const KILL_AFTER: [usize; 10] = [0, 1, 7, 8, 10, 11, 12, 13, 17, 18];
 
 fn spawn_run(dir: &std::path::Path, nomad: &str, consul: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pgnomad"))
-        .arg("run")
-        .current_dir(dir)
-        .env("NOMAD_ADDR", nomad)
-        .env("CONSUL_HTTP_ADDR", consul)
-        .env_remove("NOMAD_TOKEN")
-        .env_remove("NOMAD_NAMESPACE")
-        .env_remove("NOMAD_REGION")
-        .env_remove("PGNOMAD_PATRONI_CONSUL_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("pgnomad runs")
+    crate::deploy::pgnomad_command(dir, nomad, consul, &["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("pgnomad runs")
 }
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
