@@ -41,7 +41,7 @@ impl<'a> DevTarget<'a> {
             .map(|file| {
                 let text = renderer
                     .render(&format!("postgres/{file}"), Some(facts), &holes)
-                    .map_err(|e| OpsError::Setup(format!("rendering {file} of {member}: {}", without_context(&e.to_string()))))?;
+                    .map_err(|e| OpsError::Setup(format!("rendering {file} of {member}: {e}")))?;
                 Ok((PathBuf::from(&holes.config_dir).join(file), text))
             })
             .collect()
@@ -50,13 +50,6 @@ impl<'a> DevTarget<'a> {
     fn patroni_pid(&self, member: &str) -> Option<u32> {
         self.dev.state.read_pids().processes.get(member).copied().filter(|&pid| process::alive(pid))
     }
-}
-
-/// A template error without the renderer's dump of the variables it saw, which holds the
-/// secrets: the message and the excerpt of the template only.
-fn without_context(message: &str) -> String {
-    let cut = message.find("\nReferenced variables:").unwrap_or(message.len());
-    message[..cut].trim_end().to_owned()
 }
 
 /// patroni.yml without its `bootstrap:` section: Patroni reads that section only when it
@@ -191,13 +184,6 @@ impl Target for DevTarget<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn template_errors_lose_the_variables_they_saw() {
-        let message = "undefined value (in postgres/patroni.yml:92)\n--- patroni.yml ---\n  92 > x\nReferenced variables: {\n  secrets: {\n \"superuser_password\": \"s3cret\" } }";
-        let shown = without_context(message);
-        assert!(shown.ends_with("92 > x") && !shown.contains("s3cret"), "{shown}");
-    }
 
     #[test]
     fn the_bootstrap_section_of_patroni_yml_does_not_count_as_a_change() {
