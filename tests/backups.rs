@@ -106,6 +106,13 @@ fn dev_backups_list_each_type_and_a_point_in_time_restore_makes_a_streaming_clon
         assert!(b["database_size"].as_u64().unwrap() > 0 && b["stop"].as_i64() >= b["start"].as_i64(), "{b}");
         assert!(b["wal_start"].is_string() && b["wal_stop"].is_string(), "{b}");
     }
+    // The repository is encrypted (`cipher`, on by default) with a pass kept as a secret in
+    // the state directory, never in the stack file: its info files are ciphertext.
+    assert_eq!(list["cipher"], "aes-256-cbc", "{list:#}");
+    let pass = dev.secrets()["repo_cipher_pass"].as_str().unwrap().to_owned();
+    assert!(pass.len() >= 32 && !std::fs::read_to_string(&dev.stack_file).unwrap().contains(&pass));
+    let info = std::fs::read(dev.state_dir.join("repo/backup/src/backup.info")).unwrap();
+    assert!(info.starts_with(b"Salted__"), "backup.info is encrypted: {:?}", String::from_utf8_lossy(&info[..40.min(info.len())]));
     let window = &list["window"];
     assert_eq!(window["oldest"], backups[0]["stop"]);
     assert_eq!(window["newest_from_archive"], true, "{list:#}");
@@ -222,4 +229,73 @@ fn render_refuses_a_restore_stack_the_nomad_jobs_could_not_bootstrap() {
     assert_eq!(out.status.code(), Some(1), "{}", both(&out));
     assert!(text(&out.stderr).contains("a stack with `restore { … }` runs only on `pgnomad dev` so far"), "{}", both(&out));
     assert!(!dir.path().join("rendered/jobs").exists(), "nothing is rendered");
+}
+
+/// Each member's data before an in-place restore, while it runs.
+fn pre_restore_dirs(dev: &DevCluster) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = (0..dev.members).map(|i| dev.state_dir.join(format!("member-{i}/data.pre-restore"))).collect();
+    dirs.push(dev.state_dir.join("etcd/data.pre-restore"));
+    dirs.into_iter().filter(|d| d.exists()).collect()
+}
+
+#[test]
+fn dev_restore_in_place_goes_back_to_a_time_and_a_failed_one_leaves_the_data_as_it_was() {
+    let dev = DevCluster::up("inplace", 3);
+    let leader = dev.primary().expect("a primary");
+    dev.wait_streaming(leader, Duration::from_secs(60));
+    wait_until("the stanza", Duration::from_secs(60), || dev.pgbackrest(leader, &["info"]).status.success());
+    dev.app_sql("CREATE TABLE rows (id bigint PRIMARY KEY, part text NOT NULL)");
+    dev.app_sql("INSERT INTO rows SELECT g, 'A' FROM generate_series(1, 100) g");
+    let out = dev.dev(&["backup", "full"]).output().unwrap();
+    assert!(out.status.success(), "{}", both(&out));
+    let t = dev.app_sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    std::thread::sleep(Duration::from_millis(1100));
+    dev.app_sql("INSERT INTO rows SELECT g, 'B' FROM generate_series(101, 200) g");
+    let timeline_before = dev.status()["members"][leader]["timeline"].as_u64().unwrap();
+    let counts = "SELECT part || ':' || count(*) FROM rows GROUP BY part ORDER BY part";
+
+    // Without --yes: refused, exit 1, and the cluster runs on.
+    let out = dev.dev(&["restore", "--in-place", "--to-time", &t]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(text(&out.stderr).contains("not confirmed") && text(&out.stderr).contains("pass --yes"), "{}", both(&out));
+    assert_eq!(dev.app_sql(counts), "A:100\nB:100");
+
+    // A target outside the window is refused before anything stops.
+    let out = dev.dev(&["restore", "--in-place", "--to-time", "2001-01-01T00:00:00Z", "--yes"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(text(&out.stderr).contains("is outside the recoverable window"), "{}", both(&out));
+
+    // A restore that fails once the members are stopped (a transaction recovery never
+    // reaches): exit 3, and the cluster is back on its data as it was, B rows and all.
+    let out = dev.dev(&["restore", "--in-place", "--to-xid", "4000000000", "--yes"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}\n{}", both(&out), dev.logs());
+    let error = text(&out.stderr);
+    assert!(error.contains("the in-place restore failed") && error.contains("runs again on its pre-restore data"), "{error}");
+    assert!(error.contains("data.pre-restore"), "it said where the old data was kept: {error}");
+    assert_eq!(dev.app_sql(counts), "A:100\nB:100");
+    assert_eq!(pre_restore_dirs(&dev), Vec::<PathBuf>::new());
+    let leader = dev.primary().expect("a primary after the failed restore");
+    dev.wait_streaming(leader, Duration::from_secs(90));
+
+    // The restore to T: exactly rows A, three members streaming, writes through PgBouncer.
+    let out = dev.dev(&["restore", "--in-place", "--to-time", &t, "--yes", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", both(&out), dev.logs());
+    let error = text(&out.stderr);
+    assert!(error.contains("data.pre-restore") && error.contains("the restore succeeded: removing"), "{error}");
+    assert_eq!(pre_restore_dirs(&dev), Vec::<PathBuf>::new(), "the pre-restore data is removed once the restore succeeded");
+    assert_eq!(dev.app_sql(counts), "A:100");
+    let leader = dev.primary().expect("a primary after the restore");
+    dev.wait_streaming(leader, Duration::from_secs(90));
+    let timeline = dev.status()["members"][leader]["timeline"].as_u64().unwrap();
+    assert!(timeline > timeline_before, "a new timeline: {timeline} after {timeline_before}");
+    dev.app_sql("INSERT INTO rows SELECT g, 'C' FROM generate_series(101, 150) g");
+    assert_eq!(dev.app_sql(counts), "A:100\nC:50");
+
+    // It archives on the new timeline and backs up as before.
+    let out = dev.dev(&["backup", "incr"]).output().unwrap();
+    assert!(out.status.success(), "a backup after the restore: {}", both(&out));
+    let check = dev.pgbackrest(leader, &["check"]);
+    assert!(check.status.success(), "the archive after the restore: {}", both(&check));
+    let archived = dev.member_sql(leader, "postgres", "SELECT last_archived_wal FROM pg_stat_archiver").unwrap();
+    assert_eq!(u64::from_str_radix(&archived[..8], 16).unwrap(), timeline, "archived WAL on the new timeline: {archived}");
 }

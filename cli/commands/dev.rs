@@ -135,15 +135,24 @@ enum DevCommand {
         json: bool,
     },
     /// Restore into a new cluster NAME beside the source: writes NAME.hcl (this stack renamed,
-    /// with a `restore` block) and brings it up from this cluster's repository.
+    /// with a `restore` block) and brings it up from this cluster's repository. Or, with
+    /// --in-place --yes, restore this cluster itself: its members stop, it is bootstrapped
+    /// again from its repository to the target, its replicas are cloned anew; its data
+    /// before the restore is kept until the restore has succeeded, and back if it fails.
     ///
-    /// Exit codes: 0 up, 1 refused (target outside the window, NAME exists), 2 unreachable, 3 did not come up.
+    /// Exit codes: 0 up, 1 refused (target outside the window, NAME exists, --yes missing), 2 unreachable, 3 did not come up.
     Restore {
         #[command(flatten)]
         at: Where,
         /// The new cluster's name; its stack file is NAME.hcl beside this one.
-        #[arg(long, value_name = "NAME")]
-        into: String,
+        #[arg(long, value_name = "NAME", required_unless_present = "in_place", conflicts_with = "in_place")]
+        into: Option<String>,
+        /// Restore this cluster itself (it stops; everything after the target is lost).
+        #[arg(long)]
+        in_place: bool,
+        /// With --in-place: do not ask.
+        #[arg(long, requires = "in_place")]
+        yes: bool,
         /// Recover to this time: RFC 3339 (2026-12-01T10:42:07.25Z) or PostgreSQL's text, with a zone.
         #[arg(long, value_name = "T", group = "target")]
         to_time: Option<String>,
@@ -290,7 +299,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             }
             Ok(())
         }
-        DevCommand::Restore { at, into, to_time, to_lsn, to_xid, backup, timeout, json } => {
+        DevCommand::Restore { at, into, in_place: _, yes, to_time, to_lsn, to_xid, backup, timeout, json } => {
             use crate::ops::restore::Target;
             let target = match (to_time, to_lsn, to_xid, backup) {
                 (Some(t), ..) => Target::time(&t).map_err(ops_failed)?,
@@ -304,6 +313,29 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 }
             };
             let dev = dev::Dev::open(&at.state_dir()?).map_err(failed)?;
+            let Some(into) = into else {
+                let question = format!(
+                    "restore {} in place? Its members stop, and everything written after the target is lost",
+                    dev.facts.cluster
+                );
+                if !yes && !confirm(&question) {
+                    return Err(Failure::BadInput(format!(
+                        "error: not confirmed: an in-place restore stops {} and loses everything written after the target\n  = help: pass --yes to restore in place without asking",
+                        dev.facts.cluster
+                    )));
+                }
+                let progress = Progress::new();
+                let result = crate::ops::restore::dev_restore_in_place(&dev, &target, Duration::from_secs(timeout), &progress);
+                progress.finish();
+                let restored = result.map_err(ops_failed)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&restored).expect("serializes"));
+                } else {
+                    print_status(&restored.status);
+                    println!("\nrestored {} in place in {:.1} s", restored.cluster, restored.took.as_secs_f64());
+                }
+                return Ok(());
+            };
             let progress = Progress::new();
             let result = crate::ops::restore::dev_restore(&dev, &into, &target, Duration::from_secs(timeout), &progress);
             progress.finish();

@@ -186,7 +186,7 @@ impl Facts {
             },
             client_tls: ClientTlsFacts { postgres: stack.postgres.tls, pgbouncer: stack.pgbouncer.enabled && stack.pgbouncer.tls },
             exporter: stack.monitoring.postgres_exporter,
-            restore: stack.restore.as_ref().map(restore_facts),
+            restore: stack.restore.as_ref().map(|r| restore_facts(r, &stack.cluster.name.value)),
         }
     }
 }
@@ -205,9 +205,13 @@ pub struct RestoreFacts {
     pub recovery_parameter: &'static str,
     /// The backup set label, or empty.
     pub set: String,
+    /// The cluster restores from its own repository: `restore --in-place`, which builds
+    /// this in memory (a stack file naming itself is refused). Its replicas then come from
+    /// the restored primary only: the repository's backups are of the timeline it left.
+    pub in_place: bool,
 }
 
-fn restore_facts(restore: &crate::stack::Restore) -> RestoreFacts {
+fn restore_facts(restore: &crate::stack::Restore, cluster: &str) -> RestoreFacts {
     use crate::stack::RestoreTarget;
     let set = restore.backup.as_ref().map(|b| b.value.clone()).unwrap_or_default();
     let (target_type, target, recovery_parameter) = match &restore.target {
@@ -217,7 +221,7 @@ fn restore_facts(restore: &crate::stack::Restore) -> RestoreFacts {
         RestoreTarget::Latest if !set.is_empty() => ("immediate", "immediate".to_owned(), "recovery_target"),
         RestoreTarget::Latest => ("default", String::new(), ""),
     };
-    RestoreFacts { target_type, target, recovery_parameter, set }
+    RestoreFacts { target_type, target, recovery_parameter, set, in_place: restore.from.value == cluster }
 }
 
 fn backup_facts(backup: &Backup) -> BackupFacts {

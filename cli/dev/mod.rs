@@ -459,6 +459,19 @@ impl Dev {
 /// Starts the stack (or finds it running) and returns when there is a leader, every
 /// replica streams and PgBouncer lets the application user in.
 pub fn up(stack: Stack, stack_file: &Path, state_dir: &Path, timeout: Duration, reporter: &dyn Reporter) -> Result<Dev, DevError> {
+    up_unless(stack, stack_file, state_dir, timeout, reporter, &|_| None)
+}
+
+/// `up`, giving up early with `DevError::Failed` once `failed` names a reason (an in-place
+/// restore's bootstrap that Patroni gave up on).
+pub fn up_unless(
+    stack: Stack,
+    stack_file: &Path,
+    state_dir: &Path,
+    timeout: Duration,
+    reporter: &dyn Reporter,
+    failed: &dyn Fn(&Dev) -> Option<String>,
+) -> Result<Dev, DevError> {
     let mut missing = missing_packages(stack.postgres.version.value);
     if matches!(stack.patroni.dcs, crate::stack::Dcs::Consul)
         && process::find_program("consul").is_some()
@@ -477,7 +490,7 @@ pub fn up(stack: Stack, stack_file: &Path, state_dir: &Path, timeout: Duration, 
         reporter.step(&format!("starting {}, Patroni members, pgBackRest servers and PgBouncer", dev.dcs().0));
         start_supervisor(&dev)?;
     }
-    wait_ready(&dev, timeout, reporter)?;
+    wait_ready(&dev, timeout, reporter, failed)?;
     Ok(dev)
 }
 
@@ -560,13 +573,16 @@ fn needs_sync_standby(dev: &Dev) -> bool {
     dev.facts.synchronous_mode != "off" && dev.member_count() > 1
 }
 
-pub fn wait_ready(dev: &Dev, timeout: Duration, reporter: &dyn Reporter) -> Result<(), DevError> {
+fn wait_ready(dev: &Dev, timeout: Duration, reporter: &dyn Reporter, failed: &dyn Fn(&Dev) -> Option<String>) -> Result<(), DevError> {
     let started = Instant::now();
     reporter.step("waiting for the cluster");
     loop {
         match not_ready(dev)? {
             None => return Ok(()),
             Some(what) => {
+                if let Some(why) = failed(dev) {
+                    return Err(DevError::Failed(why));
+                }
                 if started.elapsed() > Duration::from_secs(3) && dev.state.supervisor_pid().is_none() {
                     return Err(DevError::SupervisorGone {
                         log: dev.state.supervisor_log(),

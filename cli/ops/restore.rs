@@ -126,6 +126,8 @@ pub fn local_source(stack: &crate::stack::Stack, stack_file: &Path, state_root: 
     let recorded: Option<SourceRecord> =
         std::fs::read_to_string(source_record_file(state_root)).ok().and_then(|text| serde_json::from_str(&text).ok());
     let state_dir = match recorded {
+        // In place (`restore --in-place`): the cluster's own repository.
+        _ if *from == stack.cluster.name.value => state_root.to_owned(),
         Some(record) => record.state_dir,
         None if from.ends_with(".hcl") => {
             let file = stack_file.parent().unwrap_or(Path::new(".")).join(from);
@@ -267,6 +269,175 @@ pub fn dev_restore(source: &Dev, into: &str, target: &Target, timeout: Duration,
         other => dev_error(other),
     })?;
     Ok(Restored { cluster: into.to_owned(), stack_file, state_dir, window, status: dev::status(&clone), took: started.elapsed() })
+}
+
+/// What `restore --in-place` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoredInPlace {
+    pub cluster: String,
+    /// The repository window the target was checked against.
+    pub window: Window,
+    /// The members afterwards, as `dev status` shows them.
+    pub status: dev::Status,
+    #[serde(serialize_with = "super::seconds")]
+    pub took: Duration,
+}
+
+/// Beside each data directory while an in-place restore runs: the data it replaces.
+const PRE_RESTORE: &str = "data.pre-restore";
+
+/// The directories an in-place restore replaces: each member's data and the DCS's (a fresh
+/// DCS: Patroni would not promote a member whose WAL is behind the old leader's last
+/// position, and the restored one always is).
+fn replaced_dirs(dev: &Dev) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = dev.facts.members.iter().map(|m| dev.state.data_dir(&m.name)).collect();
+    dirs.push(dev.state.root.join("etcd").join("data"));
+    dirs
+}
+
+fn aside(dir: &Path) -> PathBuf {
+    dir.with_file_name(PRE_RESTORE)
+}
+
+/// `dev restore --in-place`: the cluster's own WAL archived up to now and the target checked;
+/// then every member stopped, its data (and the DCS's) moved aside, and the cluster
+/// bootstrapped again through Patroni's custom bootstrap from its own repository to the
+/// target; the replicas are cloned from the restored primary. The data moved aside comes
+/// back if the restore fails, and is removed once it has succeeded.
+pub fn dev_restore_in_place(dev: &Dev, target: &Target, timeout: Duration, reporter: &dyn Reporter) -> Result<RestoredInPlace, OpsError> {
+    let started = Instant::now();
+    if dev.stack.restore.is_some() {
+        return Err(OpsError::Refused(format!(
+            "{}'s stack file still has the `restore {{ … }}` block it was bootstrapped with\n  = help: remove the block from {}, then restore in place",
+            dev.facts.cluster,
+            dev.recorded.stack_file.display()
+        )));
+    }
+    if let Some(left) = replaced_dirs(dev).iter().map(|d| aside(d)).find(|d| d.exists()) {
+        return Err(OpsError::Refused(format!(
+            "an earlier in-place restore left pre-restore data in {}\n  = help: if the cluster runs on the restored data, remove it; if not, move it back to {}",
+            left.display(),
+            left.with_file_name("data").display()
+        )));
+    }
+    let (leader, _) = backup::dev_archived_at(dev);
+    match leader {
+        Some(leader) => archive_now(dev, leader, reporter)?,
+        None => reporter.step("no primary runs: restoring from what the repository holds"),
+    }
+    let list = backup::dev_backups(dev)?;
+    check_target(target, list.window.as_ref(), &list.backups)?;
+    let window = list.window.clone().expect("check_target refuses a repository without backups");
+
+    let root = dev.state.root.clone();
+    let stack_file = dev.recorded.stack_file.clone();
+    reporter.step("stopping every member, PgBouncer and the DCS");
+    dev::down(&root, reporter).map_err(dev_error)?;
+    let moved: Vec<PathBuf> = replaced_dirs(dev).into_iter().filter(|d| d.exists()).collect();
+    for dir in &moved {
+        std::fs::rename(dir, aside(dir)).map_err(|e| OpsError::Failed(format!("move {} aside: {e}", dir.display())))?;
+    }
+    reporter.step(&format!(
+        "the pre-restore data is kept until the restore succeeds: {}",
+        moved.iter().map(|d| aside(d).display().to_string()).collect::<Vec<_>>().join(", ")
+    ));
+
+    // The stack as it is, restoring from itself: Patroni's custom bootstrap runs
+    // `pgbackrest restore` from the cluster's own stanza (restore.conf) with the target.
+    let mut stack = dev.stack.clone();
+    stack.restore = Some(in_place_block(&dev.facts.cluster, target));
+    let logs: Vec<(PathBuf, u64)> = dev
+        .facts
+        .members
+        .iter()
+        .map(|m| {
+            let log = dev.state.log_dir(&m.name).join("patroni.log");
+            let len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+            (log, len)
+        })
+        .collect();
+    reporter.step(&format!("restoring {} in place: Patroni's custom bootstrap restores its backups and recovers to the target", dev.facts.cluster));
+    let restored = dev::up_unless(stack, &stack_file, &root, timeout, reporter, &|_| bootstrap_failed(&logs));
+    match restored {
+        Ok(_) => {
+            // The stack's own files again: no bootstrap from the repository the next time.
+            let restored = Dev::prepare(dev.stack.clone(), &stack_file, &root).map_err(dev_error)?;
+            for member in &dev.facts.members {
+                let _ = std::fs::remove_file(dev.state.config_dir(&member.name).join("restore.conf"));
+            }
+            for dir in &moved {
+                let old = aside(dir);
+                reporter.step(&format!("the restore succeeded: removing {}", old.display()));
+                std::fs::remove_dir_all(&old).map_err(|e| OpsError::Failed(format!("remove {}: {e}", old.display())))?;
+            }
+            Ok(RestoredInPlace { cluster: dev.facts.cluster.clone(), window, status: dev::status(&restored), took: started.elapsed() })
+        }
+        Err(error) => {
+            let why = match &error {
+                DevError::Timeout { what, seconds, .. } => format!("timed out after {seconds} s waiting for {what}"),
+                other => other.to_string(),
+            };
+            reporter.step(&format!("the restore failed ({why}): putting the pre-restore data back"));
+            dev::down(&root, reporter).map_err(dev_error)?;
+            for dir in &moved {
+                // What the failed bootstrap left: Patroni moves a failed data directory to data.failed.
+                for leftover in [dir.clone(), dir.with_file_name("data.failed")] {
+                    if leftover.exists() {
+                        std::fs::remove_dir_all(&leftover).map_err(|e| OpsError::Failed(format!("remove {}: {e}", leftover.display())))?;
+                    }
+                }
+                std::fs::rename(aside(dir), dir).map_err(|e| OpsError::Failed(format!("move {} back: {e}", aside(dir).display())))?;
+            }
+            for member in &dev.facts.members {
+                let _ = std::fs::remove_file(dev.state.config_dir(&member.name).join("restore.conf"));
+            }
+            dev::up(dev.stack.clone(), &stack_file, &root, timeout, reporter).map_err(|e| {
+                OpsError::Failed(format!(
+                    "the in-place restore failed ({why}), and the cluster did not come back up on its pre-restore data, which is back in place: {e}"
+                ))
+            })?;
+            Err(OpsError::Failed(format!(
+                "the in-place restore failed: {why}\n  = the cluster runs again on its pre-restore data, unchanged\n  = help: Patroni's logs say why: {}",
+                logs.iter().map(|(log, _)| log.display().to_string()).collect::<Vec<_>>().join(", ")
+            )))
+        }
+    }
+}
+
+/// A `restore` block naming the cluster itself, for `target`.
+fn in_place_block(cluster: &str, target: &Target) -> crate::stack::Restore {
+    use crate::stack::syntax::Spanned;
+    use crate::stack::RestoreTarget;
+    let spanned = |text: &str| Spanned::new(text.to_owned(), 0..0);
+    let (target, backup) = match target {
+        Target::Time { micros, text } => (RestoreTarget::Time { text: spanned(text), micros: *micros }, None),
+        Target::Lsn(lsn) => (RestoreTarget::Lsn(spanned(lsn)), None),
+        Target::Xid(xid) => (RestoreTarget::Xid(spanned(xid)), None),
+        Target::Backup(label) => (RestoreTarget::Latest, Some(spanned(label))),
+    };
+    crate::stack::Restore { from: spanned(cluster), target, backup }
+}
+
+/// Patroni's words when a bootstrap failed, in a member's log since `logs`' offsets: it then
+/// moves the data directory to data.failed and exits (a target recovery never reaches).
+fn bootstrap_failed(logs: &[(PathBuf, u64)]) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    for (log, from) in logs {
+        let Ok(mut file) = std::fs::File::open(log) else { continue };
+        let mut text = String::new();
+        if file.seek(SeekFrom::Start(*from)).is_err() || file.read_to_string(&mut text).is_err() {
+            continue;
+        }
+        if text.contains("failed attempt to bootstrap the cluster") {
+            let tail: Vec<&str> = text.lines().filter(|l| l.contains("ERROR") || l.contains("FATAL")).rev().take(5).collect();
+            return Some(format!(
+                "Patroni's bootstrap from the repository failed ({}){}",
+                log.display(),
+                tail.into_iter().rev().map(|l| format!("\n    {l}")).collect::<String>()
+            ));
+        }
+    }
+    None
 }
 
 fn dev_error(error: DevError) -> OpsError {
