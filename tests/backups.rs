@@ -299,3 +299,53 @@ fn dev_restore_in_place_goes_back_to_a_time_and_a_failed_one_leaves_the_data_as_
     let archived = dev.member_sql(leader, "postgres", "SELECT last_archived_wal FROM pg_stat_archiver").unwrap();
     assert_eq!(u64::from_str_radix(&archived[..8], 16).unwrap(), timeline, "archived WAL on the new timeline: {archived}");
 }
+
+#[test]
+fn a_failover_during_a_full_backup_ends_it_clearly_and_the_next_backup_and_the_archive_go_on_on_the_new_primary() {
+    let dev = DevCluster::up("fob", 3);
+    let old = dev.primary().expect("a primary");
+    dev.wait_streaming(old, Duration::from_secs(60));
+    wait_until("the stanza", Duration::from_secs(60), || dev.pgbackrest(old, &["info"]).status.success());
+    // About 120 MB: the backup copies for a few seconds.
+    dev.app_sql("CREATE TABLE filler AS SELECT g AS id, repeat(md5(g::text), 8) AS pad FROM generate_series(1, 400000) g");
+    let timeline_before = dev.status()["members"][old]["timeline"].as_u64().unwrap();
+
+    let backup = dev.dev(&["backup", "full"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // pgBackRest has started the backup on the primary (pg_backup_start) and copies.
+    wait_until("the backup to run on the primary", Duration::from_secs(60), || {
+        dev.member_sql(old, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgBackRest [backup]%'").as_deref()
+            == Some("1")
+    });
+    let killed_at = std::time::Instant::now();
+    kill9(dev.pid(old, "patroni_pid"));
+    kill9(dev.pid(old, "postmaster_pid"));
+    let out = backup.wait_with_output().unwrap();
+    let new = dev.wait_new_primary(Some(old), Duration::from_secs(60));
+    eprintln!("the backup ended {:?} after the kill: {}", killed_at.elapsed(), out.status);
+    if !out.status.success() {
+        // It failed, saying why and what to do; exit 3.
+        assert_eq!(out.status.code(), Some(3), "{}", both(&out));
+        let error = text(&out.stderr);
+        assert!(error.contains("the primary was lost during the backup"), "{error}");
+        assert!(error.contains("run the backup again"), "{error}");
+    }
+
+    // The next backup succeeds, on the new primary.
+    dev.wait_streaming(new, Duration::from_secs(120));
+    let out = dev.dev(&["backup", "full", "--json"]).output().unwrap();
+    assert!(out.status.success(), "the backup after the failover: {}\n{}", both(&out), dev.logs());
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["primary"], format!("member-{new}"));
+    let list: serde_json::Value = serde_json::from_slice(&dev.dev(&["backups", "--json"]).output().unwrap().stdout).unwrap();
+    assert!(list["backups"].as_array().unwrap().iter().any(|b| b["label"] == done["label"]), "{list:#}");
+
+    // WAL archiving goes on from the new primary, on its new timeline.
+    let timeline = dev.status()["members"][new]["timeline"].as_u64().unwrap();
+    assert!(timeline > timeline_before, "{timeline} after {timeline_before}");
+    let check = dev.pgbackrest(new, &["check"]);
+    assert!(check.status.success(), "the archive on the new primary: {}", both(&check));
+    let archived = dev.member_sql(new, "postgres", "SELECT last_archived_wal FROM pg_stat_archiver").unwrap();
+    assert_eq!(u64::from_str_radix(&archived[..8], 16).unwrap(), timeline, "archived WAL on the new timeline: {archived}");
+    let ls = dev.pgbackrest(new, &["repo-ls", "archive/fob/15-1"]);
+    assert!(text(&ls.stdout).contains(&format!("{timeline:08X}.history")), "the new timeline's history file is in the archive: {}", both(&ls));
+}
