@@ -59,7 +59,7 @@ pub enum DevError {
     MembersChanged { stack: usize, state: usize, dir: PathBuf },
     #[error("the postgres user cannot enter {}: a parent directory is not searchable (/root is 0700); pass --state-dir under /srv or /var/tmp", .0.display())]
     Unreachable(PathBuf),
-    #[error("secret {0} must be provided by the operator, and pgnomad dev cannot make it up (dev needs a volume repo, not S3)")]
+    #[error("secret {0} must be provided by the operator, and pgnomad dev cannot make it up (an S3 repository's keys: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the first `pgnomad dev up`)")]
     OperatorSecret(String),
     #[error("rendering the config files: {0}")]
     Render(#[from] crate::config::ConfigError),
@@ -228,6 +228,16 @@ impl Dev {
         keys.retain(|k| k.key != "consul_token");
         let names: Vec<String> = vec![host.to_owned(), "localhost".to_owned()];
         let tls = crate::secrets::tls_set(&facts.cluster, &names, &names)?;
+        // An S3 repository's keys come from the operator, as for `run`: AWS_ACCESS_KEY_ID and
+        // AWS_SECRET_ACCESS_KEY the first time, then kept with the other secrets.
+        let mut existing = existing;
+        for (key, variable) in [("s3_key", "AWS_ACCESS_KEY_ID"), ("s3_key_secret", "AWS_SECRET_ACCESS_KEY")] {
+            if keys.iter().any(|k| k.key == key) && !existing.contains_key(key) {
+                if let Some(value) = std::env::var(variable).ok().filter(|v| !v.is_empty()) {
+                    existing.insert(key.to_owned(), value);
+                }
+            }
+        }
         let (mut values, missing) = crate::secrets::fill(&keys, &existing, &tls);
         if let Some(key) = missing.into_iter().next() {
             return Err(DevError::OperatorSecret(key));

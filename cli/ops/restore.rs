@@ -153,7 +153,13 @@ pub fn local_source(stack: &crate::stack::Stack, stack_file: &Path, state_root: 
     })?;
     Ok(Some(LocalRestoreSource {
         stanza: source.facts.scope.clone(),
-        repo_path: source.state.root.join("repo").to_string_lossy().into_owned(),
+        // An S3 repository's path is the stack's (the bucket and endpoint come with the
+        // clone's copy of the source's `backup` block); a volume repository is in the state dir.
+        repo_path: if source.facts.backup.repo_type == "s3" {
+            source.facts.backup.repo_path.clone()
+        } else {
+            source.state.root.join("repo").to_string_lossy().into_owned()
+        },
         cipher_pass: if source.stack.backup.cipher { source.state.read_secrets()?.get("repo_cipher_pass").cloned() } else { None },
     }))
 }
