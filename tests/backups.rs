@@ -313,7 +313,8 @@ fn a_failover_during_a_full_backup_ends_it_clearly_and_the_next_backup_and_the_a
     let backup = dev.dev(&["backup", "full"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     // pgBackRest has started the backup on the primary (pg_backup_start) and copies.
     wait_until("the backup to run on the primary", Duration::from_secs(60), || {
-        dev.member_sql(old, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgBackRest [backup]%'").as_deref()
+        dev.member_sql(old, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgBackRest [backup]%'")
+            .as_deref()
             == Some("1")
     });
     let killed_at = std::time::Instant::now();
@@ -347,7 +348,11 @@ fn a_failover_during_a_full_backup_ends_it_clearly_and_the_next_backup_and_the_a
     let archived = dev.member_sql(new, "postgres", "SELECT last_archived_wal FROM pg_stat_archiver").unwrap();
     assert_eq!(u64::from_str_radix(&archived[..8], 16).unwrap(), timeline, "archived WAL on the new timeline: {archived}");
     let ls = dev.pgbackrest(new, &["repo-ls", "archive/fob/15-1"]);
-    assert!(text(&ls.stdout).contains(&format!("{timeline:08X}.history")), "the new timeline's history file is in the archive: {}", both(&ls));
+    assert!(
+        text(&ls.stdout).contains(&format!("{timeline:08X}.history")),
+        "the new timeline's history file is in the archive: {}",
+        both(&ls)
+    );
 }
 
 /// moto's S3 server, as tests/run-all installs it (a pinned venv in the test cache).

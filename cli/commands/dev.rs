@@ -314,10 +314,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
             };
             let dev = dev::Dev::open(&at.state_dir()?).map_err(failed)?;
             let Some(into) = into else {
-                let question = format!(
-                    "restore {} in place? Its members stop, and everything written after the target is lost",
-                    dev.facts.cluster
-                );
+                let question =
+                    format!("restore {} in place? Its members stop, and everything written after the target is lost", dev.facts.cluster);
                 if !yes && !confirm(&question) {
                     return Err(Failure::BadInput(format!(
                         "error: not confirmed: an in-place restore stops {} and loses everything written after the target\n  = help: pass --yes to restore in place without asking",

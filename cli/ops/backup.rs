@@ -327,10 +327,10 @@ pub fn dev_backup(dev: &Dev, kind: &str, reporter: &dyn Reporter) -> Result<Back
         let what = format!("{kind} backup of {}", dev.facts.scope);
         // pgBackRest's words for a primary that went away mid-backup are its protocol's
         // ("NULL result required to complete request"): say what happened instead.
-        let leader_now = (0..dev.member_count())
-            .find_map(|i| patroni::cluster(&dev.rest_address(i)))
-            .and_then(|c| c.leader().map(|l| l.name.clone()));
-        let still_primary = dev.member_index(&primary).and_then(|i| dev.member_query(i, "SELECT pg_is_in_recovery()")).as_deref() == Some("f");
+        let leader_now =
+            (0..dev.member_count()).find_map(|i| patroni::cluster(&dev.rest_address(i))).and_then(|c| c.leader().map(|l| l.name.clone()));
+        let still_primary =
+            dev.member_index(&primary).and_then(|i| dev.member_query(i, "SELECT pg_is_in_recovery()")).as_deref() == Some("f");
         if leader_now.as_deref() != Some(primary.as_str()) || !still_primary {
             return Err(OpsError::Failed(format!(
                 "{what}: the primary was lost during the backup ({primary} was primary when it started; {}): the backup did not complete and is not listed\n  = help: run the backup again once a primary runs (`pgnomad dev status`); pgBackRest resumes or discards the incomplete one\n{}",

@@ -362,7 +362,10 @@ pub fn dev_restore_in_place(dev: &Dev, target: &Target, timeout: Duration, repor
             (log, len)
         })
         .collect();
-    reporter.step(&format!("restoring {} in place: Patroni's custom bootstrap restores its backups and recovers to the target", dev.facts.cluster));
+    reporter.step(&format!(
+        "restoring {} in place: Patroni's custom bootstrap restores its backups and recovers to the target",
+        dev.facts.cluster
+    ));
     let restored = dev::up_unless(stack, &stack_file, &root, timeout, reporter, &|_| bootstrap_failed(&logs));
     match restored {
         Ok(_) => {
