@@ -355,6 +355,10 @@ pub struct Attempt {
     pub took: Duration,
     /// psql's first line of stderr when it failed.
     pub error: String,
+    /// The address of the member that acknowledged it (`inet_server_addr()`), empty if none.
+    pub server: String,
+    /// The PgBouncer it went through.
+    pub via: String,
 }
 
 /// Inserts id = 1, 2, … through PgBouncer every 100 ms; an insert that returned success is
@@ -371,7 +375,12 @@ impl Writer {
         assert!(out.status.success(), "creating the table through PgBouncer: {}", text(&out.stderr));
         let first = text(&deployed.app_sql("SELECT coalesce(max(id), 0) FROM acks").stdout).trim().parse::<u64>().unwrap() + 1;
         let password = deployed.secret("main-postgres", "password_app");
-        let address = deployed.pgbouncer_address();
+        let mut address = deployed.pgbouncer_address();
+        // After a failed insert the writer asks again where PgBouncer runs, as a client that
+        // finds it through Consul (`main-pgbouncer.service.consul`) would: it keeps its
+        // PgBouncer while that one passes its checks, else takes one that does (a lost
+        // node's PgBouncer comes back elsewhere; a cut-off one fails its check).
+        let locate = deployed.cluster.locator();
         let stop = Arc::new(AtomicBool::new(false));
         let attempts = Arc::new(Mutex::new(Vec::new()));
         let handle = {
@@ -380,10 +389,30 @@ impl Writer {
                 let mut id = first;
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    let out = psql(&address, &password, &format!("INSERT INTO acks (id) VALUES ({id})"));
+                    if attempts.lock().unwrap().last().is_some_and(|a: &Attempt| !a.ok) {
+                        let passing = locate.passing("main-pgbouncer");
+                        if !passing.contains(&address) {
+                            if let Some(found) =
+                                passing.first().cloned().or_else(|| locate.address_of("main-pgbouncer", "pgbouncer", "pgbouncer"))
+                            {
+                                address = found;
+                            }
+                        }
+                    }
+                    let insert = format!("INSERT INTO acks (id) VALUES ({id}) RETURNING host(inet_server_addr())");
+                    let out = psql(&address, &password, &insert);
                     let ok = out.status.success();
                     let error = if ok { String::new() } else { text(&out.stderr).lines().next().unwrap_or_default().to_string() };
-                    attempts.lock().unwrap().push(Attempt { id, ok, started, took: started.elapsed(), error });
+                    let server = if ok { text(&out.stdout).lines().next().unwrap_or_default().trim().to_string() } else { String::new() };
+                    attempts.lock().unwrap().push(Attempt {
+                        id,
+                        ok,
+                        started,
+                        took: started.elapsed(),
+                        error,
+                        server,
+                        via: address.clone(),
+                    });
                     id += 1;
                     std::thread::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()));
                 }

@@ -17,6 +17,7 @@ pub mod dns;
 pub mod docker;
 pub mod e2e;
 pub mod exec;
+pub mod faults;
 pub mod taskenv;
 
 use std::collections::BTreeMap;
