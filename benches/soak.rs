@@ -44,18 +44,26 @@ fn main() {
         for run in 1..=partitions {
             let p = partition_primary(&deployed, &writer, &sampler);
             println!(
-                "partition {run}: {} demoted after {:.2} s, {} writable after {:.2} s, write gap {:.2} s, {} client errors, pg_rewind: {}",
+                "partition {run}: {} demoted after {:.2} s, {} writable after {:.2} s, write gap {:.2} s, {} client errors, pg_rewind: {}, streaming again after {:.1} s, all healthy: {:?}",
                 p.old,
                 p.demoted_after.as_secs_f64(),
                 p.new,
                 p.promoted_after.as_secs_f64(),
                 p.gap.as_secs_f64(),
                 p.errors,
-                p.rewound
+                p.rewound,
+                p.rejoined_after.as_secs_f64(),
+                p.whole
             );
+            let broken = p.whole.is_err();
             demoted.push(p.demoted_after);
             promoted.push(p.promoted_after);
             gaps.push(p.gap);
+            if broken {
+                println!("partition {run} left the cluster unhealthy: no further runs");
+                failed.push(format!("partition {run}: {:?}", p.whole));
+                break;
+            }
         }
         std::thread::sleep(Duration::from_secs(1));
         let attempts = writer.stop();
@@ -63,7 +71,8 @@ fn main() {
         let lost = lost_rows(&deployed, &attempts);
         let (worst_demote, worst_gap) = (*demoted.iter().max().unwrap(), *gaps.iter().max().unwrap());
         println!(
-            "partitions (n={partitions}): demoted after median {:.2} s (worst {:.2} s), new primary writable after median {:.2} s, write gap median {:.2} s (worst {:.2} s); target: demoted ≤ ttl 10 s, gap ≤ 12 s; {} lost, {} times two writable, {} acks without the lock",
+            "partitions (n={}): demoted after median {:.2} s (worst {:.2} s), new primary writable after median {:.2} s, write gap median {:.2} s (worst {:.2} s); target: demoted ≤ ttl 10 s, gap ≤ 12 s; {} lost, {} times two writable, {} acks without the lock",
+            gaps.len(),
             median(demoted.clone()).as_secs_f64(),
             worst_demote.as_secs_f64(),
             median(promoted).as_secs_f64(),

@@ -37,7 +37,7 @@ fn assert_safe(deployed: &Deployed, observations: &Observations, attempts: &[cra
 
 #[test]
 fn a_partitioned_primary_demotes_within_ttl_a_new_one_takes_writes_and_the_old_one_rejoins() {
-    let deployed = Deployed::new(StackDriver::Docker, 0.2);
+    let deployed = Deployed::new(StackDriver::Docker, 1.0);
     deployed.run_until_healthy();
     let sampler = Sampler::start(&deployed.cluster.id, &deployed.cluster.etcd.endpoint, "main", &members(), EVERY);
     let writer = Writer::start(&deployed);
@@ -45,14 +45,16 @@ fn a_partitioned_primary_demotes_within_ttl_a_new_one_takes_writes_and_the_old_o
 
     let outcome = partition_primary(&deployed, &writer, &sampler);
     eprintln!(
-        "primary partition: {} demoted after {:.2} s, {} writable after {:.2} s, write gap {:.2} s, {} client errors, pg_rewind in its log: {}",
+        "primary partition: {} demoted after {:.2} s, {} writable after {:.2} s, write gap {:.2} s, {} client errors, pg_rewind in its log: {}, streaming again after {:.1} s, whole cluster healthy: {:?}",
         outcome.old,
         outcome.demoted_after.as_secs_f64(),
         outcome.new,
         outcome.promoted_after.as_secs_f64(),
         outcome.gap.as_secs_f64(),
         outcome.errors,
-        outcome.rewound
+        outcome.rewound,
+        outcome.rejoined_after.as_secs_f64(),
+        outcome.whole
     );
     assert!(outcome.demoted_after <= TTL + EVERY, "the partitioned primary was writable {:?} (ttl {TTL:?})", outcome.demoted_after);
     assert!(outcome.promoted_after > outcome.demoted_after, "a new primary before the old one demoted");
@@ -68,7 +70,7 @@ fn a_partitioned_primary_demotes_within_ttl_a_new_one_takes_writes_and_the_old_o
 
 #[test]
 fn a_partitioned_replica_costs_a_stall_and_a_partitioned_pgbouncer_refuses_clients_until_healed() {
-    let deployed = Deployed::new(StackDriver::Docker, 0.2);
+    let deployed = Deployed::new(StackDriver::Docker, 1.0);
     deployed.run_until_healthy();
     let sampler = Sampler::start(&deployed.cluster.id, &deployed.cluster.etcd.endpoint, "main", &members(), EVERY);
     let writer = Writer::start(&deployed);

@@ -12,7 +12,7 @@ fn five_faults_in_random_order_lose_no_acknowledged_row_and_never_show_two_writa
     let seed = seed();
     let faults = schedule(seed, Chaos::ALL.len());
     eprintln!("soak seed {seed} (PGNOMAD_SOAK_SEED={seed} replays it): {:?}", faults);
-    let deployed = Deployed::new(StackDriver::Docker, 0.2);
+    let deployed = Deployed::new(StackDriver::Docker, 0.5);
     deployed.run_until_healthy();
     let outcome = soak(&deployed, &faults);
     eprintln!("{}", outcome.report());
