@@ -500,6 +500,15 @@ impl<T: Transport> NomadClient<T> {
         self.call(api::dispatch_job(job_id, payload, meta)).await
     }
 
+    pub async fn read_evaluation(&self, eval_id: &str) -> Result<api::Evaluation, TransportError> {
+        self.call(api::read_evaluation(eval_id)).await
+    }
+
+    /// One task's stdout (or stderr) as the node keeps it.
+    pub async fn alloc_logs(&self, alloc_id: &str, task: &str, stderr: bool) -> Result<Vec<u8>, TransportError> {
+        Ok(execute(&self.transport, &api::alloc_logs(alloc_id, task, stderr), None).await?.body)
+    }
+
     pub async fn deregister_job(&self, job_id: &str, purge: bool) -> Result<api::JobDeregisterResponse, TransportError> {
         self.call(api::deregister_job(job_id, purge)).await
     }

@@ -43,6 +43,74 @@ fn forced_full_backup(deployed: &Deployed) -> String {
     }
 }
 
+fn json_of(what: &str, out: &std::process::Output) -> Value {
+    assert_ok(what, out);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {}", text(&out.stdout)))
+}
+
+/// `pgnomad backup --type full`, then `--type incr` while a `diff` is asked and refused,
+/// `pgnomad backups --json` listing both with the window, and `pgnomad restore`: a target
+/// before the window refused naming it, a time between two sets of rows accepted and written
+/// into `clone.hcl`.
+fn backups_through_pgnomad(deployed: &Deployed) {
+    let leader = deployed.leader().unwrap();
+    let full = json_of("pgnomad backup --type full", &deployed.pgnomad(&["backup", "--type", "full", "--json"]));
+    assert_eq!((full["type"].as_str(), full["primary"].as_str()), (Some("full"), Some(leader.as_str())), "{full}");
+    let from = full["copied_from"].as_str().unwrap();
+    assert!(from.starts_with("member-") && from != leader, "the files come from a standby, not {leader}: {full}");
+
+    // An incremental backup runs; a differential one asked meanwhile is refused, saying why.
+    let incr = deployed.pgnomad_command(&["backup", "--type", "incr", "--json"]).spawn().unwrap();
+    wait_until("the forced incr backup's allocation", Duration::from_secs(120), || {
+        deployed
+            .cluster
+            .nomad
+            .all_allocations()
+            .iter()
+            .any(|a| a.job_id.starts_with("main-backup-incr/periodic-") && matches!(a.client_status.as_str(), "pending" | "running"))
+    });
+    let diff = deployed.pgnomad(&["backup", "--type", "diff"]);
+    assert_eq!(diff.status.code(), Some(1), "a backup asked while another runs: {}", text(&diff.stderr));
+    assert!(text(&diff.stderr).contains("another backup of main is running (main-backup-incr/periodic-"), "{}", text(&diff.stderr));
+    let incr = json_of("pgnomad backup --type incr", &incr.wait_with_output().unwrap());
+    assert_eq!(incr["type"], "incr", "{incr}");
+
+    let list = json_of("pgnomad backups --json", &deployed.pgnomad(&["backups", "--json"]));
+    let rows = list["backups"].as_array().unwrap();
+    let labels: Vec<(&str, &str)> = rows.iter().map(|b| (b["label"].as_str().unwrap(), b["type"].as_str().unwrap())).collect();
+    assert!(labels.contains(&(full["label"].as_str().unwrap(), "full")), "{list}");
+    assert!(labels.contains(&(incr["label"].as_str().unwrap(), "incr")), "{list}");
+    assert_eq!(rows.iter().find(|b| b["type"] == "incr").unwrap()["prior"], full["label"], "{list}");
+    let window = &list["window"];
+    assert_eq!(window["oldest"], rows[0]["stop"], "the window starts at the oldest backup's end: {list}");
+    assert!(window["newest"].as_i64() >= rows.last().unwrap()["stop"].as_i64(), "{list}");
+
+    // Rows A, a time T, rows B.
+    assert_ok("create table", &deployed.app_sql("CREATE TABLE pitr (id int PRIMARY KEY, phase text)"));
+    assert_ok("rows A", &deployed.app_sql("INSERT INTO pitr SELECT g, 'A' FROM generate_series(1, 50) g"));
+    std::thread::sleep(Duration::from_millis(1100));
+    let at = deployed.app_sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    let t = text(&at.stdout).trim().to_owned();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_ok("rows B", &deployed.app_sql("INSERT INTO pitr SELECT g, 'B' FROM generate_series(51, 80) g"));
+
+    let before = deployed.pgnomad(&["restore", "--to-time", "2020-01-01T00:00:00Z", "--into", "early"]);
+    assert_eq!(before.status.code(), Some(1), "a target before the window: {}", text(&before.stderr));
+    let message = text(&before.stderr);
+    assert!(message.contains("--to-time 2020-01-01T00:00:00Z is outside the recoverable window"), "{message}");
+    assert!(message.contains(window["oldest_time"].as_str().unwrap()), "the message names the window: {message}");
+    assert!(!deployed.dir.path().join("early.hcl").exists());
+
+    let restored = json_of("pgnomad restore --into clone", &deployed.pgnomad(&["restore", "--to-time", &t, "--into", "clone", "--json"]));
+    assert!(restored["window"]["newest_from_archive"].as_bool().unwrap(), "WAL archived up to now first: {restored}");
+    let clone = std::fs::read_to_string(deployed.dir.path().join("clone.hcl")).unwrap();
+    assert!(clone.starts_with("cluster \"clone\""), "{clone}");
+    assert!(clone.contains("restore {\n  from    = \"main\"\n  to_time = \""), "{clone}");
+    let again = deployed.pgnomad(&["restore", "--to-time", &t, "--into", "clone"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("the restore target cluster clone already exists"), "{}", text(&again.stderr));
+}
+
 /// The whole life of the stack on three nodes with `driver`.
 fn scenario(driver: StackDriver) {
     let deployed = Deployed::new(driver, 0.2);
@@ -76,8 +144,13 @@ fn scenario(driver: StackDriver) {
     assert!(info[0]["db"][0]["system-id"].as_u64().is_some(), "the stanza knows the cluster: {info}");
     assert!(info[0]["archive"][0]["max"].as_str().is_some(), "WAL is archived: {info}");
 
-    // A forced full backup runs as a child of the periodic job and lands in the repository.
-    forced_full_backup(&deployed);
+    if driver == StackDriver::Docker {
+        // Issue 11 on Nomad: backup, backups and restore --into through the binary.
+        backups_through_pgnomad(&deployed);
+    } else {
+        // A forced full backup runs as a child of the periodic job and lands in the repository.
+        forced_full_backup(&deployed);
+    }
     let info = pgbackrest_info(&deployed);
     let backups = info[0]["backup"].as_array().cloned().unwrap_or_default();
     assert!(backups.iter().any(|b| b["type"] == "full"), "pgbackrest info lists the full backup: {info}");

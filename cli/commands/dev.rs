@@ -193,12 +193,12 @@ enum DevCommand {
 }
 
 /// Progress on stderr: a spinner on a terminal, plain lines otherwise.
-struct Progress {
+pub(super) struct Progress {
     bar: Option<ProgressBar>,
 }
 
 impl Progress {
-    fn new() -> Progress {
+    pub(super) fn new() -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new_spinner();
             bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
@@ -207,7 +207,7 @@ impl Progress {
         });
         Progress { bar }
     }
-    fn finish(&self) {
+    pub(super) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
@@ -386,7 +386,7 @@ fn ops_failed(error: crate::ops::OpsError) -> Failure {
     }
 }
 
-fn bytes(n: u64) -> String {
+pub(super) fn bytes(n: u64) -> String {
     match n {
         n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / f64::from(1u32 << 30)),
         n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20)),
@@ -395,7 +395,7 @@ fn bytes(n: u64) -> String {
     }
 }
 
-fn print_backups(list: &crate::ops::backup::Backups) {
+pub(super) fn print_backups(list: &crate::ops::backup::Backups) {
     println!("stanza {} ({}; cipher {})", list.stanza, list.status, list.cipher);
     println!("{:<36} {:<5} {:<22} {:<22} {:>10} {:>10}  WAL", "LABEL", "TYPE", "START", "STOP", "DATABASE", "REPO");
     for b in &list.backups {

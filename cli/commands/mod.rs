@@ -1,6 +1,7 @@
 //! The command line: clap types and one thin file per command. Commands read files and
 //! print; the work is done by the pipeline (`stack` → `compile` → `render`) and `deploy`.
 
+mod backup;
 mod destroy;
 mod dev;
 mod failover;
@@ -84,6 +85,15 @@ enum Command {
     /// Restart Postgres through Patroni: replicas one at a time, the leader last after a
     /// switchover.
     Restart(restart::Args),
+    /// Take one backup now: forces the periodic job `<cluster>-backup-<type>`, follows its run
+    /// and says which member it read from.
+    Backup(backup::BackupArgs),
+    /// The repository's backups and the recoverable window, from pgBackRest's JSON `info`
+    /// (a dispatch of `<cluster>-backup-ctl`).
+    Backups(backup::BackupsArgs),
+    /// Point-in-time restore into a new cluster NAME: archives the WAL up to now, checks the
+    /// target against the window and writes NAME.hcl (this stack renamed, with a `restore` block).
+    Restore(backup::RestoreArgs),
     /// Run the stack on this machine with real processes, from the same config files.
     Dev(dev::Args),
 }
@@ -124,6 +134,9 @@ pub fn main() -> ExitCode {
         Command::Switchover(args) => switchover::run(args),
         Command::Failover(args) => failover::run(args),
         Command::Restart(args) => restart::run(args),
+        Command::Backup(args) => backup::backup(args),
+        Command::Backups(args) => backup::backups(args),
+        Command::Restore(args) => backup::restore(args),
         Command::Dev(args) => dev::run(args),
     };
     match result {

@@ -14,8 +14,7 @@ use super::common::*;
 pub fn job(cx: &Context<'_>, schedule: &Schedule) -> Result<Job, ConfigError> {
     let stack = cx.stack;
     let kind = schedule.kind.name();
-    let job_id = names::backup_job(cx.cluster(), kind);
-    let mut job = cx.job(job_id.clone(), "batch");
+    let mut job = pgbackrest_job(cx, kind, vec![kind.into()], restart_policy(2))?;
     job.periodic = Some(PeriodicConfig {
         enabled: Some(true),
         specs: Some(vec![schedule.cron.value.clone()]),
@@ -24,9 +23,38 @@ pub fn job(cx: &Context<'_>, schedule: &Schedule) -> Result<Job, ConfigError> {
         prohibit_overlap: Some(true),
         time_zone: Some(stack.backup.time_zone.clone()),
     });
+    Ok(job)
+}
+
+/// The meta key a dispatch of `<c>-backup-ctl` names its command with.
+pub const COMMAND_META: &str = "command";
+
+/// `<c>-backup-ctl`: the repository answering on demand. Each dispatch runs `backup.sh info`
+/// (pgBackRest's JSON `info` on the task's stdout) or `backup.sh check` (a WAL switch, then a
+/// wait for the archive), with the backup jobs' own config and certificates:
+/// `nomad job dispatch -meta command=info main-backup-ctl`. It never restarts: whoever
+/// dispatched it reads the one outcome.
+pub fn ctl_job(cx: &Context<'_>) -> Result<Job, ConfigError> {
+    let mut job = pgbackrest_job(cx, names::BACKUP_CTL, vec![format!("${{NOMAD_META_{COMMAND_META}}}")], restart_policy(0))?;
+    job.parameterized_job =
+        Some(ParameterizedJobConfig { payload: some("forbidden"), meta_required: Some(vec![COMMAND_META.into()]), meta_optional: None });
+    Ok(job)
+}
+
+fn restart_policy(attempts: i64) -> RestartPolicy {
+    RestartPolicy { attempts: Some(attempts), interval: Some(Nanos::secs(3600)), delay: Some(Nanos::secs(60)), mode: some("fail") }
+}
+
+/// A batch job `<c>-backup-<kind>` whose one task runs backup.sh with `args`.
+fn pgbackrest_job(cx: &Context<'_>, kind: &str, args: Vec<String>, restart: RestartPolicy) -> Result<Job, ConfigError> {
+    let stack = cx.stack;
+    let job_id = names::backup_job(cx.cluster(), kind);
+    let mut job = cx.job(job_id.clone(), "batch");
     let holes = cx.runtime.backup(cx.facts, kind);
 
-    let mut task = cx.program_task("backup", "bash", vec!["/secrets/backup.sh".into(), kind.into()], &[]);
+    let mut command = vec!["/secrets/backup.sh".to_owned()];
+    command.extend(args);
+    let mut task = cx.program_task("backup", "bash", command, &[]);
     task.resources = Some(resources(500, 512));
     let mut templates = vec![
         cx.pack_template("backup/pgbackrest.conf", None, &holes, "secrets/pgbackrest.conf", Change::Noop)?,
@@ -46,12 +74,7 @@ pub fn job(cx: &Context<'_>, schedule: &Schedule) -> Result<Job, ConfigError> {
         name: some("backup"),
         count: Some(1),
         volumes,
-        restart_policy: Some(RestartPolicy {
-            attempts: Some(2),
-            interval: Some(Nanos::secs(3600)),
-            delay: Some(Nanos::secs(60)),
-            mode: some("fail"),
-        }),
+        restart_policy: Some(restart),
         reschedule_policy: Some(ReschedulePolicy { attempts: Some(0), unlimited: Some(false), ..ReschedulePolicy::default() }),
         tasks: Some(vec![task]),
         // A backup on a node that stops heartbeating keeps running: a second one started

@@ -20,6 +20,7 @@ use crate::nomad::job::{CsiVolume, Job};
 use crate::stack::{Secrets, Stack};
 
 pub use acl::{AclPolicy, AclSystem};
+pub use backup::COMMAND_META as BACKUP_COMMAND_META;
 pub use secrets::{Origin, SecretKey};
 pub use volumes::member_volume_id;
 
@@ -104,6 +105,7 @@ pub fn compile(stack: &Stack, packs: &Packs) -> Result<Artifacts, ConfigError> {
         for schedule in &stack.backup.schedules {
             jobs.push(CompiledJob { role: JobRole::Backup, job: backup::job(&context, schedule)? });
         }
+        jobs.push(CompiledJob { role: JobRole::Backup, job: backup::ctl_job(&context)? });
     }
     for compiled in &mut jobs {
         stamp(&mut compiled.job, &stack.cluster.name.value);
@@ -162,6 +164,7 @@ pub fn job_ids(stack: &Stack) -> Vec<String> {
     }
     if stack.backup.enabled {
         ids.extend(stack.backup.schedules.iter().map(|s| names::backup_job(c, s.kind.name())));
+        ids.push(names::backup_ctl_job(c));
     }
     ids
 }

@@ -139,6 +139,11 @@ pub mod names {
     pub fn backup_job(cluster: &str, kind: &str) -> String {
         format!("{cluster}-backup-{kind}")
     }
+    /// The parameterized job that runs `info` and `check` on demand: `<c>-backup-ctl`.
+    pub const BACKUP_CTL: &str = "ctl";
+    pub fn backup_ctl_job(cluster: &str) -> String {
+        backup_job(cluster, BACKUP_CTL)
+    }
     /// Consul services.
     pub fn primary_service(cluster: &str) -> String {
         format!("{cluster}-primary")

@@ -104,6 +104,21 @@ pub fn force_periodic(job_id: &str) -> Request {
     Request::new(Method::Put, format!("{}/periodic/force", job_path(job_id)))
 }
 
+pub fn read_evaluation(eval_id: &str) -> Request {
+    Request::get(format!("/v1/evaluation/{}", encode_segment(eval_id)))
+}
+
+/// `GET /v1/client/fs/logs/:alloc_id`: the whole of one task's stdout or stderr, as plain bytes
+/// (`plain=true`, not framed) and without following it.
+pub fn alloc_logs(alloc_id: &str, task: &str, stderr: bool) -> Request {
+    Request::get(format!("/v1/client/fs/logs/{}", encode_segment(alloc_id)))
+        .with_query("task", task)
+        .with_query("type", if stderr { "stderr" } else { "stdout" })
+        .with_query("origin", "start")
+        .with_query("offset", "0")
+        .with_query("plain", "true")
+}
+
 /// `POST /v1/job/:id/dispatch`; the payload travels base64-encoded (Go's []byte in JSON).
 pub fn dispatch_job(job_id: &str, payload: Option<&[u8]>, meta: &BTreeMap<String, String>) -> Request {
     let mut body = Map::new();

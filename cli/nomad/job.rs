@@ -66,6 +66,7 @@ api_struct! {
         pub spreads: Vec<Spread>,
         pub update: UpdateStrategy,
         pub periodic: PeriodicConfig,
+        pub parameterized_job: ParameterizedJobConfig,
         pub meta: BTreeMap<String, String>,
         pub task_groups: Vec<TaskGroup>,
     }
@@ -186,6 +187,16 @@ api_struct! {
         pub progress_deadline: Nanos,
         pub auto_revert: bool,
         pub canary: i64,
+    }
+}
+
+api_struct! {
+    /// A job that runs only when dispatched (`nomad job dispatch`), each run a child job.
+    pub struct ParameterizedJobConfig {
+        /// "optional", "required" or "forbidden".
+        pub payload: String,
+        pub meta_required: Vec<String>,
+        pub meta_optional: Vec<String>,
     }
 }
 

@@ -283,6 +283,19 @@ impl BackupLock {
     }
 }
 
+/// The member a backup copies its files from: with `from_standby`, pgBackRest's
+/// backup-standby takes the first standby in its pg1…pgN `order`; otherwise the primary.
+pub fn copied_from(order: &[String], primary: &str, standbys: &[String], from_standby: bool) -> Result<String, OpsError> {
+    if !from_standby {
+        return Ok(primary.to_owned());
+    }
+    order.iter().find(|m| *m != primary && standbys.contains(m)).cloned().ok_or_else(|| {
+        OpsError::Refused(format!(
+            "backups are taken from a standby (backup.from_standby), and no standby runs now (primary {primary})\n  = help: wait for a replica to stream (`pgnomad status`, `pgnomad dev status`), or set from_standby = false"
+        ))
+    })
+}
+
 /// Takes one backup of the dev stack now with the rendered backup.sh, whichever member is
 /// primary, and says which member it read from.
 pub fn dev_backup(dev: &Dev, kind: &str, reporter: &dyn Reporter) -> Result<BackupDone, OpsError> {
@@ -294,22 +307,10 @@ pub fn dev_backup(dev: &Dev, kind: &str, reporter: &dyn Reporter) -> Result<Back
         .find_map(|i| patroni::cluster(&dev.rest_address(i)))
         .ok_or_else(|| OpsError::Unreachable("no member's REST API answers: is the stack up? (`pgnomad dev up`)".into()))?;
     let primary = cluster.leader().map(|l| l.name.clone()).ok_or_else(|| OpsError::Refused("the cluster has no leader now".into()))?;
-    // pgBackRest's backup-standby copies from the first standby it finds in pg1…pgN order.
-    let standby = dev
-        .facts
-        .members
-        .iter()
-        .map(|m| m.name.clone())
-        .find(|name| *name != primary && cluster.members.iter().any(|m| m.name == *name && m.state == "running" && m.role != "leader"));
-    let copied_from = match (dev.stack.backup.from_standby && dev.member_count() > 1, standby) {
-        (true, Some(standby)) => standby,
-        (true, None) => {
-            return Err(OpsError::Refused(format!(
-                "backups are taken from a standby (backup.from_standby), and no standby runs now (primary {primary})\n  = help: wait for a replica to stream (`pgnomad dev status`), or set from_standby = false"
-            )))
-        }
-        (false, _) => primary.clone(),
-    };
+    let order: Vec<String> = dev.facts.members.iter().map(|m| m.name.clone()).collect();
+    let standbys: Vec<String> =
+        cluster.members.iter().filter(|m| m.state == "running" && m.role != "leader").map(|m| m.name.clone()).collect();
+    let copied_from = copied_from(&order, &primary, &standbys, dev.stack.backup.from_standby && dev.member_count() > 1)?;
     reporter.step(&format!("{kind} backup of {}: files from {copied_from}, started and stopped on primary {primary}", dev.facts.scope));
     let before: Vec<String> = dev_info(dev).map(|s| s.backup.into_iter().map(|b| b.label).collect()).unwrap_or_default();
     let started = Instant::now();

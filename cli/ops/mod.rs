@@ -9,6 +9,7 @@
 pub mod backup;
 pub mod dev;
 pub mod nomad;
+pub mod nomad_backup;
 pub mod restore;
 mod upgrade;
 mod view;

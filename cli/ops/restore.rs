@@ -108,6 +108,19 @@ pub fn clone_stack_text(source_text: &str, source_cluster: &str, into: &str, tar
     Ok(text)
 }
 
+/// A clone's name: a valid cluster name, not its source's.
+pub fn check_clone_name(source: &str, into: &str) -> Result<(), OpsError> {
+    if into == source {
+        return Err(OpsError::Refused(format!(
+            "--into {into} is the source's own name: a clone needs its own, so that it archives into its own stanza\n  = help: pick another name (restoring a cluster in place, into itself, is not supported yet)"
+        )));
+    }
+    if let Err(problem) = crate::stack::validate::dns_label(into, crate::stack::validate::MAX_CLUSTER_NAME) {
+        return Err(OpsError::Refused(format!("--into {into}: a cluster name {problem}")));
+    }
+    Ok(())
+}
+
 /// Recorded in a restored cluster's state directory: where its source's state directory is
 /// (the source may have been given with --state-dir).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -218,14 +231,7 @@ pub fn dev_restore(source: &Dev, into: &str, target: &Target, timeout: Duration,
     let dir = source_file.parent().unwrap_or(Path::new(".")).to_owned();
     let stack_file = dir.join(format!("{into}.hcl"));
     let state_dir = dev::default_state_dir(&stack_file, into);
-    if into == source.facts.cluster {
-        return Err(OpsError::Refused(format!(
-            "--into {into} is the source's own name: a clone needs its own, so that it archives into its own stanza\n  = help: pick another name (restoring a cluster in place, into itself, is not supported yet)"
-        )));
-    }
-    if let Err(problem) = crate::stack::validate::dns_label(into, crate::stack::validate::MAX_CLUSTER_NAME) {
-        return Err(OpsError::Refused(format!("--into {into}: a cluster name {problem}")));
-    }
+    check_clone_name(&source.facts.cluster, into)?;
     for existing in [&stack_file, &state_dir] {
         if existing.exists() {
             return Err(OpsError::Refused(format!(

@@ -26,6 +26,7 @@ fn block_name(field: &str) -> Option<(&'static str, Option<&'static str>)> {
         "VolumeMounts" => ("volume_mount", None),
         "Update" => ("update", None),
         "Periodic" => ("periodic", None),
+        "ParameterizedJob" => ("parameterized", None),
         "RestartPolicy" => ("restart", None),
         "ReschedulePolicy" => ("reschedule", None),
         "Resources" => ("resources", None),

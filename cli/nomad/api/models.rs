@@ -226,6 +226,9 @@ pub struct JobVersionsResponse {
 pub struct JobListStub {
     #[serde(rename = "ID")]
     pub id: String,
+    /// The periodic or parameterized job this one was launched from (empty otherwise).
+    #[serde(rename = "ParentID")]
+    pub parent_id: String,
     pub name: String,
     pub namespace: String,
     #[serde(rename = "Type")]

@@ -704,7 +704,17 @@ impl AllocRunner {
             alloc != &self.facts.alloc_id
         });
         for task in self.tasks() {
-            docker::remove(&self.container_name(str_of(&task, "Name")));
+            let name = str_of(&task, "Name");
+            let container = self.container_name(name);
+            // The alloc dir keeps a task's logs after it is gone, as Nomad's docker logger
+            // writes them there (`nomad alloc logs` of a finished batch job reads them).
+            let logs = self.dirs.shared().join("logs");
+            if let (Some(out), Some(err)) = (docker::logs(&container, "stdout"), docker::logs(&container, "stderr")) {
+                let _ = std::fs::create_dir_all(&logs);
+                let _ = std::fs::write(logs.join(format!("{name}.stdout.0")), out);
+                let _ = std::fs::write(logs.join(format!("{name}.stderr.0")), err);
+            }
+            docker::remove(&container);
         }
         docker::remove(&self.pause_name());
     }
@@ -850,4 +860,15 @@ fn http_check(address: &str, path: &str, timeout: Duration) -> (bool, String) {
 
 pub fn alloc_root(node_root: &std::path::Path, alloc_id: &str) -> PathBuf {
     node_root.join("allocs").join(alloc_id)
+}
+
+/// A task's stdout or stderr as its node keeps it: the live container's while it exists,
+/// else the alloc dir's `alloc/logs/<task>.<kind>.0` (exec tasks write there directly).
+pub fn task_log(node_root: &std::path::Path, alloc_id: &str, group: &str, task: &str, kind: &str) -> Option<Vec<u8>> {
+    let file = alloc_root(node_root, alloc_id).join("alloc/logs").join(format!("{task}.{kind}.0"));
+    if let Ok(bytes) = std::fs::read(&file) {
+        return Some(bytes);
+    }
+    let container = format!("{task}-{group}-{}", &alloc_id[..alloc_id.len().min(8)]);
+    docker::logs(&container, kind).or_else(|| std::fs::read(&file).ok())
 }

@@ -76,6 +76,16 @@ pub fn logs_tail(name: &str, lines: usize) -> String {
     }
 }
 
+/// One stream of a container's whole output ("stdout" or "stderr"); `None` when there is no
+/// such container.
+pub fn logs(name: &str, kind: &str) -> Option<Vec<u8>> {
+    let out = docker().args(["logs", name]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(if kind == "stdout" { out.stdout } else { out.stderr })
+}
+
 /// Removes every container and network labelled with `cluster_id`.
 pub fn remove_labelled(cluster_id: &str) {
     let filter = format!("label={LABEL}={cluster_id}");

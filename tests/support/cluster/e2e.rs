@@ -74,7 +74,13 @@ impl Deployed {
     }
 
     pub fn pgnomad(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_pgnomad"))
+        self.pgnomad_command(args).output().expect("pgnomad runs")
+    }
+
+    /// The binary pointed at the doubles, to spawn (its output piped).
+    pub fn pgnomad_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pgnomad"));
+        command
             .args(args)
             .current_dir(self.dir.path())
             .env("NOMAD_ADDR", self.cluster.nomad.address())
@@ -83,8 +89,9 @@ impl Deployed {
             .env_remove("NOMAD_NAMESPACE")
             .env_remove("NOMAD_REGION")
             .stdin(Stdio::null())
-            .output()
-            .expect("pgnomad runs")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
     }
 
     pub fn secret(&self, job: &str, key: &str) -> String {

@@ -347,6 +347,10 @@ impl Cluster {
             });
         }
         let nomad = Arc::new(crate::support::nomad_double::client::start_external(&nodes, config.time_scale, config.consul_acls));
+        let roots: BTreeMap<String, PathBuf> = nodes.iter().map(|n| (n.name.clone(), n.root.clone())).collect();
+        nomad.set_log_reader(Arc::new(move |node, alloc, group, task, kind| {
+            alloc_runner::task_log(roots.get(node)?, alloc, group, task, kind)
+        }));
         let consul = nomad.start_consul();
         let plane: Arc<dyn ControlPlane> = Arc::new(crate::support::nomad_double::client::Plane::new(nomad.clone(), config.consul_acls));
         let dns = dns::ConsulDns::start(&network.gateway, plane.clone());

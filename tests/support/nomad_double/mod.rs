@@ -88,6 +88,11 @@ pub struct CheckProbe {
 
 pub type HealthOracle = Arc<dyn Fn(&CheckProbe) -> bool + Send + Sync>;
 
+/// How the servers reach a client's task logs (`/v1/client/fs/logs` is forwarded to the node
+/// that runs the allocation): (node, allocation ID, group, task, "stdout" | "stderr") → the
+/// log's bytes, `None` when that node keeps no such log.
+pub type LogReader = Arc<dyn Fn(&str, &str, &str, &str, &str) -> Option<Vec<u8>> + Send + Sync>;
+
 /// As on a Patroni cluster: `/primary` passes on exactly one member (the first allocation of
 /// the first group), `/replica` on all the others, every other check passes.
 pub fn patroni_like_oracle() -> HealthOracle {
@@ -201,6 +206,7 @@ pub(crate) struct Shared {
     pub requests: Mutex<Vec<RecordedRequest>>,
     pub violations: Mutex<Vec<String>>,
     pub has_leader: std::sync::atomic::AtomicBool,
+    pub logs: RwLock<Option<LogReader>>,
 }
 
 impl Shared {
@@ -300,6 +306,7 @@ impl NomadDouble {
             requests: Mutex::new(Vec::new()),
             violations: Mutex::new(Vec::new()),
             has_leader: std::sync::atomic::AtomicBool::new(true),
+            logs: RwLock::new(None),
         });
         let router = routes::router(shared.clone());
         let server = ServerThread::spawn(router, Some(shared.clone()));
@@ -308,6 +315,11 @@ impl NomadDouble {
 
     pub fn address(&self) -> String {
         format!("http://{}", self.server.address)
+    }
+
+    /// Where `/v1/client/fs/logs` reads task logs: the clients that run the allocations.
+    pub fn set_log_reader(&self, reader: LogReader) {
+        *self.shared.logs.write().unwrap() = Some(reader);
     }
 
     /// Settings pointing at the double, with its ACL token when it enforces one.

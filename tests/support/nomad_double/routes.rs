@@ -539,6 +539,9 @@ fn respond(state: &mut State, shared: &Shared, request: &Incoming, has_leader: b
             if record.current().get("ParameterizedJob").is_none_or(Value::is_null) {
                 return text(500, format!("Specified job \"{id}\" is not a parameterized job"));
             }
+            if let Err(message) = validate_dispatch(&record.current()["ParameterizedJob"], &body) {
+                return text(500, message);
+            }
             let suffix = format!("dispatch-{}-{}", now_ns() / 1_000_000_000, &super::state::new_id()[..8]);
             let result = state.launch_child(&ns, id, suffix, config, now, body.get("Meta"));
             let index = state.index;
@@ -548,6 +551,7 @@ fn respond(state: &mut State, shared: &Shared, request: &Incoming, has_leader: b
                 has_leader,
             )
         }
+        ("GET", ["v1", "client", "fs", "logs", alloc_id]) => client_logs(state, shared, request, alloc_id),
         (_, ["v1", "deployment", action @ ("fail" | "promote"), id]) if write => {
             let index = state.bump(Table::Deployments);
             let Some(deployment) = state.deployments.iter_mut().find(|d| d.id == *id) else { return text(404, "deployment not found") };
@@ -643,6 +647,78 @@ const KNOWN_FAMILIES: &[&str] = &[
     "evaluations",
     "allocations",
 ];
+
+/// Nomad's checks of a dispatch against the job's `parameterized` block
+/// (nomad/job_endpoint.go `validateDispatchRequest`): the payload rule, then meta keys the job
+/// does not name, then required keys left out.
+fn validate_dispatch(parameterized: &Value, body: &Value) -> Result<(), String> {
+    let payload = body["Payload"].as_str().unwrap_or_default();
+    match (parameterized["Payload"].as_str().unwrap_or("optional"), payload.is_empty()) {
+        ("forbidden", false) => return Err("Payload provided but forbidden".into()),
+        ("required", true) => return Err("Payload not provided but required".into()),
+        _ => {}
+    }
+    let names = |field: &str| -> Vec<String> {
+        parameterized[field].as_array().into_iter().flatten().filter_map(|k| k.as_str().map(str::to_owned)).collect()
+    };
+    let (required, optional) = (names("MetaRequired"), names("MetaOptional"));
+    let meta: Vec<String> = body["Meta"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let unpermitted: Vec<&String> = meta.iter().filter(|k| !required.contains(k) && !optional.contains(k)).collect();
+    if !unpermitted.is_empty() {
+        return Err(format!("Dispatch request included unpermitted metadata keys: {}", go_list(&unpermitted)));
+    }
+    let missing: Vec<&String> = required.iter().filter(|k| !meta.contains(k)).collect();
+    if !missing.is_empty() {
+        return Err(format!("Dispatch did not provide required meta keys: {}", go_list(&missing)));
+    }
+    Ok(())
+}
+
+/// A Go `%v` of a string slice: `[a b]`.
+fn go_list(items: &[&String]) -> String {
+    format!("[{}]", items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "))
+}
+
+/// `GET /v1/client/fs/logs/:alloc_id?task=&type=stdout|stderr&origin=start|end&offset=&plain=`
+/// (command/agent/fs_endpoint.go): the task's log as its node keeps it, with `plain=true` as
+/// the bytes themselves. The double neither streams (`follow=true`) nor frames (Nomad's
+/// `StreamFrame` objects without `plain`): both are refused rather than answered otherwise.
+fn client_logs(state: &State, shared: &Shared, request: &Incoming, alloc_id: &str) -> Response {
+    let Some(task) = request.query("task").filter(|t| !t.is_empty()) else { return text(400, "must provide task name") };
+    let kind = match request.query("type") {
+        Some(kind @ ("stdout" | "stderr")) => kind,
+        Some(_) => return text(400, "log type must be \"stdout\" or \"stderr\""),
+        None => return text(400, "must provide log type (stdout/stderr)"),
+    };
+    let origin = request.query("origin").unwrap_or("start");
+    if origin != "start" && origin != "end" {
+        return text(400, "origin must be start or end");
+    }
+    let offset: usize = match request.query("offset").map(str::parse) {
+        None => 0,
+        Some(Ok(offset)) => offset,
+        Some(Err(_)) => return text(400, "failed to parse offset"),
+    };
+    if request.flag("follow") || !request.flag("plain") {
+        return text(501, "the Nomad double answers logs only with plain=true and follow=false");
+    }
+    let Some(alloc) = state.allocs.iter().find(|a| a.id == alloc_id || (alloc_id.len() >= 8 && a.id.starts_with(alloc_id))) else {
+        return text(404, format!("unknown allocation \"{alloc_id}\""));
+    };
+    let view = state.view(alloc);
+    let known = list(&view.group_spec, "Tasks").iter().any(|t| str_of(t, "Name") == task);
+    if !known {
+        return text(400, format!("unknown task name \"{task}\""));
+    }
+    let reader = shared.logs.read().unwrap().clone();
+    let bytes = reader.and_then(|read| read(&alloc.node_name, &alloc.id, alloc.group.as_str(), task, kind)).unwrap_or_default();
+    let start = match origin {
+        "start" => offset.min(bytes.len()),
+        _ => bytes.len().saturating_sub(offset),
+    };
+    let data = &bytes[start..];
+    Response::builder().status(200).header("content-type", "text/plain").body(axum::body::Body::from(data.to_vec())).unwrap()
+}
 
 fn reply(result: Result<Value, (u16, String)>, index: u64, has_leader: bool) -> Response {
     match result {

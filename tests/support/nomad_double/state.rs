@@ -589,14 +589,28 @@ impl State {
     pub fn refresh_job_status(&mut self) {
         let keys: Vec<(String, String)> = self.jobs.keys().cloned().collect();
         for key in keys {
-            let running = self.allocs.iter().any(|a| a.namespace == key.0 && a.job_id == key.1 && a.is_live());
+            // Nomad's getJobStatus (nomad/state/state_store.go): system, periodic and
+            // parameterized jobs run until stopped; others run while an allocation is not
+            // terminal, are pending while an evaluation is, and are dead once all have ended.
+            let of_job = |a: &&Alloc| a.namespace == key.0 && a.job_id == key.1;
+            let has_alloc = self.allocs.iter().filter(of_job).count() > 0;
+            let running = self.allocs.iter().filter(of_job).any(|a| a.is_live());
+            let evals: Vec<&Value> = self.evals.iter().filter(|e| str_of(e, "Namespace") == key.0 && str_of(e, "JobID") == key.1).collect();
+            let eval_pending = evals.iter().any(|e| !matches!(str_of(e, "Status"), "complete" | "failed" | "canceled"));
             let record = self.jobs.get_mut(&key).unwrap();
             let current = record.versions.last_mut().unwrap();
             let stopped = current["Stop"].as_bool().unwrap_or(false);
+            let always_running = matches!(str_of(current, "Type"), "system" | "sysbatch")
+                || !current["Periodic"].is_null() && current.get("Periodic").is_some()
+                || !current["ParameterizedJob"].is_null() && current.get("ParameterizedJob").is_some();
             let status = if stopped {
                 "dead"
-            } else if running {
+            } else if always_running || running {
                 "running"
+            } else if eval_pending {
+                "pending"
+            } else if has_alloc || !evals.is_empty() {
+                "dead"
             } else {
                 "pending"
             };

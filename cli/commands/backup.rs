@@ -1,0 +1,147 @@
+//! `pgnomad backup`, `backups` and `restore` for a cluster on Nomad: the periodic backup job
+//! forced, `<c>-backup-ctl` dispatched for pgBackRest's `info` and `check`, and the clone's
+//! stack file written (`ops::nomad_backup`). The views are `pgnomad dev`'s.
+
+use std::time::Duration;
+
+use crate::ops::nomad_backup::NomadBackups;
+use crate::ops::restore::Target;
+
+use super::dev::{bytes, print_backups, Progress};
+use super::run::parse_duration;
+use super::upgrade::ops_failure;
+use super::{DeployArgs, DeployInputs, Failure};
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Exit codes: 0 taken, 1 refused (another backup runs, no standby, no such schedule), \
+2 Nomad or the repository unreachable, 3 the backup failed or timed out.")]
+pub struct BackupArgs {
+    #[command(flatten)]
+    inputs: DeployArgs,
+    /// The backup type: forces the periodic job `<cluster>-backup-<type>`.
+    #[arg(long = "type", value_parser = ["full", "diff", "incr"], value_name = "TYPE", default_value = "full")]
+    kind: String,
+    /// How long to follow the backup.
+    #[arg(long, value_name = "D", default_value = "30m", value_parser = parse_duration)]
+    timeout: Duration,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Exit codes: 0 listed, 1 refused (stanza mismatch), 2 Nomad or the repository unreachable, \
+3 pgBackRest failed or timed out.")]
+pub struct BackupsArgs {
+    #[command(flatten)]
+    inputs: DeployArgs,
+    #[arg(long, value_name = "D", default_value = "5m", value_parser = parse_duration)]
+    timeout: Duration,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Exit codes: 0 written, 1 refused (target outside the window, NAME exists), \
+2 Nomad or the repository unreachable, 3 the WAL could not be archived in time.")]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    inputs: DeployArgs,
+    /// The new cluster's name; its stack file is NAME.hcl beside this one.
+    #[arg(long, value_name = "NAME")]
+    into: String,
+    /// Recover to this time: RFC 3339 (2026-12-01T10:42:07.25Z) or PostgreSQL's text, with a zone.
+    #[arg(long, value_name = "T", group = "target")]
+    to_time: Option<String>,
+    /// Recover to this WAL location (0/3000060).
+    #[arg(long, value_name = "LSN", group = "target")]
+    to_lsn: Option<String>,
+    /// Recover to this transaction id.
+    #[arg(long, value_name = "XID", group = "target")]
+    to_xid: Option<String>,
+    /// Restore this backup to its consistent point.
+    #[arg(long, value_name = "LABEL", group = "target")]
+    backup: Option<String>,
+    #[arg(long, value_name = "D", default_value = "5m", value_parser = parse_duration)]
+    timeout: Duration,
+    #[arg(long)]
+    json: bool,
+}
+
+fn open(inputs: &DeployArgs) -> Result<(NomadBackups<crate::transport::HttpTransport>, DeployInputs), Failure> {
+    let loaded = inputs.load()?;
+    let second = super::connect(&inputs.connection, &loaded.env)?;
+    let backups = NomadBackups::new(second.nomad, loaded.checked.stack.clone()).map_err(|e| ops_failure(&e))?;
+    Ok((backups, loaded))
+}
+
+pub fn backup(args: BackupArgs) -> Result<(), Failure> {
+    let (backups, DeployInputs { checked, packs, cluster, .. }) = open(&args.inputs)?;
+    // Patroni's view, to say which member the files come from.
+    let target = crate::ops::nomad::NomadTarget::connect(cluster, checked.stack, packs).map_err(|e| ops_failure(&e))?;
+    let view = crate::ops::observe(&target).map_err(|e| ops_failure(&e))?;
+    let progress = Progress::new();
+    let result = backups.backup(&args.kind, &view, args.timeout, &progress);
+    progress.finish();
+    let done = result.map_err(|e| ops_failure(&e))?;
+    eprint!("{}", done.log);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&done).expect("serializes"));
+    } else {
+        println!(
+            "{} backup {} done in {:.1} s: files from {}, primary {}; database {}, in the repository {}",
+            done.kind,
+            done.label,
+            done.took.as_secs_f64(),
+            done.copied_from,
+            done.primary,
+            bytes(done.database_size),
+            bytes(done.repository_size)
+        );
+    }
+    Ok(())
+}
+
+pub fn backups(args: BackupsArgs) -> Result<(), Failure> {
+    let (backups, _) = open(&args.inputs)?;
+    let progress = Progress::new();
+    let result = backups.backups(None, args.timeout, &progress);
+    progress.finish();
+    let list = result.map_err(|e| ops_failure(&e))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list).expect("serializes"));
+    } else {
+        print_backups(&list);
+    }
+    Ok(())
+}
+
+pub fn restore(args: RestoreArgs) -> Result<(), Failure> {
+    let target = match (&args.to_time, &args.to_lsn, &args.to_xid, &args.backup) {
+        (Some(t), ..) => Target::time(t).map_err(|e| ops_failure(&e))?,
+        (_, Some(lsn), ..) => Target::Lsn(lsn.clone()),
+        (_, _, Some(xid), _) => Target::Xid(xid.clone()),
+        (_, _, _, Some(label)) => Target::Backup(label.clone()),
+        _ => {
+            return Err(Failure::BadInput(
+                "error: say where recovery stops: --to-time T, --to-lsn LSN, --to-xid XID or --backup LABEL".into(),
+            ))
+        }
+    };
+    let (backups, _) = open(&args.inputs)?;
+    let progress = Progress::new();
+    let result = backups.restore_into(&args.inputs.stack.path, &args.into, &target, args.timeout, &progress);
+    progress.finish();
+    let restored = result.map_err(|e| ops_failure(&e))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&restored).expect("serializes"));
+    } else {
+        println!(
+            "wrote {} (recoverable {} … {}); bringing a restored cluster up on Nomad is not built yet: `pgnomad run -f {}` refuses a stack with a `restore` block (README, Not yet)",
+            restored.stack_file.display(),
+            restored.window.oldest_time,
+            restored.window.newest_time,
+            restored.stack_file.display()
+        );
+    }
+    Ok(())
+}
