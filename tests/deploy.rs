@@ -93,8 +93,16 @@ fn show(output: &Output) -> String {
     format!("exit {:?}\n--- stdout\n{}--- stderr\n{}", output.status.code(), text(&output.stdout), text(&output.stderr))
 }
 
-const JOBS_IN_ORDER: [&str; 7] =
-    ["main-repo", "main-postgres", "main-pgbouncer", "main-pgadmin", "main-backup-full", "main-backup-diff", "main-backup-incr"];
+const JOBS_IN_ORDER: [&str; 8] = [
+    "main-repo",
+    "main-postgres",
+    "main-pgbouncer",
+    "main-pgadmin",
+    "main-backup-full",
+    "main-backup-diff",
+    "main-backup-incr",
+    "main-backup-ctl",
+];
 
 #[test]
 fn plan_run_status_plan_destroy_on_a_fresh_cluster() {
@@ -182,11 +190,11 @@ fn plan_run_status_plan_destroy_on_a_fresh_cluster() {
     let destroy = lab.pgnomad(&["destroy", "--yes", "--purge"]);
     assert_eq!(code(&destroy), Some(0), "{}", show(&destroy));
     let deregistered: Vec<String> = lab.write_log().into_iter().filter(|w| w.starts_with("deregister")).collect();
-    // The forced backup's launch, then the seven jobs.
-    assert_eq!(deregistered.len(), 8, "{deregistered:?}");
+    // The forced backup's launch, then the eight jobs.
+    assert_eq!(deregistered.len(), 9, "{deregistered:?}");
     assert!(deregistered[0].starts_with("deregister main-backup-full%2Fperiodic-"), "{deregistered:?}");
     assert_eq!(
-        deregistered[6..],
+        deregistered[7..],
         ["deregister main-postgres", "deregister main-repo"],
         "postgres, then the repository it archives to, go last"
     );
@@ -350,10 +358,10 @@ fn destroy_never_touches_a_job_pgnomad_does_not_own() {
     assert!(text(&destroy.stderr).contains("main-pgadmin — it has no pgnomad_cluster meta"), "{}", show(&destroy));
     let log = lab.write_log();
     let deregistered: Vec<&String> = log.iter().filter(|w| w.starts_with("deregister")).collect();
-    assert_eq!(deregistered.len(), 6, "{log:?}");
+    assert_eq!(deregistered.len(), 7, "{log:?}");
     assert!(!deregistered.iter().any(|w| w.contains("main-postgres-old") || *w == "deregister main-pgadmin"), "{log:?}");
     let deleted: Vec<&String> = log.iter().filter(|w| w.starts_with("DELETE")).collect();
-    assert_eq!(deleted.len(), 6 + 1 + 1 + 3, "six job variables, the TLS store, pgnomad's state and three volumes: {deleted:?}");
+    assert_eq!(deleted.len(), 7 + 1 + 1 + 3, "seven job variables, the TLS store, pgnomad's state and three volumes: {deleted:?}");
     assert!(deleted.iter().any(|w| w.contains("pgnomad/main/state")), "{deleted:?}");
     let jobs = block_on(client.list_jobs(Some("main-"))).unwrap();
     let alive: Vec<&str> = jobs.iter().filter(|j| !j.stop).map(|j| j.id.as_str()).collect();

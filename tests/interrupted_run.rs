@@ -130,5 +130,13 @@ fn run_killed_at_each_step_then_rerun_converges_and_overwrites_nothing() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-const JOBS: [&str; 7] =
-    ["main-repo", "main-postgres", "main-pgbouncer", "main-pgadmin", "main-backup-full", "main-backup-diff", "main-backup-incr"];
+const JOBS: [&str; 8] = [
+    "main-repo",
+    "main-postgres",
+    "main-pgbouncer",
+    "main-pgadmin",
+    "main-backup-full",
+    "main-backup-diff",
+    "main-backup-incr",
+    "main-backup-ctl",
+];

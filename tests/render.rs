@@ -62,7 +62,16 @@ fn variants_compile_to_what_they_ask_for() {
     let ids: Vec<_> = compile(DEFAULT).jobs.iter().map(|j| j.id().to_owned()).collect();
     assert_eq!(
         ids,
-        ["main-repo", "main-postgres", "main-pgbouncer", "main-pgadmin", "main-backup-full", "main-backup-diff", "main-backup-incr"]
+        [
+            "main-repo",
+            "main-postgres",
+            "main-pgbouncer",
+            "main-pgadmin",
+            "main-backup-full",
+            "main-backup-diff",
+            "main-backup-incr",
+            "main-backup-ctl"
+        ]
     );
 }
 
@@ -341,7 +350,8 @@ fn every_task_whose_templates_query_consul_has_a_consul_block_and_no_other_does(
             "main-pgadmin/pgadmin/pgadmin",
             "main-backup-full/backup/backup",
             "main-backup-diff/backup/backup",
-            "main-backup-incr/backup/backup"
+            "main-backup-incr/backup/backup",
+            "main-backup-ctl/backup/backup"
         ]
     );
     let body = serde_json::to_value(&default.jobs.iter().find(|j| j.role == JobRole::PgBouncer).unwrap().job).unwrap();

@@ -151,6 +151,7 @@ fn what_pgnomad_registered_is_recorded_outside_the_jobs_and_an_edit_behind_its_b
     assert_eq!(
         jobs,
         [
+            "main-backup-ctl",
             "main-backup-diff",
             "main-backup-full",
             "main-backup-incr",
