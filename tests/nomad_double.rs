@@ -622,3 +622,45 @@ async fn a_completed_batch_allocation_is_not_replaced_when_the_cluster_changes()
     let after: Vec<_> = nomad.all_allocations().into_iter().filter(|a| a.job_id == "once").collect();
     assert_eq!(after.len(), 1, "a batch allocation that completed has done its work: {after:?}");
 }
+
+/// A parameterized batch job: dispatches are checked against its block as Nomad checks them,
+/// each accepted one is a child job (`<id>/dispatch-…`) that runs to the end and is then dead.
+#[tokio::test]
+async fn dispatch_checks_the_meta_keys_and_its_child_ends_dead() {
+    let nomad = NomadDouble::start();
+    let client = nomad.client();
+    let mut job = simple_job("ctl");
+    job["Type"] = json!("batch");
+    job.as_object_mut().unwrap().remove("Update");
+    job["ParameterizedJob"] = json!({"Payload": "forbidden", "MetaRequired": ["command"]});
+    client.register_job(&job, RegisterOptions::default()).await.unwrap();
+    assert!(client.job_allocations("ctl").await.unwrap().is_empty(), "a parameterized job runs only when dispatched");
+
+    let error = |e: pgnomad::transport::TransportError| e.api().map(|a| (a.status, a.body.clone())).unwrap();
+    let missing = client.dispatch_job("ctl", None, &Default::default()).await.unwrap_err();
+    assert_eq!(error(missing), (500, "Dispatch did not provide required meta keys: [command]".to_owned()));
+    let extra: std::collections::BTreeMap<String, String> = [("command", "info"), ("other", "x")].map(|(k, v)| (k.into(), v.into())).into();
+    let unpermitted = client.dispatch_job("ctl", None, &extra).await.unwrap_err();
+    assert_eq!(error(unpermitted), (500, "Dispatch request included unpermitted metadata keys: [other]".to_owned()));
+    let payload = client.dispatch_job("ctl", Some(b"x"), &[("command".to_owned(), "info".to_owned())].into()).await.unwrap_err();
+    assert_eq!(error(payload), (500, "Payload provided but forbidden".to_owned()));
+
+    let dispatched = client.dispatch_job("ctl", None, &[("command".to_owned(), "info".to_owned())].into()).await.unwrap();
+    assert!(dispatched.dispatched_job_id.starts_with("ctl/dispatch-"), "{dispatched:?}");
+    let eval = client.read_evaluation(&dispatched.eval_id).await.unwrap();
+    assert_eq!(eval.job_id, dispatched.dispatched_job_id);
+    let child = |jobs: Vec<api::JobListStub>| jobs.into_iter().find(|j| j.id == dispatched.dispatched_job_id).unwrap();
+    let listed = child(client.list_jobs(Some("ctl/")).await.unwrap());
+    assert_eq!(listed.parent_id, "ctl");
+    assert_eq!(child(client.list_jobs(Some("ctl")).await.unwrap()).status, listed.status);
+    let parent = client.list_jobs(Some("ctl")).await.unwrap().into_iter().find(|j| j.id == "ctl").unwrap();
+    assert_eq!(parent.status, "running", "a parameterized job is running until stopped (Nomad's getJobStatus)");
+
+    // Logs: the task and the type are required; an unknown allocation is a 404.
+    let logs = |path: String| Request::get(path);
+    let transport = HttpTransport::nomad(&nomad.settings()).unwrap();
+    let no_task = transport.send(&logs("/v1/client/fs/logs/0000".into()).with_query("type", "stdout"), None).await.unwrap();
+    assert_eq!((no_task.status, String::from_utf8_lossy(&no_task.body).into_owned()), (400, "must provide task name".to_owned()));
+    let unknown = client.alloc_logs("00000000-0000-0000-0000-000000000000", "backup", false).await.unwrap_err();
+    assert_eq!(unknown.api().unwrap().status, 404);
+}
