@@ -27,3 +27,4 @@ mod stack_errors;
 mod stack_fixtures;
 mod templates;
 mod upgrade;
+mod upgrade_nomad;

@@ -452,6 +452,10 @@ fn up(at: &Where, install: bool, timeout: u64) -> Result<(), Failure> {
     let result = dev::up(checked.stack, path, &at.state_dir()?, Duration::from_secs(timeout), &progress);
     progress.finish();
     let dev = result.map_err(failed)?;
+    // patroni.yml bootstraps only what Postgres reads at start; the rest of the stack's
+    // parameters through Patroni's dynamic configuration, as `run` does on Nomad.
+    crate::ops::apply_reload_parameters(&DevTarget::new(&dev), Duration::from_secs(60), &crate::ops::Quiet)
+        .map_err(|e| super::upgrade::ops_failure(&e))?;
     print_status(&dev::status(&dev));
     if let Some((user, database)) = dev.application_login() {
         let file = if path == Path::new("pgnomad.hcl") { String::new() } else { format!(" -f {}", path.display()) };

@@ -44,6 +44,35 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// patroni.yml bootstraps only the parameters Postgres reads at start (a change of any
+/// other would change every member's template, which Nomad answers by replacing every
+/// member group); the rest go through Patroni's dynamic configuration, on a fresh cluster as
+/// on a running one: a reload, never a restart. Where Patroni cannot be reached from here,
+/// `run` still succeeded and says what is left to `upgrade`.
+fn apply_parameters<N: crate::transport::Transport, C: crate::transport::Transport>(
+    cluster: crate::deploy::Cluster<N, C>,
+    stack: crate::stack::Stack,
+    packs: crate::config::Packs,
+    json: bool,
+) {
+    let list = |changes: &[crate::ops::Change]| changes.iter().map(|c| format!("{}={}", c.parameter, c.to)).collect::<Vec<_>>().join(" ");
+    let applied = crate::ops::nomad::NomadTarget::connect(cluster, stack, packs)
+        .and_then(|target| crate::ops::apply_reload_parameters(&target, Duration::from_secs(60), &crate::ops::Quiet));
+    match applied {
+        Ok((done, left)) => {
+            if !done.is_empty() && !json {
+                eprintln!("· through Patroni's dynamic configuration (a reload): {}", list(&done));
+            }
+            if !left.is_empty() {
+                eprintln!("· {} need a restart of every member, which `run` does not do: run `pgnomad upgrade`", list(&left));
+            }
+        }
+        Err(error) => eprintln!(
+            "warning: the stack's parameters were not brought to Patroni's dynamic configuration ({error}); `pgnomad upgrade` does it"
+        ),
+    }
+}
+
 pub fn run(args: Args) -> Result<(), Failure> {
     let DeployInputs { checked, packs, operator, cluster, .. } = args.inputs.load()?;
     let options = RunOptions {
@@ -57,6 +86,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let result = block_on(deploy::run(&cluster, &checked.stack, &packs, &options, reporter))?;
     match result {
         Ok(summary) => {
+            // patroni.yml bootstraps only the parameters Postgres reads at start; the others
+            // go through Patroni's dynamic configuration, here on a fresh cluster as on a
+            // running one (a reload, never a restart).
+            if args.job.is_none() && !args.detach {
+                apply_parameters(cluster, checked.stack, packs, args.json);
+            }
             if args.json {
                 println!(
                     "{}",

@@ -16,6 +16,11 @@ pub struct Facts {
     pub members: Vec<MemberFacts>,
     /// postgresql.conf parameters: pgnomad's defaults overlaid with the stack's.
     pub parameters: BTreeMap<String, String>,
+    /// Those of `parameters` that Postgres reads only at start: the ones patroni.yml
+    /// bootstraps the cluster with. The rest reach a running cluster through Patroni's
+    /// `PATCH /config` (`run`, `upgrade`) and so never change a member's config file — on
+    /// Nomad a changed template would replace every member group.
+    pub bootstrap_parameters: BTreeMap<String, String>,
     /// Extra pg_hba lines from the stack, before pgnomad's own.
     pub pg_hba: Vec<String>,
     pub users: Vec<String>,
@@ -113,6 +118,73 @@ pub struct BackupFacts {
     pub kinds: Vec<&'static str>,
 }
 
+/// PostgreSQL 13–17 parameters of context `postmaster`: a change takes effect only when the
+/// server restarts. Patroni's `pending_restart` tells the truth at run time; this list is for
+/// the plan (and `--dry-run`) beforehand.
+pub const POSTMASTER_PARAMETERS: &[&str] = &[
+    "archive_mode",
+    "autovacuum_freeze_max_age",
+    "autovacuum_max_workers",
+    "autovacuum_multixact_freeze_max_age",
+    "bonjour",
+    "bonjour_name",
+    "cluster_name",
+    "data_sync_retry",
+    "dynamic_shared_memory_type",
+    "event_source",
+    "external_pid_file",
+    "hot_standby",
+    "huge_page_size",
+    "huge_pages",
+    "ignore_invalid_pages",
+    "jit_provider",
+    "listen_addresses",
+    "logging_collector",
+    "max_connections",
+    "max_files_per_process",
+    "max_locks_per_transaction",
+    "max_logical_replication_workers",
+    "max_pred_locks_per_transaction",
+    "max_prepared_transactions",
+    "max_replication_slots",
+    "max_wal_senders",
+    "max_worker_processes",
+    "min_dynamic_shared_memory",
+    "old_snapshot_threshold",
+    "port",
+    "recovery_target",
+    "recovery_target_action",
+    "recovery_target_inclusive",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_timeline",
+    "recovery_target_xid",
+    "shared_buffers",
+    "shared_memory_type",
+    "shared_preload_libraries",
+    "superuser_reserved_connections",
+    "track_activity_query_size",
+    "track_commit_timestamp",
+    "unix_socket_directories",
+    "unix_socket_group",
+    "unix_socket_permissions",
+    "wal_buffers",
+    "wal_decode_buffer_size",
+    "wal_level",
+    "wal_log_hints",
+];
+
+/// Reload-only parameters the bootstrap itself needs: the roles Patroni and bootstrap.sql
+/// create get their password hashes from `password_encryption` (md5 by default before
+/// PostgreSQL 14, which pgnomad's scram-sha-256 pg_hba would refuse).
+const BOOTSTRAP_TOO: &[&str] = &["password_encryption"];
+
+/// Whether a change of `parameter` needs a restart of Postgres.
+pub fn restart_required(parameter: &str) -> bool {
+    POSTMASTER_PARAMETERS.contains(&parameter)
+}
+
 /// postgresql.conf defaults pgnomad sets for a replicated cluster; the stack's `parameters`
 /// win over them.
 fn default_parameters(stack: &Stack) -> BTreeMap<String, String> {
@@ -147,6 +219,11 @@ impl Facts {
             scope: stack.cluster.name.value.clone(),
             pg_version: stack.postgres.version.value,
             members,
+            bootstrap_parameters: parameters
+                .iter()
+                .filter(|(k, _)| restart_required(k) || BOOTSTRAP_TOO.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             parameters,
             pg_hba: stack.postgres.pg_hba.clone(),
             users: stack.postgres.users.iter().map(|u| u.value.clone()).collect(),

@@ -21,8 +21,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use upgrade::{
-    parameter_changes, plan_steps, restart_required, upgrade, Change, Step, StepOutcome, StepReport, StepStatus, UpgradeOptions,
-    UpgradePlan, UpgradeReport,
+    apply_reload_parameters, parameter_changes, plan_steps, restart_required, upgrade, Change, Step, StepOutcome, StepReport, StepStatus,
+    UpgradeOptions, UpgradePlan, UpgradeReport,
 };
 pub use view::{observe, ClusterView, MemberView};
 
@@ -222,6 +222,9 @@ pub fn choose_candidate<'a>(view: &'a ClusterView, to: Option<&str>, max_lag: u6
         if m.is_leader() {
             return refuse(format!("{name} is already the leader"));
         }
+        if !m.reachable {
+            return refuse(format!("{name}'s REST API does not answer, so how far it has replayed is unknown"));
+        }
         if !m.is_streaming() {
             return refuse(format!(
                 "{name} does not stream from {} ({})",
@@ -250,7 +253,7 @@ pub fn choose_candidate<'a>(view: &'a ClusterView, to: Option<&str>, max_lag: u6
     }
     let mut fit: Vec<&MemberView> = view
         .replicas()
-        .filter(|m| m.is_streaming() && m.lag.is_some_and(|l| l <= max_lag))
+        .filter(|m| m.reachable && m.is_streaming() && m.lag.is_some_and(|l| l <= max_lag))
         .filter(|m| !view.synchronous_mode || m.role == "sync_standby")
         .collect();
     fit.sort_by_key(|m| (m.lag, m.name.clone()));

@@ -107,15 +107,53 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
         Ok(desired)
     }
 
-    /// Follows the deployment of the job version registered at `spec_index` to its end.
-    fn follow_deployment(&self, spec_index: u64, deadline: Instant, reporter: &dyn Reporter) -> Result<api::Deployment, OpsError> {
+    /// Why `member`'s allocation placed by the registration at `spec_index` is not fit, when
+    /// one of its tasks died since it started (Nomad restarts it, and its deployment may still
+    /// turn healthy, but the upgrade does not go on past a member that fell over).
+    fn died_during_update(&self, member: &str, spec_index: u64) -> Result<Option<String>, OpsError> {
+        let allocations = self
+            .runtime
+            .block_on(self.cluster.nomad.job_allocations(&self.job))
+            .map_err(api_error(&format!("reading the allocations of {}", self.job)))?;
+        for a in allocations.iter().filter(|a| a.task_group == member && a.create_index > spec_index) {
+            for (task, state) in &a.task_states {
+                if state.restarts == 0 && !state.failed {
+                    continue;
+                }
+                let last = state.events.iter().rev().find(|e| e.event_type == "Terminated" || e.fails_task);
+                let why = last.map(|e| format!("{}: {}", e.event_type, if e.message.is_empty() { &e.display_message } else { &e.message }));
+                return Ok(Some(format!(
+                    "{member}'s {task} task {} during its update (allocation {}{}); the upgrade stopped here — see `nomad alloc status {}`, and run it again once {member} is healthy",
+                    if state.failed { "failed" } else { "died and was restarted" },
+                    &a.id[..a.id.len().min(8)],
+                    why.map(|w| format!(", {w}")).unwrap_or_default(),
+                    &a.id[..a.id.len().min(8)],
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Follows the deployment of the job version registered at `spec_index` to its end;
+    /// fails as soon as `member`'s new allocation has a task die.
+    fn follow_deployment(
+        &self,
+        member: &str,
+        spec_index: u64,
+        deadline: Instant,
+        reporter: &dyn Reporter,
+    ) -> Result<api::Deployment, OpsError> {
         let mut index = 0;
         loop {
+            if let Some(why) = self.died_during_update(member, spec_index)? {
+                return Err(OpsError::Failed(why));
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(OpsError::TimedOut { what: format!("the deployment of {}", self.job), after: Duration::ZERO });
             }
-            let wait = left.min(Duration::from_secs(60)).max(Duration::from_millis(1));
+            // Short blocking queries: the allocation's tasks are checked between them.
+            let wait = left.min(Duration::from_secs(1)).max(Duration::from_millis(1));
             let (latest, next): (Option<api::Deployment>, u64) = self
                 .runtime
                 .block_on(self.cluster.nomad.get_blocking(api::job_latest_deployment(&self.job), index, wait))
@@ -219,7 +257,10 @@ impl<N: Transport, C: Transport> Target for NomadTarget<N, C> {
             )),
             _ => OpsError::Failed(format!("registering {}: {error}", self.job)),
         })?;
-        let deployment = self.follow_deployment(registered.job_modify_index, deadline, reporter)?;
+        let deployment = self.follow_deployment(member, registered.job_modify_index, deadline, reporter)?;
+        if let Some(why) = self.died_during_update(member, registered.job_modify_index)? {
+            return Err(OpsError::Failed(why));
+        }
         if deployment.status != deployment_status::SUCCESSFUL {
             return Err(OpsError::Failed(format!(
                 "the deployment of {member} ({}) {}: {}; see `nomad alloc status` of its allocation",

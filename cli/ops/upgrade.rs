@@ -14,67 +14,7 @@ use super::{
     OpsError, Reporter, Switched, SwitchoverOptions, Target,
 };
 
-/// PostgreSQL 13–17 parameters of context `postmaster`: a change takes effect only when the
-/// server restarts. Patroni's `pending_restart` tells the truth at run time; this list is for
-/// the plan (and `--dry-run`) beforehand.
-const POSTMASTER_PARAMETERS: &[&str] = &[
-    "archive_mode",
-    "autovacuum_freeze_max_age",
-    "autovacuum_max_workers",
-    "autovacuum_multixact_freeze_max_age",
-    "bonjour",
-    "bonjour_name",
-    "cluster_name",
-    "data_sync_retry",
-    "dynamic_shared_memory_type",
-    "event_source",
-    "external_pid_file",
-    "hot_standby",
-    "huge_page_size",
-    "huge_pages",
-    "ignore_invalid_pages",
-    "jit_provider",
-    "listen_addresses",
-    "logging_collector",
-    "max_connections",
-    "max_files_per_process",
-    "max_locks_per_transaction",
-    "max_logical_replication_workers",
-    "max_pred_locks_per_transaction",
-    "max_prepared_transactions",
-    "max_replication_slots",
-    "max_wal_senders",
-    "max_worker_processes",
-    "min_dynamic_shared_memory",
-    "old_snapshot_threshold",
-    "port",
-    "recovery_target",
-    "recovery_target_action",
-    "recovery_target_inclusive",
-    "recovery_target_lsn",
-    "recovery_target_name",
-    "recovery_target_time",
-    "recovery_target_timeline",
-    "recovery_target_xid",
-    "shared_buffers",
-    "shared_memory_type",
-    "shared_preload_libraries",
-    "superuser_reserved_connections",
-    "track_activity_query_size",
-    "track_commit_timestamp",
-    "unix_socket_directories",
-    "unix_socket_group",
-    "unix_socket_permissions",
-    "wal_buffers",
-    "wal_decode_buffer_size",
-    "wal_level",
-    "wal_log_hints",
-];
-
-/// Whether a change of `parameter` needs a restart of Postgres.
-pub fn restart_required(parameter: &str) -> bool {
-    POSTMASTER_PARAMETERS.contains(&parameter)
-}
+pub use crate::config::facts::restart_required;
 
 /// One parameter the stack changes.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -354,36 +294,7 @@ fn run_step(
             Ok(Some("healthy".into()))
         }
         Step::PatchConfig { parameters } => {
-            let view = observe(target)?;
-            let leader = view.leader().ok_or_else(|| OpsError::Failed("the cluster lost its leader".into()))?;
-            let body = serde_json::json!({ "postgresql": { "parameters": parameters } });
-            let (code, text) = target
-                .rest(&leader.rest, "PATCH", "/config", Some(&body), Duration::from_secs(10))
-                .map_err(|e| OpsError::Failed(format!("PATCH /config on {}: {e}", leader.name)))?;
-            if code != 200 {
-                return Err(OpsError::Failed(format!("Patroni refused PATCH /config ({code}): {}", text.trim())));
-            }
-            // Each member's Patroni applies it on its next loop (a reload); a parameter that
-            // needs a restart then shows as pending_restart.
-            let restart = plan.changes.iter().any(|c| c.restart);
-            wait_for(
-                "every member to load the new configuration",
-                deadline.min(Instant::now() + Duration::from_secs(30)),
-                Duration::from_millis(250),
-                reporter,
-                || {
-                    let view = observe(target).map_err(|e| e.to_string())?;
-                    let applied = parameters.iter().all(|(k, v)| view.parameters.get(k) == Some(v));
-                    let pending: Vec<&str> = view.members.iter().filter(|m| m.pending_restart).map(|m| m.name.as_str()).collect();
-                    let settled = !restart || pending.len() == view.members.len();
-                    if applied && settled {
-                        Ok(Some(()))
-                    } else {
-                        Err(format!("pending_restart on {}", if pending.is_empty() { "none".into() } else { pending.join(", ") }))
-                    }
-                },
-            )
-            .or_else(|e| if restart { Ok(reporter.note(&format!("{e}; restarting every member anyway"))) } else { Err(e) })?;
+            patch_config(target, parameters, plan.changes.iter().any(|c| c.restart), deadline, reporter)?;
             Ok(Some(format!("{} parameter(s) in Patroni's dynamic configuration", parameters.len())))
         }
         Step::Update { member } => {
@@ -456,6 +367,64 @@ fn run_step(
             Ok(Some("every member healthy, nothing pending".into()))
         }
     }
+}
+
+/// `PATCH /config` on the leader with `parameters`, then a wait until every member loaded
+/// them (and, when `restart` says one needs it, shows `pending_restart`).
+fn patch_config(
+    target: &dyn Target,
+    parameters: &BTreeMap<String, String>,
+    restart: bool,
+    deadline: Instant,
+    reporter: &dyn Reporter,
+) -> Result<(), OpsError> {
+    let view = observe(target)?;
+    let leader = view.leader().ok_or_else(|| OpsError::Failed("the cluster lost its leader".into()))?;
+    let body = serde_json::json!({ "postgresql": { "parameters": parameters } });
+    let (code, text) = target
+        .rest(&leader.rest, "PATCH", "/config", Some(&body), Duration::from_secs(10))
+        .map_err(|e| OpsError::Failed(format!("PATCH /config on {}: {e}", leader.name)))?;
+    if code != 200 {
+        return Err(OpsError::Failed(format!("Patroni refused PATCH /config ({code}): {}", text.trim())));
+    }
+    // Each member's Patroni applies it on its next loop (a reload); a parameter that needs a
+    // restart then shows as pending_restart.
+    wait_for(
+        "every member to load the new configuration",
+        deadline.min(Instant::now() + Duration::from_secs(30)),
+        Duration::from_millis(250),
+        reporter,
+        || {
+            let view = observe(target).map_err(|e| e.to_string())?;
+            let applied = parameters.iter().all(|(k, v)| view.parameters.get(k) == Some(v));
+            let pending: Vec<&str> = view.members.iter().filter(|m| m.pending_restart).map(|m| m.name.as_str()).collect();
+            let settled = !restart || pending.len() == view.members.len();
+            if applied && settled {
+                Ok(Some(()))
+            } else {
+                Err(format!("pending_restart on {}", if pending.is_empty() { "none".into() } else { pending.join(", ") }))
+            }
+        },
+    )
+    .or_else(|e| if restart { Ok(reporter.note(&format!("{e}; restarting every member anyway"))) } else { Err(e) })
+}
+
+/// Brings Patroni's dynamic configuration to the stack's parameters that need no restart
+/// (`run` after a bootstrap, whose patroni.yml carries only those Postgres reads at start).
+/// Returns the changes it made, and those it left to `upgrade` because they need a restart.
+pub fn apply_reload_parameters(
+    target: &dyn Target,
+    timeout: Duration,
+    reporter: &dyn Reporter,
+) -> Result<(Vec<Change>, Vec<Change>), OpsError> {
+    let view = observe(target)?;
+    let (restart, reload): (Vec<Change>, Vec<Change>) =
+        parameter_changes(&target.desired_parameters(), &view.parameters).into_iter().partition(|c| c.restart);
+    if !reload.is_empty() {
+        let parameters = reload.iter().map(|c| (c.parameter.clone(), c.to.clone())).collect();
+        patch_config(target, &parameters, false, Instant::now() + timeout, reporter)?;
+    }
+    Ok((reload, restart))
 }
 
 /// `POST /restart`, failing as soon as the member's Patroni stops answering: it keeps its

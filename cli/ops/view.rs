@@ -200,6 +200,9 @@ pub fn observe(target: &dyn Target) -> Result<ClusterView, OpsError> {
     for (m, (_, replayed)) in members.iter_mut().zip(&positions) {
         if let (false, Some(at), Some(replayed), Some(lag)) = (m.is_leader(), leader_at, replayed, m.lag) {
             m.lag = Some(lag.max(at.saturating_sub(*replayed)));
+        } else if !m.is_leader() && replayed.is_none() {
+            // No /patroni answer: what it has replayed is unknown, and so is how far behind it is.
+            m.lag = None;
         }
     }
     // pg_stat_replication on the leader: which replicas stream, which are synchronous.

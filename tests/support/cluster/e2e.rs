@@ -494,3 +494,186 @@ pub fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values[values.len() / 2]
 }
+
+// ---- Rolling upgrades on the double (issue 10): the tests/upgrade_nomad.rs and
+// benches/nomad_upgrade.rs helpers.
+
+/// One registration that changed a job: its version, when Nomad took it, and which task
+/// groups differ from the version before.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub version: u64,
+    pub submitted: std::time::SystemTime,
+    pub changed: Vec<String>,
+}
+
+impl Deployed {
+    /// The stack file with `extra` appended (a block that overrides the defaults).
+    pub fn set_stack(&self, extra: &str) {
+        let text = format!("{}\n{extra}\n", stack(&self.cluster, self.driver));
+        std::fs::write(self.dir.path().join("pgnomad.hcl"), text).unwrap();
+    }
+
+    /// The registrations of `job` that changed it, from the double's job versions; the first
+    /// (the job's creation) lists every group.
+    pub fn registrations(&self, job: &str) -> Vec<Registration> {
+        let versions = self.cluster.nomad.job_versions(job);
+        let groups = |v: &Value| -> std::collections::BTreeMap<String, Value> {
+            v["TaskGroups"].as_array().into_iter().flatten().map(|g| (g["Name"].as_str().unwrap_or("").to_string(), g.clone())).collect()
+        };
+        let mut previous = std::collections::BTreeMap::new();
+        versions
+            .iter()
+            .map(|v| {
+                let now = groups(v);
+                let changed = now.iter().filter(|(name, g)| previous.get(*name) != Some(*g)).map(|(name, _)| name.clone()).collect();
+                previous = now;
+                let nanos = v["SubmitTime"].as_u64().unwrap_or(0);
+                Registration {
+                    version: v["Version"].as_u64().unwrap_or(0),
+                    submitted: std::time::UNIX_EPOCH + Duration::from_nanos(nanos),
+                    changed,
+                }
+            })
+            .collect()
+    }
+
+    /// Patroni's timeline history (`GET /history`): each past timeline and when the member
+    /// that ended it was promoted.
+    pub fn patroni_history(&self) -> Vec<(u64, std::time::SystemTime)> {
+        for i in 0..3 {
+            let Some(address) = self.cluster.address_of("main-postgres", &format!("member-{i}"), "patroni") else { continue };
+            let Some(body) = http_get(&address, "/history") else { continue };
+            let Ok(Value::Array(rows)) = serde_json::from_str::<Value>(&body) else { continue };
+            return rows.iter().filter_map(|r| Some((r[0].as_u64()?, parse_rfc3339(r[3].as_str()?)?))).collect();
+        }
+        Vec::new()
+    }
+
+    /// The leader's timeline, as Patroni's /cluster shows it.
+    pub fn timeline(&self) -> Option<u64> {
+        let cluster = self.patroni_cluster()?;
+        cluster["members"].as_array()?.iter().find(|m| m["role"] == "leader").and_then(|m| m["timeline"].as_u64())
+    }
+
+    /// Each running member allocation's ID, by member name.
+    pub fn member_allocations(&self) -> std::collections::BTreeMap<String, String> {
+        self.cluster
+            .allocations("main-postgres")
+            .into_iter()
+            .filter(|a| a.client_status == "running")
+            .map(|a| (a.facts.group_name().to_string(), a.facts.alloc_id.clone()))
+            .collect()
+    }
+
+    /// `SHOW <name>` on every member, by its local socket.
+    pub fn setting_everywhere(&self, name: &str) -> Vec<Option<String>> {
+        (0..3).map(|i| self.member_sql(&format!("member-{i}"), &format!("SHOW {name}"))).collect()
+    }
+
+    /// One command on the PgBouncer container's admin console as the auth user.
+    pub fn pgbouncer_admin(&self, command: &str) -> Output {
+        let address = self.pgbouncer_address();
+        let (host, port) = address.rsplit_once(':').unwrap();
+        Command::new("psql")
+            .args(["-X", "-At", "-h", host, "-p", port, "-U", "pgbouncer_auth", "-d", "pgbouncer", "-c", command])
+            .env("PGPASSWORD", self.secret("main-pgbouncer", "pgbouncer_auth_password"))
+            .env("PGCONNECT_TIMEOUT", "5")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+/// RFC 3339 (`2026-12-02T05:30:00.123456+00:00`, as Patroni writes history) as a time.
+pub fn parse_rfc3339(s: &str) -> Option<std::time::SystemTime> {
+    let (date, rest) = s.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let offset_at = rest.find(['+', 'Z']).or_else(|| rest.rfind('-'))?;
+    let (clock, zone) = rest.split_at(offset_at);
+    let mut c = clock.split(':');
+    let (h, min, sec) = (c.next()?.parse::<i64>().ok()?, c.next()?.parse::<i64>().ok()?, c.next()?.parse::<f64>().ok()?);
+    let offset = match zone {
+        "Z" | "" => 0,
+        z => {
+            let sign = if z.starts_with('-') { -1 } else { 1 };
+            let (oh, om) = z[1..].split_once(':')?;
+            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60)
+        }
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let days = era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+    let seconds = (days * 86400 + h * 3600 + min * 60 - offset) as f64 + sec;
+    Some(std::time::UNIX_EPOCH + Duration::from_secs_f64(seconds))
+}
+
+/// pgbench through the PgBouncer container as `app`, in 10 s runs until stopped, so that it
+/// covers an operation of unknown length: what every run processed and failed, and the
+/// errors of any run that aborted.
+pub struct Pgbench {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<(u64, u64, Vec<String>)>>,
+}
+
+impl Pgbench {
+    fn program() -> &'static str {
+        "/usr/lib/postgresql/15/bin/pgbench"
+    }
+
+    fn command(deployed: &Deployed) -> Command {
+        let address = deployed.pgbouncer_address();
+        let (host, port) = address.rsplit_once(':').unwrap();
+        let mut cmd = Command::new(Self::program());
+        cmd.args(["-h", host, "-p", port, "-U", "app", "-d", "app"])
+            .env("PGPASSWORD", deployed.secret("main-postgres", "password_app"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn init(deployed: &Deployed) {
+        let out = Self::command(deployed).args(["-i", "-s", "1", "-q"]).output().expect("pgbench (postgresql-15) runs");
+        assert_ok("pgbench -i through PgBouncer", &out);
+    }
+
+    pub fn start(deployed: &Deployed) -> Pgbench {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut cmd = Self::command(deployed);
+        cmd.args(["-n", "-c", "4", "-j", "2", "-T", "10"]);
+        let handle = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut processed, mut failed, mut aborted) = (0, 0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let out = cmd.output().unwrap();
+                    let summary = text(&out.stdout);
+                    let number = |label: &str| {
+                        summary
+                            .lines()
+                            .find_map(|l| l.trim().strip_prefix(label))
+                            .and_then(|rest| rest.split_whitespace().next())
+                            .and_then(|n| n.split('/').next())
+                            .and_then(|n| n.parse::<u64>().ok())
+                    };
+                    processed += number("number of transactions actually processed:").unwrap_or(0);
+                    failed += number("number of failed transactions:").unwrap_or(0);
+                    if !out.status.success() {
+                        aborted.push(format!("{}{}", summary, text(&out.stderr)));
+                    }
+                }
+                (processed, failed, aborted)
+            })
+        };
+        Pgbench { stop, handle: Some(handle) }
+    }
+
+    /// Stops after the current run: (transactions processed, failed, runs that aborted).
+    pub fn finish(mut self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}

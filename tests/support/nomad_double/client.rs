@@ -155,3 +155,13 @@ impl NomadDouble {
         state.evals.iter().filter(|e| e["JobID"].as_str().is_some_and(|j| j.starts_with(prefix))).cloned().collect()
     }
 }
+
+impl NomadDouble {
+    /// Every version of a job the servers kept, oldest first: what each registration that
+    /// changed the job made of it (server.Job, with `SubmitTime` in nanoseconds since the
+    /// epoch, as Nomad records it). A registration that changed nothing adds no version.
+    pub fn job_versions(&self, job_id: &str) -> Vec<serde_json::Value> {
+        let state = self.shared.state.lock().unwrap();
+        state.jobs.get(&("default".to_string(), job_id.to_string())).map(|r| r.versions.clone()).unwrap_or_default()
+    }
+}

@@ -1,0 +1,294 @@
+//! Rolling upgrades on the Nomad path (issue 10), end to end on the cluster double with real
+//! containers: the real binary runs the default stack (docker, Patroni on etcd3), then
+//! `pgnomad upgrade`, `switchover`, `failover` against it, with pgbench and a writer going
+//! through the PgBouncer container the whole time. One cluster for every step.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::cluster::e2e::{assert_ok, lost_rows, text, wait_until, Deployed, Pgbench, Registration, StackDriver, Writer};
+
+fn show(out: &Output) -> String {
+    format!("exit {:?}\n--- stdout\n{}--- stderr\n{}", out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+fn upgrade(deployed: &Deployed, extra: &[&str]) -> (Output, Value) {
+    let mut args = vec!["upgrade", "--json", "--timeout", "10m"];
+    args.extend_from_slice(extra);
+    let out = deployed.pgnomad(&args);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", show(&out), deployed.member_logs()));
+    (out, report)
+}
+
+fn done(report: &Value, kind: &str) -> Vec<Value> {
+    report["steps"].as_array().unwrap().iter().filter(|s| s["step"] == kind && s["status"] == "done").cloned().collect()
+}
+
+/// Every registration of the postgres job after the first `since`, each of which must have
+/// changed exactly one member group.
+fn member_registrations(deployed: &Deployed, since: usize) -> Vec<Registration> {
+    let all = deployed.registrations("main-postgres");
+    let new = all[since..].to_vec();
+    for r in &new {
+        assert_eq!(r.changed.len(), 1, "registration of version {} changed {:?}, not one member group: {all:#?}", r.version, r.changed);
+    }
+    new
+}
+
+/// When the member that ended timeline `timeline` was promoted (Patroni's /history).
+fn promoted_at(deployed: &Deployed, timeline: u64) -> std::time::SystemTime {
+    let history = deployed.patroni_history();
+    history.iter().find(|(tl, _)| *tl == timeline).map(|(_, at)| *at).unwrap_or_else(|| panic!("no timeline {timeline} in {history:?}"))
+}
+
+/// The write pauses the writer saw during `window`: the longest time between two
+/// acknowledgements.
+fn longest_pause(writer: &Writer, from: Instant, to: Instant) -> Duration {
+    let mut acks: Vec<Instant> =
+        writer.snapshot().iter().filter(|a| a.ok).map(|a| a.started + a.took).filter(|t| *t >= from && *t <= to).collect();
+    acks.sort();
+    acks.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+}
+
+#[test]
+fn upgrade_on_nomad_rolls_one_member_group_at_a_time_resumes_after_a_failure_and_reloads_work_mem_in_place() {
+    let deployed = Deployed::new(StackDriver::Docker, 0.2);
+    let took = deployed.run_until_healthy();
+    eprintln!("pgnomad run healthy after {took:?}");
+    let (leader, replicas) = deployed.healthy_topology().unwrap();
+    let tl = deployed.timeline().expect("a timeline");
+    // patroni.yml bootstrapped only what Postgres reads at start; `run` brought the rest
+    // (pgnomad's wal_keep_size, the log prefix) through Patroni's dynamic configuration.
+    assert_eq!(deployed.setting_everywhere("max_connections"), vec![Some("200".to_owned()); 3]);
+    wait_until("every member to show wal_keep_size 128MB", Duration::from_secs(20), || {
+        deployed.setting_everywhere("wal_keep_size") == vec![Some("128MB".to_owned()); 3]
+    });
+
+    // Nothing changed: nothing to do, nothing registered.
+    let versions = deployed.registrations("main-postgres").len();
+    let (out, report) = upgrade(&deployed, &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(report["steps"], serde_json::json!([]), "{report:#}");
+    assert_eq!(deployed.registrations("main-postgres").len(), versions);
+
+    // switchover to a wrong target is refused with the reason; failover without
+    // confirmation changes nothing.
+    let cluster = deployed.patroni_cluster().unwrap();
+    let role = |name: &str| cluster["members"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()["role"].clone();
+    let sync = replicas.iter().find(|r| role(r) == "sync_standby").expect("a sync standby").clone();
+    let asynchronous = replicas.iter().find(|r| **r != sync).unwrap().clone();
+    let refused = |args: &[&str], why: &str| {
+        let out = deployed.pgnomad(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?} was not refused: {}", show(&out));
+        assert!(text(&out.stderr).contains(why), "{args:?}: the reason is not {why:?}: {}", show(&out));
+    };
+    refused(&["switchover", "--to", "member-9"], "member-9 is not a member (members: member-0, member-1, member-2)");
+    refused(&["switchover", "--to", &leader], &format!("{leader} is already the leader"));
+    refused(&["switchover", "--to", &asynchronous], &format!("{asynchronous} is not a synchronous standby"));
+    // A standby that has stopped replaying lags by what it has not replayed.
+    assert_eq!(deployed.member_sql(&sync, "SELECT pg_wal_replay_pause()").as_deref(), Some(""));
+    assert_ok(
+        "filler",
+        &deployed.app_sql("CREATE TABLE filler AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 20000) AS g"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (before, leader_before) = (
+            deployed
+                .cluster
+                .address_of("main-postgres", &sync, "patroni")
+                .and_then(|a| crate::support::cluster::e2e::http_get(&a, "/patroni")),
+            deployed
+                .cluster
+                .address_of("main-postgres", &leader, "patroni")
+                .and_then(|a| crate::support::cluster::e2e::http_get(&a, "/patroni")),
+        );
+        let out = deployed.pgnomad(&["switchover", "--to", &sync, "--max-lag", "1048576"]);
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "switched over to a standby that does not replay: {}\nits /patroni before: {before:?}\nthe leader's: {leader_before:?}",
+            show(&out)
+        );
+        if out.status.code() == Some(1) && text(&out.stderr).contains(&format!("{sync} lags")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a lagging target was not refused for its lag: {}\n{:?}",
+            show(&out),
+            deployed.patroni_cluster()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(deployed.member_sql(&sync, "SELECT pg_wal_replay_resume()").as_deref(), Some(""));
+    let out = deployed.pgnomad(&["failover", "--to", &sync]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(text(&out.stderr).contains("not confirmed; nothing was changed"), "{}", show(&out));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(deployed.leader().as_deref(), Some(leader.as_str()), "failover without confirmation moved the leader");
+    assert_eq!(deployed.timeline(), Some(tl));
+    wait_until("every replica caught up again", Duration::from_secs(60), || deployed.healthy_topology().is_ok());
+
+    // A memory change to every member, under load: pgbench and a writer through PgBouncer.
+    Pgbench::init(&deployed);
+    let writer = Writer::start(&deployed);
+    let pgbench = Pgbench::start(&deployed);
+    std::thread::sleep(Duration::from_secs(2));
+    deployed.set_stack("postgres {\n  memory = 1100\n}");
+    let (out, report) = upgrade(&deployed, &["--dry-run"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let planned: Vec<String> = report["steps"].as_array().unwrap().iter().map(|s| s["description"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(planned.len(), 6, "gate, 2 replicas, switchover, the former primary, verify: {planned:?}");
+    assert_eq!(deployed.registrations("main-postgres").len(), versions, "--dry-run registered the job");
+    let started = Instant::now();
+    let (out, report) = upgrade(&deployed, &[]);
+    let upgrade_took = started.elapsed();
+    assert!(out.status.success(), "{}\n{}", show(&out), deployed.member_logs());
+    writer.wait_ack_after(Instant::now(), Duration::from_secs(20));
+    let (processed, failed, aborted) = pgbench.finish();
+    let pause = longest_pause(&writer, started, started + upgrade_took);
+    let attempts = writer.stop();
+
+    // One member group per registration, the replicas first, the former primary last.
+    let rolled = member_registrations(&deployed, versions);
+    let order: Vec<&str> = rolled.iter().map(|r| r.changed[0].as_str()).collect();
+    assert_eq!(order.len(), 3, "{rolled:#?}");
+    assert_eq!(order[2], leader, "the former primary's group changed last: {order:?}");
+    let mut first_two = order[..2].to_vec();
+    first_two.sort_unstable();
+    let mut expected = replicas.clone();
+    expected.sort();
+    assert_eq!(first_two, expected, "the replicas' groups first");
+    // The switchover (timeline + 1) came after the replicas and before the former primary.
+    assert_eq!(deployed.timeline(), Some(tl + 1), "exactly one switchover");
+    let promoted = promoted_at(&deployed, tl);
+    assert!(rolled[1].submitted < promoted, "the second replica was registered after the switchover: {rolled:#?} vs {promoted:?}");
+    assert!(promoted < rolled[2].submitted, "the former primary's group changed before the switchover: {rolled:#?} vs {promoted:?}");
+    assert_eq!(done(&report, "switchover").len(), 1, "{report:#}");
+    assert_ne!(deployed.leader().as_deref(), Some(leader.as_str()));
+    let memory: Vec<u64> = deployed.cluster.nomad.job_versions("main-postgres").last().unwrap()["TaskGroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["Tasks"].as_array().unwrap().iter().find(|t| t["Name"] == "patroni").unwrap()["Resources"]["MemoryMB"].as_u64().unwrap())
+        .collect();
+    assert_eq!(memory, [1100, 1100, 1100]);
+
+    // No client saw an error and every acknowledged row is there.
+    assert_eq!((failed, aborted.len()), (0, 0), "pgbench failed transactions or aborted runs: {aborted:#?}");
+    assert!(processed > 100, "pgbench processed only {processed} transactions");
+    let errors: Vec<_> = attempts.iter().filter(|a| !a.ok).collect();
+    assert!(errors.is_empty(), "writer errors during the upgrade: {errors:#?}");
+    assert_eq!(lost_rows(&deployed, &attempts), Vec::<u64>::new(), "acknowledged rows lost");
+    eprintln!(
+        "upgrade took {:.1} s; longest write pause {:.2} s; pgbench {processed} transactions, {failed} failed; switchover {}",
+        upgrade_took.as_secs_f64(),
+        pause.as_secs_f64(),
+        report["switchover"]
+    );
+
+    // A failure mid-way: the first replica's new container is killed during its update.
+    let versions = deployed.registrations("main-postgres").len();
+    let (leader, _) = deployed.healthy_topology().unwrap();
+    let before = deployed.member_allocations();
+    let writer = Writer::start(&deployed);
+    deployed.set_stack("postgres {\n  memory = 1200\n}");
+    let mut child = spawn_upgrade(&deployed);
+    let mut progress = String::new();
+    let mut killed = None;
+    for line in lines(&mut child) {
+        progress.push_str(&line);
+        progress.push('\n');
+        let Some(member) = line.trim().strip_prefix("· registering main-postgres with only ").and_then(|l| l.split(' ').next()) else {
+            continue;
+        };
+        if killed.is_some() {
+            continue;
+        }
+        assert_ne!(member, leader, "the primary was updated first: {progress}");
+        let member = member.to_owned();
+        // Its new allocation's patroni container, as soon as it runs.
+        wait_until(&format!("{member}'s new container"), Duration::from_secs(120), || {
+            deployed.member_allocations().get(&member).is_some_and(|id| before.get(&member) != Some(id))
+                && deployed.patroni_task(&member).is_some_and(|t| t.exec(&["true"]).is_ok_and(|o| o.status.success()))
+        });
+        deployed.patroni_task(&member).unwrap().kill().expect("killing the replica's container");
+        killed = Some(member);
+    }
+    let out = child.wait_with_output().unwrap();
+    let killed = killed.unwrap_or_else(|| panic!("the upgrade never registered a member:\n{progress}"));
+    assert_eq!(out.status.code(), Some(3), "the upgrade did not stop: {}{progress}", text(&out.stdout));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&format!("{killed}'s patroni task died and was restarted during its update")), "{report:#}");
+    let statuses: Vec<(&str, &str)> =
+        report["steps"].as_array().unwrap().iter().map(|s| (s["step"].as_str().unwrap(), s["status"].as_str().unwrap())).collect();
+    assert_eq!(&statuses[..2], [("gate", "done"), ("update", "failed")], "{report:#}");
+    assert!(statuses[2..].iter().all(|(_, s)| *s == "not-done"), "{report:#}");
+    assert_eq!(member_registrations(&deployed, versions).len(), 1, "only the killed member's group was registered");
+    // PgBouncer is not paused (its `paused` column) and writes go through it.
+    let databases = deployed.pgbouncer_admin("SHOW DATABASES");
+    assert_ok("SHOW DATABASES", &databases);
+    let app = text(&databases.stdout).lines().find(|l| l.starts_with("app|")).map(str::to_owned).expect("the app database");
+    assert_eq!(app.split('|').nth(11), Some("0"), "PgBouncer is paused: {app}");
+    writer.wait_ack_after(Instant::now(), Duration::from_secs(20));
+    assert_eq!(deployed.leader().as_deref(), Some(leader.as_str()), "the primary moved");
+
+    // Once Nomad has restarted the task and the member streams again, the same command
+    // finishes: the two groups left, replica first, then the former primary.
+    wait_until("the health gate to pass again", Duration::from_secs(180), || {
+        let (out, plan) = upgrade(&deployed, &["--dry-run"]);
+        out.status.success()
+            && plan["plan"]["notes"].as_array().is_some_and(|n| n.iter().all(|n| !n.as_str().unwrap_or("").contains("health gate")))
+    });
+    let (out, report) = upgrade(&deployed, &[]);
+    assert!(out.status.success(), "{}\n{}", show(&out), deployed.member_logs());
+    let rolled = member_registrations(&deployed, versions);
+    let order: Vec<&str> = rolled.iter().map(|r| r.changed[0].as_str()).collect();
+    assert_eq!(order.len(), 3, "{rolled:#?}");
+    assert_eq!(order[0], killed.as_str(), "the killed member first");
+    assert_eq!(order[2], leader, "the former primary last: {order:?}");
+    assert_eq!(done(&report, "switchover").len(), 1, "{report:#}");
+    assert_eq!(deployed.timeline(), Some(tl + 2));
+    let attempts = writer.stop();
+    assert_eq!(lost_rows(&deployed, &attempts), Vec::<u64>::new(), "acknowledged rows lost");
+
+    // A reload-only parameter changes no member's job: Patroni's PATCH /config alone, no
+    // allocation replaced, no switchover, and every member runs it.
+    let allocations = deployed.member_allocations();
+    let versions = deployed.registrations("main-postgres").len();
+    deployed.set_stack("postgres {\n  memory = 1200\n  parameters = { work_mem = \"8MB\" }\n}");
+    let (out, report) = upgrade(&deployed, &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let kinds: Vec<&str> = report["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["gate", "patch-config", "verify"], "{report:#}");
+    assert_eq!(report["plan"]["changes"][0]["restart"], false, "{report:#}");
+    wait_until("every member to show work_mem 8MB", Duration::from_secs(20), || {
+        deployed.setting_everywhere("work_mem") == vec![Some("8MB".to_owned()); 3]
+    });
+    assert_eq!(deployed.member_allocations(), allocations, "an allocation was replaced for a reload-only parameter");
+    assert_eq!(deployed.registrations("main-postgres").len(), versions, "the postgres job changed");
+    assert_eq!(deployed.timeline(), Some(tl + 2), "a reload-only parameter switched over");
+}
+
+fn spawn_upgrade(deployed: &Deployed) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_pgnomad"))
+        .args(["upgrade", "--json", "--timeout", "10m"])
+        .current_dir(deployed.dir.path())
+        .env("NOMAD_ADDR", deployed.cluster.nomad.address())
+        .env("CONSUL_HTTP_ADDR", deployed.cluster.consul.address())
+        .env_remove("NOMAD_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn lines(child: &mut std::process::Child) -> impl Iterator<Item = String> {
+    BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok)
+}
