@@ -55,7 +55,7 @@ fn longest_pause(writer: &Writer, from: Instant, to: Instant) -> Duration {
 
 #[test]
 fn upgrade_on_nomad_rolls_one_member_group_at_a_time_resumes_after_a_failure_and_reloads_work_mem_in_place() {
-    let deployed = Deployed::new(StackDriver::Docker, 0.2);
+    let deployed = Deployed::new(StackDriver::Docker, 1.0);
     let took = deployed.run_until_healthy();
     eprintln!("pgnomad run healthy after {took:?}");
     let (leader, replicas) = deployed.healthy_topology().unwrap();
@@ -73,65 +73,6 @@ fn upgrade_on_nomad_rolls_one_member_group_at_a_time_resumes_after_a_failure_and
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(report["steps"], serde_json::json!([]), "{report:#}");
     assert_eq!(deployed.registrations("main-postgres").len(), versions);
-
-    // switchover to a wrong target is refused with the reason; failover without
-    // confirmation changes nothing.
-    let cluster = deployed.patroni_cluster().unwrap();
-    let role = |name: &str| cluster["members"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()["role"].clone();
-    let sync = replicas.iter().find(|r| role(r) == "sync_standby").expect("a sync standby").clone();
-    let asynchronous = replicas.iter().find(|r| **r != sync).unwrap().clone();
-    let refused = |args: &[&str], why: &str| {
-        let out = deployed.pgnomad(args);
-        assert_eq!(out.status.code(), Some(1), "{args:?} was not refused: {}", show(&out));
-        assert!(text(&out.stderr).contains(why), "{args:?}: the reason is not {why:?}: {}", show(&out));
-    };
-    refused(&["switchover", "--to", "member-9"], "member-9 is not a member (members: member-0, member-1, member-2)");
-    refused(&["switchover", "--to", &leader], &format!("{leader} is already the leader"));
-    refused(&["switchover", "--to", &asynchronous], &format!("{asynchronous} is not a synchronous standby"));
-    // A standby that has stopped replaying lags by what it has not replayed.
-    assert_eq!(deployed.member_sql(&sync, "SELECT pg_wal_replay_pause()").as_deref(), Some(""));
-    assert_ok(
-        "filler",
-        &deployed.app_sql("CREATE TABLE filler AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 20000) AS g"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (before, leader_before) = (
-            deployed
-                .cluster
-                .address_of("main-postgres", &sync, "patroni")
-                .and_then(|a| crate::support::cluster::e2e::http_get(&a, "/patroni")),
-            deployed
-                .cluster
-                .address_of("main-postgres", &leader, "patroni")
-                .and_then(|a| crate::support::cluster::e2e::http_get(&a, "/patroni")),
-        );
-        let out = deployed.pgnomad(&["switchover", "--to", &sync, "--max-lag", "1048576"]);
-        assert_ne!(
-            out.status.code(),
-            Some(0),
-            "switched over to a standby that does not replay: {}\nits /patroni before: {before:?}\nthe leader's: {leader_before:?}",
-            show(&out)
-        );
-        if out.status.code() == Some(1) && text(&out.stderr).contains(&format!("{sync} lags")) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a lagging target was not refused for its lag: {}\n{:?}",
-            show(&out),
-            deployed.patroni_cluster()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    assert_eq!(deployed.member_sql(&sync, "SELECT pg_wal_replay_resume()").as_deref(), Some(""));
-    let out = deployed.pgnomad(&["failover", "--to", &sync]);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    assert!(text(&out.stderr).contains("not confirmed; nothing was changed"), "{}", show(&out));
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(deployed.leader().as_deref(), Some(leader.as_str()), "failover without confirmation moved the leader");
-    assert_eq!(deployed.timeline(), Some(tl));
-    wait_until("every replica caught up again", Duration::from_secs(60), || deployed.healthy_topology().is_ok());
 
     // A memory change to every member, under load: pgbench and a writer through PgBouncer.
     Pgbench::init(&deployed);
@@ -273,6 +214,68 @@ fn upgrade_on_nomad_rolls_one_member_group_at_a_time_resumes_after_a_failure_and
     assert_eq!(deployed.member_allocations(), allocations, "an allocation was replaced for a reload-only parameter");
     assert_eq!(deployed.registrations("main-postgres").len(), versions, "the postgres job changed");
     assert_eq!(deployed.timeline(), Some(tl + 2), "a reload-only parameter switched over");
+
+    refusals(&deployed);
+}
+
+/// `switchover` to a wrong or lagging target is refused with the reason; `failover` without
+/// confirmation changes nothing.
+fn refusals(deployed: &Deployed) {
+    let (leader, replicas) = deployed.healthy_topology().unwrap();
+    let tl = deployed.timeline().expect("a timeline");
+    let cluster = deployed.patroni_cluster().unwrap();
+    let role = |name: &str| cluster["members"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()["role"].clone();
+    let sync = replicas.iter().find(|r| role(r) == "sync_standby").expect("a sync standby").clone();
+    let asynchronous = replicas.iter().find(|r| **r != sync).unwrap().clone();
+    let refused = |args: &[&str], why: &str| {
+        let out = deployed.pgnomad(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?} was not refused: {}", show(&out));
+        assert!(text(&out.stderr).contains(why), "{args:?}: the reason is not {why:?}: {}", show(&out));
+    };
+    refused(&["switchover", "--to", "member-9"], "member-9 is not a member (members: member-0, member-1, member-2)");
+    refused(&["switchover", "--to", &leader], &format!("{leader} is already the leader"));
+    refused(&["switchover", "--to", &asynchronous], &format!("{asynchronous} is not a synchronous standby"));
+    let out = deployed.pgnomad(&["failover", "--to", &sync]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(text(&out.stderr).contains("not confirmed; nothing was changed"), "{}", show(&out));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(deployed.leader().as_deref(), Some(leader.as_str()), "failover without confirmation moved the leader");
+    assert_eq!(deployed.timeline(), Some(tl));
+    // A standby that has stopped replaying lags by what it has not replayed. Patroni 3.0
+    // resumes a paused replay on PostgreSQL 14+ in its next loop (it takes the pause for one
+    // a parameter change caused), so the pause is renewed until the refusal is seen.
+    let refused_for_lag = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !refused_for_lag.load(std::sync::atomic::Ordering::Relaxed) {
+                deployed.member_sql(&sync, "SELECT pg_wal_replay_pause()");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let check = || {
+            assert_ok("filler", &deployed.app_sql("CREATE TABLE filler (id int, pad text)"));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                // 4 MB of WAL the paused standby receives and does not replay.
+                let filler = "INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, 20000) AS g";
+                assert_ok("filler", &deployed.app_sql(filler));
+                let out = deployed.pgnomad(&["switchover", "--to", &sync, "--max-lag", "1048576"]);
+                assert_eq!(out.status.code(), Some(1), "switched over to a standby that does not replay: {}", show(&out));
+                if text(&out.stderr).contains(&format!("{sync} lags")) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "a lagging target was not refused for its lag: {}", show(&out));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
+        refused_for_lag.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    });
+    assert_eq!(deployed.member_sql(&sync, "SELECT pg_wal_replay_resume()").as_deref(), Some(""));
+    wait_until("every replica caught up again", Duration::from_secs(60), || deployed.healthy_topology().is_ok());
 }
 
 fn spawn_upgrade(deployed: &Deployed) -> std::process::Child {

@@ -230,17 +230,17 @@ impl<N: Transport, C: Transport> Target for NomadTarget<N, C> {
         let (job, _) = self.desired_job()?;
         let (updates, _) = self.plan(&job)?;
         let members: Vec<String> = self.facts.members.iter().map(|m| m.name.clone()).collect();
-        Ok(members.into_iter().filter(|m| updates.get(m).is_some_and(|u| u.destructive_update + u.place + u.in_place_update > 0)).collect())
+        // Only replacements need ordering: Nomad counts every group of an older job version as
+        // an in-place update when the job changes (the scheduler's alloc update function),
+        // and an in-place update restarts nothing.
+        Ok(members.into_iter().filter(|m| updates.get(m).is_some_and(|u| u.destructive_update + u.place > 0)).collect())
     }
 
     fn update_member(&self, member: &str, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
         let job = self.job_for_member(member)?;
         let (updates, check_index) = self.plan(&job)?;
-        let others: Vec<&String> = updates
-            .iter()
-            .filter(|(g, u)| *g != member && u.destructive_update + u.place + u.in_place_update + u.stop > 0)
-            .map(|(g, _)| g)
-            .collect();
+        let others: Vec<&String> =
+            updates.iter().filter(|(g, u)| *g != member && u.destructive_update + u.place + u.stop > 0).map(|(g, _)| g).collect();
         if !others.is_empty() {
             return Err(OpsError::Failed(format!(
                 "registering {} for {member} would also change {} (a job-level change): not registered",
