@@ -105,6 +105,27 @@ fn hcl_jobspecs_read_back_as_the_same_jobs() {
     }
 }
 
+/// PgBouncer takes fractional seconds; the stack file takes a duration or whole seconds.
+#[test]
+fn server_login_retry_reaches_pgbouncer_in_its_seconds() {
+    for (setting, expected) in [
+        ("", "server_login_retry = 0.25\n"),
+        ("server_login_retry = \"1500ms\"", "server_login_retry = 1.5\n"),
+        ("server_login_retry = 3", "server_login_retry = 3\n"),
+    ] {
+        let artifacts = compile(&format!("{DEFAULT}\npgbouncer {{\n  {setting}\n}}\n"));
+        let pgbouncer = artifacts.jobs.iter().find(|j| j.role == JobRole::PgBouncer).expect("a pgbouncer job");
+        let ini = serde_json::to_value(&pgbouncer.job).unwrap()["TaskGroups"][0]["Tasks"][0]["Templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["DestPath"].as_str().unwrap().ends_with("pgbouncer.ini"))
+            .map(|t| t["EmbeddedTmpl"].as_str().unwrap().to_string())
+            .expect("pgbouncer.ini");
+        assert!(ini.contains(expected), "{setting:?}: no {expected:?} in\n{ini}");
+    }
+}
+
 #[test]
 fn default_stack_snapshots() {
     let artifacts = compile(DEFAULT);

@@ -178,7 +178,7 @@ fn minimal_stack_file_gets_the_documented_defaults() {
 
     assert_eq!(stack.patroni.dcs, Dcs::Consul);
     assert_eq!(stack.patroni.ttl.value, 20);
-    assert_eq!(stack.patroni.loop_wait.value, 2);
+    assert_eq!(stack.patroni.loop_wait.value, 1);
     assert_eq!(stack.patroni.retry_timeout.value, 4);
     assert_eq!(stack.patroni.primary_start_timeout, 0);
     assert_eq!(stack.patroni.consul_session_ttl_min.value, 10);
@@ -192,6 +192,7 @@ fn minimal_stack_file_gets_the_documented_defaults() {
     assert_eq!(stack.pgbouncer.count, 2);
     assert_eq!(stack.pgbouncer.port.value, 6432);
     assert_eq!(stack.pgbouncer.pool_mode, "transaction");
+    assert_eq!(stack.pgbouncer.server_login_retry_ms, 250);
 
     assert!(stack.backup.enabled);
     assert!(matches!(stack.backup.repo, Repo::Volume { kind: VolumeKind::Host, .. }), "{:?}", stack.backup.repo);

@@ -90,7 +90,8 @@ pub struct PgBouncerFacts {
     pub max_client_conn: u32,
     pub reserve_pool_size: u32,
     pub query_wait_timeout: u32,
-    pub server_login_retry: u32,
+    /// Seconds, as PgBouncer reads them ("0.25").
+    pub server_login_retry: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -253,7 +254,7 @@ impl Facts {
                 max_client_conn: stack.pgbouncer.max_client_conn,
                 reserve_pool_size: stack.pgbouncer.reserve_pool_size,
                 query_wait_timeout: stack.pgbouncer.query_wait_timeout.value,
-                server_login_retry: stack.pgbouncer.server_login_retry,
+                server_login_retry: seconds_text(stack.pgbouncer.server_login_retry_ms),
             },
             pgadmin_email: stack.pgadmin.email.value.clone(),
             backup: backup_facts(&stack.backup),
@@ -340,4 +341,22 @@ fn backup_facts(backup: &Backup) -> BackupFacts {
 /// A member's name: its Nomad task group and its Patroni name, stable across reschedules.
 pub fn member_name(index: u32) -> String {
     format!("member-{index}")
+}
+
+/// Milliseconds as the decimal seconds PgBouncer's time settings take: 250 → "0.25".
+fn seconds_text(millis: u64) -> String {
+    let text = format!("{}.{:03}", millis / 1000, millis % 1000);
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+#[cfg(test)]
+mod seconds_text_tests {
+    #[test]
+    fn milliseconds_become_pgbouncer_seconds() {
+        assert_eq!(super::seconds_text(250), "0.25");
+        assert_eq!(super::seconds_text(1000), "1");
+        assert_eq!(super::seconds_text(1500), "1.5");
+        assert_eq!(super::seconds_text(0), "0");
+        assert_eq!(super::seconds_text(15_001), "15.001");
+    }
 }

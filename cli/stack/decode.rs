@@ -309,7 +309,8 @@ fn patroni(reader: Option<&Reader<'_>>, _postgres: &Postgres) -> Patroni {
         dcs,
         dcs_span: dcs_choice.span,
         ttl: u32_or(reader, "ttl", 1, 3600, default_ttl),
-        loop_wait: u32_or(reader, "loop_wait", 1, 3600, 2),
+        // A primary whose Postgres crashed is noticed at its next loop: up to loop_wait later.
+        loop_wait: u32_or(reader, "loop_wait", 1, 3600, 1),
         retry_timeout: u32_or(reader, "retry_timeout", 1, 3600, 4),
         // 0 makes Patroni fail over when Postgres crashes instead of restarting it in place
         // for up to 5 minutes; with synchronous mode no acknowledged commit is lost.
@@ -416,8 +417,12 @@ fn pgbouncer(reader: Option<&Reader<'_>>) -> PgBouncer {
         reserve_pool_size: u32_or(reader, "reserve_pool_size", 0, 10_000, 5).value,
         // Must outlast a failover, or clients see errors while the new primary is elected.
         query_wait_timeout: u32_or(reader, "query_wait_timeout", 0, 86400, 120),
-        // PgBouncer's default of 15 s would add up to 15 s to every failover.
-        server_login_retry: u32_or(reader, "server_login_retry", 0, 3600, 1).value,
+        // After a failed server login PgBouncer waits this long before the next, even when a
+        // reload has just pointed it at the new primary (measured with 1.18): its default of
+        // 15 s would add up to 15 s to every failover, and 1 s added up to 1 s.
+        server_login_retry_ms: reader
+            .and_then(|r| r.duration_millis("server_login_retry", 0, 3_600_000))
+            .map_or(defaults::PGBOUNCER_SERVER_LOGIN_RETRY_MS, |v| v.value),
         tls: bool_or(reader, "tls", false),
         cpu: u32_or(reader, "cpu", 20, 1_000_000, 200).value,
         memory_mb: u32_or(reader, "memory", 16, 10_000_000, 128).value,

@@ -44,7 +44,7 @@ postgres {
 patroni {
   dcs                   = "consul" # or "etcd3" with etcd_hosts = ["10.0.0.1:2379"]
   ttl                   = 20       # Consul: ttl/2 must reach the servers' session_ttl_min
-  loop_wait             = 2        # loop_wait + 2 × retry_timeout ≤ ttl
+  loop_wait             = 1        # how soon a crashed primary is noticed; loop_wait + 2 × retry_timeout ≤ ttl
   retry_timeout         = 4
   primary_start_timeout = 0        # 0: fail over when Postgres crashes, do not restart in place
   consul_session_ttl_min = "10s"   # what your Consul servers are configured with
@@ -74,7 +74,7 @@ pgbouncer {
   default_pool_size  = 20
   max_client_conn    = 1000
   query_wait_timeout = 120 # seconds; must outlast a failover
-  server_login_retry = 1   # seconds
+  server_login_retry = "250ms" # after a failed login; part of every failover's write gap
   tls                = false # offer TLS to clients, with a certificate from pgnomad's CA
 }
 

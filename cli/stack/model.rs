@@ -151,7 +151,8 @@ pub struct PgBouncer {
     pub max_client_conn: u32,
     pub reserve_pool_size: u32,
     pub query_wait_timeout: Spanned<u32>,
-    pub server_login_retry: u32,
+    /// Milliseconds PgBouncer waits after a failed server login before the next.
+    pub server_login_retry_ms: u64,
     /// PgBouncer offers TLS to clients with a certificate from pgnomad's CA.
     pub tls: bool,
     pub cpu: u32,

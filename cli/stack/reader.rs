@@ -99,6 +99,43 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A duration in milliseconds, within `min..=max`: a whole number of seconds, or a string
+    /// with a unit, "250ms", "2s", "1m".
+    pub fn duration_millis(&self, name: &'static str, min: u64, max: u64) -> Option<Spanned<u64>> {
+        let value = self.attribute(name)?;
+        let millis = match &value.value {
+            Value::Integer(seconds) => u64::try_from(*seconds).ok().and_then(|s| s.checked_mul(1000)),
+            Value::String(text) => parse_millis(text),
+            _ => {
+                self.mismatch(name, "a duration such as \"250ms\" or a whole number of seconds", value);
+                return None;
+            }
+        };
+        match millis {
+            Some(ms) if (min..=max).contains(&ms) => Some(Spanned::new(ms, value.span.clone())),
+            Some(ms) => {
+                self.error(Diagnostic::error(
+                    value.span.clone(),
+                    format!(
+                        "`{name}` {} must be between {} and {}, found {}",
+                        self.where_(),
+                        human_millis(min),
+                        human_millis(max),
+                        human_millis(ms)
+                    ),
+                ));
+                None
+            }
+            None => {
+                self.error(
+                    Diagnostic::error(value.span.clone(), format!("`{name}` {} is not a duration", self.where_()))
+                        .with_help("write a whole number with a unit (ms, s, m, h) and no space: \"250ms\", \"2s\", \"1m\""),
+                );
+                None
+            }
+        }
+    }
+
     /// One of a fixed set of words.
     pub fn choice(&self, name: &'static str, choices: &[&'static str]) -> Option<Spanned<&'static str>> {
         let text = self.string(name)?;
@@ -241,5 +278,47 @@ impl<'a> Reader<'a> {
             };
             self.error(diagnostic);
         }
+    }
+}
+
+/// 7_200_000 → "2h", 1500 → "1500ms": the largest unit that divides it.
+fn human_millis(ms: u64) -> String {
+    match ms {
+        0 => "0s".to_owned(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// "250ms", "2s", "1m", "1h" → milliseconds.
+fn parse_millis(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    number.checked_mul(scale)
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_millis;
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_millis("250ms"), Some(250));
+        assert_eq!(parse_millis("2s"), Some(2000));
+        assert_eq!(parse_millis("1m"), Some(60_000));
+        assert_eq!(parse_millis("250"), None);
+        assert_eq!(parse_millis("0.5s"), None);
+        assert_eq!(parse_millis("ms"), None);
+        assert_eq!(parse_millis("1 s"), None);
     }
 }

@@ -56,6 +56,8 @@ pub struct AllocRunner {
     /// A changed rendering not written yet, held by the template's `wait`: (text, first seen,
     /// last changed).
     held: Mutex<BTreeMap<(String, String), (String, Instant, Instant)>>,
+    /// What each task's templates last read (serialised), to re-render only on a change.
+    template_inputs: Mutex<BTreeMap<String, String>>,
 }
 
 /// A template's `wait { min, max }`; without one, the client's default (5 s, 4 m).
@@ -90,11 +92,7 @@ impl Handle {
     /// None while it runs, else its exit code.
     fn exit_code(&self) -> Option<i64> {
         match self {
-            Handle::Container(name) => match docker::state(name) {
-                Some(state) if state.running => None,
-                Some(state) => Some(state.exit_code),
-                None => Some(-1),
-            },
+            Handle::Container(name) => docker::exit_code(name),
             Handle::Process(process) => process.exit_code(),
         }
     }
@@ -109,7 +107,11 @@ impl Handle {
     /// Starts it again after it exited (the same container, a new process).
     fn restart(&self) -> Result<(), String> {
         match self {
-            Handle::Container(name) => docker::run(&["start", name]).map(|_| ()),
+            Handle::Container(name) => {
+                let started = docker::run(&["start", name]).map(|_| ());
+                docker::forget_states();
+                started
+            }
             Handle::Process(process) => process.start(),
         }
     }
@@ -146,7 +148,16 @@ struct Running {
 impl AllocRunner {
     pub fn new(facts: AllocFacts, node: NodeInfo, plane: Arc<dyn ControlPlane>, control: Arc<Control>) -> Self {
         let dirs = AllocDir { root: node.root.join("allocs").join(&facts.alloc_id) };
-        AllocRunner { facts, node, plane, control, dirs, rendered: Mutex::new(BTreeMap::new()), held: Mutex::new(BTreeMap::new()) }
+        AllocRunner {
+            facts,
+            node,
+            plane,
+            control,
+            dirs,
+            rendered: Mutex::new(BTreeMap::new()),
+            held: Mutex::new(BTreeMap::new()),
+            template_inputs: Mutex::new(BTreeMap::new()),
+        }
     }
 
     fn tasks(&self) -> Vec<Value> {
@@ -299,6 +310,27 @@ impl AllocRunner {
             context.services = self.plane.service_instances();
         }
         context
+    }
+
+    /// Whether the data `name`'s templates read (its variables, Consul's services, its
+    /// environment) differ from the last time this was asked.
+    fn template_inputs_changed(&self, name: &str, task: &Value) -> bool {
+        if list(task, "Templates").is_empty() {
+            return false;
+        }
+        let env = task_env(&self.facts, task, &self.dirs, isolated(task));
+        let inputs = serde_json::to_string(&self.template_context(name, task, &env)).unwrap_or_default();
+        let mut seen = self.template_inputs.lock().unwrap();
+        if seen.get(name) == Some(&inputs) {
+            return false;
+        }
+        seen.insert(name.to_string(), inputs);
+        true
+    }
+
+    /// A changed rendering of `name`'s waits for its template's quiescence.
+    fn holds_changes(&self, name: &str) -> bool {
+        self.held.lock().unwrap().keys().any(|(task, _)| task == name)
     }
 
     /// Renders the task's templates; writes the ones whose content changed. Ok(the change
@@ -596,7 +628,6 @@ impl AllocRunner {
 
     /// Watches the tasks and the templates until the allocation is told to stop.
     fn supervise(&self, running: &mut Vec<Running>) -> Result<(), String> {
-        let mut last_render = Instant::now();
         // Batch tasks that finish with exit 0 are done (a service task that exits restarts).
         let batch = matches!(self.facts.job["Type"].as_str(), Some("batch" | "sysbatch"));
         while !self.stopping() {
@@ -647,13 +678,15 @@ impl AllocRunner {
             if batch && !running.iter().any(|t| phase(&t.task) == Phase::Main) {
                 return Ok(());
             }
-            if last_render.elapsed() >= Duration::from_millis(250) {
-                last_render = Instant::now();
-                for task in running.iter() {
-                    match self.render_templates(&task.name, &task.task, false) {
-                        Ok(changes) => self.apply_changes(task, &changes),
-                        Err(_) => {} // a dependency went away: Nomad keeps the last rendering
-                    }
+            // consul-template's blocking queries return as soon as the data change: re-render
+            // a task's templates when what they read changed, or when a held change is due.
+            for task in running.iter() {
+                if !self.template_inputs_changed(&task.name, &task.task) && !self.holds_changes(&task.name) {
+                    continue;
+                }
+                match self.render_templates(&task.name, &task.task, false) {
+                    Ok(changes) => self.apply_changes(task, &changes),
+                    Err(_) => {} // a dependency went away: Nomad keeps the last rendering
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
