@@ -12,7 +12,7 @@ postgres {
 patroni {
   dcs           = "consul"
   ttl           = 10 # allowed because the lab's Consul servers lower session_ttl_min to 5s
-  loop_wait     = 2
+  loop_wait     = 1 # a crashed primary is noticed within loop_wait
   retry_timeout = 4
   # Patroni asks Consul for sessions of ttl/2 = 5s; Consul's default minimum is 10s.
   consul_session_ttl_min = "5s"

@@ -14,7 +14,7 @@ postgres {
 patroni {
   dcs           = "consul"
   ttl           = 10 # allowed because the servers' session_ttl_min is 5s (consul_session_ttl_min)
-  loop_wait     = 2
+  loop_wait     = 1 # a crashed primary is noticed within loop_wait
   retry_timeout = 4
   # Patroni asks Consul for sessions of ttl/2 = 5s; Consul's default minimum is 10s.
   consul_session_ttl_min = "5s"
