@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::ops::nomad_backup::NomadBackups;
 use crate::ops::restore::Target;
 
-use super::dev::{bytes, print_backups, Progress};
+use super::dev::{print_backup_done, print_backups, Progress};
 use super::run::parse_duration;
 use super::upgrade::ops_failure;
 use super::{DeployArgs, DeployInputs, Failure};
@@ -82,22 +82,7 @@ pub fn backup(args: BackupArgs) -> Result<(), Failure> {
     let progress = Progress::new();
     let result = backups.backup(&args.kind, &view, args.timeout, &progress);
     progress.finish();
-    let done = result.map_err(|e| ops_failure(&e))?;
-    eprint!("{}", done.log);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&done).expect("serializes"));
-    } else {
-        println!(
-            "{} backup {} done in {:.1} s: files from {}, primary {}; database {}, in the repository {}",
-            done.kind,
-            done.label,
-            done.took.as_secs_f64(),
-            done.copied_from,
-            done.primary,
-            bytes(done.database_size),
-            bytes(done.repository_size)
-        );
-    }
+    print_backup_done(&result.map_err(|e| ops_failure(&e))?, args.json);
     Ok(())
 }
 

@@ -271,22 +271,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             let progress = Progress::new();
             let result = crate::ops::backup::dev_backup(&dev, kind_flag.as_deref().unwrap_or(&kind), &progress);
             progress.finish();
-            let done = result.map_err(ops_failed)?;
-            eprint!("{}", done.log);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&done).expect("serializes"));
-            } else {
-                println!(
-                    "{} backup {} done in {:.1} s: files from {}, primary {}; database {}, in the repository {}",
-                    done.kind,
-                    done.label,
-                    done.took.as_secs_f64(),
-                    done.copied_from,
-                    done.primary,
-                    bytes(done.database_size),
-                    bytes(done.repository_size)
-                );
-            }
+            print_backup_done(&result.map_err(ops_failed)?, json);
             Ok(())
         }
         DevCommand::Backups { at, json } => {
@@ -392,6 +377,25 @@ pub(super) fn bytes(n: u64) -> String {
         n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20)),
         n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
         n => format!("{n} B"),
+    }
+}
+
+/// A finished backup: pgBackRest's log to stderr, then the summary or its JSON.
+pub(super) fn print_backup_done(done: &crate::ops::backup::BackupDone, json: bool) {
+    eprint!("{}", done.log);
+    if json {
+        println!("{}", serde_json::to_string_pretty(done).expect("serializes"));
+    } else {
+        println!(
+            "{} backup {} done in {:.1} s: files from {}, primary {}; database {}, in the repository {}",
+            done.kind,
+            done.label,
+            done.took.as_secs_f64(),
+            done.copied_from,
+            done.primary,
+            bytes(done.database_size),
+            bytes(done.repository_size)
+        );
     }
 }
 

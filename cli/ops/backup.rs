@@ -231,6 +231,22 @@ pub fn dev_backups(dev: &Dev) -> Result<Backups, OpsError> {
     Ok(backups(&stanza, dev_archived_at(dev).1))
 }
 
+impl BackupDone {
+    /// `backup` as pgBackRest's info lists it, with what the run itself knows.
+    pub fn of(backup: &crate::pgbackrest::Backup, copied_from: String, primary: String, took: Duration, log: String) -> BackupDone {
+        BackupDone {
+            label: backup.label.clone(),
+            kind: backup.kind.clone(),
+            copied_from,
+            primary,
+            took,
+            database_size: backup.info.size,
+            repository_size: backup.info.repository.size,
+            log,
+        }
+    }
+}
+
 /// A backup that was taken.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupDone {
@@ -350,16 +366,7 @@ pub fn dev_backup(dev: &Dev, kind: &str, reporter: &dyn Reporter) -> Result<Back
         stanza.backup.iter().filter(|b| !before.contains(&b.label)).max_by_key(|b| b.timestamp.stop).ok_or_else(|| {
             OpsError::Failed(format!("backup.sh {kind} exited 0 but the repository lists no new backup:\n{}", log.trim()))
         })?;
-    Ok(BackupDone {
-        label: new.label.clone(),
-        kind: new.kind.clone(),
-        copied_from,
-        primary,
-        took,
-        database_size: new.info.size,
-        repository_size: new.info.repository.size,
-        log,
-    })
+    Ok(BackupDone::of(new, copied_from, primary, took, log))
 }
 
 #[cfg(test)]

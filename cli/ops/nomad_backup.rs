@@ -253,16 +253,7 @@ impl<N: Transport> NomadBackups<N> {
         let new = stanza.backup.iter().filter(|b| !before.contains(&b.label)).max_by_key(|b| b.timestamp.stop).ok_or_else(|| {
             OpsError::Failed(format!("{} completed but the repository lists no new backup:\n{}", run.job, run.log().trim()))
         })?;
-        Ok(BackupDone {
-            label: new.label.clone(),
-            kind: new.kind.clone(),
-            copied_from,
-            primary,
-            took,
-            database_size: new.info.size,
-            repository_size: new.info.repository.size,
-            log: run.log(),
-        })
+        Ok(BackupDone::of(new, copied_from, primary, took, run.log()))
     }
 
     /// `restore --into NAME` on Nomad: the WAL archived up to now, the target checked against
