@@ -12,6 +12,7 @@ use crate::support_procs::*;
 
 #[test]
 fn two_stack_files_in_one_directory_have_their_own_dev_state_dirs() {
+    let _one = one_dev_cluster();
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     for (file, cluster) in [("pgnomad.hcl", "main"), ("clone.hcl", "clone")] {
@@ -65,6 +66,7 @@ fn both(out: &Output) -> String {
 
 #[test]
 fn dev_backups_list_each_type_and_a_point_in_time_restore_makes_a_streaming_clone_beside_the_source() {
+    let _one = one_dev_cluster();
     let dev = DevCluster::up("src", 3);
     let leader = dev.primary().expect("a primary");
     dev.wait_streaming(leader, Duration::from_secs(60));
@@ -189,6 +191,7 @@ fn clone_logs(state: &Path) -> String {
 
 #[test]
 fn dev_backup_errors_say_whether_the_repository_is_unreachable_or_holds_another_databases_stanza() {
+    let _one = one_dev_cluster();
     // Two one-member clusters with the same name: what a cluster made afresh under an old
     // name meets when the old repository is still there.
     let old = DevCluster::up("dup", 1);
@@ -240,6 +243,7 @@ fn pre_restore_dirs(dev: &DevCluster) -> Vec<PathBuf> {
 
 #[test]
 fn dev_restore_in_place_goes_back_to_a_time_and_a_failed_one_leaves_the_data_as_it_was() {
+    let _one = one_dev_cluster();
     let dev = DevCluster::up("inplace", 3);
     let leader = dev.primary().expect("a primary");
     dev.wait_streaming(leader, Duration::from_secs(60));
@@ -302,6 +306,7 @@ fn dev_restore_in_place_goes_back_to_a_time_and_a_failed_one_leaves_the_data_as_
 
 #[test]
 fn a_failover_during_a_full_backup_ends_it_clearly_and_the_next_backup_and_the_archive_go_on_on_the_new_primary() {
+    let _one = one_dev_cluster();
     let dev = DevCluster::up("fob", 3);
     let old = dev.primary().expect("a primary");
     dev.wait_streaming(old, Duration::from_secs(60));
@@ -373,6 +378,7 @@ fn s3_curl(args: &[&str]) -> String {
 
 #[test]
 fn a_dev_cluster_backs_up_into_a_real_s3_server_and_restores_from_it() {
+    let _one = one_dev_cluster();
     let moto = test_cache().join(MOTO);
     assert!(moto.exists(), "moto's S3 server is not installed at {} (tests/run-all installs it from PyPI)", moto.display());
     let dir = postgres_tempdir();

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -410,4 +410,13 @@ impl SplitBrainSampler {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().unwrap().join().unwrap()
     }
+}
+
+/// One dev cluster at a time in this test process (the backup and upgrade tests): each runs
+/// three members (a clone, three more), etcd, PgBouncer, pgBackRest and clients, and two at
+/// once on a shared 2-core machine made bootstraps and restores outlast their deadlines.
+static ONE_DEV_CLUSTER: Mutex<()> = Mutex::new(());
+
+pub fn one_dev_cluster() -> MutexGuard<'static, ()> {
+    ONE_DEV_CLUSTER.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

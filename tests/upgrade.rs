@@ -5,21 +5,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::support_dev::*;
 use crate::support_procs::*;
-
-/// One dev cluster at a time: each test runs three members, PgBouncer and clients on a
-/// shared 2-core machine.
-static ONE_CLUSTER: Mutex<()> = Mutex::new(());
-
-fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
-    ONE_CLUSTER.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn show(out: &Output) -> String {
     format!("exit {:?}\n--- stdout\n{}--- stderr\n{}", out.status.code(), text(&out.stdout), text(&out.stderr))
@@ -118,7 +109,7 @@ impl Pgbench {
 
 #[test]
 fn upgrade_rolls_max_connections_with_no_client_error_and_one_switchover_and_reloads_work_mem_without_restart() {
-    let _one = one_cluster();
+    let _one = one_dev_cluster();
     let dev = DevCluster::up("roll", 3);
     let primary = dev.primary().expect("a primary");
     dev.wait_streaming(primary, Duration::from_secs(60));
@@ -205,7 +196,7 @@ fn upgrade_rolls_max_connections_with_no_client_error_and_one_switchover_and_rel
 
 #[test]
 fn switchover_refuses_a_wrong_or_lagging_target_and_failover_does_nothing_unconfirmed() {
-    let _one = one_cluster();
+    let _one = one_dev_cluster();
     let dev = DevCluster::up("refuse", 3);
     let primary = dev.primary().expect("a primary");
     dev.wait_streaming(primary, Duration::from_secs(60));
@@ -260,7 +251,7 @@ fn pgbouncer_paused(dev: &DevCluster) -> String {
 
 #[test]
 fn upgrade_stops_with_a_report_when_a_replica_dies_during_its_restart_and_a_rerun_finishes() {
-    let _one = one_cluster();
+    let _one = one_dev_cluster();
     let dev = DevCluster::up("halt", 3);
     let primary = dev.primary().expect("a primary");
     dev.wait_streaming(primary, Duration::from_secs(60));
