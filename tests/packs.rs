@@ -28,7 +28,8 @@ backup {
 "#;
 
 /// Two users and databases, strict synchronous mode, etcd, extra pg_hba, tags, no backups,
-/// and a parameter with `{{` that Nomad must not evaluate.
+/// and a parameter with `{{` that Nomad must not evaluate (one Postgres reads at start, so it
+/// stays in patroni.yml: reload-only ones go through Patroni's PATCH /config).
 const VARIANT: &str = r#"
 cluster "shop" {}
 postgres {
@@ -37,8 +38,8 @@ postgres {
   users             = ["app", "reporting"]
   pg_hba            = ["host all reporting 10.0.0.0/8 scram-sha-256"]
   parameters = {
-    work_mem         = "8MB"
-    application_name = "x{{y}}"
+    work_mem     = "8MB"
+    cluster_name = "x{{y}}"
   }
   database "orders" {
     owner = "app"
@@ -265,7 +266,7 @@ fn nomad_rendering_keeps_holes_as_go_templates_and_escapes_literals() {
     // A literal `{{` reaches Postgres as text: Go prints `{{ "{{" }}` as `{{`.
     let stack = stack(VARIANT);
     let files = render_all(&Facts::new(&stack), &nomad(&stack));
-    assert!(find(&files, "member-0/postgres/patroni.yml").contains(r#""application_name": "x{{ "{{" }}y}}""#));
+    assert!(find(&files, "member-0/postgres/patroni.yml").contains(r#""cluster_name": "x{{ "{{" }}y}}""#));
 }
 
 #[test]
@@ -288,7 +289,7 @@ fn local_rendering_has_no_template_syntax_left() {
     let patroni = Packs::default()
         .render("postgres/patroni.yml", &facts, Some(&facts.members[0]), &rt.member(&facts, &facts.members[0]), &rt)
         .unwrap();
-    assert!(patroni.contains(r#""application_name": "x{{y}}""#), "{patroni}");
+    assert!(patroni.contains(r#""cluster_name": "x{{y}}""#), "{patroni}");
 }
 
 #[test]
