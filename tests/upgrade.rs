@@ -219,10 +219,25 @@ fn switchover_refuses_a_wrong_or_lagging_target_and_failover_does_nothing_unconf
     let (dir, port) = (dev.run_dir(sync), dev.pg_port(sync));
     assert_eq!(member_sql(&dir, port, "postgres", "SELECT pg_wal_replay_pause()").as_deref(), Some(""));
     dev.app_sql("CREATE TABLE filler AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 20000) AS g");
-    wait_until("Patroni to see the standby behind", Duration::from_secs(15), || {
+    // Patroni 3.0.2 resumes a paused replay at each of its loops (PostgreSQL 14+), every second
+    // with loop_wait 1: the pause is renewed every 100 ms until the refusal is seen.
+    let pausing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let pauser = {
+        let (pausing, dir) = (pausing.clone(), dir.clone());
+        std::thread::spawn(move || {
+            while pausing.load(std::sync::atomic::Ordering::Relaxed) {
+                member_sql(&dir, port, "postgres", "SELECT pg_wal_replay_pause()");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    wait_until("Patroni to see the standby behind", Duration::from_secs(30), || {
+        dev.app_sql("INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, 20000) AS g");
         let out = dev.dev(&["switchover", "--to", &format!("member-{sync}"), "--max-lag", "1048576"]).output().unwrap();
         out.status.code() == Some(1) && text(&out.stderr).contains(&format!("member-{sync} lags"))
     });
+    pausing.store(false, std::sync::atomic::Ordering::Relaxed);
+    pauser.join().unwrap();
     assert_eq!(member_sql(&dir, port, "postgres", "SELECT pg_wal_replay_resume()").as_deref(), Some(""));
 
     // Without --yes and without a terminal to ask on, failover changes nothing.
