@@ -40,6 +40,39 @@ pub struct BackupsArgs {
     json: bool,
 }
 
+/// Where a restore's recovery stops: one of the four, for `restore` and `dev restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreTargetArgs {
+    /// Recover to this time: RFC 3339 (2026-12-01T10:42:07.25Z) or PostgreSQL's text, with a zone.
+    #[arg(long, value_name = "T", group = "target")]
+    pub to_time: Option<String>,
+    /// Recover to this WAL location (0/3000060).
+    #[arg(long, value_name = "LSN", group = "target")]
+    pub to_lsn: Option<String>,
+    /// Recover to this transaction id.
+    #[arg(long, value_name = "XID", group = "target")]
+    pub to_xid: Option<String>,
+    /// Restore this backup to its consistent point.
+    #[arg(long, value_name = "LABEL", group = "target")]
+    pub backup: Option<String>,
+}
+
+impl RestoreTargetArgs {
+    pub fn target(&self) -> Result<Target, Failure> {
+        Ok(match (&self.to_time, &self.to_lsn, &self.to_xid, &self.backup) {
+            (Some(t), ..) => Target::time(t).map_err(|e| ops_failure(&e))?,
+            (_, Some(lsn), ..) => Target::Lsn(lsn.clone()),
+            (_, _, Some(xid), _) => Target::Xid(xid.clone()),
+            (_, _, _, Some(label)) => Target::Backup(label.clone()),
+            _ => {
+                return Err(Failure::BadInput(
+                    "error: say where recovery stops: --to-time T, --to-lsn LSN, --to-xid XID or --backup LABEL".into(),
+                ))
+            }
+        })
+    }
+}
+
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Exit codes: 0 written, 1 refused (target outside the window, NAME exists), \
 2 Nomad or the repository unreachable, 3 the WAL could not be archived in time.")]
@@ -49,18 +82,8 @@ pub struct RestoreArgs {
     /// The new cluster's name; its stack file is NAME.hcl beside this one.
     #[arg(long, value_name = "NAME")]
     into: String,
-    /// Recover to this time: RFC 3339 (2026-12-01T10:42:07.25Z) or PostgreSQL's text, with a zone.
-    #[arg(long, value_name = "T", group = "target")]
-    to_time: Option<String>,
-    /// Recover to this WAL location (0/3000060).
-    #[arg(long, value_name = "LSN", group = "target")]
-    to_lsn: Option<String>,
-    /// Recover to this transaction id.
-    #[arg(long, value_name = "XID", group = "target")]
-    to_xid: Option<String>,
-    /// Restore this backup to its consistent point.
-    #[arg(long, value_name = "LABEL", group = "target")]
-    backup: Option<String>,
+    #[command(flatten)]
+    target: RestoreTargetArgs,
     #[arg(long, value_name = "D", default_value = "5m", value_parser = parse_duration)]
     timeout: Duration,
     #[arg(long)]
@@ -101,17 +124,7 @@ pub fn backups(args: BackupsArgs) -> Result<(), Failure> {
 }
 
 pub fn restore(args: RestoreArgs) -> Result<(), Failure> {
-    let target = match (&args.to_time, &args.to_lsn, &args.to_xid, &args.backup) {
-        (Some(t), ..) => Target::time(t).map_err(|e| ops_failure(&e))?,
-        (_, Some(lsn), ..) => Target::Lsn(lsn.clone()),
-        (_, _, Some(xid), _) => Target::Xid(xid.clone()),
-        (_, _, _, Some(label)) => Target::Backup(label.clone()),
-        _ => {
-            return Err(Failure::BadInput(
-                "error: say where recovery stops: --to-time T, --to-lsn LSN, --to-xid XID or --backup LABEL".into(),
-            ))
-        }
-    };
+    let target = args.target.target()?;
     let (backups, _) = open(&args.inputs)?;
     let progress = Progress::new();
     let result = backups.restore_into(&args.inputs.stack.path, &args.into, &target, args.timeout, &progress);

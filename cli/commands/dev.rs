@@ -153,18 +153,8 @@ enum DevCommand {
         /// With --in-place: do not ask.
         #[arg(long, requires = "in_place")]
         yes: bool,
-        /// Recover to this time: RFC 3339 (2026-12-01T10:42:07.25Z) or PostgreSQL's text, with a zone.
-        #[arg(long, value_name = "T", group = "target")]
-        to_time: Option<String>,
-        /// Recover to this WAL location (0/3000060).
-        #[arg(long, value_name = "LSN", group = "target")]
-        to_lsn: Option<String>,
-        /// Recover to this transaction id.
-        #[arg(long, value_name = "XID", group = "target")]
-        to_xid: Option<String>,
-        /// Restore this backup to its consistent point.
-        #[arg(long, value_name = "LABEL", group = "target")]
-        backup: Option<String>,
+        #[command(flatten)]
+        target: super::backup::RestoreTargetArgs,
         /// Give up waiting for the clone after this many seconds.
         #[arg(long, default_value_t = 300, value_name = "SECONDS")]
         timeout: u64,
@@ -284,19 +274,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
             }
             Ok(())
         }
-        DevCommand::Restore { at, into, in_place: _, yes, to_time, to_lsn, to_xid, backup, timeout, json } => {
-            use crate::ops::restore::Target;
-            let target = match (to_time, to_lsn, to_xid, backup) {
-                (Some(t), ..) => Target::time(&t).map_err(ops_failed)?,
-                (_, Some(lsn), ..) => Target::Lsn(lsn),
-                (_, _, Some(xid), _) => Target::Xid(xid),
-                (_, _, _, Some(label)) => Target::Backup(label),
-                _ => {
-                    return Err(Failure::BadInput(
-                        "error: say where recovery stops: --to-time T, --to-lsn LSN, --to-xid XID or --backup LABEL".into(),
-                    ))
-                }
-            };
+        DevCommand::Restore { at, into, in_place: _, yes, target, timeout, json } => {
+            let target = target.target()?;
             let dev = dev::Dev::open(&at.state_dir()?).map_err(failed)?;
             let Some(into) = into else {
                 let question =
