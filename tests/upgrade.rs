@@ -92,14 +92,7 @@ impl Pgbench {
         let status = child.wait().unwrap();
         let summary = std::fs::read_to_string(&self.out).unwrap();
         let errors = std::fs::read_to_string(self.out.with_extension("err")).unwrap_or_default();
-        let number = |label: &str| {
-            summary
-                .lines()
-                .find_map(|l| l.trim().strip_prefix(label))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.split('/').next())
-                .and_then(|n| n.parse::<u64>().ok())
-        };
+        let number = |label: &str| crate::support::pgbench_number(&summary, label);
         assert!(status.success(), "pgbench failed (clients aborted on an error):\n{summary}{errors}");
         let processed = number("number of transactions actually processed:").unwrap_or_else(|| panic!("no summary:\n{summary}"));
         let failed = number("number of failed transactions:").unwrap_or(0);

@@ -28,3 +28,14 @@ pub mod schema;
 
 pub use consul_double::ConsulDouble;
 pub use nomad_double::{CheckProbe, DoubleConfig, Fault, FaultKind, NomadDouble};
+
+/// A count from pgbench's summary: the number after `label` ("number of failed transactions:
+/// 0 (0.000%)" → 0; "… processed: 812/1000" → 812).
+pub fn pgbench_number(summary: &str, label: &str) -> Option<u64> {
+    summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.split('/').next())
+        .and_then(|n| n.parse::<u64>().ok())
+}

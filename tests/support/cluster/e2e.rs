@@ -651,14 +651,7 @@ impl Pgbench {
                 while !stop.load(Ordering::Relaxed) {
                     let out = cmd.output().unwrap();
                     let summary = text(&out.stdout);
-                    let number = |label: &str| {
-                        summary
-                            .lines()
-                            .find_map(|l| l.trim().strip_prefix(label))
-                            .and_then(|rest| rest.split_whitespace().next())
-                            .and_then(|n| n.split('/').next())
-                            .and_then(|n| n.parse::<u64>().ok())
-                    };
+                    let number = |label: &str| crate::support::pgbench_number(&summary, label);
                     processed += number("number of transactions actually processed:").unwrap_or(0);
                     failed += number("number of failed transactions:").unwrap_or(0);
                     if !out.status.success() {
