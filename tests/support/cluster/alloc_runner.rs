@@ -276,7 +276,7 @@ impl AllocRunner {
     fn wait_for_templates(&self, name: &str, task: &Value) -> bool {
         let mut reported = String::new();
         loop {
-            match self.render_templates(name, task, true) {
+            match self.render_templates(name, task, &self.task_template_context(name, task), true) {
                 Ok(_) => return true,
                 Err(missing) => {
                     if missing != reported {
@@ -290,6 +290,11 @@ impl AllocRunner {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// What `task`'s templates see now: its environment and the data they read.
+    fn task_template_context(&self, name: &str, task: &Value) -> TemplateContext {
+        self.template_context(name, task, &task_env(&self.facts, task, &self.dirs, isolated(task)))
     }
 
     fn template_context(&self, name: &str, task: &Value, env: &BTreeMap<String, String>) -> TemplateContext {
@@ -314,12 +319,8 @@ impl AllocRunner {
 
     /// Whether the data `name`'s templates read (its variables, Consul's services, its
     /// environment) differ from the last time this was asked.
-    fn template_inputs_changed(&self, name: &str, task: &Value) -> bool {
-        if list(task, "Templates").is_empty() {
-            return false;
-        }
-        let env = task_env(&self.facts, task, &self.dirs, isolated(task));
-        let inputs = serde_json::to_string(&self.template_context(name, task, &env)).unwrap_or_default();
+    fn template_inputs_changed(&self, name: &str, context: &TemplateContext) -> bool {
+        let inputs = serde_json::to_string(context).unwrap_or_default();
         let mut seen = self.template_inputs.lock().unwrap();
         if seen.get(name) == Some(&inputs) {
             return false;
@@ -335,13 +336,11 @@ impl AllocRunner {
 
     /// Renders the task's templates; writes the ones whose content changed. Ok(the change
     /// modes of the templates that changed), or Err(what blocks them).
-    fn render_templates(&self, name: &str, task: &Value, first: bool) -> Result<Vec<(String, String)>, String> {
-        let env = task_env(&self.facts, task, &self.dirs, isolated(task));
-        let context = self.template_context(name, task, &env);
+    fn render_templates(&self, name: &str, task: &Value, context: &TemplateContext, first: bool) -> Result<Vec<(String, String)>, String> {
         let mut blocked = Vec::new();
         let mut outputs = Vec::new();
         for template in list(task, "Templates") {
-            match gotemplate::execute(template, &context) {
+            match gotemplate::execute(template, context) {
                 Ok(Rendered::Text(text)) => outputs.push((template.clone(), text)),
                 Ok(Rendered::Blocked(missing)) => blocked.extend(missing),
                 Err(error) => {
@@ -680,11 +679,12 @@ impl AllocRunner {
             }
             // consul-template's blocking queries return as soon as the data change: re-render
             // a task's templates when what they read changed, or when a held change is due.
-            for task in running.iter() {
-                if !self.template_inputs_changed(&task.name, &task.task) && !self.holds_changes(&task.name) {
+            for task in running.iter().filter(|t| !list(&t.task, "Templates").is_empty()) {
+                let context = self.task_template_context(&task.name, &task.task);
+                if !self.template_inputs_changed(&task.name, &context) && !self.holds_changes(&task.name) {
                     continue;
                 }
-                match self.render_templates(&task.name, &task.task, false) {
+                match self.render_templates(&task.name, &task.task, &context, false) {
                     Ok(changes) => self.apply_changes(task, &changes),
                     Err(_) => {} // a dependency went away: Nomad keeps the last rendering
                 }
