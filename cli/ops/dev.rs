@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{wait_for, MemberView, OpsError, Reporter, Target};
+use super::{running, wait_for, MemberView, OpsError, Reporter, Target};
 use crate::config::{Packs, Runtime};
 use crate::dev::{patroni, process, state, supervise, Dev};
 
@@ -118,9 +118,9 @@ impl Target for DevTarget<'_> {
         Ok(Some(Duration::from_secs_f64(seconds.max(0.0))))
     }
 
-    fn postgres_pending_restart(&self, member: &MemberView) -> Option<bool> {
+    fn postgres_settings(&self, member: &MemberView, names: &[&str]) -> Option<Vec<running::RunningSetting>> {
         let index = self.dev.member_index(&member.name)?;
-        self.dev.member_query(index, "SELECT bool_or(pending_restart) FROM pg_settings").map(|v| v == "t")
+        running::parse_rows(&self.dev.member_query(index, &running::settings_query(names))?)
     }
 
     fn desired_parameters(&self) -> BTreeMap<String, String> {

@@ -11,6 +11,7 @@ pub mod dev;
 pub mod nomad;
 pub mod nomad_backup;
 pub mod restore;
+pub mod running;
 mod upgrade;
 mod view;
 
@@ -46,10 +47,9 @@ pub trait Target {
     /// The age of the oldest open transaction on the primary; `None` when the target cannot
     /// tell (the reason is reported).
     fn oldest_transaction(&self, primary: &MemberView) -> Result<Option<Duration>, String>;
-    /// Whether the member's Postgres itself has a setting waiting for a restart
-    /// (`pg_settings.pending_restart`), which Patroni's flag misses when it adopted a running
-    /// Postgres; `None` when the target cannot ask Postgres.
-    fn postgres_pending_restart(&self, _member: &MemberView) -> Option<bool> {
+    /// The member's Postgres' own `pg_settings` rows for `names`, and every row with a
+    /// restart pending (see [`running`]); `None` when the target cannot ask Postgres.
+    fn postgres_settings(&self, _member: &MemberView, _names: &[&str]) -> Option<Vec<running::RunningSetting>> {
         None
     }
     /// postgresql.conf parameters the stack wants (pgnomad's defaults and the stack's own).
@@ -147,10 +147,16 @@ pub fn wait_for<T>(
     }
 }
 
-/// Adds Postgres' own pending restarts to Patroni's flags (where the target can see them).
+/// Adds to Patroni's `pending_restart` flags what Postgres itself shows, where the target can
+/// ask it: a setting waiting for a restart, or a restart-only parameter the stack wants that
+/// the postmaster does not run (a Patroni restarted beside a running Postgres adopts it and
+/// flags nothing).
 pub fn with_postgres_pending(target: &dyn Target, mut view: ClusterView) -> ClusterView {
+    let wanted: BTreeMap<String, String> = target.desired_parameters().into_iter().filter(|(k, _)| restart_required(k)).collect();
+    let names: Vec<&str> = wanted.keys().map(String::as_str).collect();
     for m in view.members.iter_mut().filter(|m| m.reachable && !m.pending_restart) {
-        m.pending_restart = target.postgres_pending_restart(m).unwrap_or(false);
+        let Some(settings) = target.postgres_settings(m, &names) else { continue };
+        m.pending_restart = settings.iter().any(|s| s.pending_restart || wanted.get(&s.name).is_some_and(|w| !s.runs(w)));
     }
     view
 }
@@ -600,4 +606,82 @@ pub fn restart(
         done.members.push(m.name.clone());
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::running::RunningSetting;
+    use super::*;
+
+    /// A target whose every member's Postgres shows `settings`; nothing else is reachable.
+    struct Shows {
+        settings: Vec<RunningSetting>,
+    }
+
+    impl Target for Shows {
+        fn seeds(&self) -> Result<Vec<String>, OpsError> {
+            Ok(Vec::new())
+        }
+        fn rest(&self, _: &str, _: &str, _: &str, _: Option<&Value>, _: Duration) -> Result<(u16, String), String> {
+            Err("no REST API here".into())
+        }
+        fn poolers(&self) -> Result<Vec<String>, OpsError> {
+            Ok(Vec::new())
+        }
+        fn pooler_admin(&self, _: &str, _: &str, _: Duration) -> Result<String, OpsError> {
+            Err(OpsError::Failed("no PgBouncer here".into()))
+        }
+        fn oldest_transaction(&self, _: &MemberView) -> Result<Option<Duration>, String> {
+            Ok(None)
+        }
+        fn postgres_settings(&self, _: &MemberView, names: &[&str]) -> Option<Vec<RunningSetting>> {
+            Some(self.settings.iter().filter(|s| s.pending_restart || names.contains(&s.name.as_str())).cloned().collect())
+        }
+        fn desired_parameters(&self) -> BTreeMap<String, String> {
+            [("max_connections", "250"), ("work_mem", "8MB")].into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+        }
+        fn members_to_update(&self) -> Result<Vec<String>, OpsError> {
+            Ok(Vec::new())
+        }
+        fn update_member(&self, _: &str, _: Instant, _: &dyn Reporter) -> Result<(), OpsError> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "a target in a test".into()
+        }
+    }
+
+    fn one_member() -> ClusterView {
+        let member = MemberView {
+            name: "member-0".into(),
+            role: "leader".into(),
+            state: "running".into(),
+            timeline: Some(1),
+            lag: None,
+            rest: "member-0:8008".into(),
+            host: "member-0".into(),
+            port: 5432,
+            reachable: true,
+            pending_restart: false,
+            replication: None,
+            sync_state: None,
+        };
+        ClusterView { members: vec![member], parameters: BTreeMap::new(), synchronous_mode: false }
+    }
+
+    fn setting(name: &str, value: &str, pending_restart: bool) -> RunningSetting {
+        RunningSetting { name: name.into(), setting: value.into(), unit: String::new(), pending_restart }
+    }
+
+    #[test]
+    fn a_postmaster_running_an_old_restart_setting_counts_as_pending_though_patroni_flags_nothing() {
+        let pending = |settings| with_postgres_pending(&Shows { settings }, one_member()).members[0].pending_restart;
+        // Patroni adopted a Postgres still running max_connections 200 and has not reloaded it.
+        assert!(pending(vec![setting("max_connections", "200", false)]));
+        assert!(!pending(vec![setting("max_connections", "250", false)]));
+        // A reload-only parameter never needs a restart, whatever it runs.
+        assert!(!pending(vec![setting("max_connections", "250", false), setting("work_mem", "4096", false)]));
+        // Postgres' own flag, on a setting the stack does not name.
+        assert!(pending(vec![setting("max_connections", "250", false), setting("shared_buffers", "16384", true)]));
+    }
 }
