@@ -257,6 +257,22 @@ pub fn kill9(pid: u32) {
     run_ok(&format!("kill -9 {pid}"), Command::new("kill").args(["-9", &pid.to_string()]));
 }
 
+/// A process held with SIGSTOP until this is dropped (SIGCONT), even when a test panics.
+pub struct StoppedProcess(u32);
+
+impl StoppedProcess {
+    pub fn new(pid: u32) -> StoppedProcess {
+        run_ok(&format!("kill -STOP {pid}"), Command::new("kill").args(["-STOP", &pid.to_string()]));
+        StoppedProcess(pid)
+    }
+}
+
+impl Drop for StoppedProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+    }
+}
+
 /// One insert's fate.
 #[derive(Debug, Clone)]
 pub struct Attempt {

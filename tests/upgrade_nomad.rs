@@ -257,40 +257,39 @@ fn refusals(deployed: &Deployed) {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(deployed.leader().as_deref(), Some(leader.as_str()), "failover without confirmation moved the leader");
     assert_eq!(deployed.timeline(), Some(tl));
-    // A standby that has stopped replaying lags by what it has not replayed. Patroni 3.0
-    // resumes a paused replay on PostgreSQL 14+ in its next loop (it takes the pause for one
-    // a parameter change caused), so the pause is renewed until the refusal is seen.
-    let refused_for_lag = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !refused_for_lag.load(std::sync::atomic::Ordering::Relaxed) {
-                deployed.member_sql(&sync, "SELECT pg_wal_replay_pause()");
-                std::thread::sleep(Duration::from_millis(200));
+    // A standby that has stopped replaying lags by what it has not replayed. Its startup
+    // process (the replay) is stopped with SIGSTOP: a pg_wal_replay_pause() is undone by
+    // Patroni 3.0.2 in its next loop, so a switchover slipped through between two pauses (a
+    // CI run). The walreceiver still flushes, so commits still complete.
+    let startup = deployed
+        .member_sql(&sync, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'startup'")
+        .expect("the standby's startup process");
+    let task = deployed.patroni_task(&sync).expect("the standby's patroni task");
+    let signal = |name: &str| task.exec(&["kill", name, &startup]).map(|out| out.status.success()) == Ok(true);
+    assert!(signal("-STOP"), "could not stop {sync}'s startup process {startup}");
+    let check = || {
+        assert_ok("filler", &deployed.app_sql("CREATE TABLE filler (id int, pad text)"));
+        // 4 MB of WAL the standby receives and does not replay, so it lags past the 1 MiB bound.
+        let filler = "INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, 20000) AS g";
+        assert_ok("filler", &deployed.app_sql(filler));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = deployed.pgnomad(&["switchover", "--to", &sync, "--max-lag", "1048576"]);
+            assert_eq!(out.status.code(), Some(1), "switched over to a standby that does not replay: {}", show(&out));
+            if text(&out.stderr).contains(&format!("{sync} lags")) {
+                return;
             }
-        });
-        let check = || {
-            assert_ok("filler", &deployed.app_sql("CREATE TABLE filler (id int, pad text)"));
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                // 4 MB of WAL the paused standby receives and does not replay.
-                let filler = "INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, 20000) AS g";
-                assert_ok("filler", &deployed.app_sql(filler));
-                let out = deployed.pgnomad(&["switchover", "--to", &sync, "--max-lag", "1048576"]);
-                assert_eq!(out.status.code(), Some(1), "switched over to a standby that does not replay: {}", show(&out));
-                if text(&out.stderr).contains(&format!("{sync} lags")) {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "a lagging target was not refused for its lag: {}", show(&out));
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        };
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
-        refused_for_lag.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Err(panic) = outcome {
-            std::panic::resume_unwind(panic);
+            // Another refusal (a REST call that timed out under load) is tried again.
+            assert!(Instant::now() < deadline, "a standby that does not replay was not refused for its lag: {}", show(&out));
+            std::thread::sleep(Duration::from_millis(200));
         }
-    });
-    assert_eq!(deployed.member_sql(&sync, "SELECT pg_wal_replay_resume()").as_deref(), Some(""));
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
+    let resumed = signal("-CONT");
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(resumed, "could not resume {sync}'s startup process {startup}");
     wait_until("every replica caught up again", Duration::from_secs(60), || deployed.healthy_topology().is_ok());
 }
 
