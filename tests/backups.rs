@@ -122,6 +122,8 @@ fn dev_backups_list_each_type_and_a_point_in_time_restore_makes_a_streaming_clon
 
     // Rows A, a recorded time T, rows B.
     dev.app_sql("INSERT INTO rows SELECT g, 'A' FROM generate_series(101, 200) g");
+    // pgBackRest restores to T only from a backup that ended in an earlier second.
+    std::thread::sleep(Duration::from_millis(1100));
     let t = dev.app_sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
     std::thread::sleep(Duration::from_millis(1100));
     dev.app_sql("INSERT INTO rows SELECT g, 'B' FROM generate_series(201, 300) g");
@@ -252,6 +254,8 @@ fn dev_restore_in_place_goes_back_to_a_time_and_a_failed_one_leaves_the_data_as_
     dev.app_sql("INSERT INTO rows SELECT g, 'A' FROM generate_series(1, 100) g");
     let out = dev.dev(&["backup", "full"]).output().unwrap();
     assert!(out.status.success(), "{}", both(&out));
+    // pgBackRest restores to T only from a backup that ended in an earlier second.
+    std::thread::sleep(Duration::from_millis(1100));
     let t = dev.app_sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
     std::thread::sleep(Duration::from_millis(1100));
     dev.app_sql("INSERT INTO rows SELECT g, 'B' FROM generate_series(101, 200) g");
@@ -429,14 +433,7 @@ fn a_dev_cluster_backs_up_into_a_real_s3_server_and_restores_from_it() {
         ),
     );
     std::fs::write(&stack_file, &stack).unwrap();
-    let dev = DevCluster {
-        dir,
-        stack_file: stack_file.clone(),
-        state_dir: stack_file.with_file_name("state"),
-        cluster: "s3src".into(),
-        members: 1,
-        up_took: Duration::ZERO,
-    };
+    let dev = DevCluster::at(dir, stack_file.clone(), "s3src", 1);
     // The keys, from the operator's environment as for `run` (moto takes any).
     let keys = [("AWS_ACCESS_KEY_ID", "pgnomad-test"), ("AWS_SECRET_ACCESS_KEY", "pgnomad-test-secret")];
     let out = dev.dev(&["up", "--timeout", "150"]).envs(keys).output().unwrap();
@@ -461,6 +458,8 @@ fn a_dev_cluster_backs_up_into_a_real_s3_server_and_restores_from_it() {
     assert!(objects.contains(&format!("pgbackrest/backup/s3src/{label}/backup.manifest")), "{objects}");
     assert!(objects.contains("pgbackrest/archive/s3src/15-1/"), "{objects}");
 
+    // pgBackRest restores to T only from a backup that ended in an earlier second.
+    std::thread::sleep(Duration::from_millis(1100));
     let t = dev.app_sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
     std::thread::sleep(Duration::from_millis(1100));
     dev.app_sql("INSERT INTO rows SELECT g, 'B' FROM generate_series(101, 200) g");

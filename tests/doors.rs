@@ -69,9 +69,7 @@ fn dev_cluster(cluster: &str, members: u32, postgres_extra: &str, extra: &str) -
     let members_line = format!("  members = {members}\n");
     let text = crate::support_dev::stack_text(cluster, members).replacen(&members_line, &format!("{members_line}{postgres_extra}"), 1);
     std::fs::write(&stack_file, format!("{text}{extra}")).unwrap();
-    let state_dir = dir.path().join("state");
-    let mut dev =
-        DevCluster { dir, stack_file, state_dir, cluster: cluster.to_owned(), members: members as usize, up_took: Duration::ZERO };
+    let mut dev = DevCluster::at(dir, stack_file, cluster, members as usize);
     dev.start();
     dev
 }

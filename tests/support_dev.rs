@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,8 @@ pub struct DevCluster {
     pub members: usize,
     /// How long `dev up` took.
     pub up_took: Duration,
+    /// Last, so it is let go once the cluster's processes have stopped.
+    _slot: crate::support::slot::ClusterSlot,
 }
 
 impl DevCluster {
@@ -81,11 +83,17 @@ impl DevCluster {
         let dir = postgres_tempdir();
         let stack_file = dir.path().join("pgnomad.hcl");
         std::fs::write(&stack_file, stack_text(cluster, members)).unwrap();
-        let state_dir = dir.path().join("state");
-        let mut dev =
-            DevCluster { dir, stack_file, state_dir, cluster: cluster.to_owned(), members: members as usize, up_took: Duration::ZERO };
+        let mut dev = DevCluster::at(dir, stack_file, cluster, members as usize);
         dev.start();
         dev
+    }
+
+    /// The cluster of `stack_file` (in `dir`, state beside it), not started yet; it holds the
+    /// cluster slot from now on.
+    pub fn at(dir: tempfile::TempDir, stack_file: PathBuf, cluster: &str, members: usize) -> DevCluster {
+        let slot = crate::support::slot::one_cluster_at_a_time();
+        let state_dir = stack_file.with_file_name("state");
+        DevCluster { dir, stack_file, state_dir, cluster: cluster.to_owned(), members, up_took: Duration::ZERO, _slot: slot }
     }
 
     /// `dev up` (again); panics with the logs if it fails.
@@ -428,11 +436,8 @@ impl SplitBrainSampler {
     }
 }
 
-/// One dev cluster at a time in this test process (the backup and upgrade tests): each runs
-/// three members (a clone, three more), etcd, PgBouncer, pgBackRest and clients, and two at
-/// once on a shared 2-core machine made bootstraps and restores outlast their deadlines.
-static ONE_DEV_CLUSTER: Mutex<()> = Mutex::new(());
-
-pub fn one_dev_cluster() -> MutexGuard<'static, ()> {
-    ONE_DEV_CLUSTER.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Held for a whole test that brings up more than one cluster or acts between them (the
+/// backup and upgrade tests): the same slot every cluster takes (support::slot).
+pub fn one_dev_cluster() -> crate::support::slot::ClusterSlot {
+    crate::support::slot::one_cluster_at_a_time()
 }

@@ -62,15 +62,18 @@ pub struct Deployed {
     pub cluster: Cluster,
     pub dir: tempfile::TempDir,
     pub driver: StackDriver,
+    /// Last, so it is let go once the cluster above has stopped.
+    _slot: crate::support::slot::ClusterSlot,
 }
 
 impl Deployed {
     /// A cluster for `driver` and a directory with the stack file; nothing registered yet.
     pub fn new(driver: StackDriver, time_scale: f64) -> Deployed {
+        let slot = crate::support::slot::one_cluster_at_a_time();
         let cluster = Cluster::start(driver.cluster_config(time_scale));
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pgnomad.hcl"), stack(&cluster, driver)).unwrap();
-        Deployed { cluster, dir, driver }
+        Deployed { cluster, dir, driver, _slot: slot }
     }
 
     pub fn pgnomad(&self, args: &[&str]) -> Output {
@@ -428,10 +431,28 @@ impl Writer {
         Writer { stop, handle: Some(handle), attempts }
     }
 
+    /// Panics with the writer's last attempts (how long each took, what psql said) when no
+    /// insert that started after `since` was acknowledged within `timeout`.
     pub fn wait_ack_after(&self, since: Instant, timeout: Duration) {
-        wait_until("a write through PgBouncer acknowledged after the fault", timeout, || {
-            self.attempts.lock().unwrap().iter().any(|a| a.ok && a.started > since)
-        });
+        let deadline = Instant::now() + timeout;
+        while !self.attempts.lock().unwrap().iter().any(|a| a.ok && a.started > since) {
+            if Instant::now() > deadline {
+                let attempts = self.attempts.lock().unwrap();
+                let last: Vec<String> = attempts
+                    .iter()
+                    .rev()
+                    .take(8)
+                    .map(|a| {
+                        format!("  id {} via {} took {:.1} s: {}", a.id, a.via, a.took.as_secs_f64(), if a.ok { "ok" } else { &a.error })
+                    })
+                    .collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for a write through PgBouncer acknowledged after the fault; the writer's last attempts, newest first (one may still be running):\n{}",
+                    last.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The write gap of a fault at `at` that was over by `recovered` (a new leader seen): the
