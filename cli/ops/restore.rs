@@ -73,6 +73,15 @@ pub fn check_target(target: &Target, window: Option<&Window>, backups: &[backup:
                     window.oldest_time, window.newest_time
                 )));
             }
+            // pgBackRest keeps a backup's stop time in whole seconds and wants one that
+            // stopped before the target: a target in the very second the oldest backup
+            // ended finds none (its restore fails after the members have stopped).
+            if seconds == window.oldest {
+                return Err(OpsError::Refused(format!(
+                    "--to-time {text} falls in the second the oldest backup ended ({}), and pgBackRest restores only from a backup that ended before the target's second\n  = help: pick a time at least one second later",
+                    window.oldest_time
+                )));
+            }
             Ok(())
         }
         Target::Backup(label) if !backups.iter().any(|b| b.label == *label) => Err(OpsError::Refused(format!(
@@ -495,6 +504,13 @@ mod tests {
         assert!(check_target(&after, Some(&window(false)), &[]).is_ok());
         assert!(check_target(&Target::time("2026-12-01T10:30:00.5+00:00").unwrap(), Some(&window(true)), &[]).is_ok());
         assert!(check_target(&after, None, &[]).unwrap_err().to_string().contains("holds no backup"));
+        // pgBackRest's stop times are whole seconds: the oldest backup's last second is out.
+        let same_second = check_target(&Target::time("2026-12-01T10:00:00.5Z").unwrap(), Some(&window(true)), &[]).unwrap_err();
+        assert!(
+            same_second.is_refusal() && same_second.to_string().contains("falls in the second the oldest backup ended"),
+            "{same_second}"
+        );
+        assert!(check_target(&Target::time("2026-12-01T10:00:01Z").unwrap(), Some(&window(true)), &[]).is_ok());
         assert!(Target::time("2026-12-01 10:30").unwrap_err().to_string().contains("has no zone"));
     }
 
