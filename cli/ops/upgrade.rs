@@ -345,6 +345,20 @@ fn run_step(
                 reporter.note(&format!("{} still has a restart pending (a lowered setting follows the primary's): restarting it", m.name));
                 restart_member_watched(target, m, max_lag, deadline, reporter)?;
             }
+            // A leader whose restart is still pending never clears by waiting: a Patroni that
+            // was killed during a restart adopts the Postgres it finds running, and an earlier
+            // run's plan could not tell (a CI run waited out its whole timeout here). It gets
+            // what the former primary gets: a switchover, then a restart if still pending.
+            let view = with_postgres_pending(target, observe(target)?);
+            if let Some(leader) = view.leader().filter(|l| l.pending_restart && view.members.len() > 1).cloned() {
+                reporter.note(&format!("{}, the leader, has a restart pending: switching over, then restarting it", leader.name));
+                let done = switchover(target, None, &options.switchover, reporter)?;
+                let view = with_postgres_pending(target, wait_member_healthy(target, &leader.name, max_lag, deadline, reporter)?);
+                if let Some(m) = view.member(&leader.name).filter(|m| m.pending_restart).cloned() {
+                    restart_member_watched(target, &m, max_lag, deadline, reporter)?;
+                }
+                switched.get_or_insert(done);
+            }
             let desired: BTreeMap<String, String> = plan.changes.iter().map(|c| (c.parameter.clone(), c.to.clone())).collect();
             wait_for("every member healthy with no restart pending", deadline, Duration::from_millis(250), reporter, || {
                 let view = with_postgres_pending(target, observe(target).map_err(|e| e.to_string())?);
