@@ -421,13 +421,23 @@ fn rendered_patroni_yml_passes_patroni_validate_config() {
         // bin_dir is where Debian's postgresql-15 puts the binaries too.
         let node = format!("127.0.{}.{}", 100 + checked / 200, 2 + checked % 200);
         let consul = TcpListener::bind((node.as_str(), 8500));
-        let mut cx = block.stored.clone();
-        let ports: Vec<(String, u16)> =
-            ["pg", "patroni", "pgbackrest", "exporter"].iter().map(|l| (l.to_string(), free_port(&node))).collect();
-        cx.set_ports(&ports.iter().map(|(l, p)| (l.as_str(), *p, node.as_str(), *p)).collect::<Vec<_>>());
-        let Ok(Rendered::Text(text)) = gotemplate::execute(&block.template, &cx) else { panic!("{}", block.name()) };
-        let file = dir.path().join(format!("{checked}.yml"));
-        let (ok, output) = validate(&text, &file);
+        // The validator wants the listen ports free on every address (the template listens on
+        // 0.0.0.0); another test's process can take one in between, so a clash is tried again
+        // with new ports.
+        let (mut ok, mut output, mut text) = (false, String::new(), String::new());
+        for _ in 0..3 {
+            let mut cx = block.stored.clone();
+            let ports: Vec<(String, u16)> =
+                ["pg", "patroni", "pgbackrest", "exporter"].iter().map(|l| (l.to_string(), free_port("0.0.0.0"))).collect();
+            cx.set_ports(&ports.iter().map(|(l, p)| (l.as_str(), *p, node.as_str(), *p)).collect::<Vec<_>>());
+            let Ok(Rendered::Text(rendered)) = gotemplate::execute(&block.template, &cx) else { panic!("{}", block.name()) };
+            text = rendered;
+            let file = dir.path().join(format!("{checked}.yml"));
+            (ok, output) = validate(&text, &file);
+            if ok || !output.contains("is already in use") {
+                break;
+            }
+        }
         assert!(ok, "patroni --validate-config rejects {}:\n{output}\n{text}", block.name());
         drop(consul);
         checked += 1;
