@@ -6,6 +6,8 @@
 //! - the delay from the double marking the postgres deployment healthy to pgnomad's reporter
 //!   hearing of it (the double's checks are held failing, then turned passing at a known time).
 
+#[path = "../tests/cluster_slot.rs"]
+mod cluster_slot;
 #[path = "../tests/support/mod.rs"]
 mod support;
 

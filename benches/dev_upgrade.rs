@@ -10,6 +10,8 @@
 //!
 //! Needs root (or the postgres user) and the programs of `pgnomad dev`, plus pgbench.
 
+#[path = "../tests/cluster_slot.rs"]
+mod cluster_slot;
 #[path = "../tests/support_dev.rs"]
 mod support_dev;
 #[path = "../tests/support_procs.rs"]

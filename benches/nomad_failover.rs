@@ -16,6 +16,8 @@
 //! The path measured is Patroni's failover, then the Consul check of `<c>-primary` passing on
 //! the new leader (its interval), then PgBouncer's template `wait`, then SIGHUP.
 
+#[path = "../tests/cluster_slot.rs"]
+mod cluster_slot;
 #[path = "../tests/support/mod.rs"]
 #[allow(dead_code)]
 mod support;

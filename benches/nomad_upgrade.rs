@@ -15,6 +15,8 @@
 //!
 //! and checks the target: total ≤ 3 × (one member's update) + the switchover.
 
+#[path = "../tests/cluster_slot.rs"]
+mod cluster_slot;
 #[path = "../tests/support/mod.rs"]
 #[allow(dead_code)]
 mod support;

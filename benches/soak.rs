@@ -12,6 +12,8 @@
 //! per fault kind. Exits non-zero if an acknowledged row was lost, two members were writable
 //! at once, or a member acknowledged without the leader lock.
 
+#[path = "../tests/cluster_slot.rs"]
+mod cluster_slot;
 #[path = "../tests/support/mod.rs"]
 #[allow(dead_code)]
 mod support;

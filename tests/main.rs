@@ -1,5 +1,6 @@
 //! The one integration-test binary (keeps link times down).
 
+mod cluster_slot;
 mod support;
 mod support_dev;
 mod support_procs;

@@ -73,7 +73,7 @@ pub struct DevCluster {
     /// How long `dev up` took.
     pub up_took: Duration,
     /// Last, so it is let go once the cluster's processes have stopped.
-    _slot: crate::support::slot::ClusterSlot,
+    _slot: crate::cluster_slot::ClusterSlot,
 }
 
 impl DevCluster {
@@ -91,7 +91,7 @@ impl DevCluster {
     /// The cluster of `stack_file` (in `dir`, state beside it), not started yet; it holds the
     /// cluster slot from now on.
     pub fn at(dir: tempfile::TempDir, stack_file: PathBuf, cluster: &str, members: usize) -> DevCluster {
-        let slot = crate::support::slot::one_cluster_at_a_time();
+        let slot = crate::cluster_slot::one_cluster_at_a_time();
         let state_dir = stack_file.with_file_name("state");
         DevCluster { dir, stack_file, state_dir, cluster: cluster.to_owned(), members, up_took: Duration::ZERO, _slot: slot }
     }
@@ -437,7 +437,7 @@ impl SplitBrainSampler {
 }
 
 /// Held for a whole test that brings up more than one cluster or acts between them (the
-/// backup and upgrade tests): the same slot every cluster takes (support::slot).
-pub fn one_dev_cluster() -> crate::support::slot::ClusterSlot {
-    crate::support::slot::one_cluster_at_a_time()
+/// backup and upgrade tests): the same slot every cluster takes (cluster_slot).
+pub fn one_dev_cluster() -> crate::cluster_slot::ClusterSlot {
+    crate::cluster_slot::one_cluster_at_a_time()
 }

@@ -25,7 +25,6 @@ pub mod job_rules;
 pub mod jobs;
 pub mod nomad_double;
 pub mod schema;
-pub mod slot;
 
 pub use consul_double::ConsulDouble;
 pub use nomad_double::{CheckProbe, DoubleConfig, Fault, FaultKind, NomadDouble};

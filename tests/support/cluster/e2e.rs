@@ -63,13 +63,13 @@ pub struct Deployed {
     pub dir: tempfile::TempDir,
     pub driver: StackDriver,
     /// Last, so it is let go once the cluster above has stopped.
-    _slot: crate::support::slot::ClusterSlot,
+    _slot: crate::cluster_slot::ClusterSlot,
 }
 
 impl Deployed {
     /// A cluster for `driver` and a directory with the stack file; nothing registered yet.
     pub fn new(driver: StackDriver, time_scale: f64) -> Deployed {
-        let slot = crate::support::slot::one_cluster_at_a_time();
+        let slot = crate::cluster_slot::one_cluster_at_a_time();
         let cluster = Cluster::start(driver.cluster_config(time_scale));
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pgnomad.hcl"), stack(&cluster, driver)).unwrap();

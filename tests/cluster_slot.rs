@@ -7,6 +7,8 @@
 //! still run beside them. The slot is re-entrant on one thread, so a test that holds it can
 //! bring up a second cluster (a clone beside its source).
 
+#![allow(dead_code)]
+
 use std::sync::{Condvar, Mutex};
 use std::thread::ThreadId;
 
