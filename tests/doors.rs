@@ -152,7 +152,7 @@ fn pg_hba_admits_the_superuser_by_socket_only_and_replication_as_the_replication
         )
     };
     let hba = format!(
-        "  pg_hba:\n    - local all postgres peer map=pgnomad\n    - local all all scram-sha-256\n{}{}  pg_ident:",
+        "  pg_hba:\n    - local all postgres peer map=pgnomad\n    - local replication replicator scram-sha-256\n    - local all all scram-sha-256\n{}{}  pg_ident:",
         rules("0.0.0.0/0", "127.0.0.1/32"),
         rules("::/0", "::1/128")
     );
@@ -266,7 +266,12 @@ fn dev_logins_follow_pg_hba_superuser_by_socket_replication_as_replicator_apps_w
     let rules = dev
         .member_sql(primary, "postgres", "SELECT string_agg(type || ' ' || array_to_string(database, ',') || ' ' || array_to_string(user_name, ',') || ' ' || coalesce(address, '') || ' ' || auth_method, E'\\n' ORDER BY line_number) FROM pg_hba_file_rules WHERE error IS NULL")
         .unwrap();
-    let mut expected = vec!["local all postgres  peer".to_owned(), "local all all  scram-sha-256".to_owned()];
+    let mut expected = vec![
+        "local all postgres  peer".to_owned(),
+        // Patroni's own replication connection (use_unix_socket_repl).
+        "local replication replicator  scram-sha-256".to_owned(),
+        "local all all  scram-sha-256".to_owned(),
+    ];
     for (net, local) in [("0.0.0.0", "127.0.0.1"), ("::", "::1")] {
         expected.extend([
             format!("host all postgres {net} reject"),
