@@ -1,5 +1,5 @@
 //! Rolling upgrades, switchover, failover and restart (issue 10) on real processes: `pgnomad
-//! dev upgrade|switchover|failover` against a 3-member dev cluster, with a writer inserting
+//! dev upgrade|switchover|failover|restart` against a 3-member dev cluster, with a writer inserting
 //! through PgBouncer every 100 ms and pgbench running. The operations are the same code
 //! (`ops`) that runs against Nomad; only the target differs.
 
@@ -244,6 +244,65 @@ fn switchover_refuses_a_wrong_or_lagging_target_and_failover_does_nothing_unconf
     let out = dev.dev(&["failover", "--to", &format!("member-{sync}"), "--yes"]).output().unwrap();
     assert!(out.status.success(), "{}\n{}", show(&out), dev.logs());
     assert_eq!(dev.wait_new_primary(Some(primary), Duration::from_secs(30)), sync);
+}
+
+/// `dev restart`: nothing with `--pending` when nothing is pending, an unknown member refused,
+/// one replica alone (no switchover), then every member: replicas one at a time, the leader
+/// last after a switchover, with a writer going through PgBouncer all along.
+#[test]
+fn restart_restarts_one_member_or_all_with_the_leader_last_and_no_client_error() {
+    let _one = one_dev_cluster();
+    let dev = DevCluster::up("restart", 3);
+    let primary = dev.primary().expect("a primary");
+    dev.wait_streaming(primary, Duration::from_secs(60));
+    let tl = timeline(&dev);
+    let before = postmasters(&dev);
+
+    let out = dev.dev(&["restart", "--pending"]).output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(text(&out.stdout).contains("nothing to restart: no member has a restart pending"), "{}", show(&out));
+    assert_eq!(postmasters(&dev), before, "--pending restarted a member with nothing pending");
+
+    let out = dev.dev(&["restart", "--member", "member-9"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(text(&out.stderr).contains("member-9 is not a member (members: member-0, member-1, member-2)"), "{}", show(&out));
+
+    let writer = Writer::start(&dev);
+    std::thread::sleep(Duration::from_secs(1));
+    let replica = (0..3).find(|&i| i != primary).unwrap();
+    let out = dev.dev(&["restart", "--member", &format!("member-{replica}")]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", show(&out), dev.logs());
+    assert!(text(&out.stdout).contains(&format!("restarted member-{replica}\n")), "{}", show(&out));
+    let after = postmasters(&dev);
+    for i in 0..3 {
+        assert_eq!(after[i] != before[i], i == replica, "member-{i}'s postmaster: {before:?} → {after:?}");
+    }
+    assert_eq!(dev.primary(), Some(primary), "restarting a replica moved the primary");
+    assert_eq!(timeline(&dev), tl, "restarting a replica switched over");
+
+    let before = after;
+    let out = dev.dev(&["restart"]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", show(&out), dev.logs());
+    let stdout = text(&out.stdout);
+    let order: Vec<&str> = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("restarted "))
+        .unwrap_or_else(|| panic!("no restarted line: {}", show(&out)))
+        .split(", ")
+        .collect();
+    assert_eq!(order.len(), 3, "{}", show(&out));
+    assert_eq!(order[2], format!("member-{primary}"), "the leader was not last: {}", show(&out));
+    assert!(stdout.contains(&format!("switched over from member-{primary} to ")), "{}", show(&out));
+    let after = postmasters(&dev);
+    assert!((0..3).all(|i| after[i] != before[i]), "not every postmaster restarted: {before:?} → {after:?}");
+    let new_primary = dev.primary().expect("a primary after the restart");
+    assert_ne!(new_primary, primary, "the leader was restarted without a switchover");
+    assert_eq!(timeline(&dev), tl + 1, "one switchover moves the timeline by one");
+    writer.wait_ack_after(Instant::now(), Duration::from_secs(10));
+    let attempts = writer.stop();
+    let errors: Vec<_> = attempts.iter().filter(|a| !a.acknowledged).collect();
+    assert!(errors.is_empty(), "client errors during the restarts: {errors:#?}");
+    assert_eq!(lost_on(&dev, new_primary, &attempts), Vec::<u64>::new(), "acknowledged rows lost");
 }
 
 /// pgbouncer's `paused` column of `SHOW DATABASES` for the application database.
