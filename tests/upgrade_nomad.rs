@@ -1,6 +1,6 @@
 //! Rolling upgrades on the Nomad path (issue 10), end to end on the cluster double with real
 //! containers: the real binary runs the default stack (docker, Patroni on etcd3), then
-//! `pgnomad upgrade`, `switchover`, `failover` against it, with pgbench and a writer going
+//! `pgnomad upgrade`, `switchover`, `failover`, `restart` against it, with pgbench and a writer going
 //! through the PgBouncer container the whole time. One cluster for every step.
 
 use std::io::{BufRead, BufReader};
@@ -232,6 +232,36 @@ fn upgrade_on_nomad_rolls_one_member_group_at_a_time_resumes_after_a_failure_and
     assert_eq!(deployed.timeline(), Some(tl + 2), "a reload-only parameter switched over");
 
     refusals(&deployed);
+    restarts(&deployed);
+}
+
+/// `restart` on Nomad: through Patroni's REST API, not Nomad. Nothing with `--pending` when
+/// nothing is pending, and one replica alone: its Postgres starts again in the same
+/// allocation, with no switchover.
+fn restarts(deployed: &Deployed) {
+    let (leader, replicas) = deployed.healthy_topology().unwrap();
+    let tl = deployed.timeline().expect("a timeline");
+    let allocations = deployed.member_allocations();
+    let started_at =
+        |member: &str| deployed.member_sql(member, "SELECT pg_postmaster_start_time()").unwrap_or_else(|| panic!("{member}'s start time"));
+    let before: Vec<String> = replicas.iter().map(|r| started_at(r)).collect();
+    let leader_before = started_at(&leader);
+
+    let out = deployed.pgnomad(&["restart", "--pending"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(text(&out.stdout).contains("nothing to restart: no member has a restart pending"), "{}", show(&out));
+
+    let replica = &replicas[0];
+    let out = deployed.pgnomad(&["restart", "--member", replica]);
+    assert!(out.status.success(), "{}\n{}", show(&out), deployed.member_logs());
+    assert!(text(&out.stdout).contains(&format!("restarted {replica}\n")), "{}", show(&out));
+    assert_ne!(started_at(replica), before[0], "{replica}'s Postgres did not restart");
+    assert_eq!(started_at(&replicas[1]), before[1], "{} restarted too", replicas[1]);
+    assert_eq!(started_at(&leader), leader_before, "the leader restarted too");
+    assert_eq!(deployed.member_allocations(), allocations, "an allocation was replaced for a restart");
+    assert_eq!(deployed.leader().as_deref(), Some(leader.as_str()), "restarting a replica moved the leader");
+    assert_eq!(deployed.timeline(), Some(tl), "restarting a replica switched over");
+    wait_until("the restarted replica streaming again", Duration::from_secs(60), || deployed.healthy_topology().is_ok());
 }
 
 /// `switchover` to a wrong or lagging target is refused with the reason; `failover` without
