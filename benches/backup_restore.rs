@@ -11,6 +11,11 @@
 //! - a pgBackRest restore of that backup into an empty directory against copying the base
 //!   backup back (`cp -a`, then `sync -f`), as a ratio.
 //!
+//! `BACKUP_BENCH_VARIANTS` adds, per round, a bare `pgbackrest backup` (no stanza-create,
+//! expire or info around it) for each `;`-separated set of pgBackRest options on top of the
+//! backup job's config, e.g. `"";--process-max=4;--compress-type=none` (`""`: as shipped):
+//! how the shipped settings were chosen.
+//!
 //! Needs root (or the postgres user) and the programs of `pgnomad dev`.
 
 #[path = "../tests/cluster_slot.rs"]
@@ -58,6 +63,10 @@ fn main() {
     let conf = dev.state_dir.join("member-0/config/pgbackrest.conf");
 
     let backup_conf = dev.state_dir.join("backup-full/config/pgbackrest.conf");
+    let variants: Vec<String> = std::env::var("BACKUP_BENCH_VARIANTS")
+        .map(|v| v.split(';').map(|set| set.trim().trim_matches('"').to_owned()).collect())
+        .unwrap_or_default();
+    let mut variant_times: Vec<Vec<Duration>> = vec![vec![]; variants.len()];
     let (mut backups, mut upstream, mut basebackups, mut restores, mut copies) = (vec![], vec![], vec![], vec![], vec![]);
     for round in 0..runs {
         let _ = std::fs::remove_dir_all(&scratch);
@@ -77,6 +86,17 @@ fn main() {
                 "backup",
             ]),
         ));
+        for (options, times) in variants.iter().zip(&mut variant_times) {
+            times.push(timed(
+                "pgbackrest backup (variant)",
+                as_postgres(require("pgbackrest", "pgbackrest"))
+                    .arg(format!("--config={}", backup_conf.display()))
+                    .args(["--stanza=bench", "--type=full"])
+                    .args(options.split_whitespace())
+                    .arg("backup"),
+            ));
+            eprintln!("round {round}: bare backup [{options}] {:.1} s", times[round].as_secs_f64());
+        }
         backups.push(timed("pgnomad dev backup full", &mut dev.dev(&["backup", "full"])));
         basebackups.push(timed(
             "pg_basebackup",
@@ -126,6 +146,16 @@ fn main() {
         bb.as_secs_f64(),
         u.as_secs_f64() / bb.as_secs_f64()
     );
+    for (options, times) in variants.iter().zip(&variant_times) {
+        let v = median(times);
+        let shown = if options.is_empty() { "as shipped" } else { options.as_str() };
+        println!(
+            "| bare `pgbackrest backup`, {shown}, vs pg_basebackup | {:.1} s | {:.1} s | {:.2} | |",
+            v.as_secs_f64(),
+            bb.as_secs_f64(),
+            v.as_secs_f64() / bb.as_secs_f64()
+        );
+    }
     println!(
         "| restore vs cp -a of the base backup | {:.1} s | {:.1} s | {:.2} | |",
         r.as_secs_f64(),
