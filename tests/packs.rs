@@ -592,9 +592,15 @@ fn on_role_change_creates_the_pgbackrest_stanza_and_wal_gets_archived() {
         "{log}\n{}",
         member.pg.guard.log_text()
     );
-    // Again, as after a second promotion: idempotent.
+    // Again, as after a second promotion: idempotent, and with no WAL switch once archiving
+    // has been seen working (a switch here can end a segment that reaches the repository but
+    // not a replica, which then replays past the next primary's fork point).
+    // A switch moves the position to the next 16 MB boundary; bootstrap.sql writes kilobytes.
+    let before = member.superuser("postgres", "SELECT pg_current_wal_lsn()");
     let again = text(&run(as_postgres(member.script()).args(["on_role_change", "master", &stanza])).stderr);
     assert!(again.contains(&format!("pgBackRest stanza {stanza} ready")), "{again}");
+    let written = member.superuser("postgres", &format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{before}')"));
+    assert!(written.parse::<f64>().unwrap() < 1e6, "on_role_change switched WAL ({written} bytes written): {again}");
     // A replica's callback does nothing.
     let replica = run(as_postgres(member.script()).args(["on_role_change", "replica", &stanza]));
     assert!(replica.status.success() && text(&replica.stderr).is_empty(), "{}", text(&replica.stderr));
