@@ -613,6 +613,9 @@ pub struct Cycle {
     pub gap: Option<Duration>,
     /// Failed inserts from the fault until full health.
     pub errors: usize,
+    /// What those inserts got, most frequent first: (psql's first line, the PgBouncer it
+    /// went to) and how many times.
+    pub error_kinds: Vec<((String, String), usize)>,
     /// Inserts acknowledged in this cycle, and how many of them the table holds at its end.
     pub acknowledged: usize,
     pub present: usize,
@@ -633,7 +636,12 @@ impl Cycle {
             self.acknowledged,
             self.present,
             self.healthy_after.as_secs_f64()
-        )
+        ) + &self
+            .error_kinds
+            .iter()
+            .take(2)
+            .map(|((error, via), n)| format!("\n    {n}× via {via}: {}", error.chars().take(120).collect::<String>()))
+            .collect::<String>()
     }
 }
 
@@ -716,6 +724,15 @@ pub fn cycle(deployed: &super::e2e::Deployed, writer: &super::e2e::Writer, numbe
         new_leader: deployed.leader().unwrap_or_default(),
         gap,
         errors: attempts.iter().filter(|a| !a.ok).count(),
+        error_kinds: {
+            let mut kinds: BTreeMap<(String, String), usize> = BTreeMap::new();
+            for a in attempts.iter().filter(|a| !a.ok) {
+                *kinds.entry((a.error.clone(), a.via.clone())).or_default() += 1;
+            }
+            let mut kinds: Vec<_> = kinds.into_iter().collect();
+            kinds.sort_by(|a, b| b.1.cmp(&a.1));
+            kinds
+        },
         acknowledged: acknowledged.len(),
         present: acknowledged.iter().filter(|id| present.contains(id)).count(),
         healthy_after,
