@@ -647,7 +647,7 @@ fn pgbackrest_check_passes_with_each_rendered_member_pgbackrest_conf() {
         let archive = patroni.lines().find_map(|l| l.trim().strip_prefix("archive_command: ")).expect("archive_command");
         let archive = relocate(archive.trim_matches('\''), root);
         chown_postgres(root);
-        let stanza = conf.lines().find(|l| l.starts_with('[') && *l != "[global]").unwrap().trim_matches(['[', ']']).to_owned();
+        let stanza = conf.lines().find(|l| l.starts_with('[') && !l.starts_with("[global")).unwrap().trim_matches(['[', ']']).to_owned();
         let pg = Postgres::start(
             &root.join("data/pgdata"),
             &root.join("alloc/tmp"),
