@@ -621,6 +621,37 @@ fn on_role_change_creates_the_pgbackrest_stanza_and_wal_gets_archived() {
     assert!(info.contains("status: error (no valid backups)") && info.contains("cipher: aes-256-cbc"), "{info}");
     let archived = member.superuser("postgres", "SELECT archived_count > 0 AND failed_count = 0 FROM pg_stat_archiver");
     assert_eq!(archived, "t", "{}", member.pg.guard.log_text());
+
+    // restore_command restores an archived segment, until a timeline 2 in the repository
+    // forked off timeline 1 inside it: then that segment's WAL must come from timeline 2.
+    let segment = member.superuser("postgres", "SELECT last_archived_wal FROM pg_stat_archiver");
+    let scratch = Path::new(&member.holes.run_dir);
+    let restore = |name: &str| {
+        let target = scratch.join("restored-segment");
+        let _ = std::fs::remove_file(&target);
+        let out = run(as_postgres("bash").arg(member.script()).args(["restore-wal", name]).arg(&target));
+        (out.status.code(), target.exists(), text(&out.stderr))
+    };
+    let (code, restored, stderr) = restore(&segment);
+    assert_eq!((code, restored), (Some(0), true), "{segment} not restored: {stderr}");
+    // The segment's first byte: log id and segment number from its name (16 MiB segments).
+    let log = u64::from_str_radix(&segment[8..16], 16).unwrap();
+    let number = u64::from_str_radix(&segment[16..24], 16).unwrap();
+    let fork = (log << 32) + number * 16 * 1024 * 1024 + 0x100;
+    let history = Path::new(&member.holes.run_dir).join("00000002.history");
+    std::fs::write(&history, format!("1\t{:X}/{:X}\tno recovery target specified\n", fork >> 32, fork & 0xffff_ffff)).unwrap();
+    run_ok("chown", Command::new("chown").arg("postgres").arg(&history));
+    run_ok(
+        "pgbackrest archive-push of a timeline 2 history",
+        as_postgres(require("pgbackrest", "pgbackrest"))
+            .arg(format!("--config={}", conf.display()))
+            .arg(format!("--stanza={stanza}"))
+            .arg("archive-push")
+            .arg(&history),
+    );
+    let (code, restored, stderr) = restore(&segment);
+    assert_eq!((code, restored), (Some(1), false), "{segment} restored past timeline 2's fork: {stderr}");
+    assert!(stderr.contains(&format!("not restoring {segment}: timeline 2 forked off timeline 1 at")), "{stderr}");
 }
 
 /// A CA, the member's server certificate and the backup job's client certificate (CN

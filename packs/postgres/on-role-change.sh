@@ -5,6 +5,7 @@
 # - as on_start / on_role_change: `on-role-change.sh <action> <role> <scope>`. On a primary
 #   it applies bootstrap.sql and creates the pgBackRest stanza in the background, under a
 #   lock: Patroni kills a callback still running when the next one comes.
+# Postgres runs it as restore_command: `on-role-change.sh restore-wal %f %p` (see restore_wal).
 # Logs go to stderr, which the supervisor captures.
 set -euo pipefail
 
@@ -99,6 +100,54 @@ archiving_works() {
     log "timeline $timeline's history file did not reach the repository in 60 s; WAL archiving is failing"
     return 1
 }
+
+# restore_command. A primary that shuts down with archiving on ends its WAL segment (Postgres
+# switches WAL at shutdown) and archives it when it can: after a failover that is the old
+# timeline's last segment, holding WAL past the point where the new primary forked off. A
+# replica that restores it replays past that point and can never follow the new primary;
+# Patroni 3.0.2 checks a running replica's position once, when it starts following, and then
+# never runs pg_rewind (the soak saw it after partitions and node losses). So a segment of
+# timeline T is not restored when a timeline T+1 in the repository forked off T before the
+# segment's end: Postgres then takes that WAL from timeline T+1, by streaming or from the
+# repository. Exit 1 is "not found" to Postgres.
+restore_wal() {
+    local file="$1" path="$2"
+    # A segment's name: timeline, log and segment number, 8 hex digits each (not a history
+    # file). No bash double-bracket tests here: the pack templates use those brackets.
+    case "$file" in
+        *[!0-9A-F]*) ;;
+        *)
+            if [ "${#file}" -eq 24 ]; then
+                local timeline=$((16#${file:0:8})) log=$((16#${file:8:8})) segment=$((16#${file:16:8}))
+                local child history fork
+                child="$(printf '%08X' $((timeline + 1))).history"
+                history="$run_dir/restore-wal-$$.history"
+                if pgbackrest_run archive-get "$child" "$history" >/dev/null 2>&1; then
+                    # Lines of a history file: parent timeline, switch point (X/Y), reason.
+                    fork="$(awk -v t="$timeline" '$1 == t { print $2 }' "$history")"
+                    rm -f "$history"
+                    case "$fork" in
+                        */*)
+                            # pgnomad's clusters have Postgres' default 16 MiB segments.
+                            local fork_lsn=$(((16#${fork%/*} << 32) + 16#${fork#*/}))
+                            local segment_end=$(((log << 32) + (segment + 1) * 16777216))
+                            if ((fork_lsn < segment_end)); then
+                                printf 'restore-wal: not restoring %s: timeline %d forked off timeline %d at %s, before its end\n' \
+                                    "$file" $((timeline + 1)) "$timeline" "$fork" >&2
+                                exit 1
+                            fi
+                            ;;
+                    esac
+                fi
+            fi
+            ;;
+    esac
+    exec pgbackrest --config="$config_dir/pgbackrest.conf" --stanza="$stanza" archive-get "$file" "$path"
+}
+
+if [ "${1:-}" = restore-wal ] && [ "$#" -eq 3 ]; then
+    restore_wal "$2" "$3"
+fi
 
 case "$#" in
     1)
