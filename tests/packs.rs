@@ -638,7 +638,7 @@ fn on_role_change_creates_the_pgbackrest_stanza_and_wal_gets_archived() {
     let log = u64::from_str_radix(&segment[8..16], 16).unwrap();
     let number = u64::from_str_radix(&segment[16..24], 16).unwrap();
     let fork = (log << 32) + number * 16 * 1024 * 1024 + 0x100;
-    let history = Path::new(&member.holes.run_dir).join("00000002.history");
+    let history = scratch.join("00000002.history");
     std::fs::write(&history, format!("1\t{:X}/{:X}\tno recovery target specified\n", fork >> 32, fork & 0xffff_ffff)).unwrap();
     run_ok("chown", Command::new("chown").arg("postgres").arg(&history));
     run_ok(

@@ -142,12 +142,8 @@ restore_wal() {
             fi
             ;;
     esac
-    exec pgbackrest --config="$config_dir/pgbackrest.conf" --stanza="$stanza" archive-get "$file" "$path"
+    pgbackrest_run archive-get "$file" "$path"
 }
-
-if [ "${1:-}" = restore-wal ] && [ "$#" -eq 3 ]; then
-    restore_wal "$2" "$3"
-fi
 
 case "$#" in
     1)
@@ -157,6 +153,9 @@ case "$#" in
     3)
         action="$1" role="$2"
         case "$action:$role" in
+            restore-wal:*)
+                restore_wal "$2" "$3"
+                ;;
             on_start:master | on_start:primary | on_role_change:master | on_role_change:primary)
                 log "$action as $role: preparing the primary in the background"
                 promoted </dev/null &
@@ -164,7 +163,7 @@ case "$#" in
         esac
         ;;
     *)
-        log "usage: $0 <connection string> | $0 <action> <role> <scope>"
+        log "usage: $0 <connection string> | $0 <action> <role> <scope> | $0 restore-wal <file> <path>"
         exit 2
         ;;
 esac
