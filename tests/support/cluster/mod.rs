@@ -200,6 +200,11 @@ impl NodeNetwork {
             let third = (std::process::id() + attempt * 7 + NEXT_CLUSTER.load(Ordering::SeqCst)) % 250 + 1;
             let subnet = format!("10.213.{third}.0/24");
             let gateway = format!("10.213.{third}.1");
+            // Containers get addresses from the upper half only: docker hands out .2, .3, …
+            // in order, and the eleventh container would otherwise take a node's address
+            // (.11 …), which the host answers for itself — that container then reaches
+            // nothing on the host (etcd, Consul's DNS): seen with a clone beside its source.
+            let container_range = format!("10.213.{third}.128/25");
             let label = format!("{}={cluster_id}", docker::LABEL);
             if docker::run(&[
                 "network",
@@ -208,6 +213,8 @@ impl NodeNetwork {
                 "bridge",
                 "--subnet",
                 &subnet,
+                "--ip-range",
+                &container_range,
                 "--gateway",
                 &gateway,
                 "--label",
@@ -411,9 +418,12 @@ impl Cluster {
     pub fn container(&self, job: &str, group: &str, task: &str) -> Option<String> {
         let filter = format!("label={}={}", docker::LABEL, self.id);
         let names = docker::run(&["ps", "--filter", &filter, "--format", "{{.Names}}"]).ok()?;
-        let prefix = format!("{task}-{group}-");
-        let _ = job;
-        names.lines().find(|n| n.starts_with(&prefix)).map(str::to_string)
+        // Named after the allocation (alloc_runner), so that two jobs with the same group
+        // names (a clone beside its source) are told apart.
+        let allocation = self.allocations(job).into_iter().find(|a| a.facts.group_name() == group && a.client_status == "running")?;
+        let id = &allocation.facts.alloc_id;
+        let name = format!("{task}-{group}-{}", &id[..id.len().min(8)]);
+        names.lines().find(|n| *n == name).map(str::to_string)
     }
 
     /// The running task `task` of the running allocation of `group` of `job`: its container
