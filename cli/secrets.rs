@@ -124,7 +124,7 @@ pub fn fill(keys: &[SecretKey], existing: &BTreeMap<String, String>, tls: &TlsSe
                 "tls_sql_key" => tls.sql_key.clone(),
                 other => unreachable!("no certificate is called {other}"),
             },
-            Origin::Operator => {
+            Origin::Operator | Origin::Source => {
                 missing.push(key.key.clone());
                 continue;
             }

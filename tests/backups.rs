@@ -225,15 +225,75 @@ fn dev_backup_errors_say_whether_the_repository_is_unreachable_or_holds_another_
     assert!(text(&out.stderr).contains("the stanza in the repository belongs to another database"), "{}", both(&out));
 }
 
+/// The template of `dest` in member-0's patroni task of a rendered postgres job.
+fn member_template(job: &serde_json::Value, dest: &str) -> String {
+    let tasks = job["TaskGroups"][0]["Tasks"].as_array().unwrap();
+    let patroni = tasks.iter().find(|t| t["Name"] == "patroni").unwrap();
+    let templates = patroni["Templates"].as_array().unwrap();
+    templates.iter().find(|t| t["DestPath"] == dest).unwrap_or_else(|| panic!("no template {dest}"))["EmbeddedTmpl"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 #[test]
-fn render_refuses_a_restore_stack_the_nomad_jobs_could_not_bootstrap() {
+fn a_restore_stack_renders_jobs_that_bootstrap_from_the_source_clusters_repository_host() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("clone.hcl");
     std::fs::write(&file, "cluster \"clone\" {}\nrestore {\n  from    = \"main\"\n  to_time = \"2026-12-01T10:42:07Z\"\n}\n").unwrap();
     let out = pgnomad().args(["render", "-f"]).arg(&file).arg("--out").arg(dir.path().join("rendered")).output().unwrap();
+    assert!(out.status.success(), "{}", both(&out));
+    let rendered = dir.path().join("rendered");
+    let job: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rendered.join("jobs/clone-postgres.json")).unwrap()).unwrap();
+    let job = job.get("Job").cloned().unwrap_or(job);
+
+    // Patroni's bootstrap restores the source's stanza with restore.conf, which reaches the
+    // source's repository host with the source's certificate and cipher pass, copied into the
+    // clone's own variable.
+    let patroni = member_template(&job, "secrets/patroni.yml");
+    assert!(
+        patroni.contains("command: \"pgbackrest --config=/secrets/restore.conf --stanza=main --type=time '--target=2026-12-01 10:42:07.000000+00' restore\""),
+        "{patroni}"
+    );
+    assert!(patroni.contains("--stanza=clone --delta --type=standby restore"), "replicas from the clone's own repository: {patroni}");
+    let restore = member_template(&job, "secrets/restore.conf");
+    for line in [
+        "repo1-host=main-repo.service.consul",
+        "repo1-host-port={{ with service \"main-repo\" }}{{ with index . 0 }}{{ .Port }}{{ end }}{{ end }}",
+        "repo1-host-cert-file=/secrets/tls/restore-client.crt",
+        "repo1-cipher-pass={{ with nomadVar \"nomad/jobs/clone-postgres\" }}{{ .restore_cipher_pass }}{{ end }}",
+        "[main]",
+    ] {
+        assert!(restore.lines().any(|l| l == line), "restore.conf lacks {line:?}:\n{restore}");
+    }
+    assert_eq!(
+        member_template(&job, "secrets/tls/restore-client.key"),
+        "{{ with nomadVar \"nomad/jobs/clone-postgres\" }}{{ .restore_tls_client_key }}{{ end }}"
+    );
+    // Its members are healthy only once the restore is done: Nomad's deadlines outlast one.
+    assert_eq!(job["Update"]["HealthyDeadline"].as_u64(), Some(12 * 3600 * 1_000_000_000), "{}", job["Update"]);
+    // The clone's own pgBackRest archives into its own stanza.
+    let own = member_template(&job, "secrets/pgbackrest.conf");
+    assert!(own.contains("\n[clone]\n") && own.contains("repo1-host=clone-repo.service.consul"), "{own}");
+
+    // run learns where each copied key comes from; the operator's policy may read just those.
+    let secrets: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(rendered.join("secrets.json")).unwrap()).unwrap();
+    let postgres = secrets["secrets"].as_array().unwrap().iter().find(|s| s["job"] == "clone-postgres").unwrap();
+    let sourced: Vec<&str> =
+        postgres["keys"].as_array().unwrap().iter().filter(|k| k["origin"] == "source").map(|k| k["key"].as_str().unwrap()).collect();
+    assert_eq!(sourced, ["restore_cipher_pass", "restore_tls_ca_crt", "restore_tls_client_crt", "restore_tls_client_key"]);
+    let policy = std::fs::read_to_string(rendered.join("acl/clone-pgnomad.nomad.hcl")).unwrap();
+    assert!(policy.contains("path \"nomad/jobs/main-postgres\" {\n      capabilities = [\"read\"]"), "{policy}");
+    assert!(policy.contains("path \"pgnomad/main/tls\" {\n      capabilities = [\"read\"]"), "{policy}");
+
+    // On Nomad the source is a cluster, read through its variables: a stack file is refused.
+    std::fs::write(&file, "cluster \"clone\" {}\nrestore {\n  from    = \"pgnomad.hcl\"\n  to_time = \"2026-12-01T10:42:07Z\"\n}\n")
+        .unwrap();
+    let out = pgnomad().args(["render", "-f"]).arg(&file).arg("--out").arg(dir.path().join("again")).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", both(&out));
-    assert!(text(&out.stderr).contains("a stack with `restore { … }` runs only on `pgnomad dev` so far"), "{}", both(&out));
-    assert!(!dir.path().join("rendered/jobs").exists(), "nothing is rendered");
+    assert!(text(&out.stderr).contains("on Nomad `restore { from }` names the source cluster, not its stack file"), "{}", both(&out));
+    assert!(!dir.path().join("again/jobs").exists(), "nothing is rendered");
 }
 
 /// Each member's data before an in-place restore, while it runs.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::cluster::e2e::{assert_ok, lost_rows, text, wait_until, Deployed, Fault, StackDriver, Writer};
+use crate::support::cluster::e2e::{assert_ok, lost_rows, psql, text, wait_until, Deployed, Fault, StackDriver, Writer};
 
 /// `pgbackrest info` from inside the leader's patroni task.
 fn pgbackrest_info(deployed: &Deployed) -> Value {
@@ -101,14 +101,71 @@ fn backups_through_pgnomad(deployed: &Deployed) {
     assert!(message.contains(window["oldest_time"].as_str().unwrap()), "the message names the window: {message}");
     assert!(!deployed.dir.path().join("early.hcl").exists());
 
-    let restored = json_of("pgnomad restore --into clone", &deployed.pgnomad(&["restore", "--to-time", &t, "--into", "clone", "--json"]));
+    let restore = deployed.pgnomad(&["restore", "--to-time", &t, "--into", "clone", "--json"]);
+    if !restore.status.success() {
+        eprintln!("the clone's members after a failed restore:\n{}", deployed.member_logs_of("clone"));
+    }
+    let restored = json_of("pgnomad restore --into clone", &restore);
     assert!(restored["window"]["newest_from_archive"].as_bool().unwrap(), "WAL archived up to now first: {restored}");
     let clone = std::fs::read_to_string(deployed.dir.path().join("clone.hcl")).unwrap();
     assert!(clone.starts_with("cluster \"clone\""), "{clone}");
     assert!(clone.contains("restore {\n  from    = \"main\"\n  to_time = \""), "{clone}");
+    let postgres = restored["run"]["jobs"].as_array().unwrap().iter().find(|j| j["id"] == "clone-postgres").cloned().unwrap_or_default();
+    assert_eq!(postgres["deployment"]["status"], "successful", "restore brought the clone up as run does: {restored}");
+    the_clone_runs_beside_its_source(deployed);
     let again = deployed.pgnomad(&["restore", "--to-time", &t, "--into", "clone"]);
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again.stderr).contains("the restore target cluster clone already exists"), "{}", text(&again.stderr));
+    assert_ok("pgnomad destroy -f clone.hcl", &deployed.pgnomad(&["destroy", "-f", "clone.hcl", "--yes"]));
+}
+
+/// The clone `restore --into` brought up: Patroni's custom bootstrap restored main's backups
+/// from main's repository host (with main's client certificate and cipher pass) to T. It holds
+/// exactly rows A, its replicas stream, it takes writes through its own PgBouncer and archives
+/// into its own stanza, while main keeps its rows and its archive.
+fn the_clone_runs_beside_its_source(deployed: &Deployed) {
+    let mut seen = None;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let leader = loop {
+        seen = deployed.patroni_cluster_of("clone").or(seen);
+        let running =
+            seen.as_ref().and_then(|c| c["members"].as_array()?.iter().find(|m| m["role"] == "leader" && m["state"] == "running").cloned());
+        if let Some(found) = running {
+            let leader = found["name"].as_str().unwrap().to_owned();
+            let streaming = deployed.member_sql_of("clone", &leader, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'");
+            if streaming.as_deref() == Some("2") {
+                break leader;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the clone: no leader with two streaming replicas in 300 s: {seen:?}\n{}",
+            deployed.member_logs_of("clone")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let pgbouncer = deployed.cluster.address_of("clone-pgbouncer", "pgbouncer", "pgbouncer").expect("the clone's PgBouncer");
+    let password = deployed.secret("clone-postgres", "password_app");
+    let rows = psql(&pgbouncer, &password, "SELECT phase, count(*) FROM pitr GROUP BY phase ORDER BY phase");
+    assert_ok("rows through the clone's PgBouncer", &rows);
+    assert_eq!(text(&rows.stdout).trim(), "A|50", "the clone holds exactly rows A");
+    assert_ok("a write through the clone's PgBouncer", &psql(&pgbouncer, &password, "INSERT INTO pitr VALUES (1000, 'clone')"));
+
+    let task = deployed.cluster.task("clone-postgres", &leader, "patroni").unwrap();
+    let segment = deployed.member_sql_of("clone", &leader, "SELECT pg_walfile_name(pg_switch_wal())").expect("pg_switch_wal on the clone");
+    let mut info = Value::Null;
+    wait_until(&format!("the clone's {segment} archived into its own stanza"), Duration::from_secs(120), || {
+        let out = task.exec(&["pgbackrest", "--config=/secrets/pgbackrest.conf", "--stanza=clone", "--output=json", "info"]).unwrap();
+        info = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        info[0]["archive"][0]["max"].as_str().is_some_and(|max| max >= segment.as_str())
+    });
+    let rows = deployed.app_sql("SELECT phase, count(*) FROM pitr GROUP BY phase ORDER BY phase");
+    assert_eq!(text(&rows.stdout).trim(), "A|50\nB|30", "the source is untouched");
+    // Still one database in the source's stanza, and its WAL still archives there.
+    let info = pgbackrest_info(deployed);
+    assert_eq!(info[0]["db"].as_array().map(Vec::len), Some(1), "{info}");
+    deployed.archive_current_wal(Duration::from_secs(120));
+    eprintln!("clone: {leader} leads, two replicas stream, rows A only, archiving into stanza clone");
 }
 
 /// The whole life of the stack on three nodes with `driver`.

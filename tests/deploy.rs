@@ -236,6 +236,50 @@ fn an_existing_secret_is_never_overwritten_and_its_missing_keys_are_added() {
 }
 
 #[test]
+fn a_clone_takes_its_sources_role_passwords_and_repository_keys_and_is_refused_without_them() {
+    let lab = Lab::new();
+    let clone = "cluster \"clone\" {}\nrestore {\n  from    = \"main\"\n  to_time = \"2026-12-01T10:42:07Z\"\n}\n";
+    std::fs::write(lab.dir.path().join("clone.hcl"), clone).unwrap();
+
+    // No source on this Nomad: refused before anything is written, naming what is missing.
+    let refused = lab.pgnomad(&["run", "-f", "clone.hcl"]);
+    assert_eq!(code(&refused), Some(1), "{}", show(&refused));
+    let message = text(&refused.stderr);
+    assert!(
+        message.contains(
+            "secret superuser_password is a copy of the restore source's superuser_password, and nomad/jobs/main-postgres has none"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("secret restore_tls_client_key is a copy of the restore source's tls_client_key, and pgnomad/main/tls has none"),
+        "{message}"
+    );
+    assert!(lab.write_log().is_empty(), "{:?}", lab.write_log());
+
+    let run = lab.pgnomad(&["run"]);
+    assert_eq!(code(&run), Some(0), "{}", show(&run));
+    let run = lab.pgnomad(&["run", "-f", "clone.hcl"]);
+    assert_eq!(code(&run), Some(0), "{}", show(&run));
+    let (source, source_tls) = (lab.variable("nomad/jobs/main-postgres"), lab.variable("pgnomad/main/tls"));
+    let (clone, clone_tls) = (lab.variable("nomad/jobs/clone-postgres"), lab.variable("pgnomad/clone/tls"));
+    // The restored data holds the source's roles: their passwords are the source's.
+    for key in ["superuser_password", "replication_password", "pgbouncer_auth_password", "rewind_password", "password_app"] {
+        assert_eq!(clone[key], source[key], "{key}");
+    }
+    assert_eq!(lab.variable("nomad/jobs/clone-pgbouncer")["pgbouncer_auth_password"], source["pgbouncer_auth_password"]);
+    // The source's repository is read with the source's keys; the clone's own are its own.
+    assert_eq!(clone["restore_cipher_pass"], source["repo_cipher_pass"]);
+    assert_eq!(clone["restore_tls_ca_crt"], source_tls["tls_ca_crt"]);
+    assert_eq!(clone["restore_tls_client_crt"], source_tls["tls_client_crt"]);
+    assert_eq!(clone["restore_tls_client_key"], source_tls["tls_client_key"]);
+    assert_ne!(clone["repo_cipher_pass"], source["repo_cipher_pass"]);
+    assert_ne!(clone_tls["tls_ca_crt"], source_tls["tls_ca_crt"]);
+    assert_ne!(clone["patroni_rest_password"], Value::Null);
+    assert_ne!(clone["patroni_rest_password"], source["patroni_rest_password"]);
+}
+
+#[test]
 fn an_existing_volume_is_never_recreated() {
     let lab = Lab::new();
     let volume = crate::stack_fixtures::compile(DEFAULT).volumes[1].clone();

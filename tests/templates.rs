@@ -540,6 +540,7 @@ fn pgbackrest_check_passes_with_each_rendered_member_pgbackrest_conf() {
     // With a repository host the member's config reaches it over TLS: its rendered config,
     // the command its task runs and the TLS files the member presents come along.
     struct RepoHost {
+        cluster: String,
         conf: String,
         command: String,
         tls: Vec<(String, String)>,
@@ -577,7 +578,12 @@ fn pgbackrest_check_passes_with_each_rendered_member_pgbackrest_conf() {
                 .filter(|b| b.group == "member-0" && b.task == "patroni" && b.dest().starts_with("secrets/tls/"))
                 .map(|b| (b.dest().to_owned(), b.render()))
                 .collect();
-            RepoHost { conf: repo.render(), command: args[1].as_str().unwrap().to_owned(), tls }
+            RepoHost {
+                cluster: repo.job.trim_end_matches("-repo").to_owned(),
+                conf: repo.render(),
+                command: args[1].as_str().unwrap().to_owned(),
+                tls,
+            }
         });
         if !confs.iter().any(|(_, c, _, _)| *c == conf.render()) {
             confs.push((conf.name(), conf.render(), patroni.render(), repo_host));
@@ -630,7 +636,7 @@ fn pgbackrest_check_passes_with_each_rendered_member_pgbackrest_conf() {
                 std::net::TcpStream::connect(("127.0.0.1", repo_port)).is_ok()
             });
             assert_eq!(
-                std::fs::read_to_string(root.join("repo/lock/repo-host")).unwrap(),
+                std::fs::read_to_string(root.join(format!("repo/lock/repo-host-{}", repo.cluster))).unwrap(),
                 "alloc-repo-test",
                 "{name}: the marker backup.sh checks"
             );

@@ -10,7 +10,9 @@ use crate::ops::restore::Target;
 use super::dev::{print_backup_done, print_backups, Progress};
 use super::run::parse_duration;
 use super::upgrade::ops_failure;
-use super::{DeployArgs, DeployInputs, Failure};
+use super::{block_on, deploy_failure, DeployArgs, DeployInputs, Failure};
+use crate::deploy::{self, PlanScope, Quiet, Reporter, RunOptions};
+use crate::ui::TerminalReporter;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Exit codes: 0 taken, 1 refused (another backup runs, no standby, no such schedule), \
@@ -74,8 +76,11 @@ impl RestoreTargetArgs {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Exit codes: 0 written, 1 refused (target outside the window, NAME exists), \
-2 Nomad or the repository unreachable, 3 the WAL could not be archived in time.")]
+#[command(after_help = "Writes NAME.hcl beside the stack file (this stack renamed, with a `restore` block) and brings \
+the clone up as `pgnomad run -f NAME.hcl` does; if that stops, `pgnomad run -f NAME.hcl` resumes it.
+
+Exit codes: 0 restored, 1 refused (target outside the window, NAME exists), \
+2 Nomad or the repository unreachable, 3 the WAL could not be archived in time or the clone did not converge.")]
 pub struct RestoreArgs {
     #[command(flatten)]
     inputs: DeployArgs,
@@ -84,7 +89,8 @@ pub struct RestoreArgs {
     into: String,
     #[command(flatten)]
     target: RestoreTargetArgs,
-    #[arg(long, value_name = "D", default_value = "5m", value_parser = parse_duration)]
+    /// How long to wait for each step: the WAL archived, each of the clone's jobs converged.
+    #[arg(long, value_name = "D", default_value = "15m", value_parser = parse_duration)]
     timeout: Duration,
     #[arg(long)]
     json: bool,
@@ -125,17 +131,41 @@ pub fn backups(args: BackupsArgs) -> Result<(), Failure> {
 
 pub fn restore(args: RestoreArgs) -> Result<(), Failure> {
     let target = args.target.target()?;
-    let (backups, _) = open(&args.inputs)?;
+    let (backups, DeployInputs { packs, operator, cluster, .. }) = open(&args.inputs)?;
     let progress = Progress::new();
     let result = backups.restore_into(&args.inputs.stack.path, &args.into, &target, args.timeout, &progress);
     progress.finish();
     let restored = result.map_err(|e| ops_failure(&e))?;
+
+    // The clone comes up as `run -f NAME.hcl` brings it up: Patroni's custom bootstrap on
+    // its first member restores the source's backups to the target.
+    let clone = super::load_stack(&restored.stack_file)?;
+    let resume = format!(
+        "{} is written; `pgnomad run -f {}` resumes bringing {} up",
+        restored.stack_file.display(),
+        restored.stack_file.display(),
+        restored.cluster
+    );
+    let options = RunOptions { detach: false, scope: PlanScope::default(), timeout: args.timeout, operator };
+    let terminal = TerminalReporter::new();
+    let reporter: &dyn Reporter = if args.json { &Quiet } else { &terminal };
+    let summary =
+        block_on(deploy::run(&cluster, &clone.stack, &packs, &options, reporter))?.map_err(|error| match deploy_failure(error) {
+            Failure::BadInput(m) => Failure::BadInput(format!("{m}\n  = note: {resume}")),
+            Failure::Internal(m) => Failure::Internal(format!("{m}\n  = note: {resume}")),
+            Failure::NotConverged(m) => Failure::NotConverged(format!("{m}\n  = note: {resume}")),
+            Failure::Exit(code, m) => Failure::Exit(code, format!("{m}\n  = note: {resume}")),
+        })?;
+    super::run::apply_parameters(cluster, clone.stack, packs, args.json);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&restored).expect("serializes"));
+        let mut value = serde_json::to_value(&restored).expect("serializes");
+        value["run"] = serde_json::to_value(&summary).expect("summaries serialize");
+        println!("{}", serde_json::to_string_pretty(&value).expect("serializes"));
     } else {
+        print!("{}", crate::ui::run_text(&summary));
         println!(
-            "wrote {} (recoverable {} … {}); bringing a restored cluster up on Nomad is not built yet: `pgnomad run -f {}` refuses a stack with a `restore` block (README, Not yet)",
-            restored.stack_file.display(),
+            "restored {} from the source's backups (recoverable {} … {}); every command takes -f {} for it",
+            restored.cluster,
             restored.window.oldest_time,
             restored.window.newest_time,
             restored.stack_file.display()

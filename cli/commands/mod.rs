@@ -92,7 +92,8 @@ enum Command {
     /// (a dispatch of `<cluster>-backup-ctl`).
     Backups(backup::BackupsArgs),
     /// Point-in-time restore into a new cluster NAME: archives the WAL up to now, checks the
-    /// target against the window and writes NAME.hcl (this stack renamed, with a `restore` block).
+    /// target against the window, writes NAME.hcl (this stack renamed, with a `restore` block)
+    /// and brings the clone up.
     Restore(backup::RestoreArgs),
     /// Run the stack on this machine with real processes, from the same config files.
     Dev(dev::Args),

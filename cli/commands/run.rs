@@ -49,7 +49,7 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
 /// member group); the rest go through Patroni's dynamic configuration, on a fresh cluster as
 /// on a running one: a reload, never a restart. Where Patroni cannot be reached from here,
 /// `run` still succeeded and says what is left to `upgrade`.
-fn apply_parameters<N: crate::transport::Transport, C: crate::transport::Transport>(
+pub(super) fn apply_parameters<N: crate::transport::Transport, C: crate::transport::Transport>(
     cluster: crate::deploy::Cluster<N, C>,
     stack: crate::stack::Stack,
     packs: crate::config::Packs,

@@ -79,11 +79,14 @@ pub struct SecretSpec {
 
 /// Compiles a checked stack with the given pack templates.
 pub fn compile(stack: &Stack, packs: &Packs) -> Result<Artifacts, ConfigError> {
-    if stack.restore.is_some() {
+    if let Some(restore) = &stack.restore {
         // The jobs would bootstrap from a repository they cannot reach: refuse, not render.
-        return Err(ConfigError::DevOnly(
-            "a stack with `restore { … }` runs only on `pgnomad dev` so far: the Nomad jobs do not yet reach the source's repository\n  = help: bring the clone up with `pgnomad dev up -f <file>`, or remove the `restore` block to compile a fresh cluster".into(),
-        ));
+        if restore.from.value.ends_with(".hcl") {
+            return Err(ConfigError::DevOnly(format!(
+                "on Nomad `restore {{ from }}` names the source cluster, not its stack file ({}): the clone reads the source's secrets from its variables and its backups from its repository\n  = help: write `from = \"<the source's cluster name>\"`",
+                restore.from.value
+            )));
+        }
     }
     let facts = Facts::new(stack);
     let runtime = NomadRuntime::for_stack(stack);
@@ -133,7 +136,11 @@ fn secret_specs(stack: &Stack, facts: &Facts, jobs: &[CompiledJob]) -> Vec<Secre
             let job = compiled.id().to_owned();
             let keys = match compiled.role {
                 JobRole::Repo => secrets::repo_secrets(facts),
-                JobRole::Postgres => secrets::postgres_secrets(facts),
+                JobRole::Postgres => {
+                    let mut keys = secrets::postgres_secrets(facts);
+                    keys.extend(secrets::restore_source_secrets(facts));
+                    keys
+                }
                 JobRole::PgBouncer => secrets::pgbouncer_secrets(facts),
                 JobRole::PgAdmin => secrets::pgadmin_secrets(facts),
                 JobRole::Backup => secrets::backup_secrets(facts),

@@ -25,12 +25,17 @@ pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
     if let Some(attribute) = &stack.postgres.spread_attribute {
         job.spreads = Some(vec![Spread { attribute: Some(attribute.clone()), weight: Some(100) }]);
     }
+    // A restored cluster's first member is healthy only once its bootstrap has restored the
+    // source's backups and replayed WAL to the target, and its replicas once they have copied
+    // that data: as long as the restore, which ten minutes do not bound. `run --timeout` still
+    // bounds what pgnomad waits for.
+    let (healthy_deadline, progress_deadline) = if stack.restore.is_some() { (12 * 3600, 12 * 3600 + 300) } else { (600, 900) };
     job.update = Some(UpdateStrategy {
         max_parallel: Some(1),
         health_check: some("checks"),
         min_healthy_time: Some(Nanos::secs(10)),
-        healthy_deadline: Some(Nanos::secs(600)),
-        progress_deadline: Some(Nanos::secs(900)),
+        healthy_deadline: Some(Nanos::secs(healthy_deadline)),
+        progress_deadline: Some(Nanos::secs(progress_deadline)),
         // Reverting a database server under load is a decision for a person.
         auto_revert: Some(false),
         canary: Some(0),
@@ -130,6 +135,22 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
         templates.extend(cx.tls_templates(&job_id, "tls_server"));
         if cx.facts.backup.repo_host {
             templates.extend(cx.tls_client_templates(&job_id));
+        }
+        if cx.facts.restore.is_some() {
+            // Patroni's bootstrap restores the source's backups with this file; the clone's
+            // own pgbackrest.conf archives into its own stanza.
+            templates.push(cx.pack_template("backup/restore.conf", Some(member), &holes, &secrets_file("restore.conf"), Change::Noop)?);
+            if cx.facts.backup.repo_host {
+                templates.extend(
+                    [
+                        ("restore_tls_ca_crt", "secrets/tls/restore-ca.crt"),
+                        ("restore_tls_client_crt", "secrets/tls/restore-client.crt"),
+                        ("restore_tls_client_key", "secrets/tls/restore-client.key"),
+                    ]
+                    .into_iter()
+                    .map(|(key, dest)| template(cx.runtime.secret_expr(&job_id, key), dest, Change::Noop)),
+                );
+            }
         }
     }
     if cx.facts.client_tls.postgres {

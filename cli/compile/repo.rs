@@ -34,10 +34,13 @@ pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
     let mounts = vec![volume_mount("repo", names::REPO_MOUNT)];
 
     // The allocation ID goes into the lock directory on the volume and into the service's
-    // meta: a backup job finds the same ID in both only beside this allocation.
+    // meta: a backup job finds the same ID in both only beside this allocation. One file per
+    // cluster: a restored clone's repository host may serve its own stanza from the same
+    // host volume as its source's.
     let start = format!(
-        "mkdir -p {lock} && printf '%s' \"$NOMAD_ALLOC_ID\" > {lock}/repo-host && exec pgbackrest --config=/secrets/pgbackrest.conf server",
-        lock = names::REPO_LOCK_DIR
+        "mkdir -p {lock} && printf '%s' \"$NOMAD_ALLOC_ID\" > {lock}/repo-host-{c} && exec pgbackrest --config=/secrets/pgbackrest.conf server",
+        lock = names::REPO_LOCK_DIR,
+        c = cx.cluster()
     );
     let mut server = cx.program_task("pgbackrest", "sh", vec!["-c".into(), start], &["pgbackrest"]);
     server.resources = Some(resources(200, 256));

@@ -15,6 +15,9 @@ pub enum Origin {
     Certificate,
     /// Only the operator can provide it (cloud credentials, a Consul token).
     Operator,
+    /// A restored cluster's copy of a secret of its restore source (`restore { from }`),
+    /// which `run` reads from the source's variables.
+    Source,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -68,6 +71,47 @@ pub fn postgres_secrets(facts: &Facts) -> Vec<SecretKey> {
         keys.push(key("tls_client_key", Origin::Certificate, "pgBackRest TLS client private key (to the repository host)"));
     }
     keys
+}
+
+/// The keys a clone (`restore { from = "<cluster>" }` on Nomad) reads its source's
+/// repository with: the source's cipher pass, and the source's CA and client certificate,
+/// which the source's repository host admits. `run` copies them from the source's
+/// variables; none for a cluster restored in place or not restored.
+pub fn restore_source_secrets(facts: &Facts) -> Vec<SecretKey> {
+    let mut keys = Vec::new();
+    if !facts.backup.enabled || facts.restore.as_ref().is_none_or(|r| r.in_place) {
+        return keys;
+    }
+    if facts.backup.cipher {
+        keys.push(key("restore_cipher_pass", Origin::Source, "the restore source's repo_cipher_pass, to read its repository"));
+    }
+    if facts.backup.repo_host {
+        keys.push(key("restore_tls_ca_crt", Origin::Source, "the restore source's pgBackRest CA certificate"));
+        keys.push(key(
+            "restore_tls_client_crt",
+            Origin::Source,
+            "the restore source's pgBackRest client certificate (to its repository host)",
+        ));
+        keys.push(key("restore_tls_client_key", Origin::Source, "the restore source's pgBackRest client private key"));
+    }
+    keys
+}
+
+/// Which of the source's secrets a clone's key is a copy of: the restore keys above, and
+/// the passwords of the roles the restored data holds (the source's, so that replication,
+/// pg_rewind, PgBouncer's auth_query and the applications log in as before). `None` for
+/// keys a clone has of its own (Patroni's REST password, the TLS set, the repository's
+/// cipher pass).
+pub fn source_key_of(key: &str) -> Option<&str> {
+    match key {
+        "restore_cipher_pass" => Some("repo_cipher_pass"),
+        "restore_tls_ca_crt" => Some("tls_ca_crt"),
+        "restore_tls_client_crt" => Some("tls_client_crt"),
+        "restore_tls_client_key" => Some("tls_client_key"),
+        "superuser_password" | "replication_password" | "pgbouncer_auth_password" | "rewind_password" | "monitor_password" => Some(key),
+        _ if key.starts_with("password_") => Some(key),
+        _ => None,
+    }
 }
 
 /// The repository host's: the repository's passphrase and its TLS server certificate.
@@ -133,6 +177,9 @@ pub fn pgbouncer_keys(facts: &Facts) -> Vec<String> {
 }
 pub fn pgadmin_keys(facts: &Facts) -> Vec<String> {
     names(pgadmin_secrets(facts))
+}
+pub fn restore_source_keys(facts: &Facts) -> Vec<String> {
+    names(restore_source_secrets(facts))
 }
 pub fn repo_keys(facts: &Facts) -> Vec<String> {
     names(repo_secrets(facts))

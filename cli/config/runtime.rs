@@ -81,6 +81,14 @@ pub struct Holes {
     /// `restore_cipher_pass`); empty otherwise.
     pub restore_stanza: String,
     pub restore_repo_path: String,
+    /// On Nomad, with a source that has a repository host: its DNS name and the port of its
+    /// passing instance, and the source's CA and client certificate the clone's members
+    /// present to it (copied from the source by `run`); empty otherwise.
+    pub restore_repo_host: String,
+    pub restore_repo_host_port: String,
+    pub restore_tls_ca_file: String,
+    pub restore_tls_cert_file: String,
+    pub restore_tls_key_file: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -210,6 +218,9 @@ pub struct NomadRuntime {
     pub pg_port: u16,
     pub pgbouncer_port: u16,
     pub bin_dir: String,
+    /// With `restore { from = … }` (not in place): the source cluster, whose repository the
+    /// members' Patroni bootstrap restores from.
+    pub restore_source: Option<String>,
 }
 
 impl NomadRuntime {
@@ -228,6 +239,25 @@ impl NomadRuntime {
                 Driver::Docker { .. } => format!("/usr/lib/postgresql/{}/bin", stack.postgres.version.value),
                 Driver::Exec { bin_dir } => bin_dir.clone(),
             },
+            restore_source: stack.restore.as_ref().map(|r| r.from.value.clone()).filter(|from| *from != stack.cluster.name.value),
+        }
+    }
+
+    /// Where the clone's Patroni bootstrap finds the source's backups: the source's stanza,
+    /// and its repository host (as a member of the source reaches it) when it has one.
+    fn restore_holes(&self, facts: &Facts, holes: &mut Holes) {
+        let Some(source) = &self.restore_source else { return };
+        holes.restore_stanza = source.clone();
+        holes.restore_repo_path = self.repo_path(facts);
+        if facts.backup.repo_host {
+            holes.restore_repo_host = names::repo_host_name(source);
+            holes.restore_repo_host_port = format!(
+                "{{{{ with service \"{}\" }}}}{{{{ with index . 0 }}}}{{{{ .Port }}}}{{{{ end }}}}{{{{ end }}}}",
+                names::repo_service(source)
+            );
+            holes.restore_tls_ca_file = "/secrets/tls/restore-ca.crt".into();
+            holes.restore_tls_cert_file = "/secrets/tls/restore-client.crt".into();
+            holes.restore_tls_key_file = "/secrets/tls/restore-client.key".into();
         }
     }
 
@@ -305,7 +335,9 @@ impl Runtime for NomadRuntime {
 
     fn member(&self, facts: &Facts, _member: &MemberFacts) -> Holes {
         let job = names::postgres_job(&self.cluster);
-        Holes {
+        let mut keys = crate::compile::secrets::postgres_keys(facts);
+        keys.extend(crate::compile::secrets::restore_source_keys(facts));
+        let mut holes = Holes {
             // Bridge networking: the task listens on the port inside its namespace and is
             // reached at the host's address and mapped port.
             pg_listen: "0.0.0.0:{{ env \"NOMAD_PORT_pg\" }}".into(),
@@ -331,9 +363,11 @@ impl Runtime for NomadRuntime {
             tls_client_cert_file: "/secrets/tls/client.crt".into(),
             tls_client_key_file: "/secrets/tls/client.key".into(),
             dcs: self.dcs_section(&job),
-            secrets: self.secrets_of(&job, &crate::compile::secrets::postgres_keys(facts)),
+            secrets: self.secrets_of(&job, &keys),
             ..self.base()
-        }
+        };
+        self.restore_holes(facts, &mut holes);
+        holes
     }
 
     fn pgbouncer(&self, facts: &Facts) -> Holes {

@@ -195,6 +195,14 @@ pub enum Problem {
         job: String,
         members: Vec<String>,
     },
+    /// A restored cluster's key whose value must come from its restore source, which does
+    /// not have it.
+    MissingSourceKey {
+        key: String,
+        source: String,
+        path: String,
+        source_key: String,
+    },
     /// Some keys of the TLS set exist and others do not; the CA that could sign the rest is gone.
     IncompleteTlsSet {
         present: Vec<String>,
@@ -215,6 +223,7 @@ impl std::fmt::Display for Problem {
             Problem::ChangedOutside { job, check_index } => write!(f, "job {job} was changed outside pgnomad since pgnomad last wrote it; to overwrite that change run `pgnomad run --job {job} --check-index {check_index}`"),
             Problem::MembersRestartTogether { job, members } => write!(f, "this change to {job} would replace {} at once (Nomad updates task groups in parallel), so those members would all restart together; `run` never restarts more than one member per registration — rolling such a change member by member, replicas first and the primary last after a switchover, is `pgnomad upgrade` (not built yet)", members.join(", ")),
             Problem::MissingOperatorKey { job, key, how } => write!(f, "secret {key} of {job} is missing and only you can provide it: {how}"),
+            Problem::MissingSourceKey { key, source, path, source_key } => write!(f, "secret {key} is a copy of the restore source's {source_key}, and {path} has none: is {source} a cluster pgnomad runs on this Nomad (its variables kept)? `restore {{ from }}` must name it"),
             Problem::IncompleteTlsSet { present, missing } => write!(f, "the pgBackRest TLS set is incomplete ({} exist, {} missing) and cannot be completed without its CA; delete the tls_* keys from the cluster's variables to have pgnomad generate a new set", present.join(", "), missing.join(", ")),
             Problem::InconsistentSecret { key, paths } => write!(f, "secret {key} differs between {}; the jobs need the same value — pgnomad never changes an existing value, so make them equal by hand", paths.join(" and ")),
         }
@@ -239,7 +248,8 @@ pub async fn plan<N: Transport, C: Transport>(
     }
     let nomad = &cluster.nomad;
 
-    let existing_secrets = ExistingSecrets::read(nomad, &name, &artifacts.secrets).await?;
+    let source = stack.restore.as_ref().map(|r| r.from.value.as_str()).filter(|from| *from != name);
+    let existing_secrets = ExistingSecrets::read(nomad, &name, &artifacts.secrets, source).await?;
     let (secrets, mut problems) = secret_plans(&name, &artifacts.secrets, &existing_secrets, operator);
 
     let mut volumes = Vec::new();

@@ -43,16 +43,31 @@ pub struct ExistingSecrets {
     pub by_path: BTreeMap<String, Variable>,
     /// The variable at [`tls_store_path`], if the stack uses TLS and it exists.
     pub tls_store: Option<Variable>,
+    /// A restored cluster's: its source's values of the keys it copies
+    /// ([`compile::secrets::source_key_of`]), under the clone's key names.
+    pub from_source: BTreeMap<String, String>,
+    /// The restore source's name, when the stack restores from another cluster.
+    pub source: Option<String>,
 }
 
 impl ExistingSecrets {
-    /// Lists `nomad/jobs/<cluster>-…` once, then reads the variables the stack uses.
-    pub async fn read<N: Transport>(nomad: &NomadClient<N>, cluster: &str, specs: &[SecretSpec]) -> Result<Self, DeployError> {
+    /// Lists `nomad/jobs/<cluster>-…` once, then reads the variables the stack uses, and
+    /// with a restore `source` the source's postgres variable and TLS set.
+    pub async fn read<N: Transport>(
+        nomad: &NomadClient<N>,
+        cluster: &str,
+        specs: &[SecretSpec],
+        source: Option<&str>,
+    ) -> Result<Self, DeployError> {
         let mut by_path = BTreeMap::new();
         let nomad_specs: Vec<&SecretSpec> = specs.iter().filter(|s| s.provider == "nomad-variables").collect();
         if nomad_specs.is_empty() {
-            return Ok(ExistingSecrets { by_path, tls_store: None });
+            return Ok(ExistingSecrets { by_path, tls_store: None, from_source: BTreeMap::new(), source: source.map(str::to_owned) });
         }
+        let from_source = match source {
+            Some(source) => read_source(nomad, source, specs).await?,
+            None => BTreeMap::new(),
+        };
         let store_path = tls_store_path(cluster);
         let tls_store = if needed_tls_keys(specs).is_empty() {
             None
@@ -72,7 +87,7 @@ impl ExistingSecrets {
                 by_path.insert(spec.path.clone(), variable);
             }
         }
-        Ok(ExistingSecrets { by_path, tls_store })
+        Ok(ExistingSecrets { by_path, tls_store, from_source, source: source.map(str::to_owned) })
     }
 
     /// Values by key across every variable; the first path (in stack order) wins when two
@@ -95,12 +110,53 @@ impl ExistingSecrets {
             }
         }
         let mut pool: BTreeMap<String, String> = pool.into_iter().map(|(k, (v, _))| (k, v)).collect();
+        // A clone's own value, once written, wins over its source's.
+        for (key, value) in &self.from_source {
+            pool.entry(key.clone()).or_insert_with(|| value.clone());
+        }
         if let Some(store) = &self.tls_store {
             for (key, value) in store.items.iter().filter(|(k, _)| TLS_KEYS.contains(&k.as_str())) {
                 pool.entry(key.clone()).or_insert_with(|| value.clone());
             }
         }
         (pool, problems)
+    }
+}
+
+/// The source's values of the keys a clone copies, under the clone's key names: role
+/// passwords and the cipher pass from `nomad/jobs/<source>-postgres`, the CA and client
+/// certificate from the source's TLS store.
+async fn read_source<N: Transport>(
+    nomad: &NomadClient<N>,
+    source: &str,
+    specs: &[SecretSpec],
+) -> Result<BTreeMap<String, String>, DeployError> {
+    let postgres_path = format!("nomad/jobs/{}", crate::config::runtime::names::postgres_job(source));
+    let store_path = tls_store_path(source);
+    let mut values = BTreeMap::new();
+    let postgres = nomad
+        .read_variable(&postgres_path)
+        .await
+        .map_err(DeployError::api(format!("reading the restore source's variable {postgres_path}")))?;
+    let store =
+        nomad.read_variable(&store_path).await.map_err(DeployError::api(format!("reading the restore source's variable {store_path}")))?;
+    for key in specs.iter().flat_map(|s| &s.keys) {
+        let Some(source_key) = crate::compile::secrets::source_key_of(&key.key) else { continue };
+        let from_store = key.key.starts_with("restore_tls_");
+        let variable = if from_store { store.as_ref() } else { postgres.as_ref() };
+        if let Some(value) = variable.and_then(|v| v.items.get(source_key)) {
+            values.insert(key.key.clone(), value.clone());
+        }
+    }
+    Ok(values)
+}
+
+/// Where a clone's key comes from in its source, for messages.
+fn source_path_of(source: &str, key: &str) -> String {
+    if key.starts_with("restore_tls_") {
+        tls_store_path(source)
+    } else {
+        format!("nomad/jobs/{}", crate::config::runtime::names::postgres_job(source))
     }
 }
 
@@ -154,6 +210,20 @@ pub fn secret_plans(
             .filter(|k| !pool.contains_key(&k.key) && operator.value(&k.key).is_none() && k.key != "consul_token")
             .map(|k| k.key.clone())
             .collect();
+        // A clone that would generate a password its restored data does not have, or lacks
+        // what reads its source's repository, would never come up: refuse before writing.
+        if let Some(source) = &existing.source {
+            for key in spec.keys.iter().filter(|k| keys_to_add.contains(&k.key) && !pool.contains_key(&k.key)) {
+                if let Some(source_key) = crate::compile::secrets::source_key_of(&key.key) {
+                    problems.push(Problem::MissingSourceKey {
+                        key: key.key.clone(),
+                        source: source.clone(),
+                        path: source_path_of(source, &key.key),
+                        source_key: source_key.to_owned(),
+                    });
+                }
+            }
+        }
         for key in &missing_operator_keys {
             problems.push(Problem::MissingOperatorKey {
                 job: spec.job.clone(),

@@ -32,7 +32,7 @@ pgbackrest_run() {
 # volume; the same ID here means this job mounts the very directory it serves. A host volume
 # created on more than one node would otherwise split the repository.
 repo_host_alloc='[[ rt.repo_host_alloc ]]'
-marker='[[ rt.lock_dir ]]/repo-host'
+marker='[[ rt.lock_dir ]]/repo-host-[[ stack.cluster ]]'
 [ -n "$repo_host_alloc" ] || fail "no repository host passes its check in Consul: is the [[ stack.cluster ]]-repo job running?"
 [ "$(cat "$marker" 2>/dev/null || true)" = "$repo_host_alloc" ] ||
     fail "this node's repository volume is not the one the repository host (allocation $repo_host_alloc) serves: create the repository host volume on one node only"

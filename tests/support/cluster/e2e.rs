@@ -106,8 +106,13 @@ impl Deployed {
 
     /// Patroni's /cluster, read from whichever member answers.
     pub fn patroni_cluster(&self) -> Option<Value> {
+        self.patroni_cluster_of("main")
+    }
+
+    /// The same for the cluster `name` on this double (a restored clone beside `main`).
+    pub fn patroni_cluster_of(&self, name: &str) -> Option<Value> {
         for i in 0..3 {
-            let Some(address) = self.cluster.address_of("main-postgres", &format!("member-{i}"), "patroni") else { continue };
+            let Some(address) = self.cluster.address_of(&format!("{name}-postgres"), &format!("member-{i}"), "patroni") else { continue };
             if let Some(body) = http_get(&address, "/cluster") {
                 if let Ok(value) = serde_json::from_str::<Value>(&body) {
                     return Some(value);
@@ -155,7 +160,16 @@ impl Deployed {
 
     /// SQL on a member, as postgres over its local socket inside the patroni task.
     pub fn member_sql(&self, member: &str, sql: &str) -> Option<String> {
-        let out = self.patroni_task(member)?.exec(&["psql", "-X", "-At", "-h", "/alloc/tmp", "-d", "postgres", "-c", sql]).ok()?;
+        self.member_sql_of("main", member, sql)
+    }
+
+    /// The same on a member of the cluster `name`.
+    pub fn member_sql_of(&self, name: &str, member: &str, sql: &str) -> Option<String> {
+        let out = self
+            .cluster
+            .task(&format!("{name}-postgres"), member, "patroni")?
+            .exec(&["psql", "-X", "-At", "-h", "/alloc/tmp", "-d", "postgres", "-c", sql])
+            .ok()?;
         out.status.success().then(|| text(&out.stdout).trim().to_string())
     }
 
@@ -212,8 +226,13 @@ impl Deployed {
     }
 
     pub fn member_logs(&self) -> String {
+        self.member_logs_of("main")
+    }
+
+    /// Each member's last log lines of the cluster `name`, the whole logs written to files.
+    pub fn member_logs_of(&self, name: &str) -> String {
         (0..3)
-            .filter_map(|i| self.patroni_task(&format!("member-{i}")))
+            .filter_map(|i| self.cluster.task(&format!("{name}-postgres"), &format!("member-{i}"), "patroni"))
             .map(|t| {
                 let logs = t.logs_tail(400);
                 let path = std::env::temp_dir().join(format!("pgnomad-{}.log", t.name().replace([' ', '(', ')', ':'], "_")));
