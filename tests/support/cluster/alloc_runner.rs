@@ -268,7 +268,20 @@ impl AllocRunner {
         }
         args.extend([self.node.pause_image.clone(), "sleep".into(), "infinity".into()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        docker::run(&args).map(|_| ()).map_err(|e| format!("failed to set up the allocation network: {e}"))
+        docker::run(&args).map_err(|e| format!("failed to set up the allocation network: {e}"))?;
+        // Other allocations reach these ports through the kernel, not docker's proxy.
+        let fail = |e: String| format!("failed to set up the allocation network: {e}");
+        let format = format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", self.node.docker_network);
+        let ip = docker::run(&["inspect", "--format", &format, &self.pause_name()]).map_err(fail)?;
+        let network_id = docker::run(&["network", "inspect", "--format", "{{.Id}}", &self.node.docker_network]).map_err(fail)?;
+        let bridge = format!("br-{}", &network_id.trim()[..12]);
+        let ports: Vec<(u16, u16)> = self.facts.ports.iter().map(|p| (p.value, if p.to > 0 { p.to } else { p.value })).collect();
+        docker::map_ports(&self.port_map_tag(), &bridge, &self.node.address, ip.trim(), &ports).map_err(fail)
+    }
+
+    /// The comment on this allocation's DNAT rules: the cluster's, then the allocation's.
+    fn port_map_tag(&self) -> String {
+        format!("pgnomad-double-{}-{}", self.node.cluster_id, &self.facts.alloc_id[..8])
     }
 
     /// Renders every template of `task` until none is blocked (Nomad's template hook holds the
@@ -749,6 +762,7 @@ impl AllocRunner {
             }
             docker::remove(&container);
         }
+        docker::unmap_ports(&self.port_map_tag());
         docker::remove(&self.pause_name());
     }
 

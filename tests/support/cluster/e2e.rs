@@ -173,6 +173,54 @@ impl Deployed {
         out.status.success().then(|| text(&out.stdout).trim().to_string())
     }
 
+    /// Each PgBouncer's `[databases]` as rendered now and its last log lines: where it
+    /// sends clients, for a failure's message.
+    pub fn pgbouncer_state(&self) -> String {
+        self.cluster
+            .allocations("main-pgbouncer")
+            .iter()
+            .filter_map(|a| {
+                let id = &a.facts.alloc_id;
+                let task = super::TaskRef::Container(format!("pgbouncer-{}-{}", a.facts.group_name(), &id[..id.len().min(8)]));
+                let databases = task
+                    .exec(&["sh", "-c", "grep -A2 '^\\[databases\\]' /secrets/pgbouncer.ini | sed 's/password=[^ ]*/password=…/'"])
+                    .ok()?;
+                // Its own view of pools, servers and clients, from the admin console.
+                let password = format!("PGPASSWORD={}", self.secret("main-pgbouncer", "pgbouncer_auth_password"));
+                let admin = ["SHOW POOLS", "SHOW SERVERS", "SHOW CLIENTS"].map(|show| {
+                    task.exec(&[
+                        "env",
+                        &password,
+                        "psql",
+                        "-X",
+                        "-A",
+                        "-h",
+                        "/alloc/tmp",
+                        "-p",
+                        "6432",
+                        "-U",
+                        "pgbouncer_auth",
+                        "-d",
+                        "pgbouncer",
+                        "-c",
+                        show,
+                    ])
+                    .map(|out| format!("{show}:\n{}{}", text(&out.stdout), text(&out.stderr)))
+                    .unwrap_or_default()
+                });
+                Some(format!(
+                    "--- {} ({})\n{}{}\n{}",
+                    task.name(),
+                    a.client_status,
+                    text(&databases.stdout),
+                    admin.join(""),
+                    task.logs_tail(60)
+                ))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub fn pgbouncer_address(&self) -> String {
         self.cluster.address_of("main-pgbouncer", "pgbouncer", "pgbouncer").expect("a running PgBouncer")
     }
@@ -453,6 +501,13 @@ impl Writer {
     /// Panics with the writer's last attempts (how long each took, what psql said) when no
     /// insert that started after `since` was acknowledged within `timeout`.
     pub fn wait_ack_after(&self, since: Instant, timeout: Duration) {
+        if let Err(why) = self.acked_after(since, timeout) {
+            panic!("{why}");
+        }
+    }
+
+    /// Waits for a write acknowledged after `since`; what the writer last saw if none came.
+    pub fn acked_after(&self, since: Instant, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         while !self.attempts.lock().unwrap().iter().any(|a| a.ok && a.started > since) {
             if Instant::now() > deadline {
@@ -465,13 +520,14 @@ impl Writer {
                         format!("  id {} via {} took {:.1} s: {}", a.id, a.via, a.took.as_secs_f64(), if a.ok { "ok" } else { &a.error })
                     })
                     .collect();
-                panic!(
+                return Err(format!(
                     "timed out after {timeout:?} waiting for a write through PgBouncer acknowledged after the fault; the writer's last attempts, newest first (one may still be running):\n{}",
                     last.join("\n")
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     /// The write gap of a fault at `at` that was over by `recovered` (a new leader seen): the
