@@ -76,16 +76,18 @@ promoted() {
 # archiving works. A cluster that has never archived anything (a fresh bootstrap, before any
 # replica) gets the full check.
 archiving_works() {
-    local timeline archived failing
+    local timeline row archived failing
     timeline="$(psql -XAtc 'SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)')" || return 1
     if [ "$timeline" = 00000001 ]; then
-        archived="$(psql -XAtc "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")" || return 1
-        if [ -z "$archived" ]; then
+        # One read of the archiver: the last archived segment, and the last failed one if it
+        # failed after that.
+        row="$(psql -XAtF ' ' -c "SELECT coalesce(last_archived_wal, '-'), CASE WHEN last_failed_time > coalesce(last_archived_time, '-infinity') THEN last_failed_wal ELSE '' END FROM pg_stat_archiver")" || return 1
+        read -r archived failing <<<"$row"
+        if [ "$archived" = - ]; then
             pgbackrest_run check && return 0
             log "pgBackRest check failed; WAL archiving is failing"
             return 1
         fi
-        failing="$(psql -XAtc "SELECT last_failed_wal FROM pg_stat_archiver WHERE last_failed_time > coalesce(last_archived_time, '-infinity')")" || return 1
         [ -z "$failing" ] && return 0
         log "archiving $failing failed after $archived was archived; WAL archiving is failing"
         return 1
