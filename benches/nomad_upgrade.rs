@@ -51,7 +51,7 @@ fn main() {
         let total = started.elapsed();
         assert_ok("pgnomad upgrade", &out);
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        writer.wait_ack_after(Instant::now(), Duration::from_secs(30));
+        deployed.wait_write_after(&writer, Instant::now(), Duration::from_secs(30));
         let (processed, failed, aborted) = pgbench.finish();
         let acks: Vec<Instant> = {
             let mut acks: Vec<Instant> = writer.snapshot().iter().filter(|a| a.ok).map(|a| a.started + a.took).collect();

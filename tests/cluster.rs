@@ -224,7 +224,7 @@ fn scenario(driver: StackDriver) {
         let leader = deployed.kill_primary(fault);
         deployed.wait_new_leader(&leader, Duration::from_secs(120));
         let recovered = Instant::now();
-        writer.wait_ack_after(recovered, Duration::from_secs(120));
+        deployed.wait_write_after(&writer, recovered, Duration::from_secs(120));
         eprintln!("{}: {} of {leader}: write gap {:?}", driver.name(), fault.name(), writer.gap_around(at, recovered));
         wait_until("all three members healthy again", Duration::from_secs(240), || deployed.healthy_topology().is_ok());
     }

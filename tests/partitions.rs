@@ -87,7 +87,7 @@ fn a_partitioned_replica_costs_a_stall_and_a_partitioned_pgbouncer_refuses_clien
     let partition = Partition::isolate(&netns);
     // Writes go on once Patroni has made the other replica synchronous.
     std::thread::sleep(Duration::from_secs(2));
-    writer.wait_ack_after(at + Duration::from_secs(2), Duration::from_secs(90));
+    deployed.wait_write_after(&writer, at + Duration::from_secs(2), Duration::from_secs(90));
     std::thread::sleep(Duration::from_secs(5));
     let during: Vec<_> = writer.snapshot()[before..].to_vec();
     let gap = writer.gap_around(at, at + Duration::from_secs(2)).unwrap();

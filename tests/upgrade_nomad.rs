@@ -89,7 +89,7 @@ fn upgrade_on_nomad_rolls_one_member_group_at_a_time_resumes_after_a_failure_and
     let (out, report) = upgrade(&deployed, &[]);
     let upgrade_took = started.elapsed();
     assert!(out.status.success(), "{}\n{}", show(&out), deployed.member_logs());
-    writer.wait_ack_after(Instant::now(), Duration::from_secs(20));
+    deployed.wait_write_after(&writer, Instant::now(), Duration::from_secs(20));
     let (processed, failed, aborted) = pgbench.finish();
     let pause = longest_pause(&writer, started, started + upgrade_took);
     let attempts = writer.stop();

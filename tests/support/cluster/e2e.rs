@@ -221,6 +221,14 @@ impl Deployed {
             .join("\n")
     }
 
+    /// Waits for a write through PgBouncer acknowledged after `since`; the failure shows
+    /// what each PgBouncer holds.
+    pub fn wait_write_after(&self, writer: &Writer, since: Instant, timeout: Duration) {
+        if let Err(why) = writer.acked_after(since, timeout) {
+            panic!("{why}\nPgBouncer:\n{}", self.pgbouncer_state());
+        }
+    }
+
     pub fn pgbouncer_address(&self) -> String {
         self.cluster.address_of("main-pgbouncer", "pgbouncer", "pgbouncer").expect("a running PgBouncer")
     }

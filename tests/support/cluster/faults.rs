@@ -522,9 +522,7 @@ pub fn partition_primary(deployed: &super::e2e::Deployed, writer: &super::e2e::W
     let partition = Partition::isolate(&netns);
     deployed.wait_new_leader(&old, Duration::from_secs(90));
     let recovered = Instant::now();
-    if let Err(why) = writer.acked_after(recovered, Duration::from_secs(90)) {
-        panic!("{why}\nPgBouncer:\n{}", deployed.pgbouncer_state());
-    }
+    deployed.wait_write_after(writer, recovered, Duration::from_secs(90));
     let gap = writer.gap_around(at, recovered).expect("acknowledgements before and after");
     // Writes go to the new primary through PgBouncer.
     let new = deployed.leader().expect("the new leader");
