@@ -255,6 +255,7 @@ fn a_clone_takes_its_sources_role_passwords_and_repository_keys_and_is_refused_w
         message.contains("secret restore_tls_client_key is a copy of the restore source's tls_client_key, and pgnomad/main/tls has none"),
         "{message}"
     );
+    assert_eq!(message.matches("secret pgbouncer_auth_password is a copy").count(), 1, "named once, though two jobs read it: {message}");
     assert!(lab.write_log().is_empty(), "{:?}", lab.write_log());
 
     let run = lab.pgnomad(&["run"]);

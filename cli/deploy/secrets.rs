@@ -214,7 +214,8 @@ pub fn secret_plans(
         // what reads its source's repository, would never come up: refuse before writing.
         if let Some(source) = &existing.source {
             for key in spec.keys.iter().filter(|k| keys_to_add.contains(&k.key) && !pool.contains_key(&k.key)) {
-                if let Some(source_key) = crate::compile::secrets::source_key_of(&key.key) {
+                let named = problems.iter().any(|p| matches!(p, Problem::MissingSourceKey { key: k, .. } if *k == key.key));
+                if let (Some(source_key), false) = (crate::compile::secrets::source_key_of(&key.key), named) {
                     problems.push(Problem::MissingSourceKey {
                         key: key.key.clone(),
                         source: source.clone(),
