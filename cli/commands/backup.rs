@@ -149,13 +149,8 @@ pub fn restore(args: RestoreArgs) -> Result<(), Failure> {
     let options = RunOptions { detach: false, scope: PlanScope::default(), timeout: args.timeout, operator };
     let terminal = TerminalReporter::new();
     let reporter: &dyn Reporter = if args.json { &Quiet } else { &terminal };
-    let summary =
-        block_on(deploy::run(&cluster, &clone.stack, &packs, &options, reporter))?.map_err(|error| match deploy_failure(error) {
-            Failure::BadInput(m) => Failure::BadInput(format!("{m}\n  = note: {resume}")),
-            Failure::Internal(m) => Failure::Internal(format!("{m}\n  = note: {resume}")),
-            Failure::NotConverged(m) => Failure::NotConverged(format!("{m}\n  = note: {resume}")),
-            Failure::Exit(code, m) => Failure::Exit(code, format!("{m}\n  = note: {resume}")),
-        })?;
+    let summary = block_on(deploy::run(&cluster, &clone.stack, &packs, &options, reporter))?
+        .map_err(|error| deploy_failure(error).with_note(&resume))?;
     super::run::apply_parameters(cluster, clone.stack, packs, args.json);
     if args.json {
         let mut value = serde_json::to_value(&restored).expect("serializes");

@@ -111,6 +111,17 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// The same failure, its message followed by a `= note:` line.
+    pub fn with_note(self, note: &str) -> Failure {
+        let add = |message: String| format!("{message}\n  = note: {note}");
+        match self {
+            Failure::BadInput(m) => Failure::BadInput(add(m)),
+            Failure::Internal(m) => Failure::Internal(add(m)),
+            Failure::NotConverged(m) => Failure::NotConverged(add(m)),
+            Failure::Exit(code, m) => Failure::Exit(code, add(m)),
+        }
+    }
+
     fn code(&self) -> u8 {
         match self {
             Failure::BadInput(_) => exit::BAD_INPUT,

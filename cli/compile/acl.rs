@@ -60,7 +60,7 @@ pub fn policies(stack: &Stack, jobs: &[CompiledJob]) -> Vec<AclPolicy> {
     let _ = writeln!(rules, "    path \"pgnomad/{c}/*\" {{\n      capabilities = [\"write\", \"read\", \"destroy\", \"list\"]\n    }}");
     // A clone copies its restore source's role passwords, cipher pass and client certificate
     // (deploy::secrets::read_source): read only, and only those two.
-    if let Some(source) = stack.restore.as_ref().map(|r| &r.from.value).filter(|from| **from != *c) {
+    if let Some(source) = stack.restore_source() {
         for path in [format!("nomad/jobs/{}", crate::config::runtime::names::postgres_job(source)), format!("pgnomad/{source}/tls")] {
             let _ = writeln!(rules, "    path \"{path}\" {{\n      capabilities = [\"read\"]\n    }}");
         }

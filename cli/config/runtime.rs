@@ -239,7 +239,7 @@ impl NomadRuntime {
                 Driver::Docker { .. } => format!("/usr/lib/postgresql/{}/bin", stack.postgres.version.value),
                 Driver::Exec { bin_dir } => bin_dir.clone(),
             },
-            restore_source: stack.restore.as_ref().map(|r| r.from.value.clone()).filter(|from| *from != stack.cluster.name.value),
+            restore_source: stack.restore_source().map(str::to_owned),
         }
     }
 

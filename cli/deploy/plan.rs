@@ -248,8 +248,7 @@ pub async fn plan<N: Transport, C: Transport>(
     }
     let nomad = &cluster.nomad;
 
-    let source = stack.restore.as_ref().map(|r| r.from.value.as_str()).filter(|from| *from != name);
-    let existing_secrets = ExistingSecrets::read(nomad, &name, &artifacts.secrets, source).await?;
+    let existing_secrets = ExistingSecrets::read(nomad, &name, &artifacts.secrets, stack.restore_source()).await?;
     let (secrets, mut problems) = secret_plans(&name, &artifacts.secrets, &existing_secrets, operator);
 
     let mut volumes = Vec::new();

@@ -142,8 +142,7 @@ async fn read_source<N: Transport>(
         nomad.read_variable(&store_path).await.map_err(DeployError::api(format!("reading the restore source's variable {store_path}")))?;
     for key in specs.iter().flat_map(|s| &s.keys) {
         let Some(source_key) = crate::compile::secrets::source_key_of(&key.key) else { continue };
-        let from_store = key.key.starts_with("restore_tls_");
-        let variable = if from_store { store.as_ref() } else { postgres.as_ref() };
+        let variable = if source_path_of(source, &key.key) == store_path { store.as_ref() } else { postgres.as_ref() };
         if let Some(value) = variable.and_then(|v| v.items.get(source_key)) {
             values.insert(key.key.clone(), value.clone());
         }
@@ -151,7 +150,7 @@ async fn read_source<N: Transport>(
     Ok(values)
 }
 
-/// Where a clone's key comes from in its source, for messages.
+/// Which of its source's variables a clone's key is read from.
 fn source_path_of(source: &str, key: &str) -> String {
     if key.starts_with("restore_tls_") {
         tls_store_path(source)

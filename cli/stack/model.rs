@@ -22,6 +22,14 @@ pub struct Stack {
     pub restore: Option<Restore>,
 }
 
+impl Stack {
+    /// The cluster this one restores from, when it is another cluster (a clone); `None` for
+    /// a cluster that is not restored or is restored in place.
+    pub fn restore_source(&self) -> Option<&str> {
+        self.restore.as_ref().map(|r| r.from.value.as_str()).filter(|from| *from != self.cluster.name.value)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
     pub name: Spanned<String>,
