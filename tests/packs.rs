@@ -242,7 +242,7 @@ fn nomad_rendering_keeps_holes_as_go_templates_and_escapes_literals() {
         let sql = find(&files, "member-0/postgres/bootstrap.sql");
         assert!(
             sql.contains(&format!(
-                "PASSWORD '{{{{ with nomadVar \"nomad/jobs/{cluster}-postgres\" }}}}{{{{ .password_app }}}}{{{{ end }}}}'"
+                "pg_temp.password_is('app', '{{{{ with nomadVar \"nomad/jobs/{cluster}-postgres\" }}}}{{{{ .password_app }}}}{{{{ end }}}}')"
             )),
             "{sql}"
         );
@@ -571,10 +571,75 @@ fn pgbouncer_lets_application_users_in_with_scram_and_keeps_the_superuser_out() 
     let replicator = through("replicator", member.secret("replication_password"), "app", "SELECT 1");
     assert!(!replicator.status.success(), "the replication role logged in through PgBouncer");
 
-    // After a promotion applies bootstrap.sql again (new SCRAM salts), logins still work.
+    // A client connected across a promotion. PgBouncer logs in to the server with SCRAM keys it
+    // derived from this client's login, so the password's salt must not change under it: after
+    // its server connection ends and a promotion applies bootstrap.sql again, its next query
+    // needs a new server login with those keys.
+    let mut held = HeldSession::open(&port, "app", member.secret("password_app"), "app");
+    assert_eq!(held.query("SELECT 'before'"), Ok("before".to_owned()));
+    let verifier = || member.superuser("postgres", "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'");
+    let before = verifier();
+    member.superuser("postgres", "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'app'");
     member.apply_bootstrap_sql();
+    assert_eq!(verifier(), before, "bootstrap.sql set an unchanged password again (a new salt)");
+    assert_eq!(held.query("SELECT 'after'"), Ok("after".to_owned()), "{}", bouncer.log_text());
+    login("app");
+
+    // A password changed behind pgnomad's back is set back to the secret.
+    member.superuser("postgres", "ALTER ROLE app PASSWORD 'changed-by-hand'");
+    member.apply_bootstrap_sql();
+    assert_ne!(verifier(), before);
     login("app");
     bouncer.assert_running();
+}
+
+/// One psql session kept open, fed a query at a time.
+struct HeldSession {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl HeldSession {
+    fn open(port: &str, user: &str, password: &str, database: &str) -> HeldSession {
+        use std::io::BufRead;
+        let mut child = Command::new(require("psql", "postgresql-client-15"))
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=0", "-h", "127.0.0.1", "-p", port, "-U", user, "-d", database])
+            .env("PGPASSWORD", password)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let send = send.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = send.send(line);
+                }
+            });
+        }
+        HeldSession { child, lines }
+    }
+
+    /// The query's one line of output, or what psql said instead within 30 s.
+    fn query(&mut self, sql: &str) -> Result<String, String> {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{sql};").and_then(|()| stdin.flush()).map_err(|e| e.to_string())?;
+        match self.lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.starts_with("psql:") || line.contains("ERROR") => Err(line),
+            Ok(line) => Ok(line),
+            Err(_) => Err(format!("no answer to {sql:?} within 30 s")),
+        }
+    }
+}
+
+impl Drop for HeldSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
