@@ -46,11 +46,14 @@ fn main() {
         for run in 1..=partitions {
             let p = partition_primary(&deployed, &writer, &sampler);
             println!(
-                "partition {run}: {} demoted after {:.2} s, {} writable after {:.2} s, write gap {:.2} s, {} client errors, pg_rewind: {}, streaming again after {:.1} s, all healthy: {:?}",
+                "partition {run}: {} demoted after {:.2} s, leader key free after {}, taken after {}, {} writable after {:.2} s, first write through PgBouncer after {}, write gap {:.2} s, {} client errors, pg_rewind: {}, streaming again after {:.1} s, all healthy: {:?}",
                 p.old,
                 p.demoted_after.as_secs_f64(),
+                seconds(p.lock_free_after),
+                seconds(p.lock_taken_after),
                 p.new,
                 p.promoted_after.as_secs_f64(),
+                seconds(p.routed_after),
                 p.gap.as_secs_f64(),
                 p.errors,
                 p.rewound,
@@ -103,4 +106,8 @@ fn main() {
         eprintln!("{failed:?}");
         std::process::exit(1);
     }
+}
+
+fn seconds(at: Option<Duration>) -> String {
+    at.map_or_else(|| "-".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()))
 }

@@ -503,6 +503,12 @@ pub struct PrimaryPartition {
     pub demoted_after: Duration,
     /// From the partition to the first sample that saw another member writable.
     pub promoted_after: Duration,
+    /// Where the gap went: from the partition to the first sample of the leader key without
+    /// the old primary (its lease expired), to the first with the new one, and to the first
+    /// write acknowledged through PgBouncer after the new primary was writable.
+    pub lock_free_after: Option<Duration>,
+    pub lock_taken_after: Option<Duration>,
+    pub routed_after: Option<Duration>,
     pub gap: Duration,
     pub errors: usize,
     pub rewound: bool,
@@ -536,8 +542,11 @@ pub fn partition_primary(deployed: &super::e2e::Deployed, writer: &super::e2e::W
     let observations = sampler.observations();
     let demoted = observations.stopped_writable(&old, at).expect("the old primary stopped being writable");
     let (_, promoted) = observations.first_writable_other(&old, at).expect("another member became writable");
+    let lock_free_after = observations.locks.iter().find(|l| l.at >= at && l.holder.as_deref() != Some(old.as_str())).map(|l| l.at - at);
+    let lock_taken_after = observations.locks.iter().find(|l| l.at >= at && l.holder.as_deref() == Some(new.as_str())).map(|l| l.at - at);
+    let routed_after = writer.snapshot().iter().filter(|a| a.ok && a.started + a.took > promoted).map(|a| a.started + a.took - at).min();
     eprintln!(
-        "partition of {old}: not writable after {:?}, {new} writable after {:?}, write gap {gap:?}; healing",
+        "partition of {old}: not writable after {:?}, leader key free after {lock_free_after:?}, taken by {new} after {lock_taken_after:?}, {new} writable after {:?}, first write through PgBouncer after {routed_after:?}, write gap {gap:?}; healing",
         demoted - at,
         promoted - at
     );
@@ -564,6 +573,9 @@ pub fn partition_primary(deployed: &super::e2e::Deployed, writer: &super::e2e::W
         new,
         demoted_after: demoted - at,
         promoted_after: promoted - at,
+        lock_free_after,
+        lock_taken_after,
+        routed_after,
         gap,
         errors: writer.snapshot()[before..].iter().filter(|a| !a.ok).count(),
         rewound,
