@@ -29,7 +29,7 @@ pub use view::{observe, ClusterView, MemberView};
 
 /// Where the operations run: how to reach the members' REST APIs and PgBouncer's admin
 /// consoles, what the stack wants, and how one member is brought to it.
-pub trait Target {
+pub trait Target: Sync {
     /// `host:port` of REST APIs to ask for `GET /cluster` first (the rest are found there).
     fn seeds(&self) -> Result<Vec<String>, OpsError>;
     /// The REST address of a member Patroni lists without an `api_url`.
@@ -441,22 +441,34 @@ pub fn switchover(
     let poolers = if options.pause { target.poolers()? } else { Vec::new() };
     let started = Instant::now();
     pause_all(target, &poolers, reporter)?;
-    let result = (|| {
+    // Patroni answers POST /switchover only after polling the DCS once a second (api.py,
+    // poll_failover_result): up to a second after the new primary runs, with every client
+    // paused. So the answer is awaited beside the wait for the new primary, and only a
+    // refusal ends that wait; the clients are RESUMEd as soon as PgBouncer routes to it.
+    let (result, took, not_resumed) = std::thread::scope(|scope| {
         reporter.note(&format!("switchover from {} to {}", leader.name, candidate.name));
         let body = serde_json::json!({ "leader": leader.name, "candidate": candidate.name });
-        let (code, text) = target
-            .rest(&leader.rest, "POST", "/switchover", Some(&body), options.pause_timeout)
-            .map_err(|e| OpsError::Failed(format!("POST /switchover to {}: {e}", leader.name)))?;
-        if code != 200 {
-            return Err(OpsError::Failed(format!("Patroni refused the switchover ({code}): {}", text.trim())));
-        }
+        let (answered, answer) = std::sync::mpsc::channel();
+        let leader_rest = leader.rest.clone();
+        scope.spawn(move || {
+            let _ = answered.send(target.rest(&leader_rest, "POST", "/switchover", Some(&body), options.pause_timeout));
+        });
+        let mut accepted = false;
         let deadline = started + options.pause_timeout;
-        wait_for(
+        let result = wait_for(
             &format!("{} to run as primary with every PgBouncer on it", candidate.name),
             deadline,
             Duration::from_millis(50),
             reporter,
             || {
+                match answer.try_recv() {
+                    Ok(Ok((200, _))) => accepted = true,
+                    Ok(Ok((code, text))) => {
+                        return Ok(Some(Err(OpsError::Failed(format!("Patroni refused the switchover ({code}): {}", text.trim())))))
+                    }
+                    Ok(Err(e)) => return Ok(Some(Err(OpsError::Failed(format!("POST /switchover to {}: {e}", leader.name))))),
+                    Err(_) => {}
+                }
                 match target.rest(&candidate.rest, "GET", "/primary", None, Duration::from_millis(500)) {
                     Ok((200, _)) => {}
                     _ => return Ok(None),
@@ -467,12 +479,19 @@ pub fn switchover(
                         return Err(format!("PgBouncer {pooler} does not point at it yet"));
                     }
                 }
-                Ok(Some(()))
+                Ok(Some(Ok(())))
             },
         )
-    })();
-    let took = started.elapsed();
-    let not_resumed = resume_all(target, &poolers, reporter);
+        .and_then(|outcome| outcome)
+        .map_err(|e| match e {
+            OpsError::TimedOut { what, after } if !accepted => {
+                OpsError::TimedOut { what: format!("{what}; Patroni had not answered POST /switchover"), after }
+            }
+            other => other,
+        });
+        // Before the scope ends: it waits for Patroni's answer.
+        (result, started.elapsed(), resume_all(target, &poolers, reporter))
+    });
     if !not_resumed.is_empty() {
         let message =
             format!("RESUME failed on PgBouncer {}: clients stay paused there — run RESUME on its admin console", not_resumed.join(", "));
