@@ -469,9 +469,10 @@ pub fn switchover(
                     Ok(Err(e)) => return Ok(Some(Err(OpsError::Failed(format!("POST /switchover to {}: {e}", leader.name))))),
                     Err(_) => {}
                 }
-                match target.rest(&candidate.rest, "GET", "/primary", None, Duration::from_millis(500)) {
-                    Ok((200, _)) => {}
-                    _ => return Ok(None),
+                // Not `/primary`: it passes while the candidate still promotes, and clients
+                // resumed then meet "cannot execute INSERT in a read-only transaction".
+                if !view::takes_writes(target, &candidate.rest, Duration::from_millis(500)) {
+                    return Ok(None);
                 }
                 let view = ClusterView { members: vec![candidate.clone()], ..ClusterView::default() };
                 for pooler in &poolers {
@@ -530,7 +531,7 @@ pub fn failover(target: &dyn Target, to: &str, timeout: Duration, reporter: &dyn
     }
     let rest = candidate.rest.clone();
     wait_for(&format!("{to} to run as primary"), started + timeout, Duration::from_millis(100), reporter, || {
-        Ok(matches!(target.rest(&rest, "GET", "/primary", None, Duration::from_millis(500)), Ok((200, _))).then_some(()))
+        Ok(view::takes_writes(target, &rest, Duration::from_millis(500)).then_some(()))
     })?;
     Ok(Switched { from, to: to.to_owned(), took: started.elapsed(), paused: false })
 }

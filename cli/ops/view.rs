@@ -108,6 +108,12 @@ struct ClusterMember {
 
 #[derive(Debug, Deserialize, Default)]
 struct PatroniAnswer {
+    /// `master` (`primary` from Patroni 3.0.3 on) once Postgres is out of recovery: Patroni
+    /// reads it from `pg_is_in_recovery()` on each request.
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    state: String,
     #[serde(default)]
     pending_restart: bool,
     #[serde(default)]
@@ -161,6 +167,17 @@ fn first_answer(target: &dyn Target, seeds: &[String], path: &str) -> Result<(St
         }
     }
     Err(OpsError::Unreachable(format!("no Patroni REST API answers GET {path} ({last}); is the cluster up?")))
+}
+
+/// Whether the member at `rest` runs Postgres out of recovery, so it takes writes. Patroni's
+/// `GET /primary` cannot tell: it answers 200 as soon as the member holds the leader key,
+/// before its promotion has ended.
+pub fn takes_writes(target: &dyn Target, rest: &str, timeout: Duration) -> bool {
+    match target.rest(rest, "GET", "/patroni", None, timeout) {
+        Ok((200, body)) => serde_json::from_str::<PatroniAnswer>(&body)
+            .is_ok_and(|p| matches!(p.role.as_str(), "master" | "primary") && p.state == "running"),
+        _ => false,
+    }
 }
 
 /// Reads the whole view: `/cluster` once, `/patroni` on every member, `/config` once.
