@@ -185,6 +185,33 @@ fn upgrade_rolls_max_connections_with_no_client_error_and_one_switchover_and_rel
         took.as_secs_f64(),
         longest.as_secs_f64()
     );
+
+    // Lowered again: a replica may not run less than the primary (Patroni starts it with the
+    // primary's value and leaves its restart pending), so the leader restarts first, where it
+    // runs, with PgBouncer paused; then the replicas. No switchover, no client error.
+    let writer = Writer::start(&dev);
+    std::thread::sleep(Duration::from_secs(1));
+    let tl = timeline(&dev);
+    set_parameters(&dev, &[("work_mem", "8MB"), ("max_connections", "200")]);
+    let started = Instant::now();
+    let (out, report) = upgrade(&dev, &[]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}\n{}", show(&out), dev.logs());
+    writer.wait_ack_after(Instant::now(), Duration::from_secs(10));
+    let attempts = writer.stop();
+    let errors: Vec<_> = attempts.iter().filter(|a| !a.acknowledged).collect();
+    assert!(errors.is_empty(), "client errors while lowering max_connections: {errors:#?}");
+    assert_eq!(dev.primary(), Some(new_primary), "the leader moved: {report:#}");
+    assert_eq!(lost_on(&dev, new_primary, &attempts), Vec::<u64>::new(), "acknowledged rows lost");
+    assert_eq!(timeline(&dev), tl, "lowering switched over");
+    assert_eq!(done_steps_of(&report, "switchover"), 0, "{report:#}");
+    let first = steps_of(&report, "restart-leader");
+    assert_eq!(first.len(), 1, "{report:#}");
+    assert_eq!(first[0]["member"], format!("member-{new_primary}"), "{report:#}");
+    assert_eq!(first[0]["status"], "done", "{report:#}");
+    assert_eq!(setting_everywhere(&dev, "max_connections"), vec![Some("200".to_owned()); 3], "{report:#}");
+    let longest = longest_gap(&attempts, started, started + took);
+    eprintln!("lowering took {:.1} s; longest write pause {:.2} s", took.as_secs_f64(), longest.as_secs_f64());
 }
 
 #[test]

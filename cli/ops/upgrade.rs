@@ -1,6 +1,7 @@
 //! `upgrade`: a changed stack onto a running cluster, one member at a time — replicas first,
 //! a switchover to the most caught-up synchronous standby (PgBouncer paused around it), the
-//! former primary last. Parameters go through Patroni's dynamic configuration; those that
+//! former primary last (a lowered `max_connections` and its kind: the leader first, in
+//! place, PgBouncer paused). Parameters go through Patroni's dynamic configuration; those that
 //! need a restart ride the rolling restart. The step plan is a pure function of what the
 //! cluster shows, so a re-run after a failure plans only what is left.
 
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{
-    health_problems, observe, seconds, switchover, wait_for, wait_member_healthy, with_postgres_pending, ClusterView, Gate, MemberView,
-    OpsError, Reporter, Switched, SwitchoverOptions, Target,
+    health_problems, observe, pause_all, resume_all, seconds, switchover, wait_for, wait_member_healthy, with_postgres_pending,
+    ClusterView, Gate, MemberView, OpsError, Reporter, Switched, SwitchoverOptions, Target,
 };
 
 pub use crate::config::facts::restart_required;
@@ -39,6 +40,10 @@ pub enum Step {
     /// `POST /restart` of the member's Postgres; `if_pending`: only while Patroni still shows
     /// `pending_restart` (a demoted leader restarted already).
     Restart { member: String, if_pending: bool },
+    /// `POST /restart` of the leader where it runs, every PgBouncer paused meanwhile: a
+    /// lowered parameter that a standby must have at least at the primary's value
+    /// ([`STANDBY_AT_LEAST_PRIMARY`]) reaches the replicas only after the primary runs it.
+    RestartLeader { member: String },
     /// Away from `from`, to the most caught-up synchronous standby, PgBouncer paused.
     Switchover { from: String },
     /// Every member healthy, none with a restart pending, the configuration as wanted.
@@ -56,6 +61,7 @@ impl std::fmt::Display for Step {
             Step::Update { member } => write!(f, "update {member}"),
             Step::Restart { member, if_pending: false } => write!(f, "restart {member}"),
             Step::Restart { member, if_pending: true } => write!(f, "restart {member} if still pending"),
+            Step::RestartLeader { member } => write!(f, "restart {member}, the leader, in place (PgBouncer paused)"),
             Step::Switchover { from } => write!(f, "switchover away from {from} (PgBouncer paused)"),
             Step::Verify => write!(f, "verify every member"),
         }
@@ -137,6 +143,30 @@ impl UpgradeReport {
     }
 }
 
+/// Parameters a hot standby must run at no less than the primary's value (Postgres checks
+/// them against pg_control). Patroni starts a replica with the primary's value when it is
+/// higher and leaves its restart pending, so a lowered one can reach the replicas only after
+/// the primary runs it: a switchover first would only hand the old value on.
+pub const STANDBY_AT_LEAST_PRIMARY: [&str; 5] =
+    ["max_connections", "max_prepared_transactions", "max_locks_per_transaction", "max_wal_senders", "max_worker_processes"];
+
+/// Whether the stack lowers one of [`STANDBY_AT_LEAST_PRIMARY`] below what the leader runs
+/// (its `pg_settings`, or else the change to Patroni's configuration).
+fn lowers_below_the_leader(target: &dyn Target, view: &ClusterView, changes: &[Change]) -> bool {
+    let desired = target.desired_parameters();
+    let wanted = |name: &str| desired.get(name).and_then(|v| v.trim().trim_matches('\'').parse::<u64>().ok());
+    if let Some(settings) = view.leader().and_then(|l| target.postgres_settings(l, &STANDBY_AT_LEAST_PRIMARY)) {
+        return settings.iter().any(|s| {
+            STANDBY_AT_LEAST_PRIMARY.contains(&s.name.as_str())
+                && wanted(&s.name).is_some_and(|w| s.setting.parse::<u64>().is_ok_and(|r| w < r))
+        });
+    }
+    changes.iter().any(|c| {
+        STANDBY_AT_LEAST_PRIMARY.contains(&c.parameter.as_str())
+            && matches!((c.from.as_deref().and_then(|f| f.parse::<u64>().ok()), c.to.parse::<u64>()), (Some(from), Ok(to)) if to < from)
+    })
+}
+
 /// The parameters whose wanted value differs from Patroni's dynamic configuration.
 pub fn parameter_changes(desired: &BTreeMap<String, String>, current: &BTreeMap<String, String>) -> Vec<Change> {
     desired
@@ -148,8 +178,9 @@ pub fn parameter_changes(desired: &BTreeMap<String, String>, current: &BTreeMap<
 
 /// The steps, in order: the gate; the configuration; each replica (by name) updated or
 /// restarted; then, if the leader needs either, a switchover and the former leader; a final
-/// check. Empty when there is nothing to do.
-pub fn plan_steps(view: &ClusterView, changes: &[Change], update: &[String]) -> Result<Vec<Step>, OpsError> {
+/// check. Empty when there is nothing to do. `leader_first`: a lowered
+/// [`STANDBY_AT_LEAST_PRIMARY`] parameter, so the leader restarts first, in place.
+pub fn plan_steps(view: &ClusterView, changes: &[Change], update: &[String], leader_first: bool) -> Result<Vec<Step>, OpsError> {
     let restart = changes.iter().any(|c| c.restart);
     let action = |name: &str, pending: bool, after_switchover: bool| {
         if update.iter().any(|u| u == name) {
@@ -161,13 +192,23 @@ pub fn plan_steps(view: &ClusterView, changes: &[Change], update: &[String]) -> 
         }
     };
     let mut member_steps = Vec::new();
+    let leader_first = leader_first && view.members.len() > 1 && (restart || view.leader().is_some_and(|l| l.pending_restart));
+    if let Some(leader) = view.leader().filter(|_| leader_first) {
+        member_steps.push(Step::RestartLeader { member: leader.name.clone() });
+    }
     let mut replicas: Vec<_> = view.replicas().collect();
     replicas.sort_by(|a, b| a.name.cmp(&b.name));
     for r in replicas {
         member_steps.extend(action(&r.name, r.pending_restart, false));
     }
     if let Some(leader) = view.leader() {
-        if let Some(step) = action(&leader.name, leader.pending_restart, true) {
+        // Restarted first already; only a new deployment still needs the switchover.
+        let leader_step = if leader_first {
+            update.iter().any(|u| u == &leader.name).then(|| Step::Update { member: leader.name.clone() })
+        } else {
+            action(&leader.name, leader.pending_restart, true)
+        };
+        if let Some(step) = leader_step {
             if view.members.len() > 1 {
                 member_steps.push(Step::Switchover { from: leader.name.clone() });
             }
@@ -191,7 +232,7 @@ pub fn plan_steps(view: &ClusterView, changes: &[Change], update: &[String]) -> 
 fn make_plan(target: &dyn Target, view: &ClusterView, gate: &Gate) -> Result<UpgradePlan, OpsError> {
     let changes = parameter_changes(&target.desired_parameters(), &view.parameters);
     let update = target.members_to_update()?;
-    let steps = plan_steps(view, &changes, &update)?;
+    let steps = plan_steps(view, &changes, &update, lowers_below_the_leader(target, view, &changes))?;
     let mut notes = Vec::new();
     if !steps.is_empty() {
         let problems = health_problems(target, view, gate, &mut notes);
@@ -325,6 +366,18 @@ fn run_step(
             restart_member_watched(target, &m, max_lag, deadline, reporter)?;
             Ok(Some(format!("{member} restarted")))
         }
+        Step::RestartLeader { member } => {
+            let view = with_postgres_pending(target, observe(target)?);
+            let m = view.member(member).ok_or_else(|| OpsError::Failed(format!("{member} is not in Patroni's member list")))?;
+            if !m.is_leader() {
+                return Err(OpsError::Failed(format!("{member} is no longer the leader; run the upgrade again to plan from here")));
+            }
+            if !m.pending_restart {
+                return Ok(None);
+            }
+            let held = restart_leader_paused(target, m, options, deadline, reporter)?;
+            Ok(Some(format!("{member} restarted as the leader, clients held {:.2} s", held.as_secs_f64())))
+        }
         Step::Switchover { from } => {
             let view = observe(target)?;
             if view.leader().is_some_and(|l| &l.name != from) {
@@ -351,13 +404,22 @@ fn run_step(
             // what the former primary gets: a switchover, then a restart if still pending.
             let view = with_postgres_pending(target, observe(target)?);
             if let Some(leader) = view.leader().filter(|l| l.pending_restart && view.members.len() > 1).cloned() {
-                reporter.note(&format!("{}, the leader, has a restart pending: switching over, then restarting it", leader.name));
-                let done = switchover(target, None, &options.switchover, reporter)?;
-                let view = with_postgres_pending(target, wait_member_healthy(target, &leader.name, max_lag, deadline, reporter)?);
-                if let Some(m) = view.member(&leader.name).filter(|m| m.pending_restart).cloned() {
-                    restart_member_watched(target, &m, max_lag, deadline, reporter)?;
+                if lowers_below_the_leader(target, &view, &[]) {
+                    reporter.note(&format!("{}, the leader, still runs a higher value than wanted: restarting it in place", leader.name));
+                    restart_leader_paused(target, &leader, options, deadline, reporter)?;
+                    let view = with_postgres_pending(target, observe(target)?);
+                    for m in view.replicas().filter(|m| m.pending_restart) {
+                        restart_member_watched(target, m, max_lag, deadline, reporter)?;
+                    }
+                } else {
+                    reporter.note(&format!("{}, the leader, has a restart pending: switching over, then restarting it", leader.name));
+                    let done = switchover(target, None, &options.switchover, reporter)?;
+                    let view = with_postgres_pending(target, wait_member_healthy(target, &leader.name, max_lag, deadline, reporter)?);
+                    if let Some(m) = view.member(&leader.name).filter(|m| m.pending_restart).cloned() {
+                        restart_member_watched(target, &m, max_lag, deadline, reporter)?;
+                    }
+                    switched.get_or_insert(done);
                 }
-                switched.get_or_insert(done);
             }
             let desired: BTreeMap<String, String> = plan.changes.iter().map(|c| (c.parameter.clone(), c.to.clone())).collect();
             wait_for("every member healthy with no restart pending", deadline, Duration::from_millis(250), reporter, || {
@@ -381,6 +443,40 @@ fn run_step(
             Ok(Some("every member healthy, nothing pending".into()))
         }
     }
+}
+
+/// Restarts the leader where it runs with every PgBouncer paused, so clients wait for it
+/// instead of failing; PgBouncer is RESUMEd once it runs again, or after the pause timeout
+/// whatever happened. Then waits until every replica streams from it again. How long the
+/// clients were held comes back.
+fn restart_leader_paused(
+    target: &dyn Target,
+    leader: &MemberView,
+    options: &UpgradeOptions,
+    deadline: Instant,
+    reporter: &dyn Reporter,
+) -> Result<Duration, OpsError> {
+    let max_lag = options.gate.max_lag;
+    let poolers = if options.switchover.pause { target.poolers()? } else { Vec::new() };
+    let started = Instant::now();
+    pause_all(target, &poolers, reporter)?;
+    let result = restart_member_watched(target, leader, max_lag, deadline.min(started + options.switchover.pause_timeout), reporter);
+    let held = started.elapsed();
+    let not_resumed = resume_all(target, &poolers, reporter);
+    if !not_resumed.is_empty() {
+        let message =
+            format!("RESUME failed on PgBouncer {}: clients stay paused there — run RESUME on its admin console", not_resumed.join(", "));
+        return Err(OpsError::Failed(match result {
+            Err(e) => format!("{e}; {message}"),
+            Ok(()) => message,
+        }));
+    }
+    result?;
+    let view = observe(target)?;
+    for r in view.replicas() {
+        wait_member_healthy(target, &r.name, max_lag, deadline, reporter)?;
+    }
+    Ok(held)
 }
 
 /// `PATCH /config` on the leader with `parameters`, then a wait until every member loaded
@@ -525,7 +621,7 @@ mod tests {
         let v = view(false);
         let changes = parameter_changes(&desired(&[("max_connections", "250"), ("work_mem", "4MB")]), &v.parameters);
         assert_eq!(changes, [Change { parameter: "max_connections".into(), from: Some("200".into()), to: "250".into(), restart: true }]);
-        let steps = plan_steps(&v, &changes, &[]).unwrap();
+        let steps = plan_steps(&v, &changes, &[], false).unwrap();
         let restart = |m: &str, if_pending| Step::Restart { member: m.into(), if_pending };
         assert_eq!(
             steps,
@@ -542,11 +638,43 @@ mod tests {
     }
 
     #[test]
+    fn a_lowered_max_connections_restarts_the_leader_first_in_place_and_needs_no_switchover() {
+        let v = view(false);
+        let changes = parameter_changes(&desired(&[("max_connections", "150")]), &v.parameters);
+        let restart = |m: &str| Step::Restart { member: m.into(), if_pending: false };
+        let leader_first = Step::RestartLeader { member: "member-1".into() };
+        let patch = Step::PatchConfig { parameters: desired(&[("max_connections", "150")]) };
+        assert_eq!(
+            plan_steps(&v, &changes, &[], true).unwrap(),
+            [Step::Gate, patch.clone(), leader_first.clone(), restart("member-0"), restart("member-2"), Step::Verify]
+        );
+        // With new deployments too, the leader's still comes after a switchover.
+        let all: Vec<String> = ["member-0", "member-1", "member-2"].map(String::from).to_vec();
+        let update = |m: &str| Step::Update { member: m.into() };
+        assert_eq!(
+            plan_steps(&v, &changes, &all, true).unwrap(),
+            [
+                Step::Gate,
+                patch,
+                leader_first,
+                update("member-0"),
+                update("member-2"),
+                Step::Switchover { from: "member-1".into() },
+                update("member-1"),
+                Step::Verify,
+            ]
+        );
+        // A one-member cluster just restarts.
+        let one = ClusterView { members: vec![member("member-1", "leader", true)], ..v.clone() };
+        assert_eq!(plan_steps(&one, &changes, &[], true).unwrap()[2], Step::Restart { member: "member-1".into(), if_pending: true });
+    }
+
+    #[test]
     fn a_reload_parameter_is_only_patched() {
         let v = view(false);
         let changes = parameter_changes(&desired(&[("work_mem", "8MB")]), &v.parameters);
         assert!(!changes[0].restart);
-        let steps = plan_steps(&v, &changes, &[]).unwrap();
+        let steps = plan_steps(&v, &changes, &[], false).unwrap();
         assert_eq!(steps, [Step::Gate, Step::PatchConfig { parameters: desired(&[("work_mem", "8MB")]) }, Step::Verify]);
     }
 
@@ -554,7 +682,7 @@ mod tests {
     fn changed_member_groups_are_updated_replicas_first_and_the_leader_after_a_switchover() {
         let v = view(false);
         let all = ["member-0".to_owned(), "member-1".to_owned(), "member-2".to_owned()];
-        let steps = plan_steps(&v, &[], &all).unwrap();
+        let steps = plan_steps(&v, &[], &all, false).unwrap();
         let update = |m: &str| Step::Update { member: m.into() };
         assert_eq!(
             steps,
@@ -568,7 +696,7 @@ mod tests {
             ]
         );
         // Only a replica changed: no switchover.
-        let steps = plan_steps(&v, &[], &["member-2".to_owned()]).unwrap();
+        let steps = plan_steps(&v, &[], &["member-2".to_owned()], false).unwrap();
         assert_eq!(steps, [Step::Gate, update("member-2"), Step::Verify]);
     }
 
@@ -580,7 +708,7 @@ mod tests {
         v.members[1].pending_restart = true;
         let changes = parameter_changes(&desired(&[("max_connections", "250")]), &v.parameters);
         assert!(changes.is_empty());
-        let steps = plan_steps(&v, &changes, &[]).unwrap();
+        let steps = plan_steps(&v, &changes, &[], false).unwrap();
         assert_eq!(
             steps,
             [
@@ -591,7 +719,7 @@ mod tests {
             ]
         );
         // Nothing left: nothing to do.
-        assert_eq!(plan_steps(&view(false), &[], &[]).unwrap(), []);
+        assert_eq!(plan_steps(&view(false), &[], &[], false).unwrap(), []);
     }
 
     #[test]
