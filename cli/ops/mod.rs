@@ -416,6 +416,20 @@ fn resume_all(target: &dyn Target, poolers: &[String], reporter: &dyn Reporter) 
     failed
 }
 
+/// `result`, unless a RESUME failed (`not_resumed`): then an error naming those PgBouncers,
+/// whose clients stay paused, after whatever `result` said.
+fn with_resume_failures(result: Result<(), OpsError>, not_resumed: &[String]) -> Result<(), OpsError> {
+    if not_resumed.is_empty() {
+        return result;
+    }
+    let message =
+        format!("RESUME failed on PgBouncer {}: clients stay paused there — run RESUME on its admin console", not_resumed.join(", "));
+    Err(OpsError::Failed(match result {
+        Err(e) => format!("{e}; {message}"),
+        Ok(()) => message,
+    }))
+}
+
 /// Waits until Patroni has named a synchronous standby (a loop after a switchover), when
 /// synchronous mode asks for one.
 fn wait_sync_standby(target: &dyn Target, deadline: Instant, reporter: &dyn Reporter) -> Result<ClusterView, OpsError> {
@@ -493,15 +507,7 @@ pub fn switchover(
         // Before the scope ends: it waits for Patroni's answer.
         (result, started.elapsed(), resume_all(target, &poolers, reporter))
     });
-    if !not_resumed.is_empty() {
-        let message =
-            format!("RESUME failed on PgBouncer {}: clients stay paused there — run RESUME on its admin console", not_resumed.join(", "));
-        return Err(OpsError::Failed(match result {
-            Err(e) => format!("{e}; {message}"),
-            Ok(()) => message,
-        }));
-    }
-    result?;
+    with_resume_failures(result, &not_resumed)?;
     Ok(Switched { from: leader.name, to: candidate.name, took, paused: !poolers.is_empty() })
 }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{
     health_problems, observe, pause_all, resume_all, seconds, switchover, wait_for, wait_member_healthy, with_postgres_pending,
-    ClusterView, Gate, MemberView, OpsError, Reporter, Switched, SwitchoverOptions, Target,
+    with_resume_failures, ClusterView, Gate, MemberView, OpsError, Reporter, Switched, SwitchoverOptions, Target,
 };
 
 pub use crate::config::facts::restart_required;
@@ -463,15 +463,7 @@ fn restart_leader_paused(
     let result = restart_member_watched(target, leader, max_lag, deadline.min(started + options.switchover.pause_timeout), reporter);
     let held = started.elapsed();
     let not_resumed = resume_all(target, &poolers, reporter);
-    if !not_resumed.is_empty() {
-        let message =
-            format!("RESUME failed on PgBouncer {}: clients stay paused there — run RESUME on its admin console", not_resumed.join(", "));
-        return Err(OpsError::Failed(match result {
-            Err(e) => format!("{e}; {message}"),
-            Ok(()) => message,
-        }));
-    }
-    result?;
+    with_resume_failures(result, &not_resumed)?;
     let view = observe(target)?;
     for r in view.replicas() {
         wait_member_healthy(target, &r.name, max_lag, deadline, reporter)?;
