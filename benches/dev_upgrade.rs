@@ -95,6 +95,15 @@ fn main() {
             if s["step"] == "restart" && s["if_pending"] == false && s["status"] == "done" {
                 restarts.push(s["took"].as_f64().unwrap_or_default());
             }
+            // A lowered value: the leader restarted in place, PgBouncer paused meanwhile.
+            if s["step"] == "restart-leader" && s["status"] == "done" {
+                eprintln!(
+                    "run {}: {} ({:.1} s in all)",
+                    run + 1,
+                    s["detail"].as_str().unwrap_or_default(),
+                    s["took"].as_f64().unwrap_or_default()
+                );
+            }
         }
         eprintln!(
             "run {}: max_connections → {value}: {:.1} s, longest write pause {:.2} s, pgbench failed {failed_now}, writer errors {}",
