@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{
-    health_problems, observe, pause_all, resume_all, seconds, switchover, wait_for, wait_member_healthy, with_postgres_pending,
+    health_problems, observe, pause_all, resume_all, seconds, switchover, view, wait_for, wait_member_healthy, with_postgres_pending,
     with_resume_failures, ClusterView, Gate, MemberView, OpsError, Reporter, Switched, SwitchoverOptions, Target,
 };
 
@@ -460,10 +460,15 @@ fn restart_leader_paused(
     let poolers = if options.switchover.pause { target.poolers()? } else { Vec::new() };
     let started = Instant::now();
     pause_all(target, &poolers, reporter)?;
-    let result = restart_member_watched(target, leader, max_lag, deadline.min(started + options.switchover.pause_timeout), reporter);
+    let result = restart_and_watch(target, leader, max_lag, deadline.min(started + options.switchover.pause_timeout), reporter);
     let held = started.elapsed();
     let not_resumed = resume_all(target, &poolers, reporter);
     with_resume_failures(result, &not_resumed)?;
+    // Only now: the replicas reconnect at their next WAL retrieval retry (up to
+    // wal_retrieve_retry_interval later) and Patroni names a synchronous standby again a loop
+    // after that, while the leader has taken writes since it came up (it commits without one
+    // until then, as after any failover). Holding clients for that too held them 8-9 s.
+    wait_member_healthy(target, &leader.name, max_lag, deadline, reporter)?;
     let view = observe(target)?;
     for r in view.replicas() {
         wait_member_healthy(target, &r.name, max_lag, deadline, reporter)?;
@@ -529,9 +534,25 @@ pub fn apply_reload_parameters(
     Ok((reload, restart))
 }
 
-/// `POST /restart`, failing as soon as the member's Patroni stops answering: it keeps its
-/// REST API up while it restarts Postgres, so silence means the member itself went down.
+/// `POST /restart`, then a wait until the member is healthy again (for a leader: a
+/// synchronous standby too, in synchronous mode). Fails as soon as the member's Patroni stops
+/// answering: it keeps its REST API up while it restarts Postgres, so silence means the
+/// member itself went down.
 pub(super) fn restart_member_watched(
+    target: &dyn Target,
+    m: &MemberView,
+    max_lag: u64,
+    deadline: Instant,
+    reporter: &dyn Reporter,
+) -> Result<(), OpsError> {
+    restart_and_watch(target, m, max_lag, deadline, reporter)?;
+    wait_member_healthy(target, &m.name, max_lag, deadline, reporter).map(|_| ())
+}
+
+/// [`restart_member_watched`] up to the point where the member works again: a leader takes
+/// writes (its own `/patroni`, which is current, where `/cluster` is a loop behind); a
+/// replica streams within `max_lag`.
+fn restart_and_watch(
     target: &dyn Target,
     m: &MemberView,
     max_lag: u64,
@@ -551,7 +572,8 @@ pub(super) fn restart_member_watched(
         return Err(OpsError::Failed(format!("Patroni refused to restart {} ({code}): {}", m.name, text.trim())));
     }
     let mut silent_since: Option<Instant> = None;
-    let outcome = wait_for(&format!("{} to run and stream", m.name), deadline, Duration::from_millis(250), reporter, || {
+    let what = if m.is_leader() { "to take writes" } else { "to run and stream" };
+    let outcome = wait_for(&format!("{} {what}", m.name), deadline, Duration::from_millis(250), reporter, || {
         match target.rest(&m.rest, "GET", "/patroni", None, Duration::from_secs(2)) {
             Err(e) => {
                 let since = *silent_since.get_or_insert_with(Instant::now);
@@ -560,15 +582,19 @@ pub(super) fn restart_member_watched(
                 }
                 return Err("not answering".into());
             }
-            Ok(_) => silent_since = None,
+            Ok((code, body)) => {
+                silent_since = None;
+                if m.is_leader() {
+                    return Ok(view::answer_takes_writes(code, &body).then_some(Ok(())));
+                }
+            }
         }
         let view = observe(target).map_err(|e| e.to_string())?;
         let Some(now) = view.member(&m.name) else { return Err("not in the member list".into()) };
         let healthy = now.state == "running" && (now.is_leader() || (now.is_streaming() && now.lag.is_some_and(|l| l <= max_lag)));
         Ok(healthy.then_some(Ok(())))
     })?;
-    outcome.map_err(went_down)?;
-    wait_member_healthy(target, &m.name, max_lag, deadline, reporter).map(|_| ())
+    outcome.map_err(went_down)
 }
 
 #[cfg(test)]

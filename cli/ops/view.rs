@@ -173,11 +173,14 @@ fn first_answer(target: &dyn Target, seeds: &[String], path: &str) -> Result<(St
 /// `GET /primary` cannot tell: it answers 200 as soon as the member holds the leader key,
 /// before its promotion has ended.
 pub fn takes_writes(target: &dyn Target, rest: &str, timeout: Duration) -> bool {
-    match target.rest(rest, "GET", "/patroni", None, timeout) {
-        Ok((200, body)) => serde_json::from_str::<PatroniAnswer>(&body)
-            .is_ok_and(|p| matches!(p.role.as_str(), "master" | "primary") && p.state == "running"),
-        _ => false,
-    }
+    target.rest(rest, "GET", "/patroni", None, timeout).is_ok_and(|(code, body)| answer_takes_writes(code, &body))
+}
+
+/// [`takes_writes`] of an answer to `GET /patroni` already in hand.
+pub fn answer_takes_writes(code: u16, body: &str) -> bool {
+    code == 200
+        && serde_json::from_str::<PatroniAnswer>(body)
+            .is_ok_and(|p| matches!(p.role.as_str(), "master" | "primary") && p.state == "running")
 }
 
 /// Reads the whole view: `/cluster` once, `/patroni` on every member, `/config` once.
