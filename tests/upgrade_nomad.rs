@@ -16,7 +16,10 @@ fn show(out: &Output) -> String {
 }
 
 fn upgrade(deployed: &Deployed, extra: &[&str]) -> (Output, Value) {
-    let mut args = vec!["upgrade", "--json", "--timeout", "10m"];
+    let mut args = vec!["upgrade", "--json"];
+    if !extra.contains(&"--timeout") {
+        args.extend(["--timeout", "10m"]);
+    }
     args.extend_from_slice(extra);
     let out = deployed.pgnomad(&args);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", show(&out), deployed.member_logs()));
@@ -231,8 +234,64 @@ fn upgrade_on_nomad_rolls_one_member_group_at_a_time_resumes_after_a_failure_and
     assert_eq!(deployed.registrations("main-postgres").len(), versions, "the postgres job changed");
     assert_eq!(deployed.timeline(), Some(tl + 2), "a reload-only parameter switched over");
 
+    lowerings(&deployed);
     refusals(&deployed);
     restarts(&deployed);
+}
+
+/// A lowered max_connections, which a hot standby cannot run below its primary's value.
+/// Nomad's target has no SQL login, so the plan's change (200 → 150) is what says the leader
+/// restarts first, in place, with PgBouncer paused. Then the same lowering as an interrupted
+/// run leaves it: Patroni's configuration already lowered (as the first run's PATCH /config
+/// did), no member restarted, so the re-run's plan shows no change and goes the usual way
+/// (replicas, switchover, former leader); the replicas stay pending on the leader's higher
+/// value, and the verify step, seeing that, restarts the leader in place instead of
+/// switching over again (which only handed the value on: a run waited out its whole
+/// timeout). Every member ends running the lower value, with no writer error.
+fn lowerings(deployed: &Deployed) {
+    let tl = deployed.timeline().expect("a timeline");
+    let writer = Writer::start(deployed);
+    std::thread::sleep(Duration::from_secs(1));
+    deployed.set_stack("postgres {\n  memory = 1200\n  parameters = { work_mem = \"8MB\", max_connections = \"150\" }\n}");
+    let started = Instant::now();
+    let (out, report) = upgrade(deployed, &[]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}\n{}", show(&out), deployed.member_logs());
+    let kinds: Vec<&str> = report["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    // max_connections is in patroni.yml too (Postgres reads it at start), so every member's
+    // group changes: the leader lowers first, in place, then the replicas' groups roll, then
+    // the switchover that lets the former leader's group roll; nobody ever runs below the
+    // primary.
+    assert_eq!(kinds, ["gate", "patch-config", "restart-leader", "update", "update", "switchover", "update", "verify"], "{report:#}");
+    assert_eq!(done(&report, "restart-leader").len(), 1, "{report:#}");
+    assert_eq!(deployed.timeline(), Some(tl + 1), "one switchover, for the former leader's group");
+    assert_eq!(deployed.setting_everywhere("max_connections"), vec![Some("150".to_owned()); 3]);
+    deployed.wait_write_after(&writer, Instant::now(), Duration::from_secs(20));
+    eprintln!(
+        "lowering on Nomad: {:.1} s; {}; longest write pause {:.2} s",
+        took.as_secs_f64(),
+        done(&report, "restart-leader")[0]["detail"],
+        longest_pause(&writer, started, started + took).as_secs_f64()
+    );
+
+    let (leader, _) = deployed.healthy_topology().unwrap();
+    let edit = deployed
+        .patroni_task(&leader)
+        .unwrap()
+        .exec(&["patronictl", "-c", "/secrets/patroni.yml", "edit-config", "--force", "--set", "postgresql.parameters.max_connections=120"])
+        .unwrap();
+    assert_ok("patronictl edit-config", &edit);
+    deployed.set_stack("postgres {\n  memory = 1200\n  parameters = { work_mem = \"8MB\", max_connections = \"120\" }\n}");
+    let (out, report) = upgrade(deployed, &["--timeout", "5m"]);
+    assert!(out.status.success(), "the re-run did not converge: {}\n{}", show(&out), deployed.member_logs());
+    assert!(report["plan"]["changes"].as_array().unwrap().is_empty(), "{report:#}");
+    assert_eq!(deployed.setting_everywhere("max_connections"), vec![Some("120".to_owned()); 3]);
+    assert_eq!(done(&report, "switchover").len(), 1, "{report:#}");
+    assert_eq!(deployed.timeline(), Some(tl + 2), "one switchover (the plan's), not a second in verify: {report:#}");
+    let attempts = writer.stop();
+    let errors: Vec<_> = attempts.iter().filter(|a| !a.ok).collect();
+    assert!(errors.is_empty(), "writer errors during the lowerings: {errors:#?}");
+    assert_eq!(lost_rows(deployed, &attempts), Vec::<u64>::new(), "acknowledged rows lost");
 }
 
 /// `restart` on Nomad: through Patroni's REST API, not Nomad. Nothing with `--pending` when

@@ -167,6 +167,16 @@ fn lowers_below_the_leader(target: &dyn Target, view: &ClusterView, changes: &[C
     })
 }
 
+/// Whether replicas restarted just now (`restarted`) are every one still pending: Patroni
+/// starts a replica with the primary's value of a [`STANDBY_AT_LEAST_PRIMARY`] parameter when
+/// it is higher than the configuration's (pg_controldata) and flags the restart pending, so
+/// nothing but a leader running a higher value keeps a freshly restarted replica pending.
+/// This is how a target that cannot read the leader's settings (Nomad: no SQL login) tells a
+/// lowering that an interrupted earlier run left, whose plan now shows no change.
+fn held_back_by_the_leader(restarted: &[MemberView], view: &ClusterView) -> bool {
+    !restarted.is_empty() && restarted.iter().all(|r| view.member(&r.name).is_some_and(|m| !m.is_leader() && m.pending_restart))
+}
+
 /// The parameters whose wanted value differs from Patroni's dynamic configuration.
 pub fn parameter_changes(desired: &BTreeMap<String, String>, current: &BTreeMap<String, String>) -> Vec<Change> {
     desired
@@ -401,10 +411,14 @@ fn run_step(
             // A leader whose restart is still pending never clears by waiting: a Patroni that
             // was killed during a restart adopts the Postgres it finds running, and an earlier
             // run's plan could not tell (a CI run waited out its whole timeout here). It gets
-            // what the former primary gets: a switchover, then a restart if still pending.
-            let view = with_postgres_pending(target, observe(target)?);
+            // what the former primary gets: a switchover, then a restart if still pending;
+            // unless it runs a higher standby-minimum value than wanted, which a switchover
+            // would only hand on: then it restarts in place.
+            let view = if again.is_empty() { view } else { with_postgres_pending(target, observe(target)?) };
+            // The view just read serves the first check below when nothing moves in between.
+            let mut unchanged = None;
             if let Some(leader) = view.leader().filter(|l| l.pending_restart && view.members.len() > 1).cloned() {
-                if lowers_below_the_leader(target, &view, &[]) {
+                if held_back_by_the_leader(&again, &view) || lowers_below_the_leader(target, &view, &plan.changes) {
                     reporter.note(&format!("{}, the leader, still runs a higher value than wanted: restarting it in place", leader.name));
                     restart_leader_paused(target, &leader, options, deadline, reporter)?;
                     let view = with_postgres_pending(target, observe(target)?);
@@ -420,10 +434,15 @@ fn run_step(
                     }
                     switched.get_or_insert(done);
                 }
+            } else {
+                unchanged = Some(view);
             }
             let desired: BTreeMap<String, String> = plan.changes.iter().map(|c| (c.parameter.clone(), c.to.clone())).collect();
             wait_for("every member healthy with no restart pending", deadline, Duration::from_millis(250), reporter, || {
-                let view = with_postgres_pending(target, observe(target).map_err(|e| e.to_string())?);
+                let view = match unchanged.take() {
+                    Some(view) => view,
+                    None => with_postgres_pending(target, observe(target).map_err(|e| e.to_string())?),
+                };
                 let mut notes = Vec::new();
                 let mut problems = health_problems(target, &view, &options.gate, &mut notes);
                 problems.extend(view.members.iter().filter(|m| m.pending_restart).map(|m| format!("{} has a restart pending", m.name)));
@@ -685,6 +704,24 @@ mod tests {
         // A one-member cluster just restarts.
         let one = ClusterView { members: vec![member("member-1", "leader", true)], ..v.clone() };
         assert_eq!(plan_steps(&one, &changes, &[], true).unwrap()[2], Step::Restart { member: "member-1".into(), if_pending: true });
+    }
+
+    #[test]
+    fn replicas_still_pending_after_their_own_restart_are_held_back_by_the_leader() {
+        let restarted = [member("member-0", "replica", true), member("member-2", "sync_standby", true)];
+        // Both restarted and both still pending: they took the leader's higher value.
+        assert!(held_back_by_the_leader(&restarted, &view(true)));
+        // One of them cleared: whatever keeps the other pending, it is not the leader's value.
+        let mut one_cleared = view(true);
+        one_cleared.members[0].pending_restart = false;
+        assert!(!held_back_by_the_leader(&restarted, &one_cleared));
+        // Nothing restarted in this pass: no evidence either way.
+        assert!(!held_back_by_the_leader(&[], &view(true)));
+        // A restarted replica that has since become the leader says nothing about the leader.
+        let mut promoted = view(true);
+        promoted.members[0].role = "leader".into();
+        promoted.members[1].role = "replica".into();
+        assert!(!held_back_by_the_leader(&restarted, &promoted));
     }
 
     #[test]

@@ -298,8 +298,35 @@ impl Deployed {
                     lines[lines.len().saturating_sub(30)..].join("\n")
                 })
             })
+            .chain(self.failed_allocations_of(&format!("{name}-postgres")))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// The task events of `job`'s allocations that failed: a task that never started has no
+    /// log, and its events say why (a driver failure, a template that did not render).
+    fn failed_allocations_of(&self, job: &str) -> Vec<String> {
+        let client = self.cluster.nomad.client();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let allocations = runtime.block_on(client.job_allocations(job)).unwrap_or_default();
+        allocations
+            .iter()
+            .filter(|a| a.client_status == "failed" || a.task_states.values().any(|t| t.failed || t.restarts > 0))
+            .map(|a| {
+                let events: Vec<String> = a
+                    .task_events()
+                    .map(|(task, e)| format!("  {task}: {}: {} {}", e.event_type, e.display_message, e.driver_error))
+                    .collect();
+                format!(
+                    "--- allocation {} of {} ({}, {})\n{}",
+                    a.id,
+                    a.task_group,
+                    a.client_status,
+                    a.client_description,
+                    events.join("\n")
+                )
+            })
+            .collect()
     }
 }
 
