@@ -485,8 +485,9 @@ fn restart_leader_paused(
     with_resume_failures(result, &not_resumed)?;
     // Only now: the replicas reconnect at their next WAL retrieval retry (up to
     // wal_retrieve_retry_interval later) and Patroni names a synchronous standby again a loop
-    // after that, while the leader has taken writes since it came up (it commits without one
-    // until then, as after any failover). Holding clients for that too held them 8-9 s.
+    // after that. Clients need not be held for it: a commit meanwhile waits for the standby
+    // Patroni had named (it keeps synchronous_standby_names across the restart) or until its
+    // next loop drops it, as without pgnomad. Holding clients for that too held them 8-9 s.
     wait_member_healthy(target, &leader.name, max_lag, deadline, reporter)?;
     let view = observe(target)?;
     for r in view.replicas() {
