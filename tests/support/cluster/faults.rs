@@ -535,9 +535,15 @@ pub fn partition_primary(deployed: &super::e2e::Deployed, writer: &super::e2e::W
     let observations = sampler.observations();
     let routed = writer.snapshot().iter().rev().find(|a| a.ok).and_then(|a| observations.member_with(&a.server, a.started + a.took));
     assert_eq!(routed.as_deref(), Some(new.as_str()), "the last acknowledgement came from the new primary");
-    // The sampler outlived the partition: it still sees the old primary, from inside.
+    // The sampler outlived the partition: it still sees the old primary, from inside. Its
+    // thread for the new primary may be late (a slow answer from a promoting Patroni, or a
+    // namespace lookup through docker on a loaded machine): wait for it too, rather than
+    // assume it sampled the promotion before the write went through (CI, 2 cores, once).
     super::e2e::wait_until("the sampler sees the old primary after the partition", Duration::from_secs(30), || {
         sampler.observations().roles.iter().any(|s| s.member == old && s.at > recovered && s.writable.is_some())
+    });
+    super::e2e::wait_until("the sampler sees another member writable after the partition", Duration::from_secs(30), || {
+        sampler.observations().first_writable_other(&old, at).is_some()
     });
     let observations = sampler.observations();
     let demoted = observations.stopped_writable(&old, at).expect("the old primary stopped being writable");
