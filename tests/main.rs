@@ -22,6 +22,7 @@ mod nomad_double;
 mod packs;
 mod partitions;
 mod render;
+mod restore_nomad;
 mod safety;
 mod soak;
 mod stack_errors;

@@ -79,14 +79,26 @@ impl RestoreTargetArgs {
 #[command(after_help = "Writes NAME.hcl beside the stack file (this stack renamed, with a `restore` block) and brings \
 the clone up as `pgnomad run -f NAME.hcl` does; if that stops, `pgnomad run -f NAME.hcl` resumes it.
 
-Exit codes: 0 restored, 1 refused (target outside the window, NAME exists), \
-2 Nomad or the repository unreachable, 3 the WAL could not be archived in time or the clone did not converge.")]
+With --in-place --yes the cluster itself goes back to the target: its members stop, each member's data \
+moves aside on its volume, Patroni's custom bootstrap restores the cluster's own repository, the replicas \
+are cloned anew; then the groups roll, one at a time, to remove the data moved aside. If the restore \
+fails the data is put back and the cluster runs on it again.
+
+Exit codes: 0 restored, 1 refused (target outside the window, NAME exists, --yes missing), \
+2 Nomad or the repository unreachable, 3 the WAL could not be archived in time, the clone did not converge, \
+or the in-place restore failed (the cluster then runs on its pre-restore data).")]
 pub struct RestoreArgs {
     #[command(flatten)]
     inputs: DeployArgs,
     /// The new cluster's name; its stack file is NAME.hcl beside this one.
-    #[arg(long, value_name = "NAME")]
-    into: String,
+    #[arg(long, value_name = "NAME", required_unless_present = "in_place", conflicts_with = "in_place")]
+    into: Option<String>,
+    /// Restore this cluster itself (it stops; everything written after the target is lost).
+    #[arg(long)]
+    in_place: bool,
+    /// With --in-place: do not ask.
+    #[arg(long, requires = "in_place")]
+    yes: bool,
     #[command(flatten)]
     target: RestoreTargetArgs,
     /// How long to wait for each step: the WAL archived, each of the clone's jobs converged.
@@ -131,9 +143,10 @@ pub fn backups(args: BackupsArgs) -> Result<(), Failure> {
 
 pub fn restore(args: RestoreArgs) -> Result<(), Failure> {
     let target = args.target.target()?;
+    let Some(into) = &args.into else { return restore_in_place(&args, &target) };
     let (backups, DeployInputs { packs, operator, cluster, .. }) = open(&args.inputs)?;
     let progress = Progress::new();
-    let result = backups.restore_into(&args.inputs.stack.path, &args.into, &target, args.timeout, &progress);
+    let result = backups.restore_into(&args.inputs.stack.path, into, &target, args.timeout, &progress);
     progress.finish();
     let restored = result.map_err(|e| ops_failure(&e))?;
 
@@ -164,6 +177,39 @@ pub fn restore(args: RestoreArgs) -> Result<(), Failure> {
             restored.window.oldest_time,
             restored.window.newest_time,
             restored.stack_file.display()
+        );
+    }
+    Ok(())
+}
+
+/// `restore --in-place`: confirmed first, then `ops::nomad_restore`.
+fn restore_in_place(args: &RestoreArgs, to: &Target) -> Result<(), Failure> {
+    let (backups, DeployInputs { checked, packs, cluster, .. }) = open(&args.inputs)?;
+    let name = checked.stack.cluster.name.value.clone();
+    let question = format!("restore {name} in place? Its members stop, and everything written after the target is lost");
+    if !args.yes && !super::dev::confirm(&question) {
+        return Err(Failure::BadInput(format!(
+            "error: not confirmed: an in-place restore stops {name} and loses everything written after the target\n  = help: pass --yes to restore in place without asking"
+        )));
+    }
+    let mut target = crate::ops::nomad::NomadTarget::connect(cluster, checked.stack, packs).map_err(|e| ops_failure(&e))?;
+    // Names the data moved aside on each volume: distinct per try, readable by a person.
+    let attempt = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default().to_string();
+    let progress = Progress::new();
+    let result = crate::ops::nomad_restore::restore_in_place(&mut target, &backups, to, &attempt, args.timeout, &progress);
+    progress.finish();
+    let restored = result.map_err(|e| ops_failure(&e))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&restored).expect("serializes"));
+    } else {
+        println!(
+            "restored {} in place in {:.1} s: {} leads on timeline {} (recoverable {} … {})",
+            restored.cluster,
+            restored.took.as_secs_f64(),
+            restored.leader,
+            restored.timeline.map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
+            restored.window.oldest_time,
+            restored.window.newest_time
         );
     }
     Ok(())

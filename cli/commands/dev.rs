@@ -407,7 +407,7 @@ pub(super) fn print_backups(list: &crate::ops::backup::Backups) {
     }
 }
 
-fn confirm(question: &str) -> bool {
+pub(super) fn confirm(question: &str) -> bool {
     if !std::io::stdin().is_terminal() {
         return false;
     }

@@ -13,6 +13,7 @@ pub struct Context<'a> {
     pub facts: &'a Facts,
     pub renderer: &'a Renderer,
     pub runtime: &'a NomadRuntime,
+    pub restore_phase: Option<&'a super::RestorePhase>,
 }
 
 impl Context<'_> {

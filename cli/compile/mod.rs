@@ -77,8 +77,44 @@ pub struct SecretSpec {
     pub keys: Vec<SecretKey>,
 }
 
+/// One phase of `restore --in-place` on Nomad (cli/ops/nomad_restore.rs): every member group
+/// gets a prestart task that runs it on the member's data volume before Patroni starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestorePhase {
+    /// Names the pre-restore data (`pgdata.pre-restore-<attempt>`) and the task's markers.
+    pub attempt: String,
+    pub mode: RestoreMode,
+    /// The member whose task empties the cluster's keys in the DCS (prepare and revert).
+    pub wipe_member: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// Moves the data directory aside, so that Patroni's custom bootstrap runs.
+    Prepare,
+    /// The restore succeeded: removes the data moved aside.
+    Finish,
+    /// The restore failed: puts the data moved aside back.
+    Revert,
+}
+
+impl RestoreMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestoreMode::Prepare => "prepare",
+            RestoreMode::Finish => "finish",
+            RestoreMode::Revert => "revert",
+        }
+    }
+}
+
 /// Compiles a checked stack with the given pack templates.
 pub fn compile(stack: &Stack, packs: &Packs) -> Result<Artifacts, ConfigError> {
+    compile_with_restore_phase(stack, packs, None)
+}
+
+/// The same, with the member groups running `phase` of an in-place restore first.
+pub fn compile_with_restore_phase(stack: &Stack, packs: &Packs, phase: Option<&RestorePhase>) -> Result<Artifacts, ConfigError> {
     if let Some(restore) = &stack.restore {
         // The jobs would bootstrap from a repository they cannot reach: refuse, not render.
         if restore.from.value.ends_with(".hcl") {
@@ -91,7 +127,7 @@ pub fn compile(stack: &Stack, packs: &Packs) -> Result<Artifacts, ConfigError> {
     let facts = Facts::new(stack);
     let runtime = NomadRuntime::for_stack(stack);
     let renderer = packs.renderer(&facts, &runtime);
-    let context = common::Context { stack, facts: &facts, renderer: &renderer, runtime: &runtime };
+    let context = common::Context { stack, facts: &facts, renderer: &renderer, runtime: &runtime, restore_phase: phase };
 
     let mut jobs = Vec::new();
     if facts.backup.repo_host {

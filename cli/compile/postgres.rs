@@ -136,11 +136,12 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
         if cx.facts.backup.repo_host {
             templates.extend(cx.tls_client_templates(&job_id));
         }
-        if cx.facts.restore.is_some() {
+        if let Some(restore) = &cx.facts.restore {
             // Patroni's bootstrap restores the source's backups with this file; the clone's
             // own pgbackrest.conf archives into its own stanza.
             templates.push(cx.pack_template("backup/restore.conf", Some(member), &holes, &secrets_file("restore.conf"), Change::Noop)?);
-            if cx.facts.backup.repo_host {
+            // In place, the members' own certificates reach their own repository host.
+            if cx.facts.backup.repo_host && !restore.in_place {
                 templates.extend(
                     [
                         ("restore_tls_ca_crt", "secrets/tls/restore-ca.crt"),
@@ -161,6 +162,9 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
     let mut tasks = vec![patroni];
     if let Some(prepare) = prepare_volumes_task(cx, &mounts) {
         tasks.insert(0, prepare);
+    }
+    if let Some(phase) = cx.restore_phase {
+        tasks.insert(0, restore_in_place_task(cx, member, phase, &holes, &mounts)?);
     }
     if backup {
         // pgBackRest's TLS server lets the periodic backup jobs reach this member's data
@@ -233,6 +237,41 @@ pub fn prepare_volumes_task(cx: &Context<'_>, mounts: &[VolumeMount]) -> Option<
     task.resources = Some(resources(50, 32));
     task.volume_mounts = Some(mounts.to_vec());
     Some(task)
+}
+
+/// `restore --in-place`: one phase of it on the member's data volume, before Patroni starts
+/// (packs/postgres/restore-in-place.sh). The member that empties the DCS gets Patroni's own
+/// configuration, for `patronictl remove`.
+fn restore_in_place_task(
+    cx: &Context<'_>,
+    member: &MemberFacts,
+    phase: &super::RestorePhase,
+    holes: &crate::config::Holes,
+    mounts: &[VolumeMount],
+) -> Result<Task, ConfigError> {
+    let mut task = cx.program_task("restore-in-place", "bash", vec!["/local/restore-in-place.sh".into()], &[]);
+    task.lifecycle = Some(TaskLifecycle { hook: some("prestart"), sidecar: Some(false) });
+    task.resources = Some(resources(100, 128));
+    task.volume_mounts = Some(mounts.to_vec());
+    let wipe = phase.mode != super::RestoreMode::Finish && phase.wipe_member == member.name;
+    let mut env = BTreeMap::from([
+        ("PGNOMAD_RESTORE_ATTEMPT".to_owned(), phase.attempt.clone()),
+        ("PGNOMAD_RESTORE_MODE".to_owned(), phase.mode.as_str().to_owned()),
+    ]);
+    let mut templates = vec![exec_template(cx.pack_template(
+        "postgres/restore-in-place.sh",
+        Some(member),
+        holes,
+        "local/restore-in-place.sh",
+        Change::Noop,
+    )?)];
+    if wipe {
+        env.insert("PGNOMAD_RESTORE_WIPE".into(), "1".into());
+        templates.push(cx.pack_template("postgres/patroni.yml", Some(member), holes, "secrets/patroni.yml", Change::Noop)?);
+    }
+    task.env = Some(env);
+    task.templates = Some(templates);
+    Ok(task)
 }
 
 /// The certificate and key Postgres (and PgBouncer) present to SQL clients with `tls = true`.
@@ -314,4 +353,93 @@ fn exporter_task(cx: &Context<'_>, job_id: &str) -> Task {
     ]));
     task.templates = Some(vec![template(cx.runtime.secret_expr(job_id, "monitor_password"), password_file, Change::Restart)]);
     task
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use crate::compile::{compile_with_restore_phase, JobRole, RestoreMode, RestorePhase};
+    use crate::config::Packs;
+
+    /// The default stack's postgres job; `in_place` adds the restore block `restore --in-place`
+    /// builds (a stack file cannot name its own cluster as the source).
+    fn postgres_job(in_place: bool, phase: Option<&RestorePhase>) -> Value {
+        let checked = crate::stack::load(&crate::stack::Source::new("pgnomad.hcl", "cluster \"main\" {}\n".to_owned())).unwrap();
+        let mut stack = checked.stack;
+        if in_place {
+            let to = crate::ops::restore::Target::time("2026-12-01T10:42:07Z").unwrap();
+            stack.restore = Some(crate::ops::restore::in_place_block("main", &to));
+        }
+        let artifacts = compile_with_restore_phase(&stack, &Packs::default(), phase).unwrap();
+        serde_json::to_value(&artifacts.jobs.into_iter().find(|j| j.role == JobRole::Postgres).unwrap().job).unwrap()
+    }
+
+    fn task<'a>(group: &'a Value, name: &str) -> Option<&'a Value> {
+        group["Tasks"].as_array().unwrap().iter().find(|t| t["Name"] == name)
+    }
+
+    fn templates_of(task: &Value) -> Vec<(String, String)> {
+        task["Templates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| (t["DestPath"].as_str().unwrap().to_owned(), t["EmbeddedTmpl"].as_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn each_restore_phase_runs_first_in_every_member_group_and_one_member_empties_the_dcs() {
+        let plain = postgres_job(false, None);
+        assert!(plain["TaskGroups"].as_array().unwrap().iter().all(|g| task(g, "restore-in-place").is_none()));
+
+        let prepare = RestorePhase { attempt: "1765000000".into(), mode: RestoreMode::Prepare, wipe_member: "member-1".into() };
+        let job = postgres_job(true, Some(&prepare));
+        for group in job["TaskGroups"].as_array().unwrap() {
+            let name = group["Name"].as_str().unwrap();
+            let restore = task(group, "restore-in-place").unwrap_or_else(|| panic!("{name} has no restore-in-place task"));
+            assert_eq!(restore["Lifecycle"]["Hook"], "prestart");
+            assert_eq!(restore["Lifecycle"]["Sidecar"], false);
+            assert_eq!(restore["Env"]["PGNOMAD_RESTORE_ATTEMPT"], "1765000000");
+            assert_eq!(restore["Env"]["PGNOMAD_RESTORE_MODE"], "prepare");
+            assert_eq!(restore["VolumeMounts"], task(group, "patroni").unwrap()["VolumeMounts"], "{name}: the same data volume");
+            let templates = templates_of(restore);
+            let script = &templates.iter().find(|(dest, _)| dest == "local/restore-in-place.sh").unwrap().1;
+            assert!(script.contains("data='/var/lib/postgresql/data/pgdata'") && script.contains("scope='main'"), "{script}");
+            let wipes = name == "member-1";
+            assert_eq!(restore["Env"].get("PGNOMAD_RESTORE_WIPE").is_some(), wipes, "{name}");
+            assert_eq!(
+                templates.iter().any(|(dest, _)| dest == "secrets/patroni.yml"),
+                wipes,
+                "{name}: Patroni's config, for patronictl remove"
+            );
+
+            // In place, the cluster's own repository host with the members' own certificate
+            // and cipher pass, not a source's copies.
+            let patroni = templates_of(task(group, "patroni").unwrap());
+            let restore_conf = &patroni.iter().find(|(dest, _)| dest == "secrets/restore.conf").unwrap().1;
+            let repo_host = format!("repo1-host={}\n", crate::config::runtime::names::repo_host_name("main"));
+            assert!(restore_conf.contains(&repo_host), "{restore_conf}");
+            assert!(restore_conf.contains("repo1-host-ca-file=/secrets/tls/ca.crt"), "{restore_conf}");
+            assert!(restore_conf.contains("repo1-host-cert-file=/secrets/tls/client.crt"), "{restore_conf}");
+            assert!(restore_conf.contains("nomadVar \"nomad/jobs/main-postgres\" }}{{ .repo_cipher_pass }}"), "{restore_conf}");
+            assert!(restore_conf.contains("\n[main]\n"), "the cluster's own stanza: {restore_conf}");
+            assert!(!patroni.iter().any(|(dest, _)| dest.contains("restore-ca")), "no copy of a source's keys: {patroni:?}");
+        }
+
+        // Finish and revert run on the stack's own job; nobody empties the DCS to finish.
+        for mode in [RestoreMode::Finish, RestoreMode::Revert] {
+            let phase = RestorePhase { mode, ..prepare.clone() };
+            let job = postgres_job(false, Some(&phase));
+            let wiping: Vec<&str> = job["TaskGroups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|g| task(g, "restore-in-place").unwrap()["Env"].get("PGNOMAD_RESTORE_WIPE").is_some())
+                .map(|g| g["Name"].as_str().unwrap())
+                .collect();
+            assert_eq!(wiping, if mode == RestoreMode::Revert { vec!["member-1"] } else { vec![] }, "{mode:?}");
+            assert!(job["TaskGroups"].to_string().contains(&format!("\"PGNOMAD_RESTORE_MODE\":\"{}\"", mode.as_str())));
+        }
+    }
 }

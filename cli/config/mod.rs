@@ -28,6 +28,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("postgres/bootstrap.sql", include_str!("../../packs/postgres/bootstrap.sql")),
     ("postgres/on-role-change.sh", include_str!("../../packs/postgres/on-role-change.sh")),
     ("postgres/pgbackrest.conf", include_str!("../../packs/postgres/pgbackrest.conf")),
+    ("postgres/restore-in-place.sh", include_str!("../../packs/postgres/restore-in-place.sh")),
     ("pgbouncer/pgbouncer.ini", include_str!("../../packs/pgbouncer/pgbouncer.ini")),
     ("pgbouncer/userlist.txt", include_str!("../../packs/pgbouncer/userlist.txt")),
     ("pgadmin/servers.json", include_str!("../../packs/pgadmin/servers.json")),

@@ -218,8 +218,8 @@ pub struct NomadRuntime {
     pub pg_port: u16,
     pub pgbouncer_port: u16,
     pub bin_dir: String,
-    /// With `restore { from = … }` (not in place): the source cluster, whose repository the
-    /// members' Patroni bootstrap restores from.
+    /// With `restore { from = … }`: the source cluster, whose repository the members' Patroni
+    /// bootstrap restores from (the cluster itself for `restore --in-place`).
     pub restore_source: Option<String>,
 }
 
@@ -239,7 +239,7 @@ impl NomadRuntime {
                 Driver::Docker { .. } => format!("/usr/lib/postgresql/{}/bin", stack.postgres.version.value),
                 Driver::Exec { bin_dir } => bin_dir.clone(),
             },
-            restore_source: stack.restore_source().map(str::to_owned),
+            restore_source: stack.restore.as_ref().map(|r| r.from.value.clone()),
         }
     }
 
@@ -249,6 +249,21 @@ impl NomadRuntime {
         let Some(source) = &self.restore_source else { return };
         holes.restore_stanza = source.clone();
         holes.restore_repo_path = self.repo_path(facts);
+        if *source == self.cluster {
+            // In place (`restore --in-place`): the cluster's own repository host, reached
+            // with the members' own CA, client certificate and cipher pass.
+            if facts.backup.repo_host {
+                holes.restore_repo_host = holes.repo_host.clone();
+                holes.restore_repo_host_port = holes.repo_host_port.clone();
+                holes.restore_tls_ca_file = holes.tls_ca_file.clone();
+                holes.restore_tls_cert_file = holes.tls_client_cert_file.clone();
+                holes.restore_tls_key_file = holes.tls_client_key_file.clone();
+            }
+            let own =
+                if facts.backup.cipher { self.secret_expr(&names::postgres_job(&self.cluster), "repo_cipher_pass") } else { String::new() };
+            holes.secrets.insert("restore_cipher_pass".into(), own);
+            return;
+        }
         if facts.backup.repo_host {
             holes.restore_repo_host = names::repo_host_name(source);
             holes.restore_repo_host_port = format!(

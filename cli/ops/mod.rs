@@ -10,6 +10,7 @@ pub mod backup;
 pub mod dev;
 pub mod nomad;
 pub mod nomad_backup;
+pub mod nomad_restore;
 pub mod restore;
 pub mod running;
 mod upgrade;

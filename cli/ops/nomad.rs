@@ -34,6 +34,8 @@ pub struct NomadTarget<N: Transport, C: Transport> {
     job: String,
     auth: Option<RestAuth>,
     pooler_password: Option<String>,
+    /// While `restore --in-place` runs: the phase every member group runs first.
+    restore_phase: Option<compile::RestorePhase>,
 }
 
 fn api_error(what: &str) -> impl FnOnce(crate::transport::TransportError) -> OpsError + '_ {
@@ -49,7 +51,7 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
             .map_err(|e| OpsError::Setup(format!("cannot start the async runtime: {e}")))?;
         let facts = Facts::new(&stack);
         let job = names::postgres_job(&facts.cluster);
-        let mut target = NomadTarget { runtime, cluster, stack, packs, facts, job, auth: None, pooler_password: None };
+        let mut target = NomadTarget { runtime, cluster, stack, packs, facts, job, auth: None, pooler_password: None, restore_phase: None };
         let postgres = target.variable(&format!("nomad/jobs/{}", target.job))?;
         target.auth = postgres.get(REST_PASSWORD_KEY).map(RestAuth::new);
         let pgbouncer = target.variable(&format!("nomad/jobs/{}", names::pgbouncer_job(&target.facts.cluster)))?;
@@ -62,9 +64,22 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
         Ok(read.map(|v| v.items).unwrap_or_default())
     }
 
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+
+    /// What the job should be from now on: `stack` compiled, its member groups running
+    /// `phase` of an in-place restore first.
+    pub fn set_desired(&mut self, stack: Stack, phase: Option<compile::RestorePhase>) {
+        self.facts = Facts::new(&stack);
+        self.stack = stack;
+        self.restore_phase = phase;
+    }
+
     /// The postgres job as the stack compiles it, as the register body's `Job`.
     fn desired_job(&self) -> Result<(Value, compile::CompiledJob), OpsError> {
-        let artifacts = compile::compile(&self.stack, &self.packs).map_err(|e| OpsError::Setup(format!("compiling the stack: {e}")))?;
+        let artifacts = compile::compile_with_restore_phase(&self.stack, &self.packs, self.restore_phase.as_ref())
+            .map_err(|e| OpsError::Setup(format!("compiling the stack: {e}")))?;
         let compiled = artifacts
             .jobs
             .into_iter()
@@ -107,15 +122,96 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
         Ok(desired)
     }
 
+    /// Stops the postgres job (deregistered, not purged: its versions and volumes stay) and
+    /// waits until none of its allocations runs, so that their volume claims are free.
+    pub fn stop_job(&self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
+        self.runtime.block_on(self.cluster.nomad.deregister_job(&self.job, false)).map_err(api_error(&format!("stopping {}", self.job)))?;
+        loop {
+            let allocations = self.allocations()?;
+            let running: Vec<String> = allocations
+                .iter()
+                .filter(|a| !matches!(a.client_status.as_str(), "complete" | "failed" | "lost"))
+                .map(|a| format!("{} ({})", a.task_group, a.client_status))
+                .collect();
+            if running.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(OpsError::TimedOut {
+                    what: format!("{} to stop: still {}", self.job, running.join(", ")),
+                    after: Duration::ZERO,
+                });
+            }
+            reporter.progress(&format!("waiting for {} to stop: {}", self.job, running.join(", ")));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn allocations(&self) -> Result<Vec<api::AllocListStub>, OpsError> {
+        self.runtime
+            .block_on(self.cluster.nomad.job_allocations(&self.job))
+            .map_err(api_error(&format!("reading the allocations of {}", self.job)))
+    }
+
+    /// Registers the desired job whole, every member group at once, with only the members in
+    /// `running` (all of them with None) placed: the others at count 0. The job's modify index.
+    pub fn register_desired(&self, running: Option<&[String]>) -> Result<u64, OpsError> {
+        let (mut job, _) = self.desired_job()?;
+        if let (Some(running), Some(groups)) = (running, job["TaskGroups"].as_array_mut()) {
+            for group in groups.iter_mut() {
+                if !running.iter().any(|m| group["Name"] == m.as_str()) {
+                    group["Count"] = 0.into();
+                }
+            }
+        }
+        let registered = self
+            .runtime
+            .block_on(self.cluster.nomad.register_job(&job, RegisterOptions::default()))
+            .map_err(|e| OpsError::Failed(format!("registering {}: {e}", self.job)))?;
+        Ok(registered.job_modify_index)
+    }
+
+    /// Why the allocations placed since `spec_index` show the restore failing: its task on a
+    /// member failed, or Patroni gave up on the bootstrap from the repository.
+    pub fn restore_failure(&self, spec_index: u64) -> Result<Option<String>, OpsError> {
+        for a in self.allocations()?.iter().filter(|a| a.create_index > spec_index) {
+            if let Some(state) = a.task_states.get("restore-in-place").filter(|s| s.failed || s.restarts > 0) {
+                let log = self.runtime.block_on(self.cluster.nomad.alloc_logs(&a.id, "restore-in-place", true)).unwrap_or_default();
+                return Ok(Some(format!(
+                    "{}'s restore-in-place task {} (allocation {}): {}",
+                    a.task_group,
+                    if state.failed { "failed" } else { "failed and was restarted" },
+                    &a.id[..a.id.len().min(8)],
+                    last_lines(&log, 5)
+                )));
+            }
+            if a.task_states.contains_key("patroni") {
+                let log = self.runtime.block_on(self.cluster.nomad.alloc_logs(&a.id, "patroni", true)).unwrap_or_default();
+                let text = String::from_utf8_lossy(&log);
+                if text.contains("failed attempt to bootstrap the cluster") {
+                    // Clients refused while Postgres recovered are noise beside why recovery ended.
+                    let errors: Vec<&str> = text
+                        .lines()
+                        .filter(|l| l.contains("ERROR") || l.contains("FATAL"))
+                        .filter(|l| !l.contains("not accepting connections") && !l.contains("is starting up"))
+                        .collect();
+                    return Ok(Some(format!(
+                        "Patroni on {} gave up on the bootstrap from the repository (allocation {}): {}",
+                        a.task_group,
+                        &a.id[..a.id.len().min(8)],
+                        errors[errors.len().saturating_sub(5)..].join("\n    ")
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Why `member`'s allocation placed by the registration at `spec_index` is not fit, when
     /// one of its tasks died since it started (Nomad restarts it, and its deployment may still
     /// turn healthy, but the upgrade does not go on past a member that fell over).
     fn died_during_update(&self, member: &str, spec_index: u64) -> Result<Option<String>, OpsError> {
-        let allocations = self
-            .runtime
-            .block_on(self.cluster.nomad.job_allocations(&self.job))
-            .map_err(api_error(&format!("reading the allocations of {}", self.job)))?;
-        for a in allocations.iter().filter(|a| a.task_group == member && a.create_index > spec_index) {
+        for a in self.allocations()?.iter().filter(|a| a.task_group == member && a.create_index > spec_index) {
             for (task, state) in &a.task_states {
                 if state.restarts == 0 && !state.failed {
                     continue;
@@ -293,4 +389,11 @@ impl<N: Transport, C: Transport> Target for NomadTarget<N, C> {
     fn describe(&self) -> String {
         format!("job {} on Nomad", self.job)
     }
+}
+
+/// The last `n` lines of a task's log, on one line.
+fn last_lines(log: &[u8], n: usize) -> String {
+    let text = String::from_utf8_lossy(log);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
 }

@@ -429,7 +429,7 @@ pub fn dev_restore_in_place(dev: &Dev, target: &Target, timeout: Duration, repor
 }
 
 /// A `restore` block naming the cluster itself, for `target`.
-fn in_place_block(cluster: &str, target: &Target) -> crate::stack::Restore {
+pub(crate) fn in_place_block(cluster: &str, target: &Target) -> crate::stack::Restore {
     use crate::stack::syntax::Spanned;
     use crate::stack::RestoreTarget;
     let spanned = |text: &str| Spanned::new(text.to_owned(), 0..0);

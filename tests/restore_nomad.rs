@@ -1,0 +1,158 @@
+//! `pgnomad restore --in-place` on the cluster double (issue 11 item 4): the real binary
+//! restores the default stack (Patroni on etcd3, a repository host, encrypted) to a time
+//! between two sets of rows, from its own repository, on three nodes with real containers.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::cluster::e2e::{assert_ok, text, wait_until, Deployed, StackDriver};
+
+fn json_of(what: &str, out: &std::process::Output) -> Value {
+    assert_ok(what, out);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {}", text(&out.stdout)))
+}
+
+/// What each member's data volume holds at its top, on whichever node has it.
+fn volume_entries(deployed: &Deployed) -> Vec<(String, Vec<String>)> {
+    (0..3)
+        .map(|i| {
+            let id = format!("main-member-{i}");
+            let mut entries: Vec<String> = deployed
+                .cluster
+                .nodes()
+                .iter()
+                .map(|n| n.csi_volume_path(&id))
+                .filter(|p| p.join("pgdata").exists())
+                .flat_map(|p| {
+                    std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect::<Vec<_>>()
+                })
+                .collect();
+            entries.sort();
+            (id, entries)
+        })
+        .collect()
+}
+
+/// The task names of each group of the postgres job as the double has it now.
+fn tasks_of_job(deployed: &Deployed) -> Vec<Vec<String>> {
+    let versions = deployed.cluster.nomad.job_versions("main-postgres");
+    let newest = versions.iter().max_by_key(|v| v["Version"].as_u64()).cloned().unwrap_or_default();
+    newest["TaskGroups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| g["Tasks"].as_array().into_iter().flatten().map(|t| t["Name"].as_str().unwrap_or("").to_owned()).collect())
+        .collect()
+}
+
+#[test]
+fn an_in_place_restore_on_nomad_goes_back_to_the_target_or_puts_the_data_back_and_ends_on_the_plain_job() {
+    let deployed = Deployed::new(StackDriver::Docker, 0.2);
+    deployed.run_until_healthy();
+    let full = json_of("pgnomad backup --type full", &deployed.pgnomad(&["backup", "--type", "full", "--json"]));
+    assert_eq!(full["type"], "full", "{full}");
+
+    // Rows A, a time T, rows B.
+    assert_ok("create table", &deployed.app_sql("CREATE TABLE pitr (id int PRIMARY KEY, phase text)"));
+    assert_ok("rows A", &deployed.app_sql("INSERT INTO pitr SELECT g, 'A' FROM generate_series(1, 50) g"));
+    std::thread::sleep(Duration::from_millis(1100));
+    let at = deployed.app_sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    let t = text(&at.stdout).trim().to_owned();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_ok("rows B", &deployed.app_sql("INSERT INTO pitr SELECT g, 'B' FROM generate_series(51, 80) g"));
+    let mut timeline_before = deployed.timeline().expect("a leader's timeline");
+
+    // Without --yes (and no terminal to ask): refused, nothing stopped.
+    let unconfirmed = deployed.pgnomad(&["restore", "--in-place", "--to-time", &t]);
+    assert_eq!(unconfirmed.status.code(), Some(1), "{}", text(&unconfirmed.stderr));
+    assert!(text(&unconfirmed.stderr).contains("not confirmed: an in-place restore stops main"), "{}", text(&unconfirmed.stderr));
+    let outside = deployed.pgnomad(&["restore", "--in-place", "--yes", "--to-time", "2020-01-01T00:00:00Z"]);
+    assert_eq!(outside.status.code(), Some(1), "{}", text(&outside.stderr));
+    assert!(text(&outside.stderr).contains("is outside the recoverable window"), "{}", text(&outside.stderr));
+    assert!(deployed.healthy_topology().is_ok(), "refusals stop nothing");
+
+    // A restore that fails once the members have stopped (a transaction recovery never
+    // reaches): exit 3, and the cluster runs again on its data as it was, rows B and all,
+    // the member that led first; then the stack's own job again.
+    let leader_before = deployed.leader().unwrap();
+    let versions_before = deployed.cluster.nomad.job_versions("main-postgres").len();
+    let out = deployed.pgnomad(&["restore", "--in-place", "--yes", "--to-xid", "4000000000"]);
+    assert_eq!(out.status.code(), Some(3), "{}\n{}", text(&out.stderr), deployed.member_logs());
+    let error = text(&out.stderr);
+    eprintln!("the failed in-place restore:\n{error}");
+    assert!(error.contains("the in-place restore failed") && error.contains("runs again on its pre-restore data"), "{error}");
+    assert!(error.contains("gave up on the bootstrap from the repository"), "it said why: {error}");
+    wait_until("every member healthy after the failed restore", Duration::from_secs(120), || deployed.healthy_topology().is_ok());
+    let rows = deployed.app_sql("SELECT phase, count(*) FROM pitr GROUP BY phase ORDER BY phase");
+    assert_eq!(text(&rows.stdout).trim(), "A|50\nB|30", "the pre-restore data, unchanged");
+    // Later timelines of the same history: the member that led is promoted again on its data
+    // (Patroni starts a former primary as a standby until it holds the leader key), and the
+    // roll back to the stack's own job ends with a switchover.
+    let timeline = deployed.timeline().unwrap();
+    assert!(timeline >= timeline_before, "{timeline} after {timeline_before}");
+    for (volume, entries) in volume_entries(&deployed) {
+        // The reverted attempt's marker stays (an empty file): a restarted allocation must not
+        // empty the DCS again.
+        assert!(!entries.iter().any(|e| e.contains("pre-restore") || e.ends_with(".failed")), "{volume} still has {entries:?}");
+    }
+    // The member that led came back alone first (the others at count 0), so that none behind
+    // it took the leader key.
+    let versions = deployed.cluster.nomad.job_versions("main-postgres");
+    let alone: Vec<Vec<&str>> = versions[versions_before..]
+        .iter()
+        .map(|v| v["TaskGroups"].as_array().unwrap().iter().filter(|g| g["Count"] != 0).map(|g| g["Name"].as_str().unwrap()).collect())
+        .filter(|placed: &Vec<&str>| placed.len() == 1)
+        .collect();
+    assert_eq!(alone, vec![vec![leader_before.as_str()]], "one registration placed only {leader_before}");
+    let now = tasks_of_job(&deployed);
+    assert!(now.iter().all(|tasks| !tasks.contains(&"restore-in-place".to_owned())), "{now:?}");
+
+    timeline_before = timeline;
+    let versions_before = deployed.cluster.nomad.job_versions("main-postgres").len();
+
+    let out = deployed.pgnomad(&["restore", "--in-place", "--yes", "--to-time", &t, "--json"]);
+    if !out.status.success() {
+        eprintln!("stderr:\n{}\nmembers:\n{}", text(&out.stderr), deployed.member_logs());
+    }
+    let restored = json_of("pgnomad restore --in-place", &out);
+    eprintln!("in-place restore: {restored}\n{}", text(&out.stderr));
+    let attempt = restored["attempt"].as_str().unwrap().to_owned();
+    assert!(restored["timeline"].as_u64().unwrap() > timeline_before, "a new timeline after the restore: {restored}");
+
+    // Exactly rows A, through PgBouncer; writes go on; two replicas stream, one synchronous.
+    let rows = deployed.app_sql("SELECT phase, count(*) FROM pitr GROUP BY phase ORDER BY phase");
+    assert_ok("rows after the restore", &rows);
+    assert_eq!(text(&rows.stdout).trim(), "A|50", "the cluster holds exactly rows A");
+    assert_ok("a write after the restore", &deployed.app_sql("INSERT INTO pitr VALUES (1000, 'after')"));
+    wait_until("every member healthy after the restore", Duration::from_secs(120), || deployed.healthy_topology().is_ok());
+    // It archives on, into its own stanza, on the new timeline.
+    let segment = deployed.archive_current_wal(Duration::from_secs(120));
+    assert!(u64::from_str_radix(&segment[..8], 16).unwrap() > timeline_before, "{segment} on the new timeline");
+
+    // The data moved aside while it ran is gone, the restored data in its place.
+    for (volume, entries) in volume_entries(&deployed) {
+        assert!(entries.contains(&"pgdata".to_owned()), "{volume}: {entries:?}");
+        let own = format!(".restore-{attempt}-");
+        assert!(!entries.iter().any(|e| e.contains("pre-restore") || e.starts_with(&own)), "{volume} still has {entries:?}");
+    }
+    // The registrations: the restore's job (every group with the restore-in-place task), the
+    // rolls to the one removing the data moved aside and back to the stack's own job, which
+    // has no such task.
+    let versions = deployed.cluster.nomad.job_versions("main-postgres");
+    let during: Vec<&Value> = versions.iter().skip(versions_before).collect();
+    let restoring = during
+        .iter()
+        .find(|v| {
+            v["TaskGroups"].as_array().unwrap().iter().all(|g| g["Tasks"].to_string().contains("\"PGNOMAD_RESTORE_MODE\":\"prepare\""))
+        })
+        .unwrap_or_else(|| panic!("no version with every group preparing: {during:#?}"));
+    assert!(restoring["TaskGroups"].to_string().contains(&format!("\"PGNOMAD_RESTORE_ATTEMPT\":\"{attempt}\"")));
+    assert!(during.iter().any(|v| v["TaskGroups"].to_string().contains("\"PGNOMAD_RESTORE_MODE\":\"finish\"")), "no finishing version");
+    let now = tasks_of_job(&deployed);
+    assert!(now.iter().all(|tasks| !tasks.contains(&"restore-in-place".to_owned()) && tasks.contains(&"patroni".to_owned())), "{now:?}");
+    let plan = deployed.pgnomad(&["plan", "--json"]);
+    let plan = json_of("pgnomad plan", &plan);
+    let postgres = plan["jobs"].as_array().unwrap().iter().find(|j| j["id"] == "main-postgres").cloned().unwrap_or_default();
+    assert_eq!(postgres["change"], "unchanged", "after the restore the stack's own job runs: {postgres}");
+}
