@@ -117,7 +117,8 @@ fn an_in_place_restore_on_nomad_goes_back_to_the_target_or_puts_the_data_back_an
     }
     let restored = json_of("pgnomad restore --in-place", &out);
     eprintln!("in-place restore: {restored}\n{}", text(&out.stderr));
-    let attempt = restored["attempt"].as_str().unwrap().to_owned();
+    let kept = restored["kept"].as_str().unwrap();
+    let attempt = kept.strip_prefix("pgdata.pre-restore-").and_then(|k| k.split(' ').next()).unwrap_or_else(|| panic!("{kept}")).to_owned();
     assert!(restored["timeline"].as_u64().unwrap() > timeline_before, "a new timeline after the restore: {restored}");
 
     // Exactly rows A, through PgBouncer; writes go on; two replicas stream, one synchronous.

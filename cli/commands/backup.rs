@@ -182,7 +182,7 @@ pub fn restore(args: RestoreArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `restore --in-place`: confirmed first, then `ops::nomad_restore`.
+/// `restore --in-place`: confirmed first, then the operation on Nomad's site.
 fn restore_in_place(args: &RestoreArgs, to: &Target) -> Result<(), Failure> {
     let (backups, DeployInputs { checked, packs, cluster, .. }) = open(&args.inputs)?;
     let name = checked.stack.cluster.name.value.clone();
@@ -192,11 +192,12 @@ fn restore_in_place(args: &RestoreArgs, to: &Target) -> Result<(), Failure> {
             "error: not confirmed: an in-place restore stops {name} and loses everything written after the target\n  = help: pass --yes to restore in place without asking"
         )));
     }
-    let mut target = crate::ops::nomad::NomadTarget::connect(cluster, checked.stack, packs).map_err(|e| ops_failure(&e))?;
+    let target = crate::ops::nomad::NomadTarget::connect(cluster, checked.stack, packs).map_err(|e| ops_failure(&e))?;
     // Names the data moved aside on each volume: distinct per try, readable by a person.
     let attempt = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default().to_string();
+    let mut site = crate::ops::nomad_restore::NomadInPlace::new(target, &backups, &attempt);
     let progress = Progress::new();
-    let result = crate::ops::nomad_restore::restore_in_place(&mut target, &backups, to, &attempt, args.timeout, &progress);
+    let result = crate::ops::restore::restore_in_place(&mut site, to, args.timeout, &progress);
     progress.finish();
     let restored = result.map_err(|e| ops_failure(&e))?;
     if args.json {

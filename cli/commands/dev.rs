@@ -287,14 +287,24 @@ pub fn run(args: Args) -> Result<(), Failure> {
                     )));
                 }
                 let progress = Progress::new();
-                let result = crate::ops::restore::dev_restore_in_place(&dev, &target, Duration::from_secs(timeout), &progress);
+                let mut site = crate::ops::restore::DevInPlace::new(&dev);
+                let result = crate::ops::restore::restore_in_place(&mut site, &target, Duration::from_secs(timeout), &progress);
                 progress.finish();
                 let restored = result.map_err(ops_failed)?;
+                let status = dev::status(&dev::Dev::open(&dev.state.root).map_err(failed)?);
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&restored).expect("serializes"));
+                    let mut value = serde_json::to_value(&restored).expect("serializes");
+                    value["status"] = serde_json::to_value(&status).expect("serializes");
+                    println!("{}", serde_json::to_string_pretty(&value).expect("serializes"));
                 } else {
-                    print_status(&restored.status);
-                    println!("\nrestored {} in place in {:.1} s", restored.cluster, restored.took.as_secs_f64());
+                    print_status(&status);
+                    println!(
+                        "\nrestored {} in place in {:.1} s: {} leads on timeline {}",
+                        restored.cluster,
+                        restored.took.as_secs_f64(),
+                        restored.leader,
+                        restored.timeline.map(|t| t.to_string()).unwrap_or_else(|| "?".into())
+                    );
                 }
                 return Ok(());
             };

@@ -1,8 +1,9 @@
-//! `restore --in-place` on Nomad: the cluster itself goes back to a point in its own
-//! repository, keeping its data until the restore has succeeded.
+//! `restore --in-place` on Nomad: the steps of `restore::restore_in_place` as phases of the
+//! postgres job. The cluster goes back to a point in its own repository, keeping its data
+//! until the restore has succeeded.
 //!
-//! 1. The WAL up to now is archived and the target checked against the window (as for a
-//!    clone), before anything stops.
+//! 1. The WAL up to now is archived (a dispatch of `<c>-backup-ctl`) and the target checked
+//!    against the window, before anything stops.
 //! 2. The postgres job stops; every member's volume is free.
 //! 3. The job comes back with the stack's own `restore` block (Patroni's custom bootstrap
 //!    restores the cluster's own stanza to the target and promotes) and a prestart task per
@@ -19,122 +20,126 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
-use super::backup::Window;
+use super::backup::Backups;
 use super::nomad::NomadTarget;
 use super::nomad_backup::NomadBackups;
-use super::restore::{check_target, in_place_block, Target};
+use super::restore::{in_place_block, InPlaceSite, RestoredLeader, Target};
 use super::upgrade::{upgrade, UpgradeOptions};
 use super::view::{observe, ClusterView};
 use super::OpsError;
 use crate::compile::{RestoreMode, RestorePhase};
 use crate::dev::Reporter;
+use crate::stack::Stack;
 use crate::transport::Transport;
 
-/// What `restore --in-place` did on Nomad.
-#[derive(Debug, Clone, Serialize)]
-pub struct NomadRestoredInPlace {
-    pub cluster: String,
-    /// Names the data moved aside on each member's volume while it ran.
-    pub attempt: String,
-    /// The repository window the target was checked against.
-    pub window: Window,
-    pub leader: String,
-    pub timeline: Option<u64>,
-    #[serde(serialize_with = "super::seconds")]
-    pub took: Duration,
+/// Nomad: the phases of the postgres job.
+pub struct NomadInPlace<'a, N: Transport, C: Transport> {
+    target: NomadTarget<N, C>,
+    backups: &'a NomadBackups<N>,
+    /// The stack the cluster runs from, without a restore block.
+    plain: Stack,
+    members: Vec<String>,
+    /// Names the data moved aside on each member's volume (`pgdata.pre-restore-<attempt>`).
+    attempt: String,
+    /// The member that led when the restore began (or the first): it empties the DCS, and
+    /// on a revert comes back first.
+    led: String,
+    old_timeline: Option<u64>,
 }
 
-/// Restores the cluster `target` runs in place to `to`; `attempt` names this try (the data
-/// moved aside is `pgdata.pre-restore-<attempt>` on each volume).
-pub fn restore_in_place<N: Transport, C: Transport>(
-    target: &mut NomadTarget<N, C>,
-    backups: &NomadBackups<N>,
-    to: &Target,
-    attempt: &str,
-    timeout: Duration,
-    reporter: &dyn Reporter,
-) -> Result<NomadRestoredInPlace, OpsError> {
-    let started = Instant::now();
-    let deadline = started + timeout;
-    let plain = target.stack().clone();
-    let cluster = plain.cluster.name.value.clone();
-    if plain.restore.is_some() {
-        return Err(OpsError::Refused(format!(
-            "{cluster}'s stack file still has the `restore {{ … }}` block it was bootstrapped with\n  = help: remove the block from the stack file, then restore in place"
-        )));
+impl<'a, N: Transport, C: Transport> NomadInPlace<'a, N, C> {
+    /// `attempt` names this try: distinct per try, readable by a person.
+    pub fn new(target: NomadTarget<N, C>, backups: &'a NomadBackups<N>, attempt: &str) -> Self {
+        let plain = target.stack().clone();
+        let members: Vec<String> = crate::config::Facts::new(&plain).members.iter().map(|m| m.name.clone()).collect();
+        let led = members[0].clone();
+        NomadInPlace { target, backups, plain, members, attempt: attempt.to_owned(), led, old_timeline: None }
     }
-    if !plain.backup.enabled {
-        return Err(OpsError::Refused(format!("{cluster} has no `backup` block: there is no repository to restore from")));
-    }
-    let before = observe(target).ok();
-    let archived_at = backups.archive_now(timeout, reporter)?;
-    let list = backups.backups(Some(archived_at), timeout, reporter)?;
-    check_target(to, list.window.as_ref(), &list.backups)?;
-    let window = list.window.clone().expect("check_target refuses a repository without backups");
-    let members: Vec<String> = crate::config::Facts::new(&plain).members.iter().map(|m| m.name.clone()).collect();
-    // The member that led, or the first: it empties the DCS, and on a revert comes back first.
-    let led = before.as_ref().and_then(|v| v.leader()).map(|l| l.name.clone()).unwrap_or_else(|| members[0].clone());
-    let old_timeline = before.as_ref().and_then(|v| v.leader()).and_then(|l| l.timeline);
-    let phase = |mode| Some(RestorePhase { attempt: attempt.to_owned(), mode, wipe_member: led.clone() });
 
-    reporter.step(&format!("stopping {cluster}'s members"));
-    target.stop_job(deadline, &Steps(reporter))?;
-    let mut restoring = plain.clone();
-    restoring.restore = Some(in_place_block(&cluster, to));
-    target.set_desired(restoring, phase(RestoreMode::Prepare));
-    reporter.step(&format!(
-        "restoring {cluster} in place: each member's data moves aside to pgdata.pre-restore-{attempt}, {led} empties the DCS, Patroni's custom bootstrap restores the repository to the target"
-    ));
-    let registered = target.register_desired(None)?;
-    let restored = wait_restored(target, &members, registered, old_timeline, deadline, reporter);
-    match restored {
-        Ok(view) => {
-            let leader = view.leader().expect("a restored view has a leader");
-            let (leader, timeline) = (leader.name.clone(), leader.timeline);
-            reporter.step(&format!(
-                "restored: {leader} leads on timeline {}; removing the pre-restore data, one member at a time",
-                timeline.unwrap_or(0)
-            ));
-            roll(target, plain.clone(), phase(RestoreMode::Finish), deadline, reporter)?;
-            reporter.step("back to the stack's own job, one member at a time");
-            roll(target, plain, None, deadline, reporter)?;
-            Ok(NomadRestoredInPlace { cluster, attempt: attempt.to_owned(), window, leader, timeline, took: started.elapsed() })
-        }
-        Err(error) => {
-            let why = error.to_string();
-            reporter.step(&format!("the restore failed ({why}): putting the pre-restore data back"));
-            let mut revert = || -> Result<(), OpsError> {
-                target.stop_job(deadline_after(timeout), &Steps(reporter))?;
-                target.set_desired(plain.clone(), phase(RestoreMode::Revert));
-                let registered = target.register_desired(Some(std::slice::from_ref(&led)))?;
-                wait_for(
-                    target,
-                    &format!("{led} to lead again on its pre-restore data"),
-                    registered,
-                    deadline_after(timeout),
-                    reporter,
-                    |view| Ok(view.leader().filter(|l| l.name == led && l.state == "running").map(|_| ())),
-                )?;
-                let registered = target.register_desired(None)?;
-                wait_restored(target, &members, registered, None, deadline_after(timeout), reporter)?;
-                roll(target, plain.clone(), None, deadline_after(timeout), reporter)
-            };
-            match revert() {
-                Ok(()) => Err(OpsError::Failed(format!(
-                    "the in-place restore failed: {why}\n  = {cluster} runs again on its pre-restore data, unchanged\n  = help: the members' patroni logs say why (`nomad alloc logs -stderr <allocation> patroni`)"
-                ))),
-                Err(e) => Err(OpsError::Failed(format!(
-                    "the in-place restore failed ({why}), and putting the pre-restore data back did not finish: {e}\n  = the data moved aside is pgdata.pre-restore-{attempt} on each member's volume\n  = help: once the cause is fixed, `pgnomad restore --in-place` can be run again; or move the data back by hand"
-                ))),
-            }
-        }
+    fn phase(&self, mode: RestoreMode) -> Option<RestorePhase> {
+        Some(RestorePhase { attempt: self.attempt.clone(), mode, wipe_member: self.led.clone() })
     }
 }
 
-fn deadline_after(timeout: Duration) -> Instant {
-    Instant::now() + timeout
+impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
+    fn cluster(&self) -> &str {
+        &self.plain.cluster.name.value
+    }
+
+    fn stack(&self) -> &Stack {
+        &self.plain
+    }
+
+    fn archive_and_list(&self, timeout: Duration, reporter: &dyn Reporter) -> Result<Backups, OpsError> {
+        let archived_at = self.backups.archive_now(timeout, reporter)?;
+        self.backups.backups(Some(archived_at), timeout, reporter)
+    }
+
+    fn stop(&mut self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
+        if let Some(leader) = observe(&self.target).ok().as_ref().and_then(|v| v.leader().cloned()) {
+            self.led = leader.name;
+            self.old_timeline = leader.timeline;
+        }
+        reporter.step(&format!("stopping {}'s members", self.cluster()));
+        self.target.stop_job(deadline, &Steps(reporter))
+    }
+
+    fn restore(&mut self, to: &Target, deadline: Instant, reporter: &dyn Reporter) -> Result<RestoredLeader, OpsError> {
+        let mut restoring = self.plain.clone();
+        restoring.restore = Some(in_place_block(self.cluster(), to));
+        let preparing = self.phase(RestoreMode::Prepare);
+        self.target.set_desired(restoring, preparing);
+        reporter.step(&format!(
+            "restoring {} in place: each member's data moves aside, {} empties the DCS, Patroni's custom bootstrap restores the repository to the target",
+            self.cluster(),
+            self.led
+        ));
+        let registered = self.target.register_desired(None)?;
+        let view = wait_restored(&self.target, &self.members, registered, self.old_timeline, deadline, reporter)?;
+        let leader = view.leader().expect("a restored view has a leader");
+        Ok(RestoredLeader { leader: leader.name.clone(), timeline: leader.timeline })
+    }
+
+    fn finish(&mut self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
+        reporter.step(&format!("the restore succeeded: removing pgdata.pre-restore-{}, one member at a time", self.attempt));
+        let finishing = self.phase(RestoreMode::Finish);
+        roll(&mut self.target, self.plain.clone(), finishing, deadline, reporter)?;
+        reporter.step("back to the stack's own job, one member at a time");
+        roll(&mut self.target, self.plain.clone(), None, deadline, reporter)
+    }
+
+    fn revert(&mut self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
+        let kept = self.kept();
+        let hint = |e: OpsError| {
+            OpsError::Failed(format!(
+                "{e}\n  = the pre-restore data is {kept}; `pgnomad restore --in-place` can run again once the cause is fixed"
+            ))
+        };
+        self.target.stop_job(deadline, &Steps(reporter)).map_err(hint)?;
+        // The member that led first, alone: no member behind it may take the leader key.
+        let reverting = self.phase(RestoreMode::Revert);
+        self.target.set_desired(self.plain.clone(), reverting);
+        let registered = self.target.register_desired(Some(std::slice::from_ref(&self.led))).map_err(hint)?;
+        let led = self.led.clone();
+        wait_for(&self.target, &format!("{led} to lead again on its pre-restore data"), registered, deadline, reporter, |view| {
+            Ok(view.leader().filter(|l| l.name == led && l.state == "running").map(|_| ()))
+        })
+        .map_err(hint)?;
+        let registered = self.target.register_desired(None).map_err(hint)?;
+        wait_restored(&self.target, &self.members, registered, None, deadline, reporter).map_err(hint)?;
+        roll(&mut self.target, self.plain.clone(), None, deadline, reporter)
+    }
+
+    fn kept(&self) -> String {
+        format!("pgdata.pre-restore-{} on each member's volume", self.attempt)
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "`nomad alloc logs -stderr <allocation> patroni` of the {} job's allocations",
+            crate::config::runtime::names::postgres_job(self.cluster())
+        )
+    }
 }
 
 /// Rolls the member groups to `stack` with `phase`, one at a time, as `upgrade` does.

@@ -292,139 +292,270 @@ pub fn dev_restore(source: &Dev, into: &str, target: &Target, timeout: Duration,
     Ok(Restored { cluster: into.to_owned(), stack_file, state_dir, window, status: dev::status(&clone), took: started.elapsed() })
 }
 
-/// What `restore --in-place` did.
+/// What `restore --in-place` did, wherever it ran.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoredInPlace {
     pub cluster: String,
     /// The repository window the target was checked against.
     pub window: Window,
-    /// The members afterwards, as `dev status` shows them.
-    pub status: dev::Status,
+    /// The leader of the restored cluster, and its timeline (a new one).
+    pub leader: String,
+    pub timeline: Option<u64>,
+    /// Where the pre-restore data was kept while the restore ran (removed since).
+    pub kept: String,
     #[serde(serialize_with = "super::seconds")]
     pub took: Duration,
 }
 
-/// Beside each data directory while an in-place restore runs: the data it replaces.
-const PRE_RESTORE: &str = "data.pre-restore";
-
-/// The directories an in-place restore replaces: each member's data and the DCS's (a fresh
-/// DCS: Patroni would not promote a member whose WAL is behind the old leader's last
-/// position, and the restored one always is).
-fn replaced_dirs(dev: &Dev) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = dev.facts.members.iter().map(|m| dev.state.data_dir(&m.name)).collect();
-    dirs.push(dev.state.root.join("etcd").join("data"));
-    dirs
+/// The restored cluster as its site first saw it whole.
+pub struct RestoredLeader {
+    pub leader: String,
+    pub timeline: Option<u64>,
 }
+
+/// Where `restore --in-place` runs: the steps that differ between `pgnomad dev` (its state
+/// directories, its supervisor) and Nomad (phases of the postgres job). `restore_in_place`
+/// drives either through the same steps, checks and messages.
+pub trait InPlaceSite {
+    fn cluster(&self) -> &str;
+    /// The stack the cluster runs from now.
+    fn stack(&self) -> &crate::stack::Stack;
+    /// Refuses when an earlier restore left data aside where this site can see it.
+    fn leftovers(&self) -> Result<(), OpsError> {
+        Ok(())
+    }
+    /// The WAL up to now archived (when a primary runs), then the repository's backups.
+    fn archive_and_list(&self, timeout: Duration, reporter: &dyn Reporter) -> Result<backup::Backups, OpsError>;
+    /// Stops every member.
+    fn stop(&mut self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError>;
+    /// Sets each member's data aside and bootstraps the cluster again from its own repository
+    /// to `to` (Patroni's custom bootstrap, the replicas cloned from the restored primary),
+    /// until its leader runs on the restored data and every replica streams.
+    fn restore(&mut self, to: &Target, deadline: Instant, reporter: &dyn Reporter) -> Result<RestoredLeader, OpsError>;
+    /// The restore succeeded: removes the data set aside; the stack's own configuration again.
+    fn finish(&mut self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError>;
+    /// The restore failed: puts the data set aside back and runs the cluster on it.
+    fn revert(&mut self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError>;
+    /// Where the data set aside is kept while the restore runs, for the messages.
+    fn kept(&self) -> String;
+    /// Where to read why a restore failed.
+    fn logs(&self) -> String;
+}
+
+/// `restore --in-place`: the cluster's own WAL archived up to now and the target checked
+/// before anything stops; then every member stopped, its data set aside, and the cluster
+/// bootstrapped again from its own repository to the target. The data set aside comes back
+/// if the restore fails, and is removed once it has succeeded.
+pub fn restore_in_place(
+    site: &mut dyn InPlaceSite,
+    to: &Target,
+    timeout: Duration,
+    reporter: &dyn Reporter,
+) -> Result<RestoredInPlace, OpsError> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let cluster = site.cluster().to_owned();
+    if site.stack().restore.is_some() {
+        return Err(OpsError::Refused(format!(
+            "{cluster}'s stack file still has the `restore {{ … }}` block it was bootstrapped with\n  = help: remove the block from the stack file, then restore in place"
+        )));
+    }
+    if !site.stack().backup.enabled {
+        return Err(OpsError::Refused(format!("{cluster} has no `backup` block: there is no repository to restore from")));
+    }
+    site.leftovers()?;
+    let list = site.archive_and_list(timeout, reporter)?;
+    check_target(to, list.window.as_ref(), &list.backups)?;
+    let window = list.window.clone().expect("check_target refuses a repository without backups");
+
+    site.stop(deadline, reporter)?;
+    reporter.step(&format!("the pre-restore data is kept until the restore succeeds: {}", site.kept()));
+    match site.restore(to, deadline, reporter) {
+        Ok(restored) => {
+            let kept = site.kept();
+            site.finish(deadline, reporter)?;
+            Ok(RestoredInPlace { cluster, window, leader: restored.leader, timeline: restored.timeline, kept, took: started.elapsed() })
+        }
+        Err(error) => {
+            let why = match &error {
+                OpsError::TimedOut { what, after } => format!("timed out after {} s waiting for {what}", after.as_secs()),
+                other => other.to_string(),
+            };
+            reporter.step(&format!("the restore failed ({why}): putting the pre-restore data back"));
+            let kept = site.kept();
+            // A fresh deadline: putting the data back must not be cut short by the restore's.
+            match site.revert(Instant::now() + timeout, reporter) {
+                Ok(()) => Err(OpsError::Failed(format!(
+                    "the in-place restore failed: {why}\n  = {cluster} runs again on its pre-restore data, unchanged (kept in {kept} while it ran)\n  = help: Patroni's logs say why: {}",
+                    site.logs()
+                ))),
+                Err(e) => Err(OpsError::Failed(format!(
+                    "the in-place restore failed ({why}), and putting the pre-restore data back did not finish: {e}\n  = help: Patroni's logs say why the restore failed: {}",
+                    site.logs()
+                ))),
+            }
+        }
+    }
+}
+
+/// Beside each data directory while an in-place restore runs on `dev`: the data it replaces.
+const PRE_RESTORE: &str = "data.pre-restore";
 
 fn aside(dir: &Path) -> PathBuf {
     dir.with_file_name(PRE_RESTORE)
 }
 
-/// `dev restore --in-place`: the cluster's own WAL archived up to now and the target checked;
-/// then every member stopped, its data (and the DCS's) moved aside, and the cluster
-/// bootstrapped again through Patroni's custom bootstrap from its own repository to the
-/// target; the replicas are cloned from the restored primary. The data moved aside comes
-/// back if the restore fails, and is removed once it has succeeded.
-pub fn dev_restore_in_place(dev: &Dev, target: &Target, timeout: Duration, reporter: &dyn Reporter) -> Result<RestoredInPlace, OpsError> {
-    let started = Instant::now();
-    if dev.stack.restore.is_some() {
-        return Err(OpsError::Refused(format!(
-            "{}'s stack file still has the `restore {{ … }}` block it was bootstrapped with\n  = help: remove the block from {}, then restore in place",
-            dev.facts.cluster,
-            dev.recorded.stack_file.display()
-        )));
-    }
-    if let Some(left) = replaced_dirs(dev).iter().map(|d| aside(d)).find(|d| d.exists()) {
-        return Err(OpsError::Refused(format!(
-            "an earlier in-place restore left pre-restore data in {}\n  = help: if the cluster runs on the restored data, remove it; if not, move it back to {}",
-            left.display(),
-            left.with_file_name("data").display()
-        )));
-    }
-    let (leader, _) = backup::dev_archived_at(dev);
-    match leader {
-        Some(leader) => archive_now(dev, leader, reporter)?,
-        None => reporter.step("no primary runs: restoring from what the repository holds"),
-    }
-    let list = backup::dev_backups(dev)?;
-    check_target(target, list.window.as_ref(), &list.backups)?;
-    let window = list.window.clone().expect("check_target refuses a repository without backups");
+/// `pgnomad dev`: the members' data directories and the DCS's (a fresh DCS: Patroni would
+/// not promote a member whose WAL is behind the old leader's last position, and the
+/// restored one always is) are moved aside and back.
+pub struct DevInPlace<'a> {
+    dev: &'a Dev,
+    /// The directories moved aside, once they are.
+    moved: Vec<PathBuf>,
+    /// Each member's Patroni log and its length when the restore began.
+    logs: Vec<(PathBuf, u64)>,
+}
 
-    let root = dev.state.root.clone();
-    let stack_file = dev.recorded.stack_file.clone();
-    reporter.step("stopping every member, PgBouncer and the DCS");
-    dev::down(&root, reporter).map_err(dev_error)?;
-    let moved: Vec<PathBuf> = replaced_dirs(dev).into_iter().filter(|d| d.exists()).collect();
-    for dir in &moved {
-        std::fs::rename(dir, aside(dir)).map_err(|e| OpsError::Failed(format!("move {} aside: {e}", dir.display())))?;
+impl<'a> DevInPlace<'a> {
+    pub fn new(dev: &'a Dev) -> Self {
+        DevInPlace { dev, moved: Vec::new(), logs: Vec::new() }
     }
-    reporter.step(&format!(
-        "the pre-restore data is kept until the restore succeeds: {}",
-        moved.iter().map(|d| aside(d).display().to_string()).collect::<Vec<_>>().join(", ")
-    ));
 
-    // The stack as it is, restoring from itself: Patroni's custom bootstrap runs
-    // `pgbackrest restore` from the cluster's own stanza (restore.conf) with the target.
-    let mut stack = dev.stack.clone();
-    stack.restore = Some(in_place_block(&dev.facts.cluster, target));
-    let logs: Vec<(PathBuf, u64)> = dev
-        .facts
-        .members
-        .iter()
-        .map(|m| {
-            let log = dev.state.log_dir(&m.name).join("patroni.log");
-            let len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-            (log, len)
-        })
-        .collect();
-    reporter.step(&format!(
-        "restoring {} in place: Patroni's custom bootstrap restores its backups and recovers to the target",
-        dev.facts.cluster
-    ));
-    let restored = dev::up_unless(stack, &stack_file, &root, timeout, reporter, &|_| bootstrap_failed(&logs));
-    match restored {
-        Ok(_) => {
-            // The stack's own files again: no bootstrap from the repository the next time.
-            let restored = Dev::prepare(dev.stack.clone(), &stack_file, &root).map_err(dev_error)?;
-            for member in &dev.facts.members {
-                let _ = std::fs::remove_file(dev.state.config_dir(&member.name).join("restore.conf"));
-            }
-            for dir in &moved {
-                let old = aside(dir);
-                reporter.step(&format!("the restore succeeded: removing {}", old.display()));
-                std::fs::remove_dir_all(&old).map_err(|e| OpsError::Failed(format!("remove {}: {e}", old.display())))?;
-            }
-            Ok(RestoredInPlace { cluster: dev.facts.cluster.clone(), window, status: dev::status(&restored), took: started.elapsed() })
+    fn replaced_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self.dev.facts.members.iter().map(|m| self.dev.state.data_dir(&m.name)).collect();
+        dirs.push(self.dev.state.root.join("etcd").join("data"));
+        dirs
+    }
+
+    fn remove_restore_confs(&self) {
+        for member in &self.dev.facts.members {
+            let _ = std::fs::remove_file(self.dev.state.config_dir(&member.name).join("restore.conf"));
         }
-        Err(error) => {
-            let why = match &error {
-                DevError::Timeout { what, seconds, .. } => format!("timed out after {seconds} s waiting for {what}"),
-                other => other.to_string(),
-            };
-            reporter.step(&format!("the restore failed ({why}): putting the pre-restore data back"));
-            dev::down(&root, reporter).map_err(dev_error)?;
-            for dir in &moved {
-                // What the failed bootstrap left: Patroni moves a failed data directory to data.failed.
-                for leftover in [dir.clone(), dir.with_file_name("data.failed")] {
-                    if leftover.exists() {
-                        std::fs::remove_dir_all(&leftover).map_err(|e| OpsError::Failed(format!("remove {}: {e}", leftover.display())))?;
-                    }
-                }
-                std::fs::rename(aside(dir), dir).map_err(|e| OpsError::Failed(format!("move {} back: {e}", aside(dir).display())))?;
-            }
-            for member in &dev.facts.members {
-                let _ = std::fs::remove_file(dev.state.config_dir(&member.name).join("restore.conf"));
-            }
-            dev::up(dev.stack.clone(), &stack_file, &root, timeout, reporter).map_err(|e| {
-                OpsError::Failed(format!(
-                    "the in-place restore failed ({why}), and the cluster did not come back up on its pre-restore data, which is back in place: {e}"
-                ))
+    }
+
+    fn timeout(deadline: Instant) -> Duration {
+        deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1))
+    }
+}
+
+impl InPlaceSite for DevInPlace<'_> {
+    fn cluster(&self) -> &str {
+        &self.dev.facts.cluster
+    }
+
+    fn stack(&self) -> &crate::stack::Stack {
+        &self.dev.stack
+    }
+
+    fn leftovers(&self) -> Result<(), OpsError> {
+        match self.replaced_dirs().iter().map(|d| aside(d)).find(|d| d.exists()) {
+            Some(left) => Err(OpsError::Refused(format!(
+                "an earlier in-place restore left pre-restore data in {}\n  = help: if the cluster runs on the restored data, remove it; if not, move it back to {}",
+                left.display(),
+                left.with_file_name("data").display()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn archive_and_list(&self, _timeout: Duration, reporter: &dyn Reporter) -> Result<backup::Backups, OpsError> {
+        match backup::dev_archived_at(self.dev).0 {
+            Some(leader) => archive_now(self.dev, leader, reporter)?,
+            None => reporter.step("no primary runs: restoring from what the repository holds"),
+        }
+        backup::dev_backups(self.dev)
+    }
+
+    fn stop(&mut self, _deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
+        reporter.step("stopping every member, PgBouncer and the DCS");
+        dev::down(&self.dev.state.root, reporter).map_err(dev_error)?;
+        self.moved = self.replaced_dirs().into_iter().filter(|d| d.exists()).collect();
+        Ok(())
+    }
+
+    fn restore(&mut self, to: &Target, deadline: Instant, reporter: &dyn Reporter) -> Result<RestoredLeader, OpsError> {
+        for dir in &self.moved {
+            std::fs::rename(dir, aside(dir)).map_err(|e| OpsError::Failed(format!("move {} aside: {e}", dir.display())))?;
+        }
+        // The stack as it is, restoring from itself: Patroni's custom bootstrap runs
+        // `pgbackrest restore` from the cluster's own stanza (restore.conf) with the target.
+        let mut stack = self.dev.stack.clone();
+        stack.restore = Some(in_place_block(&self.dev.facts.cluster, to));
+        self.logs = self
+            .dev
+            .facts
+            .members
+            .iter()
+            .map(|m| {
+                let log = self.dev.state.log_dir(&m.name).join("patroni.log");
+                let len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+                (log, len)
+            })
+            .collect();
+        reporter.step(&format!(
+            "restoring {} in place: Patroni's custom bootstrap restores its backups and recovers to the target",
+            self.dev.facts.cluster
+        ));
+        let logs = self.logs.clone();
+        let restored =
+            dev::up_unless(stack, &self.dev.recorded.stack_file, &self.dev.state.root, Self::timeout(deadline), reporter, &|_| {
+                bootstrap_failed(&logs)
+            })
+            .map_err(|error| match error {
+                DevError::Timeout { what, seconds, .. } => OpsError::TimedOut { what, after: Duration::from_secs(seconds) },
+                other => OpsError::Failed(other.to_string()),
             })?;
-            Err(OpsError::Failed(format!(
-                "the in-place restore failed: {why}\n  = the cluster runs again on its pre-restore data, unchanged\n  = help: Patroni's logs say why: {}",
-                logs.iter().map(|(log, _)| log.display().to_string()).collect::<Vec<_>>().join(", ")
-            )))
+        let status = dev::status(&restored);
+        let leader = status.members.iter().find(|m| m.role == "leader");
+        Ok(RestoredLeader { leader: leader.map(|m| m.name.clone()).unwrap_or_default(), timeline: leader.and_then(|m| m.timeline) })
+    }
+
+    fn finish(&mut self, _deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
+        // The stack's own files again: no bootstrap from the repository the next time.
+        Dev::prepare(self.dev.stack.clone(), &self.dev.recorded.stack_file, &self.dev.state.root).map_err(dev_error)?;
+        self.remove_restore_confs();
+        for dir in &self.moved {
+            let old = aside(dir);
+            reporter.step(&format!("the restore succeeded: removing {}", old.display()));
+            std::fs::remove_dir_all(&old).map_err(|e| OpsError::Failed(format!("remove {}: {e}", old.display())))?;
         }
+        Ok(())
+    }
+
+    fn revert(&mut self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
+        let root = &self.dev.state.root;
+        dev::down(root, reporter).map_err(dev_error)?;
+        for dir in &self.moved {
+            if !aside(dir).exists() {
+                continue;
+            }
+            // What the failed bootstrap left: Patroni moves a failed data directory to data.failed.
+            for leftover in [dir.clone(), dir.with_file_name("data.failed")] {
+                if leftover.exists() {
+                    std::fs::remove_dir_all(&leftover).map_err(|e| OpsError::Failed(format!("remove {}: {e}", leftover.display())))?;
+                }
+            }
+            std::fs::rename(aside(dir), dir).map_err(|e| OpsError::Failed(format!("move {} back: {e}", aside(dir).display())))?;
+        }
+        self.remove_restore_confs();
+        dev::up(self.dev.stack.clone(), &self.dev.recorded.stack_file, root, Self::timeout(deadline), reporter).map_err(|e| {
+            OpsError::Failed(format!("the cluster did not come back up on its pre-restore data, which is back in place: {e}"))
+        })?;
+        Ok(())
+    }
+
+    fn kept(&self) -> String {
+        self.moved.iter().map(|d| aside(d).display().to_string()).collect::<Vec<_>>().join(", ")
+    }
+
+    fn logs(&self) -> String {
+        self.dev
+            .facts
+            .members
+            .iter()
+            .map(|m| self.dev.state.log_dir(&m.name).join("patroni.log").display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -512,6 +643,120 @@ mod tests {
         );
         assert!(check_target(&Target::time("2026-12-01T10:00:01Z").unwrap(), Some(&window(true)), &[]).is_ok());
         assert!(Target::time("2026-12-01 10:30").unwrap_err().to_string().contains("has no zone"));
+    }
+
+    /// A site that records the steps the driver takes, and fails where told.
+    struct Recorded {
+        stack: crate::stack::Stack,
+        steps: std::cell::RefCell<Vec<&'static str>>,
+        restore_fails: bool,
+        revert_fails: bool,
+        left_over: bool,
+    }
+
+    impl Recorded {
+        fn new() -> Self {
+            let stack = crate::stack::load(&crate::stack::Source::new("pgnomad.hcl", "cluster \"main\" {}\n")).unwrap().stack;
+            Recorded { stack, steps: Default::default(), restore_fails: false, revert_fails: false, left_over: false }
+        }
+        fn steps(&self) -> Vec<&'static str> {
+            self.steps.borrow().clone()
+        }
+    }
+
+    impl InPlaceSite for Recorded {
+        fn cluster(&self) -> &str {
+            "main"
+        }
+        fn stack(&self) -> &crate::stack::Stack {
+            &self.stack
+        }
+        fn leftovers(&self) -> Result<(), OpsError> {
+            if self.left_over {
+                return Err(OpsError::Refused("an earlier in-place restore left pre-restore data".into()));
+            }
+            Ok(())
+        }
+        fn archive_and_list(&self, _: Duration, _: &dyn Reporter) -> Result<backup::Backups, OpsError> {
+            self.steps.borrow_mut().push("archive");
+            Ok(backup::Backups {
+                stanza: "main".into(),
+                status: "ok".into(),
+                cipher: "none".into(),
+                backups: Vec::new(),
+                window: Some(window(true)),
+            })
+        }
+        fn stop(&mut self, _: Instant, _: &dyn Reporter) -> Result<(), OpsError> {
+            self.steps.borrow_mut().push("stop");
+            Ok(())
+        }
+        fn restore(&mut self, _: &Target, _: Instant, _: &dyn Reporter) -> Result<RestoredLeader, OpsError> {
+            self.steps.borrow_mut().push("restore");
+            if self.restore_fails {
+                return Err(OpsError::TimedOut { what: "the restored cluster".into(), after: Duration::from_secs(7) });
+            }
+            Ok(RestoredLeader { leader: "member-1".into(), timeline: Some(4) })
+        }
+        fn finish(&mut self, _: Instant, _: &dyn Reporter) -> Result<(), OpsError> {
+            self.steps.borrow_mut().push("finish");
+            Ok(())
+        }
+        fn revert(&mut self, _: Instant, _: &dyn Reporter) -> Result<(), OpsError> {
+            self.steps.borrow_mut().push("revert");
+            if self.revert_fails {
+                return Err(OpsError::Failed("member-0 did not come back".into()));
+            }
+            Ok(())
+        }
+        fn kept(&self) -> String {
+            "the aside place".into()
+        }
+        fn logs(&self) -> String {
+            "the logs".into()
+        }
+    }
+
+    #[test]
+    fn an_in_place_restore_finishes_when_it_succeeds_reverts_when_it_fails_and_stops_nothing_when_refused() {
+        let quiet = crate::dev::Quiet;
+        let inside = Target::time("2026-12-01T10:30:00Z").unwrap();
+        let mut site = Recorded::new();
+        let done = restore_in_place(&mut site, &inside, Duration::from_secs(60), &quiet).unwrap();
+        assert_eq!(site.steps(), ["archive", "stop", "restore", "finish"]);
+        assert_eq!((done.leader.as_str(), done.timeline), ("member-1", Some(4)));
+
+        let mut site = Recorded { restore_fails: true, ..Recorded::new() };
+        let error = restore_in_place(&mut site, &inside, Duration::from_secs(60), &quiet).unwrap_err();
+        assert_eq!(site.steps(), ["archive", "stop", "restore", "revert"]);
+        assert!(error.is_not_converged(), "exit 3: {error}");
+        let text = error.to_string();
+        assert!(text.starts_with("the in-place restore failed: timed out after 7 s waiting for the restored cluster"), "{text}");
+        assert!(text.contains("main runs again on its pre-restore data, unchanged (kept in the aside place while it ran)"), "{text}");
+        assert!(text.contains("help: Patroni's logs say why: the logs"), "{text}");
+
+        let mut site = Recorded { restore_fails: true, revert_fails: true, ..Recorded::new() };
+        let error = restore_in_place(&mut site, &inside, Duration::from_secs(60), &quiet).unwrap_err().to_string();
+        assert!(error.contains("and putting the pre-restore data back did not finish: member-0 did not come back"), "{error}");
+        assert!(!error.contains("runs again"), "{error}");
+
+        // Refused before anything stops: outside the window, data left by an earlier
+        // restore, a stack still bootstrapping from a repository, no repository at all.
+        let outside = Target::time("2026-12-01T09:00:00Z").unwrap();
+        let mut site = Recorded::new();
+        assert!(restore_in_place(&mut site, &outside, Duration::from_secs(60), &quiet).unwrap_err().is_refusal());
+        assert_eq!(site.steps(), ["archive"]);
+        let mut site = Recorded { left_over: true, ..Recorded::new() };
+        assert!(restore_in_place(&mut site, &inside, Duration::from_secs(60), &quiet).unwrap_err().is_refusal());
+        assert!(site.steps().is_empty());
+        let mut site = Recorded::new();
+        site.stack.restore = Some(in_place_block("main", &inside));
+        let error = restore_in_place(&mut site, &inside, Duration::from_secs(60), &quiet).unwrap_err();
+        assert!(error.is_refusal() && error.to_string().contains("still has the `restore { … }` block"), "{error}");
+        let mut site = Recorded::new();
+        site.stack.backup.enabled = false;
+        assert!(restore_in_place(&mut site, &inside, Duration::from_secs(60), &quiet).unwrap_err().is_refusal());
+        assert!(site.steps().is_empty());
     }
 
     #[test]
