@@ -86,13 +86,7 @@ fn backups_through_pgnomad(deployed: &Deployed) {
     assert!(window["newest"].as_i64() >= rows.last().unwrap()["stop"].as_i64(), "{list}");
 
     // Rows A, a time T, rows B.
-    assert_ok("create table", &deployed.app_sql("CREATE TABLE pitr (id int PRIMARY KEY, phase text)"));
-    assert_ok("rows A", &deployed.app_sql("INSERT INTO pitr SELECT g, 'A' FROM generate_series(1, 50) g"));
-    std::thread::sleep(Duration::from_millis(1100));
-    let at = deployed.app_sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
-    let t = text(&at.stdout).trim().to_owned();
-    std::thread::sleep(Duration::from_millis(1100));
-    assert_ok("rows B", &deployed.app_sql("INSERT INTO pitr SELECT g, 'B' FROM generate_series(51, 80) g"));
+    let t = deployed.rows_a_time_rows_b();
 
     let before = deployed.pgnomad(&["restore", "--to-time", "2020-01-01T00:00:00Z", "--into", "early"]);
     assert_eq!(before.status.code(), Some(1), "a target before the window: {}", text(&before.stderr));

@@ -54,13 +54,7 @@ fn an_in_place_restore_on_nomad_goes_back_to_the_target_or_puts_the_data_back_an
     assert_eq!(full["type"], "full", "{full}");
 
     // Rows A, a time T, rows B.
-    assert_ok("create table", &deployed.app_sql("CREATE TABLE pitr (id int PRIMARY KEY, phase text)"));
-    assert_ok("rows A", &deployed.app_sql("INSERT INTO pitr SELECT g, 'A' FROM generate_series(1, 50) g"));
-    std::thread::sleep(Duration::from_millis(1100));
-    let at = deployed.app_sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
-    let t = text(&at.stdout).trim().to_owned();
-    std::thread::sleep(Duration::from_millis(1100));
-    assert_ok("rows B", &deployed.app_sql("INSERT INTO pitr SELECT g, 'B' FROM generate_series(51, 80) g"));
+    let t = deployed.rows_a_time_rows_b();
     let mut timeline_before = deployed.timeline().expect("a leader's timeline");
 
     // Without --yes (and no terminal to ask): refused, nothing stopped.

@@ -42,6 +42,20 @@ pub struct BackupsArgs {
     json: bool,
 }
 
+/// Where a restore goes, for `restore` and `dev restore`: a new cluster, or this one in place.
+#[derive(Debug, clap::Args)]
+pub struct RestoreDestination {
+    /// The new cluster's name; its stack file is NAME.hcl beside this one.
+    #[arg(long, value_name = "NAME", required_unless_present = "in_place", conflicts_with = "in_place")]
+    pub into: Option<String>,
+    /// Restore this cluster itself (it stops; everything written after the target is lost).
+    #[arg(long)]
+    pub in_place: bool,
+    /// With --in-place: do not ask.
+    #[arg(long, requires = "in_place")]
+    pub yes: bool,
+}
+
 /// Where a restore's recovery stops: one of the four, for `restore` and `dev restore`.
 #[derive(Debug, clap::Args)]
 pub struct RestoreTargetArgs {
@@ -90,15 +104,8 @@ or the in-place restore failed (the cluster then runs on its pre-restore data)."
 pub struct RestoreArgs {
     #[command(flatten)]
     inputs: DeployArgs,
-    /// The new cluster's name; its stack file is NAME.hcl beside this one.
-    #[arg(long, value_name = "NAME", required_unless_present = "in_place", conflicts_with = "in_place")]
-    into: Option<String>,
-    /// Restore this cluster itself (it stops; everything written after the target is lost).
-    #[arg(long)]
-    in_place: bool,
-    /// With --in-place: do not ask.
-    #[arg(long, requires = "in_place")]
-    yes: bool,
+    #[command(flatten)]
+    destination: RestoreDestination,
     #[command(flatten)]
     target: RestoreTargetArgs,
     /// How long to wait for each step: the WAL archived, each of the clone's jobs converged.
@@ -143,7 +150,7 @@ pub fn backups(args: BackupsArgs) -> Result<(), Failure> {
 
 pub fn restore(args: RestoreArgs) -> Result<(), Failure> {
     let target = args.target.target()?;
-    let Some(into) = &args.into else { return restore_in_place(&args, &target) };
+    let Some(into) = &args.destination.into else { return restore_in_place(&args, &target) };
     let (backups, DeployInputs { packs, operator, cluster, .. }) = open(&args.inputs)?;
     let progress = Progress::new();
     let result = backups.restore_into(&args.inputs.stack.path, into, &target, args.timeout, &progress);
@@ -187,7 +194,7 @@ fn restore_in_place(args: &RestoreArgs, to: &Target) -> Result<(), Failure> {
     let (backups, DeployInputs { checked, packs, cluster, .. }) = open(&args.inputs)?;
     let name = checked.stack.cluster.name.value.clone();
     let question = format!("restore {name} in place? Its members stop, and everything written after the target is lost");
-    if !args.yes && !super::dev::confirm(&question) {
+    if !args.destination.yes && !super::dev::confirm(&question) {
         return Err(Failure::BadInput(format!(
             "error: not confirmed: an in-place restore stops {name} and loses everything written after the target\n  = help: pass --yes to restore in place without asking"
         )));

@@ -144,15 +144,8 @@ enum DevCommand {
     Restore {
         #[command(flatten)]
         at: Where,
-        /// The new cluster's name; its stack file is NAME.hcl beside this one.
-        #[arg(long, value_name = "NAME", required_unless_present = "in_place", conflicts_with = "in_place")]
-        into: Option<String>,
-        /// Restore this cluster itself (it stops; everything after the target is lost).
-        #[arg(long)]
-        in_place: bool,
-        /// With --in-place: do not ask.
-        #[arg(long, requires = "in_place")]
-        yes: bool,
+        #[command(flatten)]
+        destination: super::backup::RestoreDestination,
         #[command(flatten)]
         target: super::backup::RestoreTargetArgs,
         /// Give up waiting for the clone after this many seconds.
@@ -274,7 +267,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             }
             Ok(())
         }
-        DevCommand::Restore { at, into, in_place: _, yes, target, timeout, json } => {
+        DevCommand::Restore { at, destination: super::backup::RestoreDestination { into, yes, .. }, target, timeout, json } => {
             let target = target.target()?;
             let dev = dev::Dev::open(&at.state_dir()?).map_err(failed)?;
             let Some(into) = into else {

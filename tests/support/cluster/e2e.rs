@@ -331,6 +331,19 @@ impl Deployed {
 }
 
 impl Deployed {
+    /// Table `pitr` with 50 rows `A`, then a time T (RFC 3339, UTC, microseconds) a second
+    /// after them, then 30 rows `B` a second later: the restore tests' point in time. T.
+    pub fn rows_a_time_rows_b(&self) -> String {
+        assert_ok("create table", &self.app_sql("CREATE TABLE pitr (id int PRIMARY KEY, phase text)"));
+        assert_ok("rows A", &self.app_sql("INSERT INTO pitr SELECT g, 'A' FROM generate_series(1, 50) g"));
+        std::thread::sleep(Duration::from_millis(1100));
+        let at = self.app_sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+        let t = text(&at.stdout).trim().to_owned();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_ok("rows B", &self.app_sql("INSERT INTO pitr SELECT g, 'B' FROM generate_series(51, 80) g"));
+        t
+    }
+
     /// Forces a WAL switch on the leader and waits until pgBackRest archived that segment.
     pub fn archive_current_wal(&self, timeout: Duration) -> String {
         let leader = self.leader().expect("a leader");
