@@ -125,6 +125,7 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
     /// Stops the postgres job (deregistered, not purged: its versions and volumes stay) and
     /// waits until none of its allocations runs, so that their volume claims are free.
     pub fn stop_job(&self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
+        let started = Instant::now();
         self.runtime.block_on(self.cluster.nomad.deregister_job(&self.job, false)).map_err(api_error(&format!("stopping {}", self.job)))?;
         loop {
             let allocations = self.allocations()?;
@@ -139,7 +140,7 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
             if Instant::now() > deadline {
                 return Err(OpsError::TimedOut {
                     what: format!("{} to stop: still {}", self.job, running.join(", ")),
-                    after: Duration::ZERO,
+                    after: started.elapsed(),
                 });
             }
             reporter.progress(&format!("waiting for {} to stop: {}", self.job, running.join(", ")));
@@ -185,7 +186,9 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
                     last_lines(&log, 5)
                 )));
             }
-            if a.task_states.contains_key("patroni") {
+            // Patroni exits after a failed bootstrap: only a restarted task's log is read (a
+            // restore of a large database runs for hours, its log growing meanwhile).
+            if a.task_states.get("patroni").is_some_and(|s| s.restarts > 0 || s.failed || s.state == "dead") {
                 let log = self.runtime.block_on(self.cluster.nomad.alloc_logs(&a.id, "patroni", true)).unwrap_or_default();
                 let text = String::from_utf8_lossy(&log);
                 if text.contains("failed attempt to bootstrap the cluster") {
