@@ -190,19 +190,11 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
             // restore of a large database runs for hours, its log growing meanwhile).
             if a.task_states.get("patroni").is_some_and(|s| s.restarts > 0 || s.failed || s.state == "dead") {
                 let log = self.runtime.block_on(self.cluster.nomad.alloc_logs(&a.id, "patroni", true)).unwrap_or_default();
-                let text = String::from_utf8_lossy(&log);
-                if text.contains("failed attempt to bootstrap the cluster") {
-                    // Clients refused while Postgres recovered are noise beside why recovery ended.
-                    let errors: Vec<&str> = text
-                        .lines()
-                        .filter(|l| l.contains("ERROR") || l.contains("FATAL"))
-                        .filter(|l| !l.contains("not accepting connections") && !l.contains("is starting up"))
-                        .collect();
+                if let Some(why) = super::restore::failed_bootstrap(&String::from_utf8_lossy(&log)) {
                     return Ok(Some(format!(
-                        "Patroni on {} gave up on the bootstrap from the repository (allocation {}): {}",
+                        "Patroni on {} gave up on the bootstrap from the repository (allocation {}):{why}",
                         a.task_group,
-                        &a.id[..a.id.len().min(8)],
-                        errors[errors.len().saturating_sub(5)..].join("\n    ")
+                        &a.id[..a.id.len().min(8)]
                     )));
                 }
             }

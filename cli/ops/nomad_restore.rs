@@ -193,9 +193,9 @@ fn wait_restored<N: Transport, C: Transport>(
     })
 }
 
-/// Polls Patroni's view until `check` gives a value or fails; `what` names the wait. Between
-/// views, the allocations placed since `registered` are read for a failed restore: while every
-/// Patroni restarts after a failed bootstrap no member answers, and only their logs say why.
+/// Polls Patroni's view until `check` gives a value or fails; `what` names the wait. Before
+/// each view, the allocations placed since `registered` are read for a failed restore: while
+/// every Patroni restarts after a failed bootstrap no member answers, and only their logs say why.
 fn wait_for<N: Transport, C: Transport, T>(
     target: &NomadTarget<N, C>,
     what: &str,
@@ -204,24 +204,18 @@ fn wait_for<N: Transport, C: Transport, T>(
     reporter: &dyn Reporter,
     mut check: impl FnMut(&ClusterView) -> Result<Option<T>, OpsError>,
 ) -> Result<T, OpsError> {
-    let started = Instant::now();
-    loop {
-        if let Some(why) = target.restore_failure(registered)? {
-            return Err(OpsError::Failed(why));
+    // `ops::wait_for` ends on `Some`: a failure comes back as `Some(Err(…))`.
+    super::wait_for(what, deadline, Duration::from_secs(1), &Steps(reporter), || {
+        match target.restore_failure(registered) {
+            Ok(None) => {}
+            Ok(Some(why)) => return Ok(Some(Err(OpsError::Failed(why)))),
+            Err(e) => return Ok(Some(Err(e))),
         }
-        match observe(target) {
-            Ok(view) => {
-                if let Some(done) = check(&view)? {
-                    return Ok(done);
-                }
-                let members: Vec<String> = view.members.iter().map(|m| format!("{} {} {}", m.name, m.role, m.state)).collect();
-                reporter.progress(&format!("waiting for {what}: {}", members.join(", ")));
-            }
-            Err(e) => reporter.progress(&format!("waiting for {what}: {e}")),
+        let view = observe(target).map_err(|e| e.to_string())?;
+        match check(&view) {
+            Ok(Some(done)) => Ok(Some(Ok(done))),
+            Ok(None) => Err(view.members.iter().map(|m| format!("{} {} {}", m.name, m.role, m.state)).collect::<Vec<_>>().join(", ")),
+            Err(e) => Ok(Some(Err(e))),
         }
-        if Instant::now() > deadline {
-            return Err(OpsError::TimedOut { what: what.to_owned(), after: started.elapsed() });
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    })?
 }

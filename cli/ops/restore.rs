@@ -583,16 +583,25 @@ fn bootstrap_failed(logs: &[(PathBuf, u64)]) -> Option<String> {
         if file.seek(SeekFrom::Start(*from)).is_err() || file.read_to_string(&mut text).is_err() {
             continue;
         }
-        if text.contains("failed attempt to bootstrap the cluster") {
-            let tail: Vec<&str> = text.lines().filter(|l| l.contains("ERROR") || l.contains("FATAL")).rev().take(5).collect();
-            return Some(format!(
-                "Patroni's bootstrap from the repository failed ({}){}",
-                log.display(),
-                tail.into_iter().rev().map(|l| format!("\n    {l}")).collect::<String>()
-            ));
+        if let Some(why) = failed_bootstrap(&text) {
+            return Some(format!("Patroni's bootstrap from the repository failed ({}){why}", log.display()));
         }
     }
     None
+}
+
+/// When a Patroni log shows a bootstrap it gave up on: its last error lines, each on a line of
+/// its own. Clients refused while Postgres recovered are noise beside why recovery ended.
+pub(super) fn failed_bootstrap(log: &str) -> Option<String> {
+    if !log.contains("failed attempt to bootstrap the cluster") {
+        return None;
+    }
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("FATAL"))
+        .filter(|l| !l.contains("not accepting connections") && !l.contains("is starting up"))
+        .collect();
+    Some(errors[errors.len().saturating_sub(5)..].iter().map(|l| format!("\n    {l}")).collect())
 }
 
 fn dev_error(error: DevError) -> OpsError {
