@@ -109,29 +109,39 @@ impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
     }
 
     fn revert(&mut self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
-        let kept = self.kept();
-        let hint = |e: OpsError| {
-            OpsError::Failed(format!(
-                "{e}\n  = the pre-restore data is {kept}; `pgnomad restore --in-place` can run again once the cause is fixed"
-            ))
-        };
-        self.target.stop_job(deadline, &Steps(reporter)).map_err(hint)?;
+        self.target.stop_job(deadline, &Steps(reporter))?;
         // The member that led first, alone: no member behind it may take the leader key.
         let reverting = self.phase(RestoreMode::Revert);
         self.target.set_desired(self.plain.clone(), reverting);
-        let registered = self.target.register_desired(Some(std::slice::from_ref(&self.led))).map_err(hint)?;
+        let registered = self.target.register_desired(Some(std::slice::from_ref(&self.led)))?;
         let led = self.led.clone();
         wait_for(&self.target, &format!("{led} to lead again on its pre-restore data"), registered, deadline, reporter, |view| {
             Ok(view.leader().filter(|l| l.name == led && l.state == "running").map(|_| ()))
-        })
-        .map_err(hint)?;
-        let registered = self.target.register_desired(None).map_err(hint)?;
-        wait_restored(&self.target, &self.members, registered, None, deadline, reporter).map_err(hint)?;
+        })?;
+        let registered = self.target.register_desired(None)?;
+        wait_restored(&self.target, &self.members, registered, None, deadline, reporter)?;
         roll(&mut self.target, self.plain.clone(), None, deadline, reporter)
     }
 
     fn kept(&self) -> String {
         format!("pgdata.pre-restore-{} on each member's volume", self.attempt)
+    }
+
+    fn unfinished_help(&self) -> String {
+        format!(
+            "`pgnomad upgrade` takes the postgres job back to the stack's own, one member at a time; then remove `pgdata.pre-restore-{a}` and `.restore-{a}-prepared` where they remain on a member's volume",
+            a = self.attempt
+        )
+    }
+
+    fn put_back_help(&self) -> String {
+        format!(
+            "to put it back by hand (README, \"Putting the pre-restore data back by hand\"): with the {job} job stopped, on each member's volume where `pgdata.pre-restore-{a}` is, remove `pgdata` and `pgdata.failed` and rename it to `pgdata`; empty the DCS (`patronictl remove {scope}`); then start {led} alone before the others",
+            job = crate::config::runtime::names::postgres_job(self.cluster()),
+            a = self.attempt,
+            scope = crate::config::Facts::new(&self.plain).scope,
+            led = self.led
+        )
     }
 
     fn logs(&self) -> String {

@@ -340,6 +340,10 @@ pub trait InPlaceSite {
     fn kept(&self) -> String;
     /// Where to read why a restore failed.
     fn logs(&self) -> String;
+    /// What to do when the restore succeeded but `finish` did not.
+    fn unfinished_help(&self) -> String;
+    /// How to put the data set aside back by hand when `revert` did not finish.
+    fn put_back_help(&self) -> String;
 }
 
 /// `restore --in-place`: the cluster's own WAL archived up to now and the target checked
@@ -373,7 +377,15 @@ pub fn restore_in_place(
     match site.restore(to, deadline, reporter) {
         Ok(restored) => {
             let kept = site.kept();
-            site.finish(deadline, reporter)?;
+            let timeline = restored.timeline.map(|t| format!(" on timeline {t}")).unwrap_or_default();
+            // The restore itself stands: say so, and where the old data still is.
+            site.finish(deadline, reporter).map_err(|e| {
+                OpsError::Failed(format!(
+                    "the restore succeeded ({} leads{timeline}), but removing the pre-restore data did not finish: {e}\n  = {cluster} runs on the restored data; the pre-restore data not yet removed is in {kept}\n  = help: {}",
+                    restored.leader,
+                    site.unfinished_help()
+                ))
+            })?;
             Ok(RestoredInPlace { cluster, window, leader: restored.leader, timeline: restored.timeline, kept, took: started.elapsed() })
         }
         Err(error) => {
@@ -389,8 +401,11 @@ pub fn restore_in_place(
                     "the in-place restore failed: {why}\n  = {cluster} runs again on its pre-restore data, unchanged (kept in {kept} while it ran)\n  = help: Patroni's logs say why: {}",
                     site.logs()
                 ))),
+                // Not "run the restore again": a new attempt would set aside what is there
+                // now, a failed restore's data, and leave the real data where it is.
                 Err(e) => Err(OpsError::Failed(format!(
-                    "the in-place restore failed ({why}), and putting the pre-restore data back did not finish: {e}\n  = help: Patroni's logs say why the restore failed: {}",
+                    "the in-place restore failed ({why}), and putting the pre-restore data back did not finish: {e}\n  = the pre-restore data is in {kept}, or back in place where the revert got that far; do not run `restore --in-place` again before it is back\n  = help: {}\n  = help: Patroni's logs say why the restore failed: {}",
+                    site.put_back_help(),
                     site.logs()
                 ))),
             }
@@ -548,6 +563,15 @@ impl InPlaceSite for DevInPlace<'_> {
         self.moved.iter().map(|d| aside(d).display().to_string()).collect::<Vec<_>>().join(", ")
     }
 
+    fn unfinished_help(&self) -> String {
+        "remove the directories named above once you no longer need them; `pgnomad dev restore --in-place` refuses to run while they exist"
+            .into()
+    }
+
+    fn put_back_help(&self) -> String {
+        "to put it back by hand: `pgnomad dev down`; for each directory above, remove the `data` (and `data.failed`) beside it and rename it to `data`; then `pgnomad dev up`".into()
+    }
+
     fn logs(&self) -> String {
         self.dev
             .facts
@@ -660,13 +684,14 @@ mod tests {
         steps: std::cell::RefCell<Vec<&'static str>>,
         restore_fails: bool,
         revert_fails: bool,
+        finish_fails: bool,
         left_over: bool,
     }
 
     impl Recorded {
         fn new() -> Self {
             let stack = crate::stack::load(&crate::stack::Source::new("pgnomad.hcl", "cluster \"main\" {}\n")).unwrap().stack;
-            Recorded { stack, steps: Default::default(), restore_fails: false, revert_fails: false, left_over: false }
+            Recorded { stack, steps: Default::default(), restore_fails: false, revert_fails: false, finish_fails: false, left_over: false }
         }
         fn steps(&self) -> Vec<&'static str> {
             self.steps.borrow().clone()
@@ -709,6 +734,9 @@ mod tests {
         }
         fn finish(&mut self, _: Instant, _: &dyn Reporter) -> Result<(), OpsError> {
             self.steps.borrow_mut().push("finish");
+            if self.finish_fails {
+                return Err(OpsError::Failed("disk gone".into()));
+            }
             Ok(())
         }
         fn revert(&mut self, _: Instant, _: &dyn Reporter) -> Result<(), OpsError> {
@@ -723,6 +751,12 @@ mod tests {
         }
         fn logs(&self) -> String {
             "the logs".into()
+        }
+        fn unfinished_help(&self) -> String {
+            "remove it by hand".into()
+        }
+        fn put_back_help(&self) -> String {
+            "move it back by hand".into()
         }
     }
 
@@ -748,6 +782,26 @@ mod tests {
         let error = restore_in_place(&mut site, &inside, Duration::from_secs(60), &quiet).unwrap_err().to_string();
         assert!(error.contains("and putting the pre-restore data back did not finish: member-0 did not come back"), "{error}");
         assert!(!error.contains("runs again"), "{error}");
+        assert!(error.contains("the pre-restore data is in the aside place, or back in place where the revert got that far"), "{error}");
+        assert!(error.contains("do not run `restore --in-place` again before it is back\n  = help: move it back by hand"), "{error}");
+
+        // The restore succeeded and only the removal failed: it says so, and where the data is.
+        let mut site = Recorded { finish_fails: true, ..Recorded::new() };
+        let error = restore_in_place(&mut site, &inside, Duration::from_secs(60), &quiet).unwrap_err();
+        assert_eq!(site.steps(), ["archive", "stop", "restore", "finish"]);
+        let text = error.to_string();
+        assert!(
+            text.starts_with(
+                "the restore succeeded (member-1 leads on timeline 4), but removing the pre-restore data did not finish: disk gone"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "main runs on the restored data; the pre-restore data not yet removed is in the aside place\n  = help: remove it by hand"
+            ),
+            "{text}"
+        );
 
         // Refused before anything stops: outside the window, data left by an earlier
         // restore, a stack still bootstrapping from a repository, no repository at all.
