@@ -186,8 +186,8 @@ pub fn parameter_changes(desired: &BTreeMap<String, String>, current: &BTreeMap<
         .collect()
 }
 
-/// The steps, in order: the gate; the configuration; each replica (by name) updated or
-/// restarted; then, if the leader needs either, a switchover and the former leader; a final
+/// The steps, in order: the gate; the configuration; each replica updated or restarted,
+/// asynchronous ones first (then by name); then, if the leader needs either, a switchover and the former leader; a final
 /// check. Empty when there is nothing to do. `leader_first`: a lowered
 /// [`STANDBY_AT_LEAST_PRIMARY`] parameter, so the leader restarts first, in place.
 pub fn plan_steps(view: &ClusterView, changes: &[Change], update: &[String], leader_first: bool) -> Result<Vec<Step>, OpsError> {
@@ -206,8 +206,11 @@ pub fn plan_steps(view: &ClusterView, changes: &[Change], update: &[String], lea
     if let Some(leader) = view.leader().filter(|_| leader_first) {
         member_steps.push(Step::RestartLeader { member: leader.name.clone() });
     }
+    // A synchronous standby's restart waits for the primary's next HA loop to release it
+    // (Patroni hands the role to another replica then). Taken last, it is released once;
+    // taken first, the replica that took its role must be released again in its turn.
     let mut replicas: Vec<_> = view.replicas().collect();
-    replicas.sort_by(|a, b| a.name.cmp(&b.name));
+    replicas.sort_by_key(|r| (r.is_sync_standby(), r.name.clone()));
     for r in replicas {
         member_steps.extend(action(&r.name, r.pending_restart, false));
     }
@@ -754,6 +757,33 @@ mod tests {
         // Only a replica changed: no switchover.
         let steps = plan_steps(&v, &[], &["member-2".to_owned()], false).unwrap();
         assert_eq!(steps, [Step::Gate, update("member-2"), Step::Verify]);
+    }
+
+    #[test]
+    fn the_synchronous_standby_is_the_last_replica_whatever_its_name() {
+        // member-0 is the synchronous standby here: it goes after member-2, so that Patroni
+        // releases one replica from the role, not each in turn.
+        let mut v = view(false);
+        v.members[0] = member("member-0", "sync_standby", false);
+        v.members[2] = member("member-2", "replica", false);
+        let all = ["member-0".to_owned(), "member-1".to_owned(), "member-2".to_owned()];
+        let update = |m: &str| Step::Update { member: m.into() };
+        assert_eq!(
+            plan_steps(&v, &[], &all, false).unwrap(),
+            [
+                Step::Gate,
+                update("member-2"),
+                update("member-0"),
+                Step::Switchover { from: "member-1".into() },
+                update("member-1"),
+                Step::Verify
+            ]
+        );
+        let changes = parameter_changes(&desired(&[("max_connections", "250")]), &v.parameters);
+        let restarts: Vec<Step> =
+            plan_steps(&v, &changes, &[], false).unwrap().into_iter().filter(|s| matches!(s, Step::Restart { .. })).collect();
+        let restart = |m: &str, if_pending| Step::Restart { member: m.into(), if_pending };
+        assert_eq!(restarts, [restart("member-2", false), restart("member-0", false), restart("member-1", true)]);
     }
 
     #[test]
