@@ -345,11 +345,28 @@ fn dev_restore_in_place_goes_back_to_a_time_and_a_failed_one_leaves_the_data_as_
     let leader = dev.primary().expect("a primary after the failed restore");
     dev.wait_streaming(leader, Duration::from_secs(90));
 
-    // The restore to T: exactly rows A, three members streaming, writes through PgBouncer.
+    // The restore to T, its first run killed once the data is set aside and the restore
+    // under way (the supervisor, in its own session, goes on).
+    let progress = dev.state_dir.join("restore-in-place.json");
+    let mut first =
+        dev.dev(&["restore", "--in-place", "--to-time", &t, "--yes"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_until("the restore under way", Duration::from_secs(120), || progress.exists());
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(pre_restore_dirs(&dev).len(), 4, "every member's data and the DCS's set aside");
+    // While it is part-way another target is refused, naming the one in progress.
+    let out = dev.dev(&["restore", "--in-place", "--to-xid", "1234", "--yes"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(text(&out.stderr).contains("stopped part-way, in its prepare phase, and this one asks for to_xid 1234"), "{}", both(&out));
+    // The same target again resumes it: exactly rows A, three members streaming, writes
+    // through PgBouncer.
     let out = dev.dev(&["restore", "--in-place", "--to-time", &t, "--yes", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}\n{}", both(&out), dev.logs());
     let error = text(&out.stderr);
-    assert!(error.contains("data.pre-restore") && error.contains("the restore succeeded: removing"), "{error}");
+    assert!(error.contains("resuming the in-place restore") && error.contains("the restore succeeded: removing"), "{error}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["resumed"].is_string(), "{report}");
+    assert!(!progress.exists(), "nothing left to resume");
     assert_eq!(pre_restore_dirs(&dev), Vec::<PathBuf>::new(), "the pre-restore data is removed once the restore succeeded");
     assert_eq!(dev.app_sql(counts), "A:100");
     let leader = dev.primary().expect("a primary after the restore");

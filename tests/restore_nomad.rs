@@ -1,7 +1,9 @@
 //! `pgnomad restore --in-place` on the cluster double (issue 11 item 4): the real binary
 //! restores the default stack (Patroni on etcd3, a repository host, encrypted) to a time
-//! between two sets of rows, from its own repository, on three nodes with real containers.
+//! between two sets of rows, from its own repository, on three nodes with real containers;
+//! a run killed part-way is resumed by the next.
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -105,6 +107,32 @@ fn an_in_place_restore_on_nomad_goes_back_to_the_target_or_puts_the_data_back_an
     timeline_before = timeline;
     let versions_before = deployed.cluster.nomad.job_versions("main-postgres").len();
 
+    // Interrupted: pgnomad killed once the restore's job is registered (each member moving
+    // its data aside, the one that led restoring from the repository).
+    let preparing_everywhere = |v: &Value| {
+        v["TaskGroups"].as_array().unwrap().iter().all(|g| g["Tasks"].to_string().contains("\"PGNOMAD_RESTORE_MODE\":\"prepare\""))
+    };
+    let mut first = deployed
+        .pgnomad_command(&["restore", "--in-place", "--yes", "--to-time", &t])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the restore's job registered", Duration::from_secs(300), || {
+        deployed.cluster.nomad.job_versions("main-postgres").iter().skip(versions_before).any(preparing_everywhere)
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // While it is part-way, another target is refused, naming the one in progress.
+    let other = deployed.pgnomad(&["restore", "--in-place", "--yes", "--to-xid", "1234"]);
+    assert_eq!(other.status.code(), Some(1), "{}", text(&other.stderr));
+    assert!(
+        text(&other.stderr).contains("stopped part-way, in its prepare phase, and this one asks for to_xid 1234"),
+        "{}",
+        text(&other.stderr)
+    );
+
+    // The same target again: the earlier attempt is resumed and seen through.
     let out = deployed.pgnomad(&["restore", "--in-place", "--yes", "--to-time", &t, "--json"]);
     if !out.status.success() {
         eprintln!("stderr:\n{}\nmembers:\n{}", text(&out.stderr), deployed.member_logs());
@@ -114,6 +142,7 @@ fn an_in_place_restore_on_nomad_goes_back_to_the_target_or_puts_the_data_back_an
     let kept = restored["kept"].as_str().unwrap();
     let attempt = kept.strip_prefix("pgdata.pre-restore-").and_then(|k| k.split(' ').next()).unwrap_or_else(|| panic!("{kept}")).to_owned();
     assert!(restored["timeline"].as_u64().unwrap() > timeline_before, "a new timeline after the restore: {restored}");
+    assert_eq!(restored["resumed"].as_str(), Some(attempt.as_str()), "the killed run's attempt, resumed: {restored}");
 
     // Exactly rows A, through PgBouncer; writes go on; two replicas stream, one synchronous.
     let rows = deployed.app_sql("SELECT phase, count(*) FROM pitr GROUP BY phase ORDER BY phase");

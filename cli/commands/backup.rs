@@ -211,13 +211,13 @@ fn restore_in_place(args: &RestoreArgs, to: &Target) -> Result<(), Failure> {
         println!("{}", serde_json::to_string_pretty(&restored).expect("serializes"));
     } else {
         println!(
-            "restored {} in place in {:.1} s: {} leads on timeline {} (recoverable {} … {})",
+            "restored {} in place in {:.1} s{}: {} leads on timeline {}{}",
             restored.cluster,
             restored.took.as_secs_f64(),
+            restored.resumed.as_ref().map(|a| format!(" (resumed attempt {a})")).unwrap_or_default(),
             restored.leader,
             restored.timeline.map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
-            restored.window.oldest_time,
-            restored.window.newest_time
+            restored.window.as_ref().map(|w| format!(" (recoverable {} … {})", w.oldest_time, w.newest_time)).unwrap_or_default()
         );
     }
     Ok(())

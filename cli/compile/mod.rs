@@ -86,6 +86,17 @@ pub struct RestorePhase {
     pub mode: RestoreMode,
     /// The member whose task empties the cluster's keys in the DCS (prepare and revert).
     pub wipe_member: String,
+    /// The restore's target as pgnomad names it (`to_time 2026-12-01 10:42:07.250000+00`),
+    /// and the timeline the cluster led on before: kept in the task's environment so that a
+    /// later run can resume the restore from the job alone.
+    pub target: String,
+    pub led_timeline: Option<u64>,
+}
+
+impl RestoreMode {
+    pub fn parse(text: &str) -> Option<RestoreMode> {
+        [RestoreMode::Prepare, RestoreMode::Finish, RestoreMode::Revert].into_iter().find(|m| m.as_str() == text)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -257,7 +257,12 @@ fn restore_in_place_task(
     let mut env = BTreeMap::from([
         ("PGNOMAD_RESTORE_ATTEMPT".to_owned(), phase.attempt.clone()),
         ("PGNOMAD_RESTORE_MODE".to_owned(), phase.mode.as_str().to_owned()),
+        // Not read by the script: what a later run reads back to resume the restore.
+        ("PGNOMAD_RESTORE_TARGET".to_owned(), phase.target.clone()),
     ]);
+    if let Some(timeline) = phase.led_timeline {
+        env.insert("PGNOMAD_RESTORE_LED_TIMELINE".into(), timeline.to_string());
+    }
     let mut templates = vec![exec_template(cx.pack_template(
         "postgres/restore-in-place.sh",
         Some(member),
@@ -393,7 +398,13 @@ mod tests {
         let plain = postgres_job(false, None);
         assert!(plain["TaskGroups"].as_array().unwrap().iter().all(|g| task(g, "restore-in-place").is_none()));
 
-        let prepare = RestorePhase { attempt: "1765000000".into(), mode: RestoreMode::Prepare, wipe_member: "member-1".into() };
+        let prepare = RestorePhase {
+            attempt: "1765000000".into(),
+            mode: RestoreMode::Prepare,
+            wipe_member: "member-1".into(),
+            target: "to_xid 7420".into(),
+            led_timeline: Some(3),
+        };
         let job = postgres_job(true, Some(&prepare));
         for group in job["TaskGroups"].as_array().unwrap() {
             let name = group["Name"].as_str().unwrap();
@@ -402,6 +413,9 @@ mod tests {
             assert_eq!(restore["Lifecycle"]["Sidecar"], false);
             assert_eq!(restore["Env"]["PGNOMAD_RESTORE_ATTEMPT"], "1765000000");
             assert_eq!(restore["Env"]["PGNOMAD_RESTORE_MODE"], "prepare");
+            // What a later run reads back to resume it.
+            assert_eq!(restore["Env"]["PGNOMAD_RESTORE_TARGET"], "to_xid 7420");
+            assert_eq!(restore["Env"]["PGNOMAD_RESTORE_LED_TIMELINE"], "3");
             assert_eq!(restore["VolumeMounts"], task(group, "patroni").unwrap()["VolumeMounts"], "{name}: the same data volume");
             let templates = templates_of(restore);
             let script = &templates.iter().find(|(dest, _)| dest == "local/restore-in-place.sh").unwrap().1;

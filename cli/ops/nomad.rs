@@ -96,6 +96,17 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
         decode(&request, &response).map_err(api_error(&what))
     }
 
+    /// The postgres job as Nomad has it (stopped or not); `None` when it has none.
+    pub fn registered_job(&self) -> Result<Option<Value>, OpsError> {
+        let request = api::read_job(&self.job);
+        let what = format!("reading job {}", self.job);
+        match self.runtime.block_on(execute(self.cluster.nomad.transport(), &request, None)) {
+            Ok(response) => decode(&request, &response).map(Some).map_err(api_error(&what)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(api_error(&what)(e)),
+        }
+    }
+
     /// Nomad's desired updates per group of registering `job`, and the check index.
     fn plan(&self, job: &Value) -> Result<(BTreeMap<String, api::DesiredUpdates>, u64), OpsError> {
         let plan = self.runtime.block_on(self.cluster.nomad.plan_job(job)).map_err(api_error(&format!("planning {}", self.job)))?;

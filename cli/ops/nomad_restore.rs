@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use super::backup::Backups;
 use super::nomad::NomadTarget;
 use super::nomad_backup::NomadBackups;
-use super::restore::{in_place_block, InPlaceSite, RestoredLeader, Target};
+use super::restore::{in_place_block, InPlaceSite, Interrupted, RestoredLeader, Target};
 use super::upgrade::{upgrade, UpgradeOptions};
 use super::view::{observe, ClusterView};
 use super::OpsError;
@@ -31,6 +31,7 @@ use crate::compile::{RestoreMode, RestorePhase};
 use crate::dev::Reporter;
 use crate::stack::Stack;
 use crate::transport::Transport;
+use serde_json::Value;
 
 /// Nomad: the phases of the postgres job.
 pub struct NomadInPlace<'a, N: Transport, C: Transport> {
@@ -45,6 +46,8 @@ pub struct NomadInPlace<'a, N: Transport, C: Transport> {
     /// on a revert comes back first.
     led: String,
     old_timeline: Option<u64>,
+    /// The restore's target, as `Target::describe` says it (kept in the job, for a resume).
+    target_text: String,
 }
 
 impl<'a, N: Transport, C: Transport> NomadInPlace<'a, N, C> {
@@ -53,12 +56,52 @@ impl<'a, N: Transport, C: Transport> NomadInPlace<'a, N, C> {
         let plain = target.stack().clone();
         let members: Vec<String> = crate::config::Facts::new(&plain).members.iter().map(|m| m.name.clone()).collect();
         let led = members[0].clone();
-        NomadInPlace { target, backups, plain, members, attempt: attempt.to_owned(), led, old_timeline: None }
+        NomadInPlace { target, backups, plain, members, attempt: attempt.to_owned(), led, old_timeline: None, target_text: String::new() }
     }
 
     fn phase(&self, mode: RestoreMode) -> Option<RestorePhase> {
-        Some(RestorePhase { attempt: self.attempt.clone(), mode, wipe_member: self.led.clone() })
+        Some(RestorePhase {
+            attempt: self.attempt.clone(),
+            mode,
+            wipe_member: self.led.clone(),
+            target: self.target_text.clone(),
+            led_timeline: self.old_timeline,
+        })
     }
+}
+
+/// Each member group's name and its `restore-in-place` task's environment, where it has one.
+fn restore_envs(job: &Value) -> impl Iterator<Item = (&str, &Value)> {
+    job["TaskGroups"].as_array().into_iter().flatten().filter_map(|group| {
+        let task = group["Tasks"].as_array().into_iter().flatten().find(|t| t["Name"] == "restore-in-place")?;
+        Some((group["Name"].as_str().unwrap_or_default(), &task["Env"]))
+    })
+}
+
+/// The restore an earlier run left in the registered job: its `restore-in-place` tasks, one
+/// per member group, the furthest phase any group reached (a roll changes one group at a time).
+fn interrupted_in(job: &Value) -> Option<(Interrupted, Option<String>, Option<u64>)> {
+    let mut found: Option<(Interrupted, Option<String>, Option<u64>)> = None;
+    for (group, env) in restore_envs(job) {
+        let text = |key: &str| env[key].as_str().map(str::to_owned);
+        let (Some(attempt), Some(mode)) =
+            (text("PGNOMAD_RESTORE_ATTEMPT"), text("PGNOMAD_RESTORE_MODE").as_deref().and_then(RestoreMode::parse))
+        else {
+            continue;
+        };
+        let wipe = (env["PGNOMAD_RESTORE_WIPE"] == "1").then(|| group.to_owned());
+        let timeline = text("PGNOMAD_RESTORE_LED_TIMELINE").and_then(|t| t.parse().ok());
+        let here = Interrupted { attempt, mode, target: text("PGNOMAD_RESTORE_TARGET").unwrap_or_default() };
+        found = Some(match found {
+            None => (here, wipe, timeline),
+            Some((seen, seen_wipe, seen_timeline)) => {
+                let rank = |m: RestoreMode| [RestoreMode::Prepare, RestoreMode::Finish, RestoreMode::Revert].iter().position(|x| *x == m);
+                let furthest = if rank(here.mode) > rank(seen.mode) { here } else { seen };
+                (furthest, seen_wipe.or(wipe), seen_timeline.or(timeline))
+            }
+        });
+    }
+    found
 }
 
 impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
@@ -70,7 +113,28 @@ impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
         &self.plain
     }
 
+    fn interrupted(&mut self) -> Result<Option<Interrupted>, OpsError> {
+        let Some(job) = self.target.registered_job()? else { return Ok(None) };
+        let Some((earlier, wipe, timeline)) = interrupted_in(&job) else { return Ok(None) };
+        self.attempt = earlier.attempt.clone();
+        self.target_text = earlier.target.clone();
+        self.old_timeline = timeline;
+        if let Some(led) = wipe {
+            self.led = led;
+        }
+        Ok(Some(earlier))
+    }
+
     fn archive_and_list(&self, timeout: Duration, reporter: &dyn Reporter) -> Result<Backups, OpsError> {
+        // Stopped (by hand, or by a run killed before it registered the restore): no primary
+        // to archive from, as on `dev`.
+        if self.target.registered_job()?.is_some_and(|job| job["Stop"] == true) {
+            reporter.step(&format!(
+                "{} is stopped: restoring from what the repository holds",
+                crate::config::runtime::names::postgres_job(self.cluster())
+            ));
+            return self.backups.backups(None, timeout, reporter);
+        }
         let archived_at = self.backups.archive_now(timeout, reporter)?;
         self.backups.backups(Some(archived_at), timeout, reporter)
     }
@@ -85,6 +149,7 @@ impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
     }
 
     fn restore(&mut self, to: &Target, deadline: Instant, reporter: &dyn Reporter) -> Result<RestoredLeader, OpsError> {
+        self.target_text = to.describe();
         let mut restoring = self.plain.clone();
         restoring.restore = Some(in_place_block(self.cluster(), to));
         let preparing = self.phase(RestoreMode::Prepare);
@@ -101,9 +166,14 @@ impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
     }
 
     fn finish(&mut self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
-        reporter.step(&format!("the restore succeeded: removing pgdata.pre-restore-{}, one member at a time", self.attempt));
-        let finishing = self.phase(RestoreMode::Finish);
-        roll(&mut self.target, self.plain.clone(), finishing, deadline, reporter)?;
+        // A resumed finish whose first roll had ended: no group is preparing any more.
+        let preparing =
+            self.target.registered_job()?.is_some_and(|job| restore_envs(&job).any(|(_, env)| env["PGNOMAD_RESTORE_MODE"] == "prepare"));
+        if preparing {
+            reporter.step(&format!("the restore succeeded: removing pgdata.pre-restore-{}, one member at a time", self.attempt));
+            let finishing = self.phase(RestoreMode::Finish);
+            roll(&mut self.target, self.plain.clone(), finishing, deadline, reporter)?;
+        }
         reporter.step("back to the stack's own job, one member at a time");
         roll(&mut self.target, self.plain.clone(), None, deadline, reporter)
     }
@@ -121,6 +191,12 @@ impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
         let registered = self.target.register_desired(None)?;
         wait_restored(&self.target, &self.members, registered, None, deadline, reporter)?;
         roll(&mut self.target, self.plain.clone(), None, deadline, reporter)
+    }
+
+    fn leader(&self) -> Result<RestoredLeader, OpsError> {
+        let view = observe(&self.target)?;
+        let leader = view.leader().ok_or_else(|| OpsError::Failed(format!("{} has no leader", self.cluster())))?;
+        Ok(RestoredLeader { leader: leader.name.clone(), timeline: leader.timeline })
     }
 
     fn kept(&self) -> String {
@@ -228,4 +304,51 @@ fn wait_for<N: Transport, C: Transport, T>(
             Err(e) => Ok(Some(Err(e))),
         }
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn group(name: &str, env: Option<Value>) -> Value {
+        let mut tasks = vec![json!({"Name": "patroni"})];
+        if let Some(env) = env {
+            tasks.insert(0, json!({"Name": "restore-in-place", "Env": env}));
+        }
+        json!({"Name": name, "Tasks": tasks})
+    }
+
+    fn env(mode: &str, wipe: bool) -> Value {
+        let mut env = json!({
+            "PGNOMAD_RESTORE_ATTEMPT": "1765000000",
+            "PGNOMAD_RESTORE_MODE": mode,
+            "PGNOMAD_RESTORE_TARGET": "to_xid 7420",
+            "PGNOMAD_RESTORE_LED_TIMELINE": "3",
+        });
+        if wipe {
+            env["PGNOMAD_RESTORE_WIPE"] = "1".into();
+        }
+        env
+    }
+
+    #[test]
+    fn the_registered_job_says_how_far_an_earlier_restore_got() {
+        // The stack's own job: nothing to resume.
+        let plain = json!({"TaskGroups": [group("member-0", None), group("member-1", None)]});
+        assert!(interrupted_in(&plain).is_none());
+        // Every group preparing, member-1 emptying the DCS.
+        let preparing =
+            json!({"TaskGroups": [group("member-0", Some(env("prepare", false))), group("member-1", Some(env("prepare", true)))]});
+        let (earlier, wipe, timeline) = interrupted_in(&preparing).unwrap();
+        assert_eq!(earlier, Interrupted { attempt: "1765000000".into(), mode: RestoreMode::Prepare, target: "to_xid 7420".into() });
+        assert_eq!((wipe.as_deref(), timeline), (Some("member-1"), Some(3)));
+        // Part-way through the roll to `finish` (one group at a time), or past it to the plain
+        // job: the furthest phase any group reached.
+        let finishing = json!({"TaskGroups": [group("member-0", Some(env("finish", false))), group("member-1", Some(env("prepare", true))), group("member-2", None)]});
+        assert_eq!(interrupted_in(&finishing).unwrap().0.mode, RestoreMode::Finish);
+        let reverting =
+            json!({"TaskGroups": [group("member-0", Some(env("prepare", false))), group("member-1", Some(env("revert", true)))]});
+        assert_eq!(interrupted_in(&reverting).unwrap().0.mode, RestoreMode::Revert);
+    }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backup::{self, Window};
 use super::OpsError;
+use crate::compile::RestoreMode;
 use crate::config::local::LocalRestoreSource;
 use crate::dev::{self, Dev, DevError, Reporter};
 use crate::stack::decode::{format_timestamp, parse_timestamp};
@@ -42,16 +43,28 @@ impl Target {
         })
     }
 
+    /// The `restore` block's attribute for this target, and its value.
+    fn attribute(&self) -> (&'static str, String) {
+        match self {
+            // Normalized to UTC with microseconds: what PostgreSQL reads back exactly.
+            Target::Time { micros, .. } => ("to_time", format_timestamp(*micros)),
+            Target::Lsn(lsn) => ("to_lsn", lsn.clone()),
+            Target::Xid(xid) => ("to_xid", xid.clone()),
+            Target::Backup(label) => ("backup", label.clone()),
+        }
+    }
+
+    /// The target in one line, the same however it was written (`to_time 2026-12-01
+    /// 10:42:07.250000+00`): how a resumed restore knows it is asked for the same one.
+    pub fn describe(&self) -> String {
+        let (name, value) = self.attribute();
+        format!("{name} {value}")
+    }
+
     /// The `restore { … }` block's lines for this target.
     fn hcl(&self, from: &str) -> String {
-        let line = match self {
-            // Normalized to UTC with microseconds: what PostgreSQL reads back exactly.
-            Target::Time { micros, .. } => format!("to_time = \"{}\"", format_timestamp(*micros)),
-            Target::Lsn(lsn) => format!("to_lsn  = \"{lsn}\""),
-            Target::Xid(xid) => format!("to_xid  = \"{xid}\""),
-            Target::Backup(label) => format!("backup  = \"{label}\""),
-        };
-        format!("restore {{\n  from    = \"{from}\"\n  {line}\n}}\n")
+        let (name, value) = self.attribute();
+        format!("restore {{\n  from    = \"{from}\"\n  {name:<7} = \"{value}\"\n}}\n")
     }
 }
 
@@ -296,13 +309,16 @@ pub fn dev_restore(source: &Dev, into: &str, target: &Target, timeout: Duration,
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoredInPlace {
     pub cluster: String,
-    /// The repository window the target was checked against.
-    pub window: Window,
+    /// The repository window the target was checked against (`None`: a resumed restore,
+    /// whose window the run that started it checked).
+    pub window: Option<Window>,
     /// The leader of the restored cluster, and its timeline (a new one).
     pub leader: String,
     pub timeline: Option<u64>,
     /// Where the pre-restore data was kept while the restore ran (removed since).
     pub kept: String,
+    /// The attempt an earlier run left part-way that this run resumed.
+    pub resumed: Option<String>,
     #[serde(serialize_with = "super::seconds")]
     pub took: Duration,
 }
@@ -313,6 +329,16 @@ pub struct RestoredLeader {
     pub timeline: Option<u64>,
 }
 
+/// An in-place restore an earlier run left part-way (pgnomad was stopped while it ran).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interrupted {
+    pub attempt: String,
+    /// The phase it had reached.
+    pub mode: RestoreMode,
+    /// Its target, as [`Target::describe`] says it.
+    pub target: String,
+}
+
 /// Where `restore --in-place` runs: the steps that differ between `pgnomad dev` (its state
 /// directories, its supervisor) and Nomad (phases of the postgres job). `restore_in_place`
 /// drives either through the same steps, checks and messages.
@@ -320,9 +346,15 @@ pub trait InPlaceSite {
     fn cluster(&self) -> &str;
     /// The stack the cluster runs from now.
     fn stack(&self) -> &crate::stack::Stack;
-    /// Refuses when an earlier restore left data aside where this site can see it.
+    /// Refuses when an earlier restore left data aside where this site can see it and cannot
+    /// resume it.
     fn leftovers(&self) -> Result<(), OpsError> {
         Ok(())
+    }
+    /// An earlier run's restore left part-way, when the site can tell which and where it
+    /// stopped; the site takes up its attempt, so that the steps below continue it.
+    fn interrupted(&mut self) -> Result<Option<Interrupted>, OpsError> {
+        Ok(None)
     }
     /// The WAL up to now archived (when a primary runs), then the repository's backups.
     fn archive_and_list(&self, timeout: Duration, reporter: &dyn Reporter) -> Result<backup::Backups, OpsError>;
@@ -336,6 +368,8 @@ pub trait InPlaceSite {
     fn finish(&mut self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError>;
     /// The restore failed: puts the data set aside back and runs the cluster on it.
     fn revert(&mut self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError>;
+    /// The leader once the cluster runs whole again (a resumed finish did not see the restore).
+    fn leader(&self) -> Result<RestoredLeader, OpsError>;
     /// Where the data set aside is kept while the restore runs, for the messages.
     fn kept(&self) -> String;
     /// Where to read why a restore failed.
@@ -349,7 +383,8 @@ pub trait InPlaceSite {
 /// `restore --in-place`: the cluster's own WAL archived up to now and the target checked
 /// before anything stops; then every member stopped, its data set aside, and the cluster
 /// bootstrapped again from its own repository to the target. The data set aside comes back
-/// if the restore fails, and is removed once it has succeeded.
+/// if the restore fails, and is removed once it has succeeded. A restore an earlier run left
+/// part-way is resumed from the phase it reached, when asked for the same target.
 pub fn restore_in_place(
     site: &mut dyn InPlaceSite,
     to: &Target,
@@ -368,25 +403,89 @@ pub fn restore_in_place(
         return Err(OpsError::Refused(format!("{cluster} has no `backup` block: there is no repository to restore from")));
     }
     site.leftovers()?;
+    if let Some(earlier) = site.interrupted()? {
+        return resume(site, earlier, to, timeout, started, reporter);
+    }
     let list = site.archive_and_list(timeout, reporter)?;
     check_target(to, list.window.as_ref(), &list.backups)?;
     let window = list.window.clone().expect("check_target refuses a repository without backups");
 
     site.stop(deadline, reporter)?;
     reporter.step(&format!("the pre-restore data is kept until the restore succeeds: {}", site.kept()));
+    let restored = restore_then_finish(site, to, timeout, deadline, reporter)?;
+    Ok(RestoredInPlace {
+        cluster,
+        window: Some(window),
+        leader: restored.leader,
+        timeline: restored.timeline,
+        kept: site.kept(),
+        resumed: None,
+        took: started.elapsed(),
+    })
+}
+
+/// Continues `earlier` from the phase it reached: a restore still running or never seen
+/// through (`prepare`) is waited for and then finished or reverted as a new one would be; a
+/// finish or a revert is carried to its end.
+fn resume(
+    site: &mut dyn InPlaceSite,
+    earlier: Interrupted,
+    to: &Target,
+    timeout: Duration,
+    started: Instant,
+    reporter: &dyn Reporter,
+) -> Result<RestoredInPlace, OpsError> {
+    let cluster = site.cluster().to_owned();
+    let Interrupted { attempt, mode, target } = earlier;
+    if target != to.describe() {
+        return Err(OpsError::Refused(format!(
+            "an earlier in-place restore of {cluster} ({target}, attempt {attempt}) stopped part-way, in its {} phase, and this one asks for {}\n  = help: run `restore --in-place --yes` with the earlier target to see it through first; then restore to the new one",
+            mode.as_str(),
+            to.describe()
+        )));
+    }
+    reporter
+        .step(&format!("resuming the in-place restore ({target}, attempt {attempt}) an earlier run left in its {} phase", mode.as_str()));
+    let deadline = started + timeout;
+    let restored = match mode {
+        RestoreMode::Prepare => restore_then_finish(site, to, timeout, deadline, reporter)?,
+        RestoreMode::Finish => {
+            let before = site.leader()?;
+            finish_or_say(site, &before, deadline, reporter)?;
+            // The finish ends with a switchover, as an upgrade does.
+            site.leader()?
+        }
+        RestoreMode::Revert => {
+            revert_or_say(site, "in an earlier run".into(), timeout, reporter)?;
+            return Err(OpsError::Failed(format!(
+                "the in-place restore failed in an earlier run, which stopped while putting the pre-restore data back\n  = {cluster} runs again on its pre-restore data, unchanged\n  = help: Patroni's logs say why the restore failed: {}",
+                site.logs()
+            )));
+        }
+    };
+    Ok(RestoredInPlace {
+        cluster,
+        window: None,
+        leader: restored.leader,
+        timeline: restored.timeline,
+        kept: site.kept(),
+        resumed: Some(attempt),
+        took: started.elapsed(),
+    })
+}
+
+/// The restore itself, then the data set aside removed; or, if it fails, put back.
+fn restore_then_finish(
+    site: &mut dyn InPlaceSite,
+    to: &Target,
+    timeout: Duration,
+    deadline: Instant,
+    reporter: &dyn Reporter,
+) -> Result<RestoredLeader, OpsError> {
     match site.restore(to, deadline, reporter) {
         Ok(restored) => {
-            let kept = site.kept();
-            let timeline = restored.timeline.map(|t| format!(" on timeline {t}")).unwrap_or_default();
-            // The restore itself stands: say so, and where the old data still is.
-            site.finish(deadline, reporter).map_err(|e| {
-                OpsError::Failed(format!(
-                    "the restore succeeded ({} leads{timeline}), but removing the pre-restore data did not finish: {e}\n  = {cluster} runs on the restored data; the pre-restore data not yet removed is in {kept}\n  = help: {}",
-                    restored.leader,
-                    site.unfinished_help()
-                ))
-            })?;
-            Ok(RestoredInPlace { cluster, window, leader: restored.leader, timeline: restored.timeline, kept, took: started.elapsed() })
+            finish_or_say(site, &restored, deadline, reporter)?;
+            Ok(restored)
         }
         Err(error) => {
             let why = match &error {
@@ -395,22 +494,54 @@ pub fn restore_in_place(
             };
             reporter.step(&format!("the restore failed ({why}): putting the pre-restore data back"));
             let kept = site.kept();
-            // A fresh deadline: putting the data back must not be cut short by the restore's.
-            match site.revert(Instant::now() + timeout, reporter) {
-                Ok(()) => Err(OpsError::Failed(format!(
-                    "the in-place restore failed: {why}\n  = {cluster} runs again on its pre-restore data, unchanged (kept in {kept} while it ran)\n  = help: Patroni's logs say why: {}",
-                    site.logs()
-                ))),
-                // Not "run the restore again": a new attempt would set aside what is there
-                // now, a failed restore's data, and leave the real data where it is.
-                Err(e) => Err(OpsError::Failed(format!(
-                    "the in-place restore failed ({why}), and putting the pre-restore data back did not finish: {e}\n  = the pre-restore data is in {kept}, or back in place where the revert got that far; do not run `restore --in-place` again before it is back\n  = help: {}\n  = help: Patroni's logs say why the restore failed: {}",
-                    site.put_back_help(),
-                    site.logs()
-                ))),
-            }
+            revert_or_say(site, why.clone(), timeout, reporter)?;
+            Err(OpsError::Failed(format!(
+                "the in-place restore failed: {why}\n  = {} runs again on its pre-restore data, unchanged (kept in {kept} while it ran)\n  = help: Patroni's logs say why: {}",
+                site.cluster(),
+                site.logs()
+            )))
         }
     }
+}
+
+/// `finish`, its failure said as what it is: the restore itself stands.
+fn finish_or_say(
+    site: &mut dyn InPlaceSite,
+    restored: &RestoredLeader,
+    deadline: Instant,
+    reporter: &dyn Reporter,
+) -> Result<(), OpsError> {
+    site.finish(deadline, reporter).map_err(|e| {
+        let timeline = restored.timeline.map(|t| format!(" on timeline {t}")).unwrap_or_default();
+        OpsError::Failed(format!(
+            "the restore succeeded ({} leads{timeline}), but removing the pre-restore data did not finish: {e}\n  = {} runs on the restored data; the pre-restore data not yet removed is in {}\n  = help: {}",
+            restored.leader,
+            site.cluster(),
+            site.kept(),
+            site.unfinished_help()
+        ))
+    })
+}
+
+/// `revert`, with a deadline of its own: putting the data back must not be cut short by the
+/// restore's. Its failure says where the data is and how to put it back by hand.
+fn revert_or_say(site: &mut dyn InPlaceSite, why: String, timeout: Duration, reporter: &dyn Reporter) -> Result<(), OpsError> {
+    let kept = site.kept();
+    site.revert(Instant::now() + timeout, reporter).map_err(|e| {
+        // Not "run the restore again": a new attempt would set aside what is there now, a
+        // failed restore's data, and leave the real data where it is.
+        OpsError::Failed(format!(
+            "the in-place restore failed ({why}), and putting the pre-restore data back did not finish: {e}\n  = the pre-restore data is in {kept}, or back in place where the revert got that far; do not run `restore --in-place` again before it is back\n  = help: {}\n  = help: Patroni's logs say why the restore failed: {}",
+            site.put_back_help(),
+            site.logs()
+        ))
+    })
+}
+
+fn dev_leader(dev: &Dev) -> RestoredLeader {
+    let status = dev::status(dev);
+    let leader = status.members.iter().find(|m| m.role == "leader");
+    RestoredLeader { leader: leader.map(|m| m.name.clone()).unwrap_or_default(), timeline: leader.and_then(|m| m.timeline) }
 }
 
 /// Beside each data directory while an in-place restore runs on `dev`: the data it replaces.
@@ -429,11 +560,57 @@ pub struct DevInPlace<'a> {
     moved: Vec<PathBuf>,
     /// Each member's Patroni log and its length when the restore began.
     logs: Vec<(PathBuf, u64)>,
+    /// What [`InProgress`] records, once the data is aside.
+    progress: Option<InProgress>,
+}
+
+/// `restore-in-place.json` in the state directory while data is set aside: the phase the
+/// restore reached, so that a run stopped part-way can be resumed (the supervisor, in its own
+/// session, goes on meanwhile).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InProgress {
+    attempt: String,
+    mode: String,
+    target: String,
+    /// Each Patroni log and its length when the restore began: a failed bootstrap is looked
+    /// for after that point only.
+    logs: Vec<(PathBuf, u64)>,
 }
 
 impl<'a> DevInPlace<'a> {
     pub fn new(dev: &'a Dev) -> Self {
-        DevInPlace { dev, moved: Vec::new(), logs: Vec::new() }
+        DevInPlace { dev, moved: Vec::new(), logs: Vec::new(), progress: None }
+    }
+
+    fn progress_file(&self) -> PathBuf {
+        self.dev.state.root.join("restore-in-place.json")
+    }
+
+    fn read_progress(&self) -> Result<Option<InProgress>, OpsError> {
+        let path = self.progress_file();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| OpsError::Setup(format!("{} is not what pgnomad wrote ({e}); remove it to start afresh", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(OpsError::Setup(format!("read {}: {e}", path.display()))),
+        }
+    }
+
+    /// Records `mode` as the phase reached (written whole, then renamed into place).
+    fn record(&mut self, mode: RestoreMode) -> Result<(), OpsError> {
+        let path = self.progress_file();
+        let Some(progress) = self.progress.as_mut() else { return Ok(()) };
+        progress.mode = mode.as_str().to_owned();
+        let partial = path.with_extension("json.partial");
+        std::fs::write(&partial, serde_json::to_vec_pretty(progress).expect("serializes"))
+            .and_then(|()| std::fs::rename(&partial, &path))
+            .map_err(|e| OpsError::Failed(format!("write {}: {e}", path.display())))
+    }
+
+    fn forget_progress(&mut self) {
+        self.progress = None;
+        let _ = std::fs::remove_file(self.progress_file());
     }
 
     fn replaced_dirs(&self) -> Vec<PathBuf> {
@@ -463,6 +640,10 @@ impl InPlaceSite for DevInPlace<'_> {
     }
 
     fn leftovers(&self) -> Result<(), OpsError> {
+        if self.progress_file().exists() {
+            // Resumable: `interrupted` takes it up.
+            return Ok(());
+        }
         match self.replaced_dirs().iter().map(|d| aside(d)).find(|d| d.exists()) {
             Some(left) => Err(OpsError::Refused(format!(
                 "an earlier in-place restore left pre-restore data in {}\n  = help: if the cluster runs on the restored data, remove it; if not, move it back to {}",
@@ -471,6 +652,18 @@ impl InPlaceSite for DevInPlace<'_> {
             ))),
             None => Ok(()),
         }
+    }
+
+    fn interrupted(&mut self) -> Result<Option<Interrupted>, OpsError> {
+        let Some(progress) = self.read_progress()? else { return Ok(None) };
+        let Some(mode) = RestoreMode::parse(&progress.mode) else {
+            return Err(OpsError::Setup(format!("{} names no phase pgnomad knows: {}", self.progress_file().display(), progress.mode)));
+        };
+        self.moved = self.replaced_dirs().into_iter().filter(|d| aside(d).exists()).collect();
+        self.logs = progress.logs.clone();
+        let earlier = Interrupted { attempt: progress.attempt.clone(), mode, target: progress.target.clone() };
+        self.progress = Some(progress);
+        Ok(Some(earlier))
     }
 
     fn archive_and_list(&self, _timeout: Duration, reporter: &dyn Reporter) -> Result<backup::Backups, OpsError> {
@@ -489,24 +682,30 @@ impl InPlaceSite for DevInPlace<'_> {
     }
 
     fn restore(&mut self, to: &Target, deadline: Instant, reporter: &dyn Reporter) -> Result<RestoredLeader, OpsError> {
-        for dir in &self.moved {
-            std::fs::rename(dir, aside(dir)).map_err(|e| OpsError::Failed(format!("move {} aside: {e}", dir.display())))?;
+        if self.progress.is_none() {
+            self.logs = self
+                .dev
+                .facts
+                .members
+                .iter()
+                .map(|m| {
+                    let log = self.dev.state.log_dir(&m.name).join("patroni.log");
+                    let len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+                    (log, len)
+                })
+                .collect();
+            for dir in &self.moved {
+                std::fs::rename(dir, aside(dir)).map_err(|e| OpsError::Failed(format!("move {} aside: {e}", dir.display())))?;
+            }
+            let attempt = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+            self.progress =
+                Some(InProgress { attempt: attempt.to_string(), mode: String::new(), target: to.describe(), logs: self.logs.clone() });
+            self.record(RestoreMode::Prepare)?;
         }
         // The stack as it is, restoring from itself: Patroni's custom bootstrap runs
         // `pgbackrest restore` from the cluster's own stanza (restore.conf) with the target.
         let mut stack = self.dev.stack.clone();
         stack.restore = Some(in_place_block(&self.dev.facts.cluster, to));
-        self.logs = self
-            .dev
-            .facts
-            .members
-            .iter()
-            .map(|m| {
-                let log = self.dev.state.log_dir(&m.name).join("patroni.log");
-                let len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-                (log, len)
-            })
-            .collect();
         reporter.step(&format!(
             "restoring {} in place: Patroni's custom bootstrap restores its backups and recovers to the target",
             self.dev.facts.cluster
@@ -520,24 +719,32 @@ impl InPlaceSite for DevInPlace<'_> {
                 DevError::Timeout { what, seconds, .. } => OpsError::TimedOut { what, after: Duration::from_secs(seconds) },
                 other => OpsError::Failed(other.to_string()),
             })?;
-        let status = dev::status(&restored);
-        let leader = status.members.iter().find(|m| m.role == "leader");
-        Ok(RestoredLeader { leader: leader.map(|m| m.name.clone()).unwrap_or_default(), timeline: leader.and_then(|m| m.timeline) })
+        Ok(dev_leader(&restored))
+    }
+
+    fn leader(&self) -> Result<RestoredLeader, OpsError> {
+        Ok(dev_leader(&Dev::open(&self.dev.state.root).map_err(dev_error)?))
     }
 
     fn finish(&mut self, _deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
+        self.record(RestoreMode::Finish)?;
         // The stack's own files again: no bootstrap from the repository the next time.
         Dev::prepare(self.dev.stack.clone(), &self.dev.recorded.stack_file, &self.dev.state.root).map_err(dev_error)?;
         self.remove_restore_confs();
         for dir in &self.moved {
             let old = aside(dir);
+            if !old.exists() {
+                continue;
+            }
             reporter.step(&format!("the restore succeeded: removing {}", old.display()));
             std::fs::remove_dir_all(&old).map_err(|e| OpsError::Failed(format!("remove {}: {e}", old.display())))?;
         }
+        self.forget_progress();
         Ok(())
     }
 
     fn revert(&mut self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
+        self.record(RestoreMode::Revert)?;
         let root = &self.dev.state.root;
         dev::down(root, reporter).map_err(dev_error)?;
         for dir in &self.moved {
@@ -556,6 +763,7 @@ impl InPlaceSite for DevInPlace<'_> {
         dev::up(self.dev.stack.clone(), &self.dev.recorded.stack_file, root, Self::timeout(deadline), reporter).map_err(|e| {
             OpsError::Failed(format!("the cluster did not come back up on its pre-restore data, which is back in place: {e}"))
         })?;
+        self.forget_progress();
         Ok(())
     }
 
@@ -686,12 +894,21 @@ mod tests {
         revert_fails: bool,
         finish_fails: bool,
         left_over: bool,
+        earlier: Option<Interrupted>,
     }
 
     impl Recorded {
         fn new() -> Self {
             let stack = crate::stack::load(&crate::stack::Source::new("pgnomad.hcl", "cluster \"main\" {}\n")).unwrap().stack;
-            Recorded { stack, steps: Default::default(), restore_fails: false, revert_fails: false, finish_fails: false, left_over: false }
+            Recorded {
+                stack,
+                steps: Default::default(),
+                restore_fails: false,
+                revert_fails: false,
+                finish_fails: false,
+                left_over: false,
+                earlier: None,
+            }
         }
         fn steps(&self) -> Vec<&'static str> {
             self.steps.borrow().clone()
@@ -745,6 +962,13 @@ mod tests {
                 return Err(OpsError::Failed("member-0 did not come back".into()));
             }
             Ok(())
+        }
+        fn interrupted(&mut self) -> Result<Option<Interrupted>, OpsError> {
+            Ok(self.earlier.clone())
+        }
+        fn leader(&self) -> Result<RestoredLeader, OpsError> {
+            self.steps.borrow_mut().push("leader");
+            Ok(RestoredLeader { leader: "member-2".into(), timeline: Some(4) })
         }
         fn kept(&self) -> String {
             "the aside place".into()
@@ -819,6 +1043,46 @@ mod tests {
         let mut site = Recorded::new();
         site.stack.backup.enabled = false;
         assert!(restore_in_place(&mut site, &inside, Duration::from_secs(60), &quiet).unwrap_err().is_refusal());
+        assert!(site.steps().is_empty());
+    }
+
+    #[test]
+    fn an_interrupted_in_place_restore_resumes_from_its_phase_for_the_same_target_only() {
+        let quiet = crate::dev::Quiet;
+        let to = Target::time("2026-12-01T10:30:00.5+01:00").unwrap();
+        let earlier = |mode| Interrupted { attempt: "1765000000".into(), mode, target: "to_time 2026-12-01 09:30:00.500000+00".into() };
+        assert_eq!(to.describe(), earlier(RestoreMode::Prepare).target, "the same instant, however written");
+
+        // Prepare: the restore waited for again, then finished; nothing archived or stopped
+        // (the cluster is down, the window was checked when it began).
+        let mut site = Recorded { earlier: Some(earlier(RestoreMode::Prepare)), ..Recorded::new() };
+        let done = restore_in_place(&mut site, &to, Duration::from_secs(60), &quiet).unwrap();
+        assert_eq!(site.steps(), ["restore", "finish"]);
+        assert_eq!((done.resumed.as_deref(), done.window.is_none()), (Some("1765000000"), true));
+        // ...or reverted if it fails.
+        let mut site = Recorded { earlier: Some(earlier(RestoreMode::Prepare)), restore_fails: true, ..Recorded::new() };
+        assert!(restore_in_place(&mut site, &to, Duration::from_secs(60), &quiet).unwrap_err().is_not_converged());
+        assert_eq!(site.steps(), ["restore", "revert"]);
+
+        // Finish: carried to its end; the leader read before and after (its switchover).
+        let mut site = Recorded { earlier: Some(earlier(RestoreMode::Finish)), ..Recorded::new() };
+        let done = restore_in_place(&mut site, &to, Duration::from_secs(60), &quiet).unwrap();
+        assert_eq!(site.steps(), ["leader", "finish", "leader"]);
+        assert_eq!(done.leader, "member-2");
+
+        // Revert: carried to its end, and still a failed restore (exit 3).
+        let mut site = Recorded { earlier: Some(earlier(RestoreMode::Revert)), ..Recorded::new() };
+        let error = restore_in_place(&mut site, &to, Duration::from_secs(60), &quiet).unwrap_err();
+        assert_eq!(site.steps(), ["revert"]);
+        assert!(error.is_not_converged() && error.to_string().contains("main runs again on its pre-restore data"), "{error}");
+
+        // Another target: refused, nothing done; the earlier one is named.
+        let other = Target::Xid("7420".into());
+        let mut site = Recorded { earlier: Some(earlier(RestoreMode::Prepare)), ..Recorded::new() };
+        let error = restore_in_place(&mut site, &other, Duration::from_secs(60), &quiet).unwrap_err();
+        assert!(error.is_refusal(), "{error}");
+        let text = error.to_string();
+        assert!(text.contains("(to_time 2026-12-01 09:30:00.500000+00, attempt 1765000000) stopped part-way, in its prepare phase, and this one asks for to_xid 7420"), "{text}");
         assert!(site.steps().is_empty());
     }
 
