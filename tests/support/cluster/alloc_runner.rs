@@ -203,7 +203,13 @@ impl AllocRunner {
             self.event(task, "pending", false, "Task Setup", "Building Task Directory");
         }
         if self.facts.bridge() {
-            self.start_pause()?;
+            // Nomad fails every task of an allocation whose network it cannot set up, each
+            // with the reason as a "Setup Failure" event.
+            self.start_pause().inspect_err(|why| {
+                for task in &names {
+                    self.event(task, "dead", true, "Setup Failure", why);
+                }
+            })?;
         }
         // Prestart tasks, then main tasks, then poststart ones (lifecycle.mdx).
         let mut running: Vec<Running> = Vec::new();
@@ -213,7 +219,8 @@ impl AllocRunner {
                 if !self.wait_for_templates(&name, task) {
                     return self.stop_all(running);
                 }
-                let container = self.start_task(task)?;
+                // A task its driver cannot start fails with the driver's error as its event.
+                let container = self.start_task(task).inspect_err(|why| self.event(&name, "dead", true, "Driver Failure", why))?;
                 self.event(&name, "running", false, "Started", "Task started by client");
                 let ephemeral = wanted == Phase::Prestart && !task["Lifecycle"]["Sidecar"].as_bool().unwrap_or(false);
                 if ephemeral {
