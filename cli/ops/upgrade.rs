@@ -187,8 +187,8 @@ pub fn parameter_changes(desired: &BTreeMap<String, String>, current: &BTreeMap<
 }
 
 /// The steps, in order: the gate; the configuration; each replica updated or restarted,
-/// asynchronous ones first (then by name); then, if the leader needs either, a switchover and the former leader; a final
-/// check. Empty when there is nothing to do. `leader_first`: a lowered
+/// asynchronous ones first (then by name); then, if the leader needs either, a switchover
+/// and the former leader; a final check. Empty when there is nothing to do. `leader_first`: a lowered
 /// [`STANDBY_AT_LEAST_PRIMARY`] parameter, so the leader restarts first, in place.
 pub fn plan_steps(view: &ClusterView, changes: &[Change], update: &[String], leader_first: bool) -> Result<Vec<Step>, OpsError> {
     let restart = changes.iter().any(|c| c.restart);
