@@ -99,7 +99,8 @@ impl RestoreMode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Ordered as the phases follow one another: a later phase is further along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RestoreMode {
     /// Moves the data directory aside, so that Patroni's custom bootstrap runs.
     Prepare,

@@ -88,22 +88,20 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
         Ok((serde_json::to_value(&compiled.job).expect("jobs serialize"), compiled))
     }
 
-    /// The job as Nomad has it now, as JSON.
-    fn server_job(&self) -> Result<Value, OpsError> {
+    /// The postgres job as Nomad has it now (stopped or not), as JSON; the transport's error
+    /// as it came, so that callers can tell a missing job from a failure.
+    fn read_job(&self) -> Result<Value, crate::transport::TransportError> {
         let request = api::read_job(&self.job);
-        let what = format!("reading job {}", self.job);
-        let response = self.runtime.block_on(execute(self.cluster.nomad.transport(), &request, None)).map_err(api_error(&what))?;
-        decode(&request, &response).map_err(api_error(&what))
+        let response = self.runtime.block_on(execute(self.cluster.nomad.transport(), &request, None))?;
+        decode(&request, &response)
     }
 
     /// The postgres job as Nomad has it (stopped or not); `None` when it has none.
     pub fn registered_job(&self) -> Result<Option<Value>, OpsError> {
-        let request = api::read_job(&self.job);
-        let what = format!("reading job {}", self.job);
-        match self.runtime.block_on(execute(self.cluster.nomad.transport(), &request, None)) {
-            Ok(response) => decode(&request, &response).map(Some).map_err(api_error(&what)),
+        match self.read_job() {
+            Ok(job) => Ok(Some(job)),
             Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(api_error(&what)(e)),
+            Err(e) => Err(api_error(&format!("reading job {}", self.job))(e)),
         }
     }
 
@@ -117,7 +115,7 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
     /// runs it now.
     pub fn job_for_member(&self, member: &str) -> Result<Value, OpsError> {
         let (mut desired, _) = self.desired_job()?;
-        let server = self.server_job()?;
+        let server = self.read_job().map_err(api_error(&format!("reading job {}", self.job)))?;
         let running: BTreeMap<&str, &Value> =
             server["TaskGroups"].as_array().into_iter().flatten().filter_map(|g| Some((g["Name"].as_str()?, g))).collect();
         if let Some(groups) = desired["TaskGroups"].as_array_mut() {

@@ -95,8 +95,7 @@ fn interrupted_in(job: &Value) -> Option<(Interrupted, Option<String>, Option<u6
         found = Some(match found {
             None => (here, wipe, timeline),
             Some((seen, seen_wipe, seen_timeline)) => {
-                let rank = |m: RestoreMode| [RestoreMode::Prepare, RestoreMode::Finish, RestoreMode::Revert].iter().position(|x| *x == m);
-                let furthest = if rank(here.mode) > rank(seen.mode) { here } else { seen };
+                let furthest = if here.mode > seen.mode { here } else { seen };
                 (furthest, seen_wipe.or(wipe), seen_timeline.or(timeline))
             }
         });
