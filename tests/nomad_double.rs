@@ -557,6 +557,32 @@ async fn an_external_runner_drives_allocations_and_a_claim_is_held_until_the_old
     assert!(nomad.allocation(&replacement.id).unwrap().waiting_for_volumes.is_empty(), "the claim is free once the old one stopped");
 }
 
+/// Nomad's client holds a replacement until the allocation it replaces has stopped, with no
+/// volume between them (client/allocwatcher): a destructive update never runs the old and the
+/// new tasks of one group side by side.
+#[tokio::test]
+async fn a_replacement_waits_for_the_allocation_it_replaces_to_stop() {
+    let nomad = NomadDouble::start_with(DoubleConfig { client: ClientMode::External, time_scale: 0.001, ..DoubleConfig::default() });
+    let client = nomad.client();
+    client.register_job(&members_job("pg", 1, |_| vec![]), RegisterOptions::default()).await.unwrap();
+    let first = live(&nomad, "pg").remove(0);
+    assert_eq!(first.waiting_for_previous, None, "a first placement replaces nothing");
+    nomad.update_task_state(&first.id, "patroni", "running", false, ("Started", "Task started by client")).unwrap();
+
+    let mut changed = members_job("pg", 1, |_| vec![]);
+    changed["TaskGroups"][0]["Tasks"][0]["Config"]["image"] = json!("ghcr.io/pgnomad/patroni:3.4");
+    client.register_job(&changed, RegisterOptions::default()).await.unwrap();
+    let replacement = live(&nomad, "pg").into_iter().find(|a| a.id != first.id).expect("placed");
+    assert!(replacement.waiting_for_volumes.is_empty());
+    assert_eq!(replacement.waiting_for_previous.as_deref(), Some(first.id.as_str()), "held while the old one still runs");
+    let on_node = nomad.node_allocations(&replacement.node_name);
+    let assigned = on_node.iter().find(|a| a.id == replacement.id).unwrap();
+    assert_eq!(assigned.waiting_for_previous.as_deref(), Some(first.id.as_str()), "the node's client is told to wait");
+    nomad.update_task_state(&first.id, "patroni", "dead", false, ("Killed", "Task successfully killed")).unwrap();
+    assert_eq!(nomad.allocation(&first.id).unwrap().client_status, "complete");
+    assert_eq!(nomad.allocation(&replacement.id).unwrap().waiting_for_previous, None, "free once the old one stopped");
+}
+
 #[tokio::test]
 async fn a_hostpath_volume_on_a_down_node_blocks_its_group_until_the_node_is_back() {
     let nomad = NomadDouble::start();

@@ -62,6 +62,8 @@ pub struct Assignment {
     pub client_status: String,
     /// CSI volumes whose claim an older allocation still holds: wait before starting.
     pub waiting_for_volumes: Vec<String>,
+    /// The allocation this one replaces, until it has stopped: wait before starting.
+    pub waiting_for_previous: Option<String>,
 }
 
 /// A node as its client sees it.
@@ -118,7 +120,7 @@ impl NodeClient {
         let assignments = self.plane.allocations(&self.info.name);
         for assignment in &assignments {
             let id = &assignment.facts.alloc_id;
-            let ready = assignment.waiting_for_volumes.is_empty();
+            let ready = assignment.waiting_for_volumes.is_empty() && assignment.waiting_for_previous.is_none();
             if assignment.desired_run && ready && assignment.client_status == "pending" && !runners.contains_key(id) {
                 let control = Arc::new(Control { stop: AtomicBool::new(false), lost: AtomicBool::new(false) });
                 let runner = Arc::new(AllocRunner::new(assignment.facts.clone(), self.info.clone(), self.plane.clone(), control.clone()));

@@ -65,6 +65,7 @@ impl ControlPlane for Plane {
                 desired_run: view.desired_status == "run",
                 client_status: view.client_status.clone(),
                 waiting_for_volumes: view.waiting_for_volumes.clone(),
+                waiting_for_previous: view.waiting_for_previous.clone(),
             })
             .collect()
     }

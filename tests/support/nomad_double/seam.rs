@@ -43,6 +43,9 @@ pub struct AllocView {
     /// CSI volumes whose claim another allocation still holds: do not start the tasks yet
     /// (Nomad's client CSI hook retries its claim until the previous holder stopped).
     pub waiting_for_volumes: Vec<String>,
+    /// The allocation this one replaces, while it still runs or stops on its client: do not
+    /// start the tasks yet (Nomad's previous-allocation watcher).
+    pub waiting_for_previous: Option<String>,
     /// Host volume name → path on this node, for the group's `host` volumes.
     pub host_volumes: BTreeMap<String, String>,
     /// The allocation's raft index: changes whenever anything about it changes.
@@ -87,6 +90,7 @@ impl State {
             task_states: alloc.task_states.clone(),
             csi_volumes: alloc.volumes.clone(),
             waiting_for_volumes: self.waiting_for_volumes(alloc),
+            waiting_for_previous: self.waiting_for_previous(alloc),
             host_volumes,
             modify_index: alloc.modify_index,
         }

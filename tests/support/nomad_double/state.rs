@@ -366,6 +366,18 @@ impl State {
             .collect()
     }
 
+    /// The allocation `alloc` replaces, while it has not stopped on its client: Nomad's client
+    /// holds a replacement until its previous allocation is terminal, on this node or another
+    /// (client/allocwatcher: localPrevAlloc and remotePrevAlloc wait whether or not the
+    /// ephemeral disk migrates; a previous allocation gone or unknown does not hold it).
+    pub fn waiting_for_previous(&self, alloc: &Alloc) -> Option<String> {
+        if alloc.previous_allocation.is_empty() {
+            return None;
+        }
+        let previous = self.allocs.iter().find(|a| a.id == alloc.previous_allocation)?;
+        (!previous.client_terminal() && previous.client_status != "unknown").then(|| previous.id.clone())
+    }
+
     /// Claims taken or released change the volumes (blocking queries on a volume wake).
     pub fn sync_claims(&mut self) {
         let mut claims: Vec<(String, String)> =
@@ -423,11 +435,13 @@ impl State {
                         .filter(|(_, missing)| !missing.is_empty())
                         .collect();
                     let waiting = self.waiting_for_volumes(alloc);
+                    let replacing = self.waiting_for_previous(alloc);
                     let failing = self.failing_groups.iter().any(|(j, g)| *j == alloc.job_id && *g == alloc.group);
                     let start_at = alloc.created_at + config.start_delay;
                     let alloc = &mut self.allocs[i];
-                    if !waiting.is_empty() {
-                        // The CSI hook retries its claim until the previous holder stopped.
+                    if !waiting.is_empty() || replacing.is_some() {
+                        // The CSI hook retries its claim until the previous holder stopped;
+                        // the previous-allocation watcher waits for it to stop.
                     } else if !blocked.is_empty() {
                         for (task, missing) in blocked {
                             let message = format!("Missing: {}", missing.join(", "));
