@@ -256,27 +256,27 @@ impl AllocRunner {
     }
 
     fn start_pause(&self) -> Result<(), String> {
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "--detach".into(),
-            "--name".into(),
-            self.pause_name(),
-            "--label".into(),
-            format!("{}={}", docker::LABEL, self.node.cluster_id),
-            "--network".into(),
-            self.node.docker_network.clone(),
-            "--dns".into(),
-            self.node.dns.clone(),
+        let label = format!("{}={}", docker::LABEL, self.node.cluster_id);
+        let args = [
+            "run",
+            "--detach",
+            "--name",
+            &self.pause_name(),
+            "--label",
+            &label,
+            "--network",
+            &self.node.docker_network,
+            "--dns",
+            &self.node.dns,
+            &self.node.pause_image,
+            "sleep",
+            "infinity",
         ];
-        for port in &self.facts.ports {
-            let inside = if port.to > 0 { port.to } else { port.value };
-            args.push("--publish".into());
-            args.push(format!("{}:{}:{inside}", self.node.address, port.value));
-        }
-        args.extend([self.node.pause_image.clone(), "sleep".into(), "infinity".into()]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         docker::run(&args).map_err(|e| format!("failed to set up the allocation network: {e}"))?;
-        // Other allocations reach these ports through the kernel, not docker's proxy.
+        // The ports are mapped by the kernel alone, as CNI's portmap does: no host port is
+        // bound (docker's `--publish` binds one, and refused a port the scheduler had freed
+        // from an allocation still stopping: "port is already allocated", which Nomad never
+        // says).
         let fail = |e: String| format!("failed to set up the allocation network: {e}");
         let format = format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", self.node.docker_network);
         let ip = docker::run(&["inspect", "--format", &format, &self.pause_name()]).map_err(fail)?;

@@ -178,40 +178,53 @@ pub fn remove_orphans() {
 }
 
 /// The kernel's port mapping for containers of the node network, as Nomad's bridge networking
-/// (CNI portmap, hairpin on) does it. Docker leaves traffic from its own bridge to a published
-/// port to its userland proxy (`-i <bridge> -j RETURN` in its DOCKER chain): a second TCP
-/// connection that the proxy accepts and keeps alive whatever happens to the task behind it,
-/// so a client of a cut-off task (PgBouncer's server connection to a partitioned primary)
-/// never sees its connection die. These DNAT rules take that traffic first; each carries the
-/// comment `tag`, by which [`unmap_ports`] removes them.
+/// (CNI portmap, hairpin on) does it: DNAT rules and no port bound on the host. Traffic from
+/// the node network (other allocations) meets them in PREROUTING, traffic from the host itself
+/// (the tests, the checks) in OUTPUT. Docker's `--publish` is not used: it binds the host port
+/// (refusing one the scheduler has freed from an allocation still stopping), and leaves traffic
+/// from its own bridge to its userland proxy, a second TCP connection that stays up whatever
+/// happens to the task behind it, so a client of a cut-off task (PgBouncer's server connection
+/// to a partitioned primary) never sees its connection die. Each rule carries the comment
+/// `tag`, by which [`unmap_ports`] removes them.
 pub fn map_ports(tag: &str, bridge: &str, node_address: &str, container_ip: &str, ports: &[(u16, u16)]) -> Result<(), String> {
     for (host_port, inside) in ports {
         let host_port = host_port.to_string();
         let to = format!("{container_ip}:{inside}");
-        let out = std::process::Command::new("iptables")
-            .args(["-w", "-t", "nat", "-I", "PREROUTING", "-i", bridge, "-d", node_address, "-p", "tcp", "--dport", &host_port])
-            .args(["-m", "comment", "--comment", tag, "-j", "DNAT", "--to-destination", &to])
-            .output()
-            .map_err(|e| format!("running iptables: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("iptables DNAT {node_address}:{host_port} → {to}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        for chain in PORT_MAP_CHAINS {
+            let mut args = vec!["-w", "-t", "nat", "-I", chain];
+            if chain == "PREROUTING" {
+                args.extend(["-i", bridge]);
+            }
+            args.extend(["-d", node_address, "-p", "tcp", "--dport", &host_port]);
+            args.extend(["-m", "comment", "--comment", tag, "-j", "DNAT", "--to-destination", &to]);
+            let out = std::process::Command::new("iptables").args(&args).output().map_err(|e| format!("running iptables: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "iptables DNAT ({chain}) {node_address}:{host_port} → {to}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
         }
     }
     Ok(())
 }
 
+const PORT_MAP_CHAINS: [&str; 2] = ["PREROUTING", "OUTPUT"];
+
 /// Removes the DNAT rules whose comment is `tag` or starts with `tag-` (a cluster's tag
 /// covers its allocations').
 pub fn unmap_ports(tag: &str) {
-    let Ok(out) = std::process::Command::new("iptables").args(["-w", "-t", "nat", "-S", "PREROUTING"]).output() else { return };
     let ours = |rule: &&str| {
         let comment = rule.split_whitespace().skip_while(|w| *w != "--comment").nth(1).unwrap_or_default();
         comment == tag || comment.strip_prefix(tag).is_some_and(|rest| rest.starts_with('-'))
     };
-    for rule in String::from_utf8_lossy(&out.stdout).lines().filter(ours) {
-        let Some(spec) = rule.strip_prefix("-A ") else { continue };
-        let mut args = vec!["-w", "-t", "nat", "-D"];
-        args.extend(spec.split_whitespace());
-        let _ = std::process::Command::new("iptables").args(&args).output();
+    for chain in PORT_MAP_CHAINS {
+        let Ok(out) = std::process::Command::new("iptables").args(["-w", "-t", "nat", "-S", chain]).output() else { return };
+        for rule in String::from_utf8_lossy(&out.stdout).lines().filter(ours) {
+            let Some(spec) = rule.strip_prefix("-A ") else { continue };
+            let mut args = vec!["-w", "-t", "nat", "-D"];
+            args.extend(spec.split_whitespace());
+            let _ = std::process::Command::new("iptables").args(&args).output();
+        }
     }
 }
