@@ -454,6 +454,11 @@ impl<T: Transport> NomadClient<T> {
         self.call_optional(api::read_job(job_id)).await
     }
 
+    /// The job as Nomad has it, every field kept: what to register again with one change.
+    pub async fn read_job_json(&self, job_id: &str) -> Result<Option<Value>, TransportError> {
+        self.call_optional(api::read_job(job_id)).await
+    }
+
     pub async fn job_versions(&self, job_id: &str) -> Result<api::JobVersionsResponse, TransportError> {
         self.call(api::job_versions(job_id, false)).await
     }

@@ -37,6 +37,23 @@ fn volume_entries(deployed: &Deployed) -> Vec<(String, Vec<String>)> {
 }
 
 /// The task names of each group of the postgres job as the double has it now.
+/// Each scheduled backup job's `periodic.enabled` as registered now, and how many of its
+/// versions had it off.
+fn backup_schedules(deployed: &Deployed) -> Vec<(String, bool, usize)> {
+    let schedules: Vec<_> = ["full", "diff", "incr"]
+        .iter()
+        .map(|kind| format!("main-backup-{kind}"))
+        .filter_map(|id| {
+            let versions = deployed.cluster.nomad.job_versions(&id);
+            let on = versions.last()?["Periodic"]["Enabled"] == true;
+            let off = versions.iter().filter(|v| v["Periodic"]["Enabled"] == false).count();
+            Some((id, on, off))
+        })
+        .collect();
+    assert!(!schedules.is_empty(), "the stack schedules no backup job");
+    schedules
+}
+
 fn tasks_of_job(deployed: &Deployed) -> Vec<Vec<String>> {
     let versions = deployed.cluster.nomad.job_versions("main-postgres");
     let newest = versions.iter().max_by_key(|v| v["Version"].as_u64()).cloned().unwrap_or_default();
@@ -103,6 +120,64 @@ fn an_in_place_restore_on_nomad_goes_back_to_the_target_or_puts_the_data_back_an
     assert_eq!(alone, vec![vec![leader_before.as_str()]], "one registration placed only {leader_before}");
     let now = tasks_of_job(&deployed);
     assert!(now.iter().all(|tasks| !tasks.contains(&"restore-in-place".to_owned())), "{now:?}");
+    // The backup schedules were off while it ran (a backup fired then would only fail), and
+    // are on again.
+    for (job, on, paused) in backup_schedules(&deployed) {
+        assert!(on && paused == 1, "{job}: schedule on {on}, versions with it off {paused}");
+    }
+
+    // A backup running (its container paused as it starts, so that it runs on): refused
+    // before anything stops, the schedules on again; the backup then ends well.
+    let (container, backup) = {
+        let mut events = std::process::Command::new("docker")
+            .args(["events", "--filter", "event=start", "--format", "{{.Actor.Attributes.name}}"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (started, names) = std::sync::mpsc::channel();
+        let stdout = events.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                let _ = started.send(line);
+            }
+        });
+        let backup = deployed.pgnomad_command(&["backup", "--type", "full"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        // Paused first, asked about after: the forced child's container (`backup-ctl`'s
+        // dispatches run a task of the same name, and are let go).
+        let paused = loop {
+            let name = names.recv_timeout(Duration::from_secs(120)).expect("the forced backup's container started");
+            if !name.starts_with("backup-backup-") {
+                continue;
+            }
+            let pause = std::process::Command::new("docker").args(["pause", &name]).output().unwrap();
+            let forced = deployed
+                .cluster
+                .nomad
+                .all_allocations()
+                .into_iter()
+                .any(|a| name.ends_with(&a.id[..8]) && a.job_id.starts_with("main-backup-full/periodic-"));
+            if forced {
+                assert_ok("pausing the forced backup", &pause);
+                break name;
+            }
+            if pause.status.success() {
+                assert_ok("unpausing a backup-ctl run", &std::process::Command::new("docker").args(["unpause", &name]).output().unwrap());
+            }
+        };
+        events.kill().unwrap();
+        events.wait().unwrap();
+        (paused, backup)
+    };
+    let refused = deployed.pgnomad(&["restore", "--in-place", "--yes", "--to-time", &t]);
+    assert_ok("unpausing the backup", &std::process::Command::new("docker").args(["unpause", &container]).output().unwrap());
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    assert!(text(&refused.stderr).contains("a backup of main is running (main-backup-full/periodic-"), "{}", text(&refused.stderr));
+    for (job, on, paused) in backup_schedules(&deployed) {
+        assert!(on && paused == 2, "{job}: schedule on {on}, versions with it off {paused}");
+    }
+    let backup = backup.wait_with_output().unwrap();
+    assert!(backup.status.success(), "the backup the restore waited out: {}", text(&backup.stderr));
+    assert!(deployed.healthy_topology().is_ok(), "the refusal stopped nothing");
 
     timeline_before = timeline;
     let versions_before = deployed.cluster.nomad.job_versions("main-postgres").len();
@@ -130,6 +205,18 @@ fn an_in_place_restore_on_nomad_goes_back_to_the_target_or_puts_the_data_back_an
         text(&other.stderr).contains("stopped part-way, in its prepare phase, and this one asks for to_xid 1234"),
         "{}",
         text(&other.stderr)
+    );
+
+    // Its backup schedules stay off, and a backup asked meanwhile is refused, saying why.
+    for (job, on, _) in backup_schedules(&deployed) {
+        assert!(!on, "{job}'s schedule is on while the restore is part-way");
+    }
+    let backup = deployed.pgnomad(&["backup", "--type", "full"]);
+    assert_eq!(backup.status.code(), Some(1), "{}", text(&backup.stderr));
+    assert!(
+        text(&backup.stderr).contains("the schedule of main-backup-full is paused") && text(&backup.stderr).contains("restore --in-place"),
+        "{}",
+        text(&backup.stderr)
     );
 
     // The same target again: the earlier attempt is resumed and seen through.
@@ -179,4 +266,10 @@ fn an_in_place_restore_on_nomad_goes_back_to_the_target_or_puts_the_data_back_an
     let plan = json_of("pgnomad plan", &plan);
     let postgres = plan["jobs"].as_array().unwrap().iter().find(|j| j["id"] == "main-postgres").cloned().unwrap_or_default();
     assert_eq!(postgres["change"], "unchanged", "after the restore the stack's own job runs: {postgres}");
+    // The backup jobs too: their schedules are on again, as the stack has them.
+    for (job, on, paused) in backup_schedules(&deployed) {
+        assert!(on && paused == 3, "{job}: schedule on {on}, versions with it off {paused}");
+        let planned = plan["jobs"].as_array().unwrap().iter().find(|j| j["id"] == job.as_str()).cloned().unwrap_or_default();
+        assert_eq!(planned["change"], "unchanged", "{planned}");
+    }
 }

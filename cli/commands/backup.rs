@@ -126,9 +126,8 @@ pub fn backup(args: BackupArgs) -> Result<(), Failure> {
     let (backups, DeployInputs { checked, packs, cluster, .. }) = open(&args.inputs)?;
     // Patroni's view, to say which member the files come from.
     let target = crate::ops::nomad::NomadTarget::connect(cluster, checked.stack, packs).map_err(|e| ops_failure(&e))?;
-    let view = crate::ops::observe(&target).map_err(|e| ops_failure(&e))?;
     let progress = Progress::new();
-    let result = backups.backup(&args.kind, &view, args.timeout, &progress);
+    let result = backups.backup(&args.kind, || crate::ops::observe(&target), args.timeout, &progress);
     progress.finish();
     print_backup_done(&result.map_err(|e| ops_failure(&e))?, args.json);
     Ok(())

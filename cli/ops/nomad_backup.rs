@@ -80,9 +80,35 @@ impl<N: Transport> NomadBackups<N> {
         crate::config::Facts::new(&self.stack).scope
     }
 
+    /// The periodic backup jobs the stack schedules (`<c>-backup-<kind>`).
+    fn scheduled_jobs(&self) -> Vec<String> {
+        self.stack.backup.schedules.iter().map(|s| names::backup_job(self.cluster(), s.kind.name())).collect()
+    }
+
+    /// Turns the schedules of the cluster's backup jobs off or on (`periodic.enabled`), as an
+    /// operator would: each job registered again, as Nomad has it, with only that changed
+    /// (check-and-set on its modify index). A job that is not on Nomad, is stopped or already
+    /// so is left alone. Returns the jobs changed.
+    pub fn set_schedules(&self, enabled: bool) -> Result<Vec<String>, OpsError> {
+        let mut changed = Vec::new();
+        for id in self.scheduled_jobs() {
+            let read = self.runtime.block_on(self.nomad.read_job_json(&id)).map_err(unreachable(&format!("reading job {id}")))?;
+            let Some(mut job) = read else { continue };
+            if job["Stop"] == true || !job["Periodic"].is_object() || job["Periodic"]["Enabled"] == enabled {
+                continue;
+            }
+            job["Periodic"]["Enabled"] = enabled.into();
+            let options = api::RegisterOptions { enforce_index: job["JobModifyIndex"].as_u64(), ..Default::default() };
+            let what = format!("{} the schedule of {id}", if enabled { "turning on" } else { "pausing" });
+            self.runtime.block_on(self.nomad.register_job(&job, options)).map_err(unreachable(&what))?;
+            changed.push(id);
+        }
+        Ok(changed)
+    }
+
     /// Children of the cluster's backup jobs that have not ended: a forced run ignores the
     /// periodic job's `prohibit_overlap` (that guards only its own schedule), so pgnomad checks.
-    fn running_backups(&self) -> Result<Vec<String>, OpsError> {
+    pub fn running_backups(&self) -> Result<Vec<String>, OpsError> {
         let prefix = format!("{}-backup-", self.cluster());
         let parents: Vec<String> = KINDS.iter().map(|k| names::backup_job(self.cluster(), k)).collect();
         let jobs = self.runtime.block_on(self.nomad.list_jobs(Some(&prefix))).map_err(unreachable("listing the backup jobs"))?;
@@ -199,8 +225,16 @@ impl<N: Transport> NomadBackups<N> {
     }
 
     /// `backup --type kind`: forces `<c>-backup-<kind>` and follows its child to the end.
-    /// `view` is Patroni's, to say which member the files come from.
-    pub fn backup(&self, kind: &str, view: &ClusterView, timeout: Duration, reporter: &dyn Reporter) -> Result<BackupDone, OpsError> {
+    /// `view` gives Patroni's view, to say which member the files come from; it is asked for
+    /// once the refusals that need none have passed (a cluster part-way through
+    /// `restore --in-place` has no member answering).
+    pub fn backup(
+        &self,
+        kind: &str,
+        view: impl FnOnce() -> Result<ClusterView, OpsError>,
+        timeout: Duration,
+        reporter: &dyn Reporter,
+    ) -> Result<BackupDone, OpsError> {
         if !KINDS.contains(&kind) {
             return Err(OpsError::Refused(format!("no backup type `{kind}`: full, diff or incr")));
         }
@@ -210,6 +244,14 @@ impl<N: Transport> NomadBackups<N> {
                 "the stack has no {kind} schedule (backup.schedule.{kind} = \"off\"), so there is no job {job} to force\n  = help: give it a schedule and `pgnomad run`, or take another type"
             )));
         }
+        // Nomad forces only a periodic job whose schedule is on; `restore --in-place` turns
+        // them off while it runs.
+        let registered = self.runtime.block_on(self.nomad.read_job_json(&job)).map_err(unreachable(&format!("reading job {job}")))?;
+        if registered.is_some_and(|j| j["Periodic"]["Enabled"] == false) {
+            return Err(OpsError::Refused(format!(
+                "the schedule of {job} is paused (periodic enabled = false), as `restore --in-place` leaves it while it runs\n  = help: let the restore end (running it again with the same target resumes it); `pgnomad run` turns the stack's schedules on again"
+            )));
+        }
         let running = self.running_backups()?;
         if let Some(other) = running.first() {
             return Err(OpsError::Refused(format!(
@@ -217,6 +259,7 @@ impl<N: Transport> NomadBackups<N> {
                 self.cluster()
             )));
         }
+        let view = view()?;
         let primary = view.leader().map(|l| l.name.clone()).ok_or_else(|| OpsError::Refused("the cluster has no leader now".into()))?;
         let member_order: Vec<String> = crate::config::Facts::new(&self.stack).members.iter().map(|m| m.name.clone()).collect();
         let standbys: Vec<String> = view.replicas().filter(|m| m.reachable && m.is_streaming()).map(|m| m.name.clone()).collect();

@@ -68,6 +68,15 @@ impl<'a, N: Transport, C: Transport> NomadInPlace<'a, N, C> {
             led_timeline: self.old_timeline,
         })
     }
+
+    /// The schedules `stop` paused, on again: the last step of `finish` and of `revert`.
+    fn resume_schedules(&self, reporter: &dyn Reporter) -> Result<(), OpsError> {
+        let resumed = self.backups.set_schedules(true)?;
+        if !resumed.is_empty() {
+            reporter.step(&format!("turning the backup schedules on again ({})", resumed.join(", ")));
+        }
+        Ok(())
+    }
 }
 
 /// Each member group's name and its `restore-in-place` task's environment, where it has one.
@@ -143,6 +152,20 @@ impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
             self.led = leader.name;
             self.old_timeline = leader.timeline;
         }
+        // A backup fired by its schedule while the members are down, or reading them while
+        // they restore, only fails: the schedules are off until the restore has ended.
+        let paused = self.backups.set_schedules(false)?;
+        if !paused.is_empty() {
+            reporter.step(&format!("pausing the backup schedules until the restore has ended ({})", paused.join(", ")));
+        }
+        let running = self.backups.running_backups()?;
+        if let Some(backup) = running.first() {
+            self.backups.set_schedules(true)?;
+            return Err(OpsError::Refused(format!(
+                "a backup of {} is running ({backup}): the restore would stop the members it reads\n  = help: wait for it to end (`nomad job status {backup}`), then run this again",
+                self.cluster()
+            )));
+        }
         reporter.step(&format!("stopping {}'s members", self.cluster()));
         self.target.stop_job(deadline, &Steps(reporter))
     }
@@ -174,7 +197,8 @@ impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
             roll(&mut self.target, self.plain.clone(), finishing, deadline, reporter)?;
         }
         reporter.step("back to the stack's own job, one member at a time");
-        roll(&mut self.target, self.plain.clone(), None, deadline, reporter)
+        roll(&mut self.target, self.plain.clone(), None, deadline, reporter)?;
+        self.resume_schedules(reporter)
     }
 
     fn revert(&mut self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
@@ -189,7 +213,8 @@ impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
         })?;
         let registered = self.target.register_desired(None)?;
         wait_restored(&self.target, &self.members, registered, None, deadline, reporter)?;
-        roll(&mut self.target, self.plain.clone(), None, deadline, reporter)
+        roll(&mut self.target, self.plain.clone(), None, deadline, reporter)?;
+        self.resume_schedules(reporter)
     }
 
     fn leader(&self) -> Result<RestoredLeader, OpsError> {
@@ -204,14 +229,14 @@ impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
 
     fn unfinished_help(&self) -> String {
         format!(
-            "`pgnomad upgrade` takes the postgres job back to the stack's own, one member at a time; then remove `pgdata.pre-restore-{a}` and `.restore-{a}-prepared` where they remain on a member's volume",
+            "`pgnomad upgrade` takes the postgres job back to the stack's own, one member at a time; then remove `pgdata.pre-restore-{a}` and `.restore-{a}-prepared` where they remain on a member's volume, and `pgnomad run` turns the backup schedules on again",
             a = self.attempt
         )
     }
 
     fn put_back_help(&self) -> String {
         format!(
-            "to put it back by hand (README, \"Putting the pre-restore data back by hand\"): with the {job} job stopped, on each member's volume where `pgdata.pre-restore-{a}` is, remove `pgdata` and `pgdata.failed` and rename it to `pgdata`; empty the DCS (`patronictl remove {scope}`); then start {led} alone before the others",
+            "to put it back by hand (README, \"Putting the pre-restore data back by hand\"): with the {job} job stopped, on each member's volume where `pgdata.pre-restore-{a}` is, remove `pgdata` and `pgdata.failed` and rename it to `pgdata`; empty the DCS (`patronictl remove {scope}`); then start {led} alone before the others; `pgnomad run` turns the backup schedules on again",
             job = crate::config::runtime::names::postgres_job(self.cluster()),
             a = self.attempt,
             scope = crate::config::Facts::new(&self.plain).scope,

@@ -523,8 +523,14 @@ fn respond(state: &mut State, shared: &Shared, request: &Incoming, has_leader: b
         }
         (_, ["v1", "job", id, "periodic", "force"]) if write => {
             let Some(record) = state.job(&ns, id) else { return text(404, "job not found") };
-            if record.current().get("Periodic").is_none_or(Value::is_null) {
-                return text(500, format!("job {id:?} is not periodic"));
+            let job = record.current();
+            if job.get("Periodic").is_none_or(Value::is_null) {
+                return text(500, "can't force launch non-periodic job");
+            }
+            // The periodic dispatcher tracks only active periodic jobs (IsPeriodicActive:
+            // enabled, not stopped, not parameterized).
+            if job["Periodic"]["Enabled"] != json!(true) || job["Stop"] == json!(true) {
+                return text(500, format!("force launch for job {id:?} failed: can't force run non-tracked job {id:?} ({ns})"));
             }
             let result = state.launch_child(&ns, id, format!("periodic-{}", now_ns() / 1_000_000_000), config, now, None);
             let index = state.index;
