@@ -649,6 +649,36 @@ async fn a_completed_batch_allocation_is_not_replaced_when_the_cluster_changes()
     assert_eq!(after.len(), 1, "a batch allocation that completed has done its work: {after:?}");
 }
 
+/// Nomad's periodic dispatcher forces only the periodic jobs it tracks: enabled, not stopped
+/// (`IsPeriodicActive`); `restore --in-place` relies on a paused schedule launching nothing.
+#[tokio::test]
+async fn only_an_active_periodic_job_is_forced() {
+    let nomad = NomadDouble::start();
+    let client = nomad.client();
+    let error = |e: pgnomad::transport::TransportError| e.api().map(|a| (a.status, a.body.clone())).unwrap();
+    let mut job = simple_job("nightly");
+    job["Type"] = json!("batch");
+    job.as_object_mut().unwrap().remove("Update");
+    job["TaskGroups"][0]["Services"] = json!(null);
+    client.register_job(&job, RegisterOptions::default()).await.unwrap();
+    let plain = client.force_periodic("nightly").await.unwrap_err();
+    assert_eq!(error(plain), (500, "can't force launch non-periodic job".to_owned()));
+
+    job["Periodic"] = json!({"Enabled": false, "Specs": ["0 3 * * *"], "SpecType": "cron", "ProhibitOverlap": true});
+    client.register_job(&job, RegisterOptions::default()).await.unwrap();
+    let paused = client.force_periodic("nightly").await.unwrap_err();
+    assert_eq!(
+        error(paused),
+        (500, "force launch for job \"nightly\" failed: can't force run non-tracked job \"nightly\" (default)".to_owned())
+    );
+    assert!(client.list_jobs(Some("nightly/")).await.unwrap().is_empty(), "nothing launched");
+
+    job["Periodic"]["Enabled"] = json!(true);
+    client.register_job(&job, RegisterOptions::default()).await.unwrap();
+    let forced = client.force_periodic("nightly").await.unwrap();
+    assert_eq!(client.read_evaluation(&forced.eval_id).await.unwrap().job_id.split('/').next(), Some("nightly"));
+}
+
 /// A parameterized batch job: dispatches are checked against its block as Nomad checks them,
 /// each accepted one is a child job (`<id>/dispatch-…`) that runs to the end and is then dead.
 #[tokio::test]
