@@ -7,6 +7,7 @@ pub mod config;
 pub mod consul;
 pub mod deploy;
 pub mod dev;
+pub mod interrupts;
 pub mod nomad;
 pub mod ops;
 pub mod patroni;

@@ -232,6 +232,35 @@ fn dev_switchover_with_pgbouncer_pause_has_no_client_errors() {
         primary = new;
         dev.wait_streaming(primary, Duration::from_secs(90));
     }
+
+    // Ctrl-C while the clients are paused: PgBouncer is RESUMEd first, then pgnomad ends on
+    // the signal; the writer goes on through PgBouncer, with no error.
+    let started = Instant::now();
+    let mut child = dev.dev(&["switchover"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut said = String::new();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    loop {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(read > 0, "dev switchover ended before it paused PgBouncer: {said}");
+        said.push_str(&line);
+        if line.contains("PAUSE on PgBouncer") {
+            // SAFETY: a signal to the child this test started.
+            assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+            break;
+        }
+    }
+    std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGINT), "{status:?}: {said}");
+    let paused = said.find("PAUSE on PgBouncer").unwrap();
+    assert!(said[paused..].contains("RESUME on PgBouncer"), "ended on Ctrl-C without a RESUME: {said}");
+    writer.wait_ack_after(Instant::now(), Duration::from_secs(10));
+    let errors = errors_between(&writer.snapshot(), started, Instant::now());
+    assert!(errors.is_empty(), "client errors around an interrupted switchover: {errors:#?}");
+    primary = dev.primary().expect("a primary");
+    dev.wait_streaming(primary, Duration::from_secs(90));
+
     let attempts = writer.stop();
     assert_eq!(lost_on(&dev, primary, &attempts), Vec::<u64>::new());
     let errors: Vec<_> = attempts.iter().filter(|a| !a.acknowledged).collect();

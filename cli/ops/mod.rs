@@ -455,6 +455,8 @@ pub fn switchover(
     let candidate = choose_candidate(&view, to, options.max_lag)?.clone();
     let poolers = if options.pause { target.poolers()? } else { Vec::new() };
     let started = Instant::now();
+    // Until every PgBouncer is RESUMEd (the hold ends with this function).
+    let _interrupts = crate::interrupts::hold();
     pause_all(target, &poolers, reporter)?;
     // Patroni answers POST /switchover only after polling the DCS once a second (api.py,
     // poll_failover_result): up to a second after the new primary runs, with every client

@@ -481,10 +481,12 @@ fn restart_leader_paused(
     let max_lag = options.gate.max_lag;
     let poolers = if options.switchover.pause { target.poolers()? } else { Vec::new() };
     let started = Instant::now();
+    let interrupts = crate::interrupts::hold();
     pause_all(target, &poolers, reporter)?;
     let result = restart_and_watch(target, leader, max_lag, deadline.min(started + options.switchover.pause_timeout), reporter);
     let held = started.elapsed();
     let not_resumed = resume_all(target, &poolers, reporter);
+    drop(interrupts);
     with_resume_failures(result, &not_resumed)?;
     // Only now: the replicas reconnect at their next WAL retrieval retry (up to
     // wal_retrieve_retry_interval later) and Patroni names a synchronous standby again a loop
