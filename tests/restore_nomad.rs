@@ -86,16 +86,48 @@ fn an_in_place_restore_on_nomad_goes_back_to_the_target_or_puts_the_data_back_an
     assert!(deployed.healthy_topology().is_ok(), "refusals stop nothing");
 
     // A restore that fails once the members have stopped (a transaction recovery never
-    // reaches): exit 3, and the cluster runs again on its data as it was, rows B and all,
-    // the member that led first; then the stack's own job again.
+    // reaches): the data is put back, the member that led first; then the groups roll to the
+    // stack's own job. pgnomad is killed during that roll, and the same command run again
+    // finishes the revert without stopping the members a second time: exit 3, and the
+    // cluster runs on its data as it was, rows B and all.
     let leader_before = deployed.leader().unwrap();
     let versions_before = deployed.cluster.nomad.job_versions("main-postgres").len();
-    let out = deployed.pgnomad(&["restore", "--in-place", "--yes", "--to-xid", "4000000000"]);
+    let failing = ["restore", "--in-place", "--yes", "--to-xid", "4000000000"];
+    let mut first = deployed.pgnomad_command(&failing).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let rolling = |v: &Value| {
+        let groups = v["TaskGroups"].as_array().unwrap();
+        let reverting = groups.iter().filter(|g| g["Tasks"].to_string().contains("\"PGNOMAD_RESTORE_MODE\":\"revert\"")).count();
+        let plain = groups.iter().filter(|g| !g["Tasks"].to_string().contains("restore-in-place")).count();
+        reverting > 0 && plain > 0 && groups.iter().all(|g| g["Count"] != 0)
+    };
+    wait_until("the revert's roll to the stack's own job", Duration::from_secs(600), || {
+        deployed.cluster.nomad.job_versions("main-postgres").iter().skip(versions_before).any(rolling)
+    });
+    first.kill().unwrap();
+    let killed = text(&first.wait_with_output().unwrap().stderr);
+    assert!(killed.contains("gave up on the bootstrap from the repository"), "it said why: {killed}");
+    // The allocations of the groups already rolled: a second stop would replace them.
+    let rolled: Vec<String> = deployed
+        .cluster
+        .nomad
+        .all_allocations()
+        .into_iter()
+        .filter(|a| {
+            a.job_id == "main-postgres" && a.desired_status == "run" && !a.group_spec["Tasks"].to_string().contains("restore-in-place")
+        })
+        .map(|a| a.id)
+        .collect();
+    assert!(!rolled.is_empty());
+    let out = deployed.pgnomad(&failing);
     assert_eq!(out.status.code(), Some(3), "{}\n{}", text(&out.stderr), deployed.member_logs());
     let error = text(&out.stderr);
-    eprintln!("the failed in-place restore:\n{error}");
-    assert!(error.contains("the in-place restore failed") && error.contains("runs again on its pre-restore data"), "{error}");
-    assert!(error.contains("gave up on the bootstrap from the repository"), "it said why: {error}");
+    eprintln!("the resumed revert:\n{error}");
+    assert!(error.contains("resuming the in-place restore (to_xid 4000000000") && error.contains("in its revert phase"), "{error}");
+    assert!(error.contains("the pre-restore data is back on every member"), "{error}");
+    assert!(error.contains("failed in an earlier run") && error.contains("runs again on its pre-restore data"), "{error}");
+    let live: Vec<String> =
+        deployed.cluster.nomad.all_allocations().into_iter().filter(|a| a.desired_status == "run").map(|a| a.id).collect();
+    assert!(rolled.iter().all(|id| live.contains(id)), "the resumed revert replaced a rolled group's allocation: {rolled:?} vs {live:?}");
     wait_until("every member healthy after the failed restore", Duration::from_secs(120), || deployed.healthy_topology().is_ok());
     let rows = deployed.app_sql("SELECT phase, count(*) FROM pitr GROUP BY phase ORDER BY phase");
     assert_eq!(text(&rows.stdout).trim(), "A|50\nB|30", "the pre-restore data, unchanged");

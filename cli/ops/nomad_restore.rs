@@ -79,6 +79,17 @@ impl<'a, N: Transport, C: Transport> NomadInPlace<'a, N, C> {
     }
 }
 
+/// A revert registered with every member group placed: it does that only once the member
+/// that led runs on its own data again (before, the others are at count 0), so the data is
+/// back everywhere, whatever part of the roll to the plain job followed.
+fn reverted_everywhere(job: &Value) -> bool {
+    let groups = job["TaskGroups"].as_array().map(Vec::as_slice).unwrap_or_default();
+    job["Stop"] != true
+        && !groups.is_empty()
+        && groups.iter().all(|g| g["Count"].as_u64().unwrap_or(1) >= 1)
+        && restore_envs(job).any(|(_, env)| env["PGNOMAD_RESTORE_MODE"] == "revert")
+}
+
 /// Each member group's name and its `restore-in-place` task's environment, where it has one.
 fn restore_envs(job: &Value) -> impl Iterator<Item = (&str, &Value)> {
     job["TaskGroups"].as_array().into_iter().flatten().filter_map(|group| {
@@ -202,16 +213,29 @@ impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
     }
 
     fn revert(&mut self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
-        self.target.stop_job(deadline, &Steps(reporter))?;
-        // The member that led first, alone: no member behind it may take the leader key.
-        let reverting = self.phase(RestoreMode::Revert);
-        self.target.set_desired(self.plain.clone(), reverting);
-        let registered = self.target.register_desired(Some(std::slice::from_ref(&self.led)))?;
-        let led = self.led.clone();
-        wait_for(&self.target, &format!("{led} to lead again on its pre-restore data"), registered, deadline, reporter, |view| {
-            Ok(view.leader().filter(|l| l.name == led && l.state == "running").map(|_| ()))
-        })?;
-        let registered = self.target.register_desired(None)?;
+        let back = self.target.registered_job()?.filter(reverted_everywhere);
+        let registered = match back {
+            // A resumed revert that had brought every member back: stopping them again would
+            // only be a second outage. What is left is the wait and the roll.
+            Some(job) => {
+                reporter.step(
+                    "the pre-restore data is back on every member (an earlier run put it back): the roll to the stack's own job is left",
+                );
+                job["JobModifyIndex"].as_u64().unwrap_or(0)
+            }
+            None => {
+                self.target.stop_job(deadline, &Steps(reporter))?;
+                // The member that led first, alone: no member behind it may take the leader key.
+                let reverting = self.phase(RestoreMode::Revert);
+                self.target.set_desired(self.plain.clone(), reverting);
+                let registered = self.target.register_desired(Some(std::slice::from_ref(&self.led)))?;
+                let led = self.led.clone();
+                wait_for(&self.target, &format!("{led} to lead again on its pre-restore data"), registered, deadline, reporter, |view| {
+                    Ok(view.leader().filter(|l| l.name == led && l.state == "running").map(|_| ()))
+                })?;
+                self.target.register_desired(None)?
+            }
+        };
         wait_restored(&self.target, &self.members, registered, None, deadline, reporter)?;
         roll(&mut self.target, self.plain.clone(), None, deadline, reporter)?;
         self.resume_schedules(reporter)
@@ -281,8 +305,10 @@ impl super::Reporter for Steps<'_> {
 }
 
 /// Waits for the cluster restored from the registration at `registered`: a running leader
-/// (on a timeline after `old_timeline`), every member in it, every replica streaming, and a
-/// synchronous standby when synchronous mode is on.
+/// (on a timeline after `old_timeline`), every member in it, and healthy as the roll that
+/// follows gates on (upgrade's health gate: every REST API answering, every replica streaming
+/// within the lag bound, a synchronous standby in synchronous mode). The DCS alone is not
+/// enough: a member whose allocation is being replaced keeps its `streaming` there for a ttl.
 fn wait_restored<N: Transport, C: Transport>(
     target: &NomadTarget<N, C>,
     members: &[String],
@@ -297,9 +323,8 @@ fn wait_restored<N: Transport, C: Transport>(
             return Ok(None);
         }
         let all = members.iter().all(|m| view.member(m).is_some());
-        let streaming = view.replicas().all(|r| r.state == "streaming" || r.replication.as_deref() == Some("streaming"));
-        let synchronous = !view.synchronous_mode || view.members.iter().any(|m| m.is_sync_standby());
-        Ok((all && streaming && synchronous).then(|| view.clone()))
+        let healthy = super::health_problems(target, view, &super::Gate::default(), &mut Vec::new()).is_empty();
+        Ok((all && healthy).then(|| view.clone()))
     })
 }
 
@@ -374,5 +399,29 @@ mod tests {
         let reverting =
             json!({"TaskGroups": [group("member-0", Some(env("prepare", false))), group("member-1", Some(env("revert", true)))]});
         assert_eq!(interrupted_in(&reverting).unwrap().0.mode, RestoreMode::Revert);
+    }
+
+    #[test]
+    fn a_revert_is_back_everywhere_once_every_member_group_was_placed() {
+        let with = |groups: Vec<(Value, u64)>, stop: bool| {
+            let groups: Vec<Value> = groups
+                .into_iter()
+                .map(|(mut g, count)| {
+                    g["Count"] = count.into();
+                    g
+                })
+                .collect();
+            json!({"Stop": stop, "TaskGroups": groups})
+        };
+        let reverting = |name: &str| group(name, Some(env("revert", name == "member-1")));
+        // The member that led, alone: the others not back yet.
+        assert!(!reverted_everywhere(&with(vec![(reverting("member-0"), 0), (reverting("member-1"), 1)], false)));
+        // Every member placed: back everywhere; part-way through the roll to the plain job too.
+        assert!(reverted_everywhere(&with(vec![(reverting("member-0"), 1), (reverting("member-1"), 1)], false)));
+        assert!(reverted_everywhere(&with(vec![(group("member-0", None), 1), (reverting("member-1"), 1)], false)));
+        // Stopped, or a restore (not a revert) placed everywhere: not a revert that is back.
+        assert!(!reverted_everywhere(&with(vec![(reverting("member-0"), 1), (reverting("member-1"), 1)], true)));
+        let preparing = group("member-0", Some(env("prepare", false)));
+        assert!(!reverted_everywhere(&with(vec![(preparing, 1), (group("member-1", None), 1)], false)));
     }
 }

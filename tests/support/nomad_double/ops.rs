@@ -243,10 +243,22 @@ impl State {
             return Err((404, "job not found".into()));
         }
         let index = self.bump(Table::Jobs);
-        let current = self.jobs.get_mut(&key).unwrap().versions.last_mut().unwrap();
-        current["Stop"] = json!(true);
-        current["Status"] = json!("dead");
-        current["ModifyIndex"] = json!(index);
+        // The FSM upserts a stopped copy: `Stop` is part of the spec (Job.SpecChanged), so a
+        // running job's stop is a new version with a new JobModifyIndex; stopping it again is not.
+        let versions = &mut self.jobs.get_mut(&key).unwrap().versions;
+        let mut stopped = versions.last().unwrap().clone();
+        let was_stopped = stopped["Stop"] == json!(true);
+        stopped["Stop"] = json!(true);
+        stopped["Status"] = json!("dead");
+        stopped["ModifyIndex"] = json!(index);
+        if was_stopped {
+            *versions.last_mut().unwrap() = stopped;
+        } else {
+            stopped["Version"] = json!(stopped["Version"].as_u64().unwrap_or(0) + 1);
+            stopped["JobModifyIndex"] = json!(index);
+            stopped["Stable"] = json!(false);
+            versions.push(stopped);
+        }
         let deployment_index = self.bump(Table::Deployments);
         for d in self.deployments.iter_mut().filter(|d| d.namespace == namespace && d.job_id == id && d.status == "running") {
             d.status = "cancelled";
