@@ -23,7 +23,7 @@ use crate::deploy::Cluster;
 use crate::nomad::api::{self, deployment_status, RegisterOptions};
 use crate::patroni::{RestAuth, REST_PASSWORD_KEY};
 use crate::stack::Stack;
-use crate::transport::{decode, execute, Transport};
+use crate::transport::Transport;
 
 pub struct NomadTarget<N: Transport, C: Transport> {
     runtime: tokio::runtime::Runtime,
@@ -88,21 +88,9 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
         Ok((serde_json::to_value(&compiled.job).expect("jobs serialize"), compiled))
     }
 
-    /// The postgres job as Nomad has it now (stopped or not), as JSON; the transport's error
-    /// as it came, so that callers can tell a missing job from a failure.
-    fn read_job(&self) -> Result<Value, crate::transport::TransportError> {
-        let request = api::read_job(&self.job);
-        let response = self.runtime.block_on(execute(self.cluster.nomad.transport(), &request, None))?;
-        decode(&request, &response)
-    }
-
     /// The postgres job as Nomad has it (stopped or not); `None` when it has none.
     pub fn registered_job(&self) -> Result<Option<Value>, OpsError> {
-        match self.read_job() {
-            Ok(job) => Ok(Some(job)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(api_error(&format!("reading job {}", self.job))(e)),
-        }
+        self.runtime.block_on(self.cluster.nomad.read_job_json(&self.job)).map_err(api_error(&format!("reading job {}", self.job)))
     }
 
     /// Nomad's desired updates per group of registering `job`, and the check index.
@@ -115,7 +103,8 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
     /// runs it now.
     pub fn job_for_member(&self, member: &str) -> Result<Value, OpsError> {
         let (mut desired, _) = self.desired_job()?;
-        let server = self.read_job().map_err(api_error(&format!("reading job {}", self.job)))?;
+        let server =
+            self.registered_job()?.ok_or_else(|| OpsError::Unreachable(format!("reading job {}: Nomad has no such job", self.job)))?;
         let running: BTreeMap<&str, &Value> =
             server["TaskGroups"].as_array().into_iter().flatten().filter_map(|g| Some((g["Name"].as_str()?, g))).collect();
         if let Some(groups) = desired["TaskGroups"].as_array_mut() {
