@@ -97,6 +97,10 @@ enum Command {
     Restore(backup::RestoreArgs),
     /// Run the stack on this machine with real processes, from the same config files.
     Dev(dev::Args),
+    /// Started by pgnomad itself while PgBouncer's clients are paused: RESUMEs them should
+    /// pgnomad die before it does (see `ops::resume_guard`).
+    #[command(name = "__resume-guard", hide = true)]
+    ResumeGuard,
 }
 
 /// What went wrong, and so which exit code to use.
@@ -150,6 +154,15 @@ pub fn main() -> ExitCode {
         Command::Backups(args) => backup::backups(args),
         Command::Restore(args) => backup::restore(args),
         Command::Dev(args) => dev::run(args),
+        Command::ResumeGuard => {
+            crate::ops::resume_guard::ignore_hangups();
+            // Its exit code is read by no one; its stderr says what it did.
+            if crate::ops::resume_guard::guard_main(std::io::stdin().lock()) {
+                Ok(())
+            } else {
+                Err(Failure::NotConverged(String::new()))
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

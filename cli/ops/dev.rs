@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::resume_guard::ConsoleCommand;
 use super::{running, wait_for, MemberView, OpsError, Reporter, Target};
 use crate::config::{Packs, Runtime};
 use crate::dev::{patroni, process, state, supervise, Dev};
@@ -98,15 +99,24 @@ impl Target for DevTarget<'_> {
         Ok(if self.dev.facts.pgbouncer.enabled { vec![self.dev.pgbouncer_address()] } else { Vec::new() })
     }
 
-    fn pooler_admin(&self, _pooler: &str, command: &str, timeout: Duration) -> Result<String, OpsError> {
-        let mut cmd = self.dev.pgbouncer_psql("pgbouncer_auth", "pgbouncer");
-        cmd.args(["-X", "-A", "-t", "-c", command]).env("PGCONNECT_TIMEOUT", "5");
-        let out = super::run_bounded(&mut cmd, timeout).map_err(|e| OpsError::Failed(format!("PgBouncer {command}: {e}")))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(OpsError::Failed(format!("PgBouncer {command}: {}", String::from_utf8_lossy(&out.stderr).trim())))
+    fn pooler_admin(&self, pooler: &str, command: &str, timeout: Duration) -> Result<String, OpsError> {
+        super::run_console(&self.pooler_console(pooler, command)?, command, timeout)
+    }
+
+    fn pooler_console(&self, pooler: &str, command: &str) -> Result<ConsoleCommand, OpsError> {
+        let cmd = self.dev.pgbouncer_psql("pgbouncer_auth", "pgbouncer");
+        let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
+        let mut args: Vec<String> = cmd.get_args().map(text).collect();
+        args.extend(["-X", "-A", "-t", "-c", command].map(String::from));
+        let mut env = vec![("PGCONNECT_TIMEOUT".to_owned(), "5".to_owned())];
+        let mut env_remove = Vec::new();
+        for (key, value) in cmd.get_envs() {
+            match value {
+                Some(value) => env.push((text(key), text(value))),
+                None => env_remove.push(text(key)),
+            }
         }
+        Ok(ConsoleCommand { pooler: pooler.to_owned(), program: text(cmd.get_program()), args, env, env_remove })
     }
 
     fn oldest_transaction(&self, primary: &MemberView) -> Result<Option<Duration>, String> {

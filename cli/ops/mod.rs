@@ -12,6 +12,7 @@ pub mod nomad;
 pub mod nomad_backup;
 pub mod nomad_restore;
 pub mod restore;
+pub mod resume_guard;
 pub mod running;
 mod upgrade;
 mod view;
@@ -45,6 +46,11 @@ pub trait Target: Sync {
     /// One command on a PgBouncer's admin console; its rows, `|`-separated. Gives up after
     /// `timeout` (a PAUSE waits for every server connection to be released).
     fn pooler_admin(&self, pooler: &str, command: &str, timeout: Duration) -> Result<String, OpsError>;
+    /// How [`Target::pooler_admin`] runs `command` on `pooler`, for the guard that RESUMEs
+    /// PgBouncer should pgnomad die while its clients are paused ([`resume_guard`]).
+    fn pooler_console(&self, _pooler: &str, _command: &str) -> Result<resume_guard::ConsoleCommand, OpsError> {
+        Err(OpsError::Setup(format!("{} runs no admin console command of its own", self.describe())))
+    }
     /// The age of the oldest open transaction on the primary; `None` when the target cannot
     /// tell (the reason is reported).
     fn oldest_transaction(&self, primary: &MemberView) -> Result<Option<Duration>, String>;
@@ -348,6 +354,39 @@ pub fn run_bounded(cmd: &mut std::process::Command, timeout: Duration) -> Result
     }
 }
 
+/// Runs one admin console command (see [`Target::pooler_console`]); its rows, or psql's error.
+fn run_console(console: &resume_guard::ConsoleCommand, sql: &str, timeout: Duration) -> Result<String, OpsError> {
+    let pooler = &console.pooler;
+    let out = run_bounded(&mut console.command(), timeout)
+        .map_err(|e| OpsError::Failed(format!("PgBouncer {pooler} {sql}: {e} (psql comes with postgresql-client)")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(OpsError::Failed(format!("PgBouncer {pooler} {sql}: {}", String::from_utf8_lossy(&out.stderr).trim())))
+    }
+}
+
+/// What holds while PgBouncer's clients are paused: Ctrl-C, SIGTERM and SIGHUP wait for the
+/// RESUME, and a guard process RESUMEs every PgBouncer should pgnomad die meanwhile.
+struct PauseWindow {
+    _guard: resume_guard::ResumeGuard,
+    _signals: crate::interrupts::Hold,
+}
+
+/// Opens the window before the first PAUSE. A guard that cannot start is said, not fatal:
+/// the signals are still held.
+fn pause_window(target: &dyn Target, poolers: &[String], reporter: &dyn Reporter) -> PauseWindow {
+    let resumes: Result<Vec<_>, _> = poolers.iter().map(|p| target.pooler_console(p, "RESUME")).collect();
+    let guard = match resumes.map_err(|e| e.to_string()).and_then(|r| resume_guard::ResumeGuard::start(&r)) {
+        Ok(guard) => guard,
+        Err(why) => {
+            reporter.note(&format!("no guard will RESUME PgBouncer if pgnomad is killed while it is paused: {why}"));
+            resume_guard::ResumeGuard::none()
+        }
+    };
+    PauseWindow { _guard: guard, _signals: crate::interrupts::hold() }
+}
+
 /// PAUSEs every pooler; on a failure RESUMEs every one of them. A PAUSE that does not
 /// complete in time (a transaction holds its server connection) is resumed and tried again,
 /// a few times, before the switchover is called off.
@@ -455,8 +494,8 @@ pub fn switchover(
     let candidate = choose_candidate(&view, to, options.max_lag)?.clone();
     let poolers = if options.pause { target.poolers()? } else { Vec::new() };
     let started = Instant::now();
-    // Until every PgBouncer is RESUMEd (the hold ends with this function).
-    let _interrupts = crate::interrupts::hold();
+    // Until every PgBouncer is RESUMEd (the window ends with this function).
+    let _window = pause_window(target, &poolers, reporter);
     pause_all(target, &poolers, reporter)?;
     // Patroni answers POST /switchover only after polling the DCS once a second (api.py,
     // poll_failover_result): up to a second after the new primary runs, with every client

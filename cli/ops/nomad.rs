@@ -10,11 +10,11 @@
 //! uses (it has every method Patroni needs, PATCH included).
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::resume_guard::ConsoleCommand;
 use super::{MemberView, OpsError, Reporter, Target};
 use crate::compile::{self, JobRole};
 use crate::config::runtime::names;
@@ -285,6 +285,10 @@ impl<N: Transport, C: Transport> Target for NomadTarget<N, C> {
     }
 
     fn pooler_admin(&self, pooler: &str, command: &str, timeout: Duration) -> Result<String, OpsError> {
+        super::run_console(&self.pooler_console(pooler, command)?, command, timeout)
+    }
+
+    fn pooler_console(&self, pooler: &str, command: &str) -> Result<ConsoleCommand, OpsError> {
         let password = self.pooler_password.as_deref().ok_or_else(|| {
             OpsError::Setup(format!(
                 "no pgbouncer_auth_password in nomad/jobs/{}: has `pgnomad run` written the secrets?",
@@ -293,18 +297,14 @@ impl<N: Transport, C: Transport> Target for NomadTarget<N, C> {
         })?;
         let (host, port) = pooler.rsplit_once(':').ok_or_else(|| OpsError::Setup(format!("PgBouncer address {pooler} has no port")))?;
         // The password through the environment, never on a command line.
-        let mut cmd = Command::new("psql");
-        cmd.args(["-X", "-A", "-t", "-h", host, "-p", port, "-U", "pgbouncer_auth", "-d", "pgbouncer", "-c", command])
-            .env("PGPASSWORD", password)
-            .env("PGCONNECT_TIMEOUT", "5")
-            .env_remove("PGPASSFILE");
-        let out = super::run_bounded(&mut cmd, timeout)
-            .map_err(|e| OpsError::Failed(format!("PgBouncer {pooler} {command}: {e} (psql comes with postgresql-client)")))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(OpsError::Failed(format!("PgBouncer {pooler} {command}: {}", String::from_utf8_lossy(&out.stderr).trim())))
-        }
+        let args = ["-X", "-A", "-t", "-h", host, "-p", port, "-U", "pgbouncer_auth", "-d", "pgbouncer", "-c", command];
+        Ok(ConsoleCommand {
+            pooler: pooler.to_owned(),
+            program: "psql".into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: vec![("PGPASSWORD".into(), password.to_owned()), ("PGCONNECT_TIMEOUT".into(), "5".into())],
+            env_remove: vec!["PGPASSFILE".into()],
+        })
     }
 
     fn oldest_transaction(&self, _primary: &MemberView) -> Result<Option<Duration>, String> {
