@@ -1,7 +1,7 @@
 //! `pgnomad restore --in-place` on the cluster double (issue 11 item 4): the real binary
 //! restores the default stack (Patroni on etcd3, a repository host, encrypted) to a time
 //! between two sets of rows, from its own repository, on three nodes with real containers;
-//! a run killed part-way is resumed by the next.
+//! a run killed part-way (in the restore, in its finish, in a revert) is resumed by the next.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -251,8 +251,32 @@ fn an_in_place_restore_on_nomad_goes_back_to_the_target_or_puts_the_data_back_an
         text(&backup.stderr)
     );
 
-    // The same target again: the earlier attempt is resumed and seen through.
+    // The same target again: the earlier attempt is resumed. It is killed in turn during the
+    // finish's first roll (a member group moved to the job removing the data set aside, the
+    // others still on the restore's), and the third run carries the finish to its end.
+    let versions_before_finish = deployed.cluster.nomad.job_versions("main-postgres").len();
+    let mode_of = |g: &Value| {
+        let tasks = g["Tasks"].to_string();
+        ["prepare", "finish"].into_iter().find(|m| tasks.contains(&format!("\"PGNOMAD_RESTORE_MODE\":\"{m}\"")))
+    };
+    let part_finished = |v: &Value| {
+        let modes: Vec<Option<&str>> = v["TaskGroups"].as_array().unwrap().iter().map(mode_of).collect();
+        modes.contains(&Some("finish")) && modes.contains(&Some("prepare"))
+    };
+    let mut second = deployed
+        .pgnomad_command(&["restore", "--in-place", "--yes", "--to-time", &t])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the finish's first member group rolled", Duration::from_secs(600), || {
+        deployed.cluster.nomad.job_versions("main-postgres").iter().skip(versions_before_finish).any(part_finished)
+    });
+    second.kill().unwrap();
+    let killed = text(&second.wait_with_output().unwrap().stderr);
+    assert!(killed.contains("the restore succeeded: removing pgdata.pre-restore-"), "killed in the finish: {killed}");
     let out = deployed.pgnomad(&["restore", "--in-place", "--yes", "--to-time", &t, "--json"]);
+    assert!(text(&out.stderr).contains("in its finish phase"), "{}", text(&out.stderr));
     if !out.status.success() {
         eprintln!("stderr:\n{}\nmembers:\n{}", text(&out.stderr), deployed.member_logs());
     }

@@ -236,7 +236,47 @@ fn upgrade_on_nomad_rolls_one_member_group_at_a_time_resumes_after_a_failure_and
 
     lowerings(&deployed);
     refusals(&deployed);
+    killed_switchover(&deployed);
     restarts(&deployed);
+}
+
+/// `kill -9` of `pgnomad switchover` once every PgBouncer container is paused (the line that
+/// comes right before the switchover is asked for): the guard process pgnomad started before
+/// the PAUSE RESUMEs every one of them, with the password and addresses pgnomad found through
+/// Consul and the job's variable, and clients get through PgBouncer again.
+fn killed_switchover(deployed: &Deployed) {
+    let mut child = deployed.pgnomad_command(&["switchover"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "switchover ended before it asked Patroni: {said}");
+        said.push_str(&line);
+        if line.contains("switchover from") {
+            // SAFETY: a signal to the child this test started (its guard has its own group).
+            assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+            break;
+        }
+    }
+    child.wait().unwrap();
+    // The guard holds the other end of the pipe: this returns once it has done its work.
+    std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
+    let paused = said.matches("PAUSE on PgBouncer").count();
+    assert_eq!(paused, 2, "two PgBouncer containers paused: {said}");
+    let resumed = said.split("its guard RESUMEd PgBouncer ").nth(1).unwrap_or_else(|| panic!("no guard RESUMEd PgBouncer: {said}"));
+    assert_eq!(resumed.lines().next().unwrap().split(", ").count(), paused, "not every PgBouncer was resumed: {said}");
+    // Through PgBouncer again, bounded: a paused PgBouncer holds a query forever.
+    let (host, port) = deployed.pgbouncer_address().rsplit_once(':').map(|(h, p)| (h.to_owned(), p.to_owned())).unwrap();
+    wait_until("a query through PgBouncer after the guard's RESUME", Duration::from_secs(60), || {
+        Command::new("timeout")
+            .args(["10", "psql", "-X", "-At", "-h", &host, "-p", &port, "-U", "app", "-d", "app", "-c", "SELECT 1"])
+            .env("PGPASSWORD", deployed.secret("main-postgres", "password_app"))
+            .env("PGCONNECT_TIMEOUT", "5")
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|out| out.status.success())
+    });
+    wait_until("a healthy topology after the killed switchover", Duration::from_secs(120), || deployed.healthy_topology().is_ok());
 }
 
 /// A lowered max_connections, which a hot standby cannot run below its primary's value.

@@ -199,9 +199,14 @@ impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
     }
 
     fn finish(&mut self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
+        let job = self.target.registered_job()?;
+        // A resumed finish may find a member group half-way through its replacement (the run
+        // before was killed mid-roll): the roll's health gate would refuse it, so wait for
+        // every member first (at once when the restore has just been waited for).
+        let registered = job.as_ref().and_then(|j| j["JobModifyIndex"].as_u64()).unwrap_or(0);
+        wait_restored(&self.target, &self.members, registered, None, deadline, reporter)?;
         // A resumed finish whose first roll had ended: no group is preparing any more.
-        let preparing =
-            self.target.registered_job()?.is_some_and(|job| restore_envs(&job).any(|(_, env)| env["PGNOMAD_RESTORE_MODE"] == "prepare"));
+        let preparing = job.is_some_and(|job| restore_envs(&job).any(|(_, env)| env["PGNOMAD_RESTORE_MODE"] == "prepare"));
         if preparing {
             reporter.step(&format!("the restore succeeded: removing pgdata.pre-restore-{}, one member at a time", self.attempt));
             let finishing = self.phase(RestoreMode::Finish);
