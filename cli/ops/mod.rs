@@ -367,10 +367,20 @@ fn run_console(console: &resume_guard::ConsoleCommand, sql: &str, timeout: Durat
 }
 
 /// What holds while PgBouncer's clients are paused: Ctrl-C, SIGTERM and SIGHUP wait for the
-/// RESUME, and a guard process RESUMEs every PgBouncer should pgnomad die meanwhile.
+/// RESUME, and a guard process RESUMEs every PgBouncer should pgnomad die meanwhile, or
+/// should the window be dropped without [`PauseWindow::close`] (a panic).
 struct PauseWindow {
-    _guard: resume_guard::ResumeGuard,
+    guard: resume_guard::ResumeGuard,
     _signals: crate::interrupts::Hold,
+}
+
+impl PauseWindow {
+    /// Every PgBouncer was RESUMEd (or none stayed paused): the guard ends, then a signal
+    /// that came meanwhile takes effect.
+    fn close(self) {
+        let PauseWindow { guard, _signals } = self;
+        guard.finish();
+    }
 }
 
 /// Opens the window before the first PAUSE. A guard that cannot start is said, not fatal:
@@ -384,7 +394,7 @@ fn pause_window(target: &dyn Target, poolers: &[String], reporter: &dyn Reporter
             resume_guard::ResumeGuard::none()
         }
     };
-    PauseWindow { _guard: guard, _signals: crate::interrupts::hold() }
+    PauseWindow { guard, _signals: crate::interrupts::hold() }
 }
 
 /// PAUSEs every pooler; on a failure RESUMEs every one of them. A PAUSE that does not
@@ -495,8 +505,12 @@ pub fn switchover(
     let poolers = if options.pause { target.poolers()? } else { Vec::new() };
     let started = Instant::now();
     // Until every PgBouncer is RESUMEd (the window ends with this function).
-    let _window = pause_window(target, &poolers, reporter);
-    pause_all(target, &poolers, reporter)?;
+    let window = pause_window(target, &poolers, reporter);
+    if let Err(e) = pause_all(target, &poolers, reporter) {
+        // pause_all RESUMEd every PgBouncer it had paused.
+        window.close();
+        return Err(e);
+    }
     // Patroni answers POST /switchover only after polling the DCS once a second (api.py,
     // poll_failover_result): up to a second after the new primary runs, with every client
     // paused. So the answer is awaited beside the wait for the new primary, and only a
@@ -549,6 +563,7 @@ pub fn switchover(
         // Before the scope ends: it waits for Patroni's answer.
         (result, started.elapsed(), resume_all(target, &poolers, reporter))
     });
+    window.close();
     with_resume_failures(result, &not_resumed)?;
     Ok(Switched { from: leader.name, to: candidate.name, took, paused: !poolers.is_empty() })
 }

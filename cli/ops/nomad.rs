@@ -223,6 +223,38 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
         Ok(None)
     }
 
+    /// Waits until the postgres job's registered version is in place: its deployment, when it
+    /// has one, ended, every placed group running an allocation of that version and no
+    /// replaced allocation still stopping. A run killed during a roll leaves a member group
+    /// half-replaced, and Nomad evaluates a registration a moment after it, so the
+    /// allocations are read too, not only the deployment.
+    pub fn wait_deployed(&self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
+        let Some(job) = self.registered_job()? else { return Ok(()) };
+        let spec_index = job["JobModifyIndex"].as_u64().unwrap_or(0);
+        let started = Instant::now();
+        loop {
+            let (latest, _): (Option<api::Deployment>, u64) = self
+                .runtime
+                .block_on(self.cluster.nomad.get_blocking(api::job_latest_deployment(&self.job), 0, Duration::from_millis(1)))
+                .map_err(api_error(&format!("reading the deployment of {}", self.job)))?;
+            let deploying = latest.filter(|d| d.job_spec_modify_index >= spec_index && !d.is_terminal());
+            let unsettled = unsettled_groups(&job, &self.allocations()?);
+            let waiting_for = match (&deploying, unsettled.is_empty()) {
+                (None, true) => return Ok(()),
+                (Some(d), _) => format!("deployment {} of {}", &d.id[..d.id.len().min(8)], self.job),
+                (None, false) => format!("{} of {}", unsettled.join(", "), self.job),
+            };
+            if Instant::now() > deadline {
+                return Err(OpsError::TimedOut {
+                    what: format!("{waiting_for}, left by an earlier run, to end"),
+                    after: started.elapsed(),
+                });
+            }
+            reporter.progress(&format!("waiting for {waiting_for}, left by an earlier run, to end"));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// Follows the deployment of the job version registered at `spec_index` to its end;
     /// fails as soon as `member`'s new allocation has a task die.
     fn follow_deployment(
@@ -385,8 +417,62 @@ impl<N: Transport, C: Transport> Target for NomadTarget<N, C> {
 }
 
 /// The last `n` lines of a task's log, on one line.
+/// The groups of `job` (its registered version) not yet in place: a placed group without a
+/// running allocation of that version, or with an allocation it replaces still stopping.
+fn unsettled_groups(job: &Value, allocations: &[api::AllocListStub]) -> Vec<String> {
+    let version = job["Version"].as_u64().unwrap_or(0);
+    let mut unsettled = Vec::new();
+    for group in job["TaskGroups"].as_array().into_iter().flatten() {
+        let name = group["Name"].as_str().unwrap_or_default();
+        let of_group = || allocations.iter().filter(move |a| a.task_group == name);
+        let stopping = of_group().any(|a| a.desired_status != "run" && matches!(a.client_status.as_str(), "running" | "pending"));
+        let placed = group["Count"].as_u64().unwrap_or(1) > 0;
+        let running = of_group().any(|a| a.desired_status == "run" && a.client_status == "running" && a.job_version == version);
+        if stopping || (placed && !running) {
+            unsettled.push(name.to_owned());
+        }
+    }
+    unsettled
+}
+
 fn last_lines(log: &[u8], n: usize) -> String {
     let text = String::from_utf8_lossy(log);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc(group: &str, version: u64, desired: &str, client: &str) -> api::AllocListStub {
+        serde_json::from_value(serde_json::json!({
+            "ID": format!("{group}-{version}-{desired}"), "EvalID": "e", "Name": group, "Namespace": "default",
+            "NodeID": "n", "NodeName": "n", "JobID": "main-postgres", "JobVersion": version, "TaskGroup": group,
+            "DesiredStatus": desired, "DesiredDescription": "", "ClientStatus": client, "ClientDescription": "",
+            "TaskStates": null, "DeploymentStatus": null, "FollowupEvalID": "", "CreateIndex": 1, "ModifyIndex": 1
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_group_is_in_place_once_it_runs_the_registered_version_and_nothing_it_replaces_still_stops() {
+        let job = serde_json::json!({ "Version": 7, "TaskGroups": [
+            { "Name": "member-0", "Count": 1 }, { "Name": "member-1", "Count": 1 }, { "Name": "member-2", "Count": 0 }
+        ]});
+        let settled =
+            [alloc("member-0", 7, "run", "running"), alloc("member-1", 7, "run", "running"), alloc("member-2", 6, "stop", "complete")];
+        assert!(unsettled_groups(&job, &settled).is_empty());
+        // member-1's replacement not yet placed (Nomad has not evaluated the registration).
+        let evaluating = [alloc("member-0", 7, "run", "running"), alloc("member-1", 6, "run", "running")];
+        assert_eq!(unsettled_groups(&job, &evaluating), ["member-1"]);
+        // Placed, while the allocation it replaces still stops.
+        let replacing =
+            [alloc("member-0", 7, "run", "running"), alloc("member-1", 6, "stop", "running"), alloc("member-1", 7, "run", "pending")];
+        assert_eq!(unsettled_groups(&job, &replacing), ["member-1"]);
+        // A group at count 0 whose allocation still stops.
+        let stopping =
+            [alloc("member-0", 7, "run", "running"), alloc("member-1", 7, "run", "running"), alloc("member-2", 6, "stop", "running")];
+        assert_eq!(unsettled_groups(&job, &stopping), ["member-2"]);
+    }
 }

@@ -199,10 +199,11 @@ impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
     }
 
     fn finish(&mut self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
-        let job = self.target.registered_job()?;
         // A resumed finish may find a member group half-way through its replacement (the run
-        // before was killed mid-roll): the roll's health gate would refuse it, so wait for
-        // every member first (at once when the restore has just been waited for).
+        // before was killed mid-roll): the roll's health gate would refuse it, so its
+        // deployment and every member are waited for first (at once after a restore).
+        self.target.wait_deployed(deadline, &Steps(reporter))?;
+        let job = self.target.registered_job()?;
         let registered = job.as_ref().and_then(|j| j["JobModifyIndex"].as_u64()).unwrap_or(0);
         wait_restored(&self.target, &self.members, registered, None, deadline, reporter)?;
         // A resumed finish whose first roll had ended: no group is preparing any more.
@@ -226,6 +227,8 @@ impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
                 reporter.step(
                     "the pre-restore data is back on every member (an earlier run put it back): the roll to the stack's own job is left",
                 );
+                // That run may have been killed with a member group half-replaced by the roll.
+                self.target.wait_deployed(deadline, &Steps(reporter))?;
                 job["JobModifyIndex"].as_u64().unwrap_or(0)
             }
             None => {

@@ -55,8 +55,8 @@ impl ConsoleCommand {
     }
 }
 
-/// The guard process, while the clients are paused. Dropping it tells the guard the window
-/// ended normally.
+/// The guard process, while the clients are paused. [`ResumeGuard::finish`] tells it the
+/// window ended with every PgBouncer resumed; anything else makes it RESUME them.
 pub struct ResumeGuard {
     child: Option<(Child, ChildStdin)>,
 }
@@ -95,8 +95,9 @@ impl ResumeGuard {
     }
 }
 
-impl Drop for ResumeGuard {
-    fn drop(&mut self) {
+impl ResumeGuard {
+    /// Every PgBouncer has been RESUMEd (or was never paused): the guard ends without a word.
+    pub fn finish(mut self) {
         if let Some((mut child, mut stdin)) = self.child.take() {
             let _ = writeln!(stdin, "{DONE}").and_then(|()| stdin.flush());
             drop(stdin);
@@ -111,6 +112,14 @@ impl Drop for ResumeGuard {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Dropped without [`ResumeGuard::finish`] (a panic unwinding past the RESUME): the pipe
+/// closes without `done`, and the guard RESUMEs every PgBouncer.
+impl Drop for ResumeGuard {
+    fn drop(&mut self) {
+        drop(self.child.take());
     }
 }
 

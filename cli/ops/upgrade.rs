@@ -482,11 +482,15 @@ fn restart_leader_paused(
     let poolers = if options.switchover.pause { target.poolers()? } else { Vec::new() };
     let started = Instant::now();
     let window = pause_window(target, &poolers, reporter);
-    pause_all(target, &poolers, reporter)?;
+    if let Err(e) = pause_all(target, &poolers, reporter) {
+        // pause_all RESUMEd every PgBouncer it had paused.
+        window.close();
+        return Err(e);
+    }
     let result = restart_and_watch(target, leader, max_lag, deadline.min(started + options.switchover.pause_timeout), reporter);
     let held = started.elapsed();
     let not_resumed = resume_all(target, &poolers, reporter);
-    drop(window);
+    window.close();
     with_resume_failures(result, &not_resumed)?;
     // Only now: the replicas reconnect at their next WAL retrieval retry (up to
     // wal_retrieve_retry_interval later) and Patroni names a synchronous standby again a loop
