@@ -223,11 +223,10 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
         Ok(None)
     }
 
-    /// Waits until the postgres job's registered version is in place: its deployment, when it
-    /// has one, ended, every placed group running an allocation of that version and no
-    /// replaced allocation still stopping. A run killed during a roll leaves a member group
-    /// half-replaced, and Nomad evaluates a registration a moment after it, so the
-    /// allocations are read too, not only the deployment.
+    /// Waits until the postgres job's registered version is in place: its deployment ended,
+    /// or, before Nomad has made one, every placed group running an allocation of that
+    /// version and no replaced allocation still stopping. A run killed during a roll leaves a
+    /// member group half-replaced.
     pub fn wait_deployed(&self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
         let Some(job) = self.registered_job()? else { return Ok(()) };
         let spec_index = job["JobModifyIndex"].as_u64().unwrap_or(0);
@@ -237,12 +236,18 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
                 .runtime
                 .block_on(self.cluster.nomad.get_blocking(api::job_latest_deployment(&self.job), 0, Duration::from_millis(1)))
                 .map_err(api_error(&format!("reading the deployment of {}", self.job)))?;
-            let deploying = latest.filter(|d| d.job_spec_modify_index >= spec_index && !d.is_terminal());
-            let unsettled = unsettled_groups(&job, &self.allocations()?);
-            let waiting_for = match (&deploying, unsettled.is_empty()) {
-                (None, true) => return Ok(()),
-                (Some(d), _) => format!("deployment {} of {}", &d.id[..d.id.len().min(8)], self.job),
-                (None, false) => format!("{} of {}", unsettled.join(", "), self.job),
+            // An ended deployment of that version says it all (a failed one is the roll's to
+            // report); before Nomad has evaluated the registration there is none yet.
+            let waiting_for = match latest.filter(|d| d.job_spec_modify_index >= spec_index) {
+                Some(d) if d.is_terminal() => return Ok(()),
+                Some(d) => format!("deployment {} of {}", &d.id[..d.id.len().min(8)], self.job),
+                None => {
+                    let unsettled = unsettled_groups(&job, &self.allocations()?);
+                    if unsettled.is_empty() {
+                        return Ok(());
+                    }
+                    format!("{} of {}", unsettled.join(", "), self.job)
+                }
             };
             if Instant::now() > deadline {
                 return Err(OpsError::TimedOut {
