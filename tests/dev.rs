@@ -236,22 +236,7 @@ fn dev_switchover_with_pgbouncer_pause_has_no_client_errors() {
     // Ctrl-C while the clients are paused: PgBouncer is RESUMEd first, then pgnomad ends on
     // the signal; the writer goes on through PgBouncer, with no error.
     let started = Instant::now();
-    let mut child = dev.dev(&["switchover"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let mut said = String::new();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    loop {
-        let mut line = String::new();
-        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-        assert!(read > 0, "dev switchover ended before it paused PgBouncer: {said}");
-        said.push_str(&line);
-        if line.contains("PAUSE on PgBouncer") {
-            // SAFETY: a signal to the child this test started.
-            assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-            break;
-        }
-    }
-    std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
-    let status = child.wait().unwrap();
+    let (status, said) = signal_at(dev.dev(&["switchover"]), "PAUSE on PgBouncer", libc::SIGINT);
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGINT), "{status:?}: {said}");
     let paused = said.find("PAUSE on PgBouncer").unwrap();
     assert!(said[paused..].contains("RESUME on PgBouncer"), "ended on Ctrl-C without a RESUME: {said}");
@@ -265,23 +250,8 @@ fn dev_switchover_with_pgbouncer_pause_has_no_client_errors() {
     // pgnomad runs again, and its guard process RESUMEs PgBouncer. Writes go on; a client error
     // is allowed only if the switchover went ahead while its clients were resumed early.
     let killed_at = Instant::now();
-    let mut child = dev.dev(&["switchover"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let mut said = String::new();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    loop {
-        let mut line = String::new();
-        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-        assert!(read > 0, "dev switchover ended before it asked for the switchover: {said}");
-        said.push_str(&line);
-        if line.contains("switchover from") {
-            // SAFETY: a signal to the child this test started (not to its guard).
-            assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
-            break;
-        }
-    }
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&child.wait().unwrap()), Some(libc::SIGKILL));
-    // The guard holds the pipe's other end: this ends when the guard has done its work.
-    std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
+    let (status, said) = signal_at(dev.dev(&["switchover"]), "switchover from", libc::SIGKILL);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "{said}");
     writer.wait_ack_after(Instant::now(), Duration::from_secs(10));
     assert!(said.contains("its guard RESUMEd PgBouncer"), "no guard RESUMEd PgBouncer after pgnomad was killed: {said}");
     let new_primary = dev.wait_new_primary(None, Duration::from_secs(60));

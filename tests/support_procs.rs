@@ -210,3 +210,27 @@ impl Postgres {
         run_ok(&format!("psql as {user} in {database}: {sql}"), self.psql(user, password, database).args(["-c", sql])).trim().to_owned()
     }
 }
+
+/// Runs `cmd` with its stderr piped until a line of it contains `at`, then sends `signal` to
+/// that process alone (not its group: a guard it started must live on), and reads its stderr
+/// to the end, which comes when every process holding it (a guard too) has ended. How the
+/// process ended and everything said.
+pub fn signal_at(mut cmd: Command, at: &str, signal: i32) -> (std::process::ExitStatus, String) {
+    use std::io::{BufRead, Read};
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("the command starts");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "{cmd:?} ended before it said {at:?}: {said}");
+        said.push_str(&line);
+        if line.contains(at) {
+            // SAFETY: a signal to the child this test started.
+            assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+            break;
+        }
+    }
+    let status = child.wait().unwrap();
+    stderr.read_to_string(&mut said).unwrap();
+    (status, said)
+}

@@ -245,22 +245,8 @@ fn upgrade_on_nomad_rolls_one_member_group_at_a_time_resumes_after_a_failure_and
 /// the PAUSE RESUMEs every one of them, with the password and addresses pgnomad found through
 /// Consul and the job's variable, and clients get through PgBouncer again.
 fn killed_switchover(deployed: &Deployed) {
-    let mut child = deployed.pgnomad_command(&["switchover"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut said = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "switchover ended before it asked Patroni: {said}");
-        said.push_str(&line);
-        if line.contains("switchover from") {
-            // SAFETY: a signal to the child this test started (its guard has its own group).
-            assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
-            break;
-        }
-    }
-    child.wait().unwrap();
-    // The guard holds the other end of the pipe: this returns once it has done its work.
-    std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
+    // Its stderr ends once the guard, which holds it too, has done its work.
+    let (_, said) = crate::support_procs::signal_at(deployed.pgnomad_command(&["switchover"]), "switchover from", libc::SIGKILL);
     let paused = said.matches("PAUSE on PgBouncer").count();
     assert_eq!(paused, 2, "two PgBouncer containers paused: {said}");
     let resumed = said.split("its guard RESUMEd PgBouncer ").nth(1).unwrap_or_else(|| panic!("no guard RESUMEd PgBouncer: {said}"));
