@@ -421,7 +421,6 @@ impl<N: Transport, C: Transport> Target for NomadTarget<N, C> {
     }
 }
 
-/// The last `n` lines of a task's log, on one line.
 /// The groups of `job` (its registered version) not yet in place: a placed group without a
 /// running allocation of that version, or with an allocation it replaces still stopping.
 fn unsettled_groups(job: &Value, allocations: &[api::AllocListStub]) -> Vec<String> {
@@ -440,6 +439,7 @@ fn unsettled_groups(job: &Value, allocations: &[api::AllocListStub]) -> Vec<Stri
     unsettled
 }
 
+/// The last `n` lines of a task's log, on one line.
 fn last_lines(log: &[u8], n: usize) -> String {
     let text = String::from_utf8_lossy(log);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();

@@ -20,8 +20,9 @@ const DONE: &str = "done";
 
 /// One run of `psql` on a PgBouncer admin console: how the target reaches it, so that the
 /// guard (another process) can do exactly the same. The environment may carry a password:
-/// it goes through the pipe, never on a command line.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// it goes through the pipe, never on a command line (and it has no `Debug`, so that no
+/// error message can print it).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct ConsoleCommand {
     pub pooler: String,
     pub program: String,
