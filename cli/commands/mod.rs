@@ -99,7 +99,7 @@ enum Command {
     Dev(dev::Args),
     /// Started by pgnomad itself while PgBouncer's clients are paused: RESUMEs them should
     /// pgnomad die before it does (see `ops::resume_guard`).
-    #[command(name = "__resume-guard", hide = true)]
+    #[command(name = crate::ops::resume_guard::SUBCOMMAND, hide = true)]
     ResumeGuard,
 }
 

@@ -359,10 +359,11 @@ fn run_console(console: &resume_guard::ConsoleCommand, sql: &str, timeout: Durat
     let pooler = &console.pooler;
     let out = run_bounded(&mut console.command(), timeout)
         .map_err(|e| OpsError::Failed(format!("PgBouncer {pooler} {sql}: {e} (psql comes with postgresql-client)")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(OpsError::Failed(format!("PgBouncer {pooler} {sql}: {}", String::from_utf8_lossy(&out.stderr).trim())))
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match (out.status.success(), stderr.trim()) {
+        (true, _) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        (false, "") => Err(OpsError::Failed(format!("PgBouncer {pooler} {sql}: psql {}", out.status))),
+        (false, said) => Err(OpsError::Failed(format!("PgBouncer {pooler} {sql}: {said}"))),
     }
 }
 
@@ -380,6 +381,19 @@ impl PauseWindow {
     fn close(self) {
         let PauseWindow { guard, _signals } = self;
         guard.finish();
+    }
+}
+
+/// Opens the window, then PAUSEs every pooler. When that fails pause_all has RESUMEd them
+/// all, so the window is closed before the error comes back.
+fn pause_clients(target: &dyn Target, poolers: &[String], reporter: &dyn Reporter) -> Result<PauseWindow, OpsError> {
+    let window = pause_window(target, poolers, reporter);
+    match pause_all(target, poolers, reporter) {
+        Ok(()) => Ok(window),
+        Err(e) => {
+            window.close();
+            Err(e)
+        }
     }
 }
 
@@ -504,13 +518,8 @@ pub fn switchover(
     let candidate = choose_candidate(&view, to, options.max_lag)?.clone();
     let poolers = if options.pause { target.poolers()? } else { Vec::new() };
     let started = Instant::now();
-    // Until every PgBouncer is RESUMEd (the window ends with this function).
-    let window = pause_window(target, &poolers, reporter);
-    if let Err(e) = pause_all(target, &poolers, reporter) {
-        // pause_all RESUMEd every PgBouncer it had paused.
-        window.close();
-        return Err(e);
-    }
+    // Held until every PgBouncer is RESUMEd, when the window is closed.
+    let window = pause_clients(target, &poolers, reporter)?;
     // Patroni answers POST /switchover only after polling the DCS once a second (api.py,
     // poll_failover_result): up to a second after the new primary runs, with every client
     // paused. So the answer is awaited beside the wait for the new primary, and only a

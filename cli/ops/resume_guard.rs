@@ -57,7 +57,8 @@ impl ConsoleCommand {
 }
 
 /// The guard process, while the clients are paused. [`ResumeGuard::finish`] tells it the
-/// window ended with every PgBouncer resumed; anything else makes it RESUME them.
+/// window ended with every PgBouncer resumed; anything else, a drop included (a panic
+/// unwinding past the RESUME closes the pipe without `done`), makes it RESUME them.
 pub struct ResumeGuard {
     child: Option<(Child, ChildStdin)>,
 }
@@ -94,12 +95,10 @@ impl ResumeGuard {
         }
         Ok(ResumeGuard { child: Some((child, stdin)) })
     }
-}
 
-impl ResumeGuard {
     /// Every PgBouncer has been RESUMEd (or was never paused): the guard ends without a word.
-    pub fn finish(mut self) {
-        if let Some((mut child, mut stdin)) = self.child.take() {
+    pub fn finish(self) {
+        if let Some((mut child, mut stdin)) = self.child {
             let _ = writeln!(stdin, "{DONE}").and_then(|()| stdin.flush());
             drop(stdin);
             // It ends at once on `done`; never wait long on it.
@@ -113,14 +112,6 @@ impl ResumeGuard {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-/// Dropped without [`ResumeGuard::finish`] (a panic unwinding past the RESUME): the pipe
-/// closes without `done`, and the guard RESUMEs every PgBouncer.
-impl Drop for ResumeGuard {
-    fn drop(&mut self) {
-        drop(self.child.take());
     }
 }
 
@@ -146,25 +137,17 @@ pub fn guard_main(input: impl BufRead) -> bool {
             Err(_) => break,
         }
     }
-    let outcome = resume_until_quiet(&resumes, |console| {
-        let mut cmd = console.command();
-        super::run_bounded(&mut cmd, GUARD_TIMEOUT).and_then(|out| {
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-            match out.status.success() {
-                true => Ok(()),
-                false if stderr.is_empty() => Err(format!("psql {}", out.status)),
-                false => Err(stderr),
-            }
-        })
-    });
+    let outcome =
+        resume_until_quiet(&resumes, |console| super::run_console(console, "RESUME", GUARD_TIMEOUT).map(drop).map_err(|e| e.to_string()));
     let mut message = String::from("pgnomad ended while PgBouncer's clients were paused;");
     if !outcome.resumed.is_empty() {
         message.push_str(&format!(" its guard RESUMEd PgBouncer {}", outcome.resumed.join(", ")));
     } else if outcome.failed.is_empty() {
         message.push_str(" no PgBouncer was left paused");
     }
-    for (pooler, error) in &outcome.failed {
-        message.push_str(&format!(" RESUME failed on PgBouncer {pooler} ({error}): run RESUME on its admin console;"));
+    for (_, error) in &outcome.failed {
+        // The error names the PgBouncer and the command.
+        message.push_str(&format!(" {error}: run RESUME on its admin console;"));
     }
     say(message.trim_end_matches(';'));
     false

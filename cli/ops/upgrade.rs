@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{
-    health_problems, observe, pause_all, pause_window, resume_all, seconds, switchover, view, wait_for, wait_member_healthy,
-    with_postgres_pending, with_resume_failures, ClusterView, Gate, MemberView, OpsError, Reporter, Switched, SwitchoverOptions, Target,
+    health_problems, observe, pause_clients, resume_all, seconds, switchover, view, wait_for, wait_member_healthy, with_postgres_pending,
+    with_resume_failures, ClusterView, Gate, MemberView, OpsError, Reporter, Switched, SwitchoverOptions, Target,
 };
 
 pub use crate::config::facts::restart_required;
@@ -481,12 +481,7 @@ fn restart_leader_paused(
     let max_lag = options.gate.max_lag;
     let poolers = if options.switchover.pause { target.poolers()? } else { Vec::new() };
     let started = Instant::now();
-    let window = pause_window(target, &poolers, reporter);
-    if let Err(e) = pause_all(target, &poolers, reporter) {
-        // pause_all RESUMEd every PgBouncer it had paused.
-        window.close();
-        return Err(e);
-    }
+    let window = pause_clients(target, &poolers, reporter)?;
     let result = restart_and_watch(target, leader, max_lag, deadline.min(started + options.switchover.pause_timeout), reporter);
     let held = started.elapsed();
     let not_resumed = resume_all(target, &poolers, reporter);
