@@ -223,41 +223,35 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
         Ok(None)
     }
 
-    /// Waits until the postgres job's registered version is in place: its deployment ended,
-    /// or, before Nomad has made one, every placed group running an allocation of that
+    /// Waits until `job`, the postgres job's registered version, is in place: its deployment
+    /// ended, or, before Nomad has made one, every placed group running an allocation of that
     /// version and no replaced allocation still stopping. A run killed during a roll leaves a
     /// member group half-replaced.
-    pub fn wait_deployed(&self, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
-        let Some(job) = self.registered_job()? else { return Ok(()) };
+    pub fn wait_deployed(&self, job: &Value, deadline: Instant, reporter: &dyn Reporter) -> Result<(), OpsError> {
         let spec_index = job["JobModifyIndex"].as_u64().unwrap_or(0);
-        let started = Instant::now();
-        loop {
-            let (latest, _): (Option<api::Deployment>, u64) = self
-                .runtime
-                .block_on(self.cluster.nomad.get_blocking(api::job_latest_deployment(&self.job), 0, Duration::from_millis(1)))
-                .map_err(api_error(&format!("reading the deployment of {}", self.job)))?;
+        let what = format!("the version of {} an earlier run registered to be in place", self.job);
+        // `wait_for` retries on `Err`: an API failure comes back as `Some(Err(…))`.
+        super::wait_for(&what, deadline, Duration::from_millis(500), reporter, || {
+            let latest: Result<(Option<api::Deployment>, u64), _> =
+                self.runtime.block_on(self.cluster.nomad.get_blocking(api::job_latest_deployment(&self.job), 0, Duration::from_millis(1)));
+            let latest = match latest {
+                Ok((latest, _)) => latest,
+                Err(e) => return Ok(Some(Err(api_error(&format!("reading the deployment of {}", self.job))(e)))),
+            };
             // An ended deployment of that version says it all (a failed one is the roll's to
             // report); before Nomad has evaluated the registration there is none yet.
-            let waiting_for = match latest.filter(|d| d.job_spec_modify_index >= spec_index) {
-                Some(d) if d.is_terminal() => return Ok(()),
-                Some(d) => format!("deployment {} of {}", &d.id[..d.id.len().min(8)], self.job),
-                None => {
-                    let unsettled = unsettled_groups(&job, &self.allocations()?);
-                    if unsettled.is_empty() {
-                        return Ok(());
-                    }
-                    format!("{} of {}", unsettled.join(", "), self.job)
-                }
-            };
-            if Instant::now() > deadline {
-                return Err(OpsError::TimedOut {
-                    what: format!("{waiting_for}, left by an earlier run, to end"),
-                    after: started.elapsed(),
-                });
+            match latest.filter(|d| d.job_spec_modify_index >= spec_index) {
+                Some(d) if d.is_terminal() => Ok(Some(Ok(()))),
+                Some(d) => Err(format!("deployment {} is {}", &d.id[..d.id.len().min(8)], d.status)),
+                None => match self.allocations() {
+                    Err(e) => Ok(Some(Err(e))),
+                    Ok(allocations) => match unsettled_groups(job, &allocations)[..] {
+                        [] => Ok(Some(Ok(()))),
+                        ref unsettled => Err(format!("{} not yet in place", unsettled.join(", "))),
+                    },
+                },
             }
-            reporter.progress(&format!("waiting for {waiting_for}, left by an earlier run, to end"));
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        })?
     }
 
     /// Follows the deployment of the job version registered at `spec_index` to its end;

@@ -202,8 +202,10 @@ impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
         // A resumed finish may find a member group half-way through its replacement (the run
         // before was killed mid-roll): the roll's health gate would refuse it, so its
         // deployment and every member are waited for first (at once after a restore).
-        self.target.wait_deployed(deadline, &Steps(reporter))?;
         let job = self.target.registered_job()?;
+        if let Some(job) = &job {
+            self.target.wait_deployed(job, deadline, &Steps(reporter))?;
+        }
         let registered = job.as_ref().and_then(|j| j["JobModifyIndex"].as_u64()).unwrap_or(0);
         wait_restored(&self.target, &self.members, registered, None, deadline, reporter)?;
         // A resumed finish whose first roll had ended: no group is preparing any more.
@@ -228,7 +230,7 @@ impl<N: Transport, C: Transport> InPlaceSite for NomadInPlace<'_, N, C> {
                     "the pre-restore data is back on every member (an earlier run put it back): the roll to the stack's own job is left",
                 );
                 // That run may have been killed with a member group half-replaced by the roll.
-                self.target.wait_deployed(deadline, &Steps(reporter))?;
+                self.target.wait_deployed(&job, deadline, &Steps(reporter))?;
                 job["JobModifyIndex"].as_u64().unwrap_or(0)
             }
             None => {
