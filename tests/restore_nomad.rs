@@ -65,6 +65,16 @@ fn tasks_of_job(deployed: &Deployed) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Runs pgnomad with `args` and kills it once a version of the postgres job registered since
+/// it started matches `reached`; what it had said on stderr.
+fn kill_when(deployed: &Deployed, args: &[&str], what: &str, timeout: Duration, reached: impl Fn(&Value) -> bool) -> String {
+    let since = deployed.cluster.nomad.job_versions("main-postgres").len();
+    let mut run = deployed.pgnomad_command(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_until(what, timeout, || deployed.cluster.nomad.job_versions("main-postgres").iter().skip(since).any(&reached));
+    run.kill().unwrap();
+    text(&run.wait_with_output().unwrap().stderr)
+}
+
 #[test]
 fn an_in_place_restore_on_nomad_goes_back_to_the_target_or_puts_the_data_back_and_ends_on_the_plain_job() {
     let deployed = Deployed::new(StackDriver::Docker, 0.2);
@@ -93,18 +103,13 @@ fn an_in_place_restore_on_nomad_goes_back_to_the_target_or_puts_the_data_back_an
     let leader_before = deployed.leader().unwrap();
     let versions_before = deployed.cluster.nomad.job_versions("main-postgres").len();
     let failing = ["restore", "--in-place", "--yes", "--to-xid", "4000000000"];
-    let mut first = deployed.pgnomad_command(&failing).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let rolling = |v: &Value| {
         let groups = v["TaskGroups"].as_array().unwrap();
         let reverting = groups.iter().filter(|g| g["Tasks"].to_string().contains("\"PGNOMAD_RESTORE_MODE\":\"revert\"")).count();
         let plain = groups.iter().filter(|g| !g["Tasks"].to_string().contains("restore-in-place")).count();
         reverting > 0 && plain > 0 && groups.iter().all(|g| g["Count"] != 0)
     };
-    wait_until("the revert's roll to the stack's own job", Duration::from_secs(600), || {
-        deployed.cluster.nomad.job_versions("main-postgres").iter().skip(versions_before).any(rolling)
-    });
-    first.kill().unwrap();
-    let killed = text(&first.wait_with_output().unwrap().stderr);
+    let killed = kill_when(&deployed, &failing, "the revert's roll to the stack's own job", Duration::from_secs(600), rolling);
     assert!(killed.contains("gave up on the bootstrap from the repository"), "it said why: {killed}");
     // The allocations of the groups already rolled: a second stop would replace them.
     let rolled: Vec<String> = deployed
@@ -219,17 +224,8 @@ fn an_in_place_restore_on_nomad_goes_back_to_the_target_or_puts_the_data_back_an
     let preparing_everywhere = |v: &Value| {
         v["TaskGroups"].as_array().unwrap().iter().all(|g| g["Tasks"].to_string().contains("\"PGNOMAD_RESTORE_MODE\":\"prepare\""))
     };
-    let mut first = deployed
-        .pgnomad_command(&["restore", "--in-place", "--yes", "--to-time", &t])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("the restore's job registered", Duration::from_secs(300), || {
-        deployed.cluster.nomad.job_versions("main-postgres").iter().skip(versions_before).any(preparing_everywhere)
-    });
-    first.kill().unwrap();
-    first.wait().unwrap();
+    let restore = ["restore", "--in-place", "--yes", "--to-time", &t];
+    kill_when(&deployed, &restore, "the restore's job registered", Duration::from_secs(300), preparing_everywhere);
     // While it is part-way, another target is refused, naming the one in progress.
     let other = deployed.pgnomad(&["restore", "--in-place", "--yes", "--to-xid", "1234"]);
     assert_eq!(other.status.code(), Some(1), "{}", text(&other.stderr));
@@ -254,7 +250,6 @@ fn an_in_place_restore_on_nomad_goes_back_to_the_target_or_puts_the_data_back_an
     // The same target again: the earlier attempt is resumed. It is killed in turn during the
     // finish's first roll (a member group moved to the job removing the data set aside, the
     // others still on the restore's), and the third run carries the finish to its end.
-    let versions_before_finish = deployed.cluster.nomad.job_versions("main-postgres").len();
     let mode_of = |g: &Value| {
         let tasks = g["Tasks"].to_string();
         ["prepare", "finish"].into_iter().find(|m| tasks.contains(&format!("\"PGNOMAD_RESTORE_MODE\":\"{m}\"")))
@@ -263,17 +258,7 @@ fn an_in_place_restore_on_nomad_goes_back_to_the_target_or_puts_the_data_back_an
         let modes: Vec<Option<&str>> = v["TaskGroups"].as_array().unwrap().iter().map(mode_of).collect();
         modes.contains(&Some("finish")) && modes.contains(&Some("prepare"))
     };
-    let mut second = deployed
-        .pgnomad_command(&["restore", "--in-place", "--yes", "--to-time", &t])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until("the finish's first member group rolled", Duration::from_secs(600), || {
-        deployed.cluster.nomad.job_versions("main-postgres").iter().skip(versions_before_finish).any(part_finished)
-    });
-    second.kill().unwrap();
-    let killed = text(&second.wait_with_output().unwrap().stderr);
+    let killed = kill_when(&deployed, &restore, "the finish's first member group rolled", Duration::from_secs(600), part_finished);
     assert!(killed.contains("the restore succeeded: removing pgdata.pre-restore-"), "killed in the finish: {killed}");
     let out = deployed.pgnomad(&["restore", "--in-place", "--yes", "--to-time", &t, "--json"]);
     assert!(text(&out.stderr).contains("in its finish phase"), "{}", text(&out.stderr));
