@@ -72,6 +72,13 @@ pub trait Target: Sync {
     fn finish_update(&self) -> Result<(), OpsError> {
         Ok(())
     }
+    /// Before a health gate: waits until a change already under way (an earlier run stopped
+    /// mid-update, a task Nomad is restarting) is in place, and returns the members it
+    /// touched, whose health the caller then waits for. The gate judges the cluster, not a
+    /// member caught half-way through its replacement.
+    fn settle(&self, _deadline: Instant, _reporter: &dyn Reporter) -> Result<Vec<String>, OpsError> {
+        Ok(Vec::new())
+    }
     /// A sentence naming the target ("the dev stack in …", "job main-postgres on Nomad").
     fn describe(&self) -> String;
 }

@@ -232,11 +232,9 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
         let what = format!("the version of {} an earlier run registered to be in place", self.job);
         // `wait_for` retries on `Err`: an API failure comes back as `Some(Err(…))`.
         super::wait_for(&what, deadline, Duration::from_millis(500), reporter, || {
-            let latest: Result<(Option<api::Deployment>, u64), _> =
-                self.runtime.block_on(self.cluster.nomad.get_blocking(api::job_latest_deployment(&self.job), 0, Duration::from_millis(1)));
-            let latest = match latest {
-                Ok((latest, _)) => latest,
-                Err(e) => return Ok(Some(Err(api_error(&format!("reading the deployment of {}", self.job))(e)))),
+            let latest = match self.latest_deployment() {
+                Ok(latest) => latest,
+                Err(e) => return Ok(Some(Err(e))),
             };
             // An ended deployment of that version says it all (a failed one is the roll's to
             // report); before Nomad has evaluated the registration there is none yet.
@@ -252,6 +250,14 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
                 },
             }
         })?
+    }
+
+    fn latest_deployment(&self) -> Result<Option<api::Deployment>, OpsError> {
+        let latest: (Option<api::Deployment>, u64) = self
+            .runtime
+            .block_on(self.cluster.nomad.get_blocking(api::job_latest_deployment(&self.job), 0, Duration::from_millis(1)))
+            .map_err(api_error(&format!("reading the deployment of {}", self.job)))?;
+        Ok(latest.0)
     }
 
     /// Follows the deployment of the job version registered at `spec_index` to its end;
@@ -410,6 +416,21 @@ impl<N: Transport, C: Transport> Target for NomadTarget<N, C> {
         Ok(())
     }
 
+    fn settle(&self, deadline: Instant, reporter: &dyn Reporter) -> Result<Vec<String>, OpsError> {
+        let Some(job) = self.registered_job()? else { return Ok(Vec::new()) };
+        let in_flight = groups_in_flight(&job, &self.allocations()?, self.latest_deployment()?.as_ref());
+        if !in_flight.is_empty() {
+            reporter.note(&format!(
+                "{} of {} not yet in place (an earlier run stopped mid-update, or Nomad is restarting a task): waiting for {} first",
+                in_flight.join(", "),
+                self.job,
+                if in_flight.len() == 1 { "it" } else { "them" }
+            ));
+            self.wait_deployed(&job, deadline, reporter)?;
+        }
+        Ok(in_flight)
+    }
+
     fn describe(&self) -> String {
         format!("job {} on Nomad", self.job)
     }
@@ -431,6 +452,24 @@ fn unsettled_groups(job: &Value, allocations: &[api::AllocListStub]) -> Vec<Stri
         }
     }
     unsettled
+}
+
+/// The placed groups of `job` whose change is still under way: not yet in place (see
+/// [`unsettled_groups`]), or in place but in a deployment of that version still judging
+/// their health.
+fn groups_in_flight(job: &Value, allocations: &[api::AllocListStub], latest: Option<&api::Deployment>) -> Vec<String> {
+    let spec_index = job["JobModifyIndex"].as_u64().unwrap_or(0);
+    let mut groups = unsettled_groups(job, allocations);
+    if let Some(d) = latest.filter(|d| d.job_spec_modify_index >= spec_index && !d.is_terminal()) {
+        groups.extend(d.task_groups.iter().filter(|(_, g)| g.healthy_allocs < g.desired_total).map(|(name, _)| name.clone()));
+    }
+    let placed = |name: &String| {
+        job["TaskGroups"].as_array().into_iter().flatten().any(|g| g["Name"] == name.as_str() && g["Count"].as_u64().unwrap_or(1) > 0)
+    };
+    groups.retain(placed);
+    groups.sort();
+    groups.dedup();
+    groups
 }
 
 /// The last `n` lines of a task's log, on one line.
@@ -473,5 +512,28 @@ mod tests {
         let stopping =
             [alloc("member-0", 7, "run", "running"), alloc("member-1", 7, "run", "running"), alloc("member-2", 6, "stop", "running")];
         assert_eq!(unsettled_groups(&job, &stopping), ["member-2"]);
+    }
+
+    #[test]
+    fn a_group_in_place_is_still_in_flight_while_its_deployment_judges_its_health() {
+        let job = serde_json::json!({ "JobModifyIndex": 40, "Version": 7, "TaskGroups": [
+            { "Name": "member-0", "Count": 1 }, { "Name": "member-1", "Count": 1 }, { "Name": "member-2", "Count": 0 }
+        ]});
+        let allocations =
+            [alloc("member-0", 7, "run", "running"), alloc("member-1", 7, "run", "running"), alloc("member-2", 6, "stop", "running")];
+        let deployment = |spec: u64, status: &str, healthy: u64| -> api::Deployment {
+            serde_json::from_value(serde_json::json!({
+                "ID": "d", "JobSpecModifyIndex": spec, "Status": status,
+                "TaskGroups": { "member-1": { "DesiredTotal": 1, "HealthyAllocs": healthy } }
+            }))
+            .unwrap()
+        };
+        // member-2 at count 0 is no member to wait for, though its allocation still stops.
+        assert!(groups_in_flight(&job, &allocations, None).is_empty());
+        assert_eq!(groups_in_flight(&job, &allocations, Some(&deployment(40, "running", 0))), ["member-1"]);
+        assert!(groups_in_flight(&job, &allocations, Some(&deployment(40, "running", 1))).is_empty());
+        assert!(groups_in_flight(&job, &allocations, Some(&deployment(40, "failed", 0))).is_empty());
+        // A deployment of an older version says nothing of this one.
+        assert!(groups_in_flight(&job, &allocations, Some(&deployment(39, "running", 0))).is_empty());
     }
 }

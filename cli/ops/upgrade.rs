@@ -333,6 +333,9 @@ fn run_step(
     let max_lag = options.gate.max_lag;
     match step {
         Step::Gate => {
+            for member in target.settle(deadline, reporter)? {
+                wait_member_healthy(target, &member, max_lag, deadline, reporter)?;
+            }
             let view = observe(target)?;
             let mut notes = Vec::new();
             let problems = health_problems(target, &view, &options.gate, &mut notes);
