@@ -410,8 +410,12 @@ impl CronField {
             None => (item, None),
         };
         if let Some(step) = step {
-            if !step.parse::<u32>().is_ok_and(|s| s >= 1) {
-                return Err(format!("{} step `{step}` in `{item}` must be a whole number of at least 1", self.name));
+            // cronexpr reads a step as one of its numbers 0-59 (two digits at most) and refuses
+            // one past the field's largest value (6 for days of the week, where it reads 7 as
+            // Sunday only as a value).
+            let largest = if self.name == "day-of-week" { 6 } else { self.max.min(59) };
+            if step.len() > 2 || !step.parse::<u32>().is_ok_and(|s| (1..=largest).contains(&s)) {
+                return Err(format!("{} step `{step}` in `{item}` must be a whole number from 1 to {largest}", self.name));
             }
         }
         let is_days = self.name.starts_with("day");
@@ -515,7 +519,10 @@ mod tests {
             ("0 0 * 13 *", "month 13 is out of range 1-12"),
             ("0 0 * * 8", "day-of-week 8 is out of range 0-7"),
             ("0 0 * * 5-1", "day-of-week range `5-1` runs backwards"),
-            ("*/0 * * * *", "minute step `0` in `*/0` must be a whole number of at least 1"),
+            ("*/0 * * * *", "minute step `0` in `*/0` must be a whole number from 1 to 59"),
+            ("*/60 * * * *", "minute step `60` in `*/60` must be a whole number from 1 to 59"),
+            ("0 0 * * 1-5/7", "day-of-week step `7` in `1-5/7` must be a whole number from 1 to 6"),
+            ("0 0 * * * */60", "year step `60` in `*/60` must be a whole number from 1 to 59"),
             ("0 0 * FOO *", "`FOO` is not a month (1-12 or JAN-DEC)"),
             ("0 0 * * su", "`su` is not a day-of-week (0-7 or SUN-SAT)"),
             ("every day at one o'clock", "`every` is not a minute (0-59)"),
