@@ -449,21 +449,6 @@ impl Dev {
             .map_or_else(|| "postgres".to_owned(), |d| d.name.clone());
         Some((user, database))
     }
-
-    /// A command on PgBouncer's admin console (PAUSE, RESUME, SHOW …).
-    pub fn pgbouncer_admin(&self, command: &str) -> Result<String, DevError> {
-        let out = self
-            .pgbouncer_psql("pgbouncer_auth", "pgbouncer")
-            .args(["-X", "-A", "-t", "-c", command])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| DevError::io("run psql", e))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(DevError::Failed(format!("PgBouncer {command}: {}", String::from_utf8_lossy(&out.stderr).trim())))
-        }
-    }
 }
 
 /// Starts the stack (or finds it running) and returns when there is a leader, every
