@@ -113,6 +113,53 @@ fn backups_through_pgnomad(deployed: &Deployed) {
     assert_ok("pgnomad destroy -f clone.hcl", &deployed.pgnomad(&["destroy", "-f", "clone.hcl", "--yes"]));
 }
 
+/// The schedule, not pgnomad, starts backups: with `incr` due every second, the double's
+/// periodic dispatcher (Nomad's) launches `main-backup-incr/periodic-<t>` by itself, never a
+/// second while one runs (`prohibit_overlap`), and each run lands an incremental backup.
+fn scheduled_backups(deployed: &Deployed) {
+    let incr_backups = || {
+        let info = pgbackrest_info(deployed);
+        info[0]["backup"].as_array().map_or(0, |b| b.iter().filter(|b| b["type"] == "incr").count())
+    };
+    let before = incr_backups();
+    let children = |status: &[&str]| -> Vec<String> {
+        let allocations = deployed.cluster.nomad.all_allocations();
+        let mut ids: Vec<String> = allocations
+            .iter()
+            .filter(|a| a.job_id.starts_with("main-backup-incr/periodic-") && status.contains(&a.client_status.as_str()))
+            .map(|a| a.job_id.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    let earlier = children(&["complete"]).len();
+    deployed.set_backup_schedules("  schedule {\n    full = \"0 0 1 1 * 2099\"\n    diff = \"off\"\n    incr = \"* * * * * * *\"\n  }\n");
+    assert_ok("pgnomad run with incr every second", &deployed.pgnomad(&["run", "--timeout", "5m"]));
+    let started = Instant::now();
+    let mut most_at_once = 0;
+    while children(&["complete"]).len() < earlier + 2 {
+        let live = children(&["pending", "running"]);
+        most_at_once = most_at_once.max(live.len());
+        assert!(live.len() <= 1, "scheduled backups overlap: {live:?}");
+        let failed = children(&["failed"]);
+        assert!(failed.is_empty(), "a scheduled backup failed: {failed:?}\n{}", deployed.member_logs());
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "two scheduled backups did not finish in 240 s: {:?}",
+            children(&["complete"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(most_at_once, 1, "no scheduled run was ever seen running");
+    deployed.set_backup_schedules(crate::support::cluster::e2e::QUIET_SCHEDULES);
+    assert_ok("pgnomad run with the quiet schedules", &deployed.pgnomad(&["run", "--timeout", "5m"]));
+    wait_until("the last scheduled backup to end", Duration::from_secs(120), || children(&["pending", "running"]).is_empty());
+    let landed = incr_backups() - before;
+    assert!(landed >= 2, "{landed} incremental backups landed");
+    eprintln!("scheduled backups: {landed} incremental, one at a time, in {:?}", started.elapsed());
+}
+
 /// The clone `restore --into` brought up: Patroni's custom bootstrap restored main's backups
 /// from main's repository host (with main's client certificate and cipher pass) to T. It holds
 /// exactly rows A, its replicas stream, it takes writes through its own PgBouncer and archives
@@ -198,6 +245,7 @@ fn scenario(driver: StackDriver) {
     if driver == StackDriver::Docker {
         // Issue 11 on Nomad: backup, backups and restore --into through the binary.
         backups_through_pgnomad(&deployed);
+        scheduled_backups(&deployed);
     } else {
         // A forced full backup runs as a child of the periodic job and lands in the repository.
         forced_full_backup(&deployed);

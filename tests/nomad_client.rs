@@ -509,3 +509,152 @@ async fn nodes_agent_and_leader_decode() {
     assert_eq!(raw.status, 404);
     let _ = SECOND;
 }
+
+/// pgnomad's own check of a backup schedule (`validate`) against the cron library Nomad
+/// parses it with: what pgnomad lets through, Nomad registers, and what Nomad would refuse,
+/// pgnomad refuses first with its own message. (This found pgnomad letting `*/60` through.)
+#[test]
+fn pgnomad_reads_cron_specs_as_nomads_cron_library_does() {
+    use crate::support::nomad_double::periodic;
+    let accepted = [
+        "0 1 * * 0",
+        "0 1 * * 7",
+        "0 1 * * 1-6",
+        "0 */4 * * *",
+        "30 2 1,15 JAN-jun sun",
+        "0 1 * * Monday",
+        "0 0 L * ?",
+        "0 0 15W * *",
+        "0 0 ? * FRI#2",
+        "0 0 ? * 5L",
+        "0 1 * * 0 2030",
+        "15 0 1 * * 0 *",
+        "*/10 * * * * * *",
+        "0 0 1 1 * 2099",
+        "@daily",
+        "@weekly",
+    ];
+    let refused = [
+        "",
+        "0",
+        "0 1 * *",
+        "61 * * * *",
+        "0 24 * * *",
+        "0 0 0 * *",
+        "0 0 * 13 *",
+        "0 0 * * 8",
+        "*/0 * * * *",
+        "*/60 * * * *",
+        "0 0 * * */7",
+        "0 0 * FOO *",
+        "every day at one o'clock",
+        "? 0 * * *",
+        "@weekdays",
+    ];
+    let nomad_errors = |spec: &str| periodic::ask(&json!({"Specs": [spec], "TimeZone": "UTC"}), std::time::SystemTime::now()).errors;
+    let mut disagreements = Vec::new();
+    // pgnomad is stricter on purpose where cronexpr reads a likely slip as something: `?` as
+    // `*` outside the day fields, a backwards range as no value, an empty list item as none.
+    let stricter = |error: &str| ["`?` is not", "runs backwards", "`` is not"].iter().any(|slip| error.contains(slip));
+    let mut compare = |spec: &str| {
+        let (ours, theirs) = (pgnomad::stack::validate::check_cron(spec), nomad_errors(spec));
+        let agree = match &ours {
+            Ok(()) => theirs.is_empty(),
+            Err(error) => !theirs.is_empty() || stricter(error),
+        };
+        if !agree {
+            disagreements.push(format!("{spec:?}: pgnomad {ours:?}, Nomad {theirs:?}"));
+        }
+        ours.is_ok()
+    };
+    for spec in accepted {
+        assert!(compare(spec), "pgnomad refuses {spec:?}");
+    }
+    for spec in refused {
+        assert!(!compare(spec), "pgnomad accepts {spec:?}");
+    }
+    // Every field in turn (the others `*`, and `?` for the other day field where that one
+    // takes `?`), in the 5-field, 6-field (year) and 7-field (seconds) forms, with values at and
+    // past each edge, names, steps, lists and cronexpr's special characters.
+    let tokens = [
+        "*", "?", "0", "1", "5", "6", "7", "12", "13", "23", "24", "31", "32", "59", "60", "1969", "1970", "2099", "2100", "*/1", "*/0",
+        "*/05", "*/005", "*/6", "*/7", "*/12", "*/13", "*/23", "*/24", "*/31", "*/32", "*/59", "*/60", "*/61", "5/10", "1-5", "5-1",
+        "1-5/2", "0-6", "1-7", "L", "LW", "W", "15W", "32W", "5L", "7L", "L5", "FRI#2", "FRI#5", "FRI#6", "5#2", "#2", "jan", "JAN-MAR",
+        "dec", "janu", "january", "sun", "SUN-SAT", "mon-fri", "sunday", "1,2", "1,,2", "x", "-1", "1-", "/5", "*/", "**",
+    ];
+    for fields in [5, 6, 7] {
+        for position in 0..fields {
+            for token in tokens {
+                let mut spec = vec!["*"; fields];
+                spec[position] = token;
+                let spec = spec.join(" ");
+                compare(&spec);
+            }
+        }
+    }
+    assert!(disagreements.is_empty(), "{} disagreements:\n{}", disagreements.len(), disagreements.join("\n"));
+    // Stricter on purpose: cronexpr drops fields past the seventh without a word.
+    assert!(pgnomad::stack::validate::check_cron("0 1 * * * * * *").is_err());
+    assert_eq!(nomad_errors("0 1 * * * * * *"), Vec::<String>::new());
+}
+
+/// The periodic dispatcher: a job launches `<id>/periodic-<t>` on its cron by itself; with
+/// `ProhibitOverlap` no launch while a child still runs; a stopped job launches nothing; a
+/// spec or time zone Nomad cannot read is refused at registration with Nomad's message.
+#[tokio::test]
+async fn periodic_jobs_launch_on_their_cron_and_never_overlap_when_told_not_to() {
+    let nomad = NomadDouble::start();
+    let client = nomad.client();
+    let periodic_job = |id: &str, prohibit_overlap: bool| {
+        let mut job = simple_job(id);
+        job["Type"] = json!("batch");
+        job["TaskGroups"][0]["Services"] = json!([]);
+        job["Periodic"] = json!({"Enabled": true, "Specs": ["* * * * * * *"], "SpecType": "cron", "ProhibitOverlap": prohibit_overlap, "TimeZone": "UTC"});
+        job
+    };
+    let mut bad = periodic_job("bad", true);
+    bad["Periodic"]["Specs"] = json!(["0 1 * * 0", "61 * * * *"]);
+    bad["Periodic"]["TimeZone"] = json!("Mars/Olympus");
+    let refused = client.register_job(&bad, RegisterOptions::default()).await.unwrap_err().to_string();
+    assert!(refused.contains("Invalid time zone \"Mars/Olympus\""), "{refused}");
+    assert!(refused.contains("Invalid cron spec \"61 * * * *\""), "{refused}");
+    assert!(!refused.contains("\"0 1 * * 0\""), "{refused}");
+
+    let registered = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    client.register_job(&periodic_job("single", true), RegisterOptions::default()).await.unwrap();
+    client.register_job(&periodic_job("many", false), RegisterOptions::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Every second, on the second, after the registration.
+    let many = launches(&nomad, "many").await;
+    assert!(many.len() >= 3, "{many:?}");
+    assert!(many.iter().all(|t| *t >= registered), "{many:?} before {registered}");
+    assert!(many.windows(2).all(|w| w[1] == w[0] + 1), "one launch a second: {many:?}");
+    // The first child of `single` still runs (the simulated client never ends a batch task by
+    // itself): no second launch.
+    let single = launches(&nomad, "single").await;
+    assert_eq!(single.len(), 1, "{single:?}");
+    let first = format!("single/periodic-{}", single[0]);
+    for alloc in client.job_allocations(&first).await.unwrap() {
+        nomad.set_alloc_client_status(&alloc.id, "complete").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while launches(&nomad, "single").await.len() < 2 {
+        assert!(Instant::now() < deadline, "no launch once the child had finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A stopped periodic job is no longer tracked.
+    client.deregister_job("many", false).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped_at = launches(&nomad, "many").await.len();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(launches(&nomad, "many").await.len(), stopped_at, "a stopped job launched");
+}
+
+/// The launch times of `id`'s periodic children, in order.
+async fn launches(nomad: &NomadDouble, id: &str) -> Vec<u64> {
+    let jobs = nomad.client().list_jobs(Some(&format!("{id}/periodic-"))).await.unwrap();
+    let mut launched: Vec<u64> =
+        jobs.iter().map(|j| j.id.rsplit_once("periodic-").and_then(|(_, t)| t.parse().ok()).expect("a launch time")).collect();
+    launched.sort_unstable();
+    launched
+}

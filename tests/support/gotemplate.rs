@@ -13,14 +13,14 @@
 //! ```
 //!
 //! The program is built once per test process (and cached across processes by a hash of its
-//! source) under `$CARGO_TARGET_DIR/gotemplate/`. Without `go` the first call panics naming
+//! source) under `$CARGO_TARGET_DIR/go/`. Without `go` the first call panics naming
 //! the Debian package (`golang-go`): tests that use this never skip.
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -194,67 +194,17 @@ pub fn execute(template: &Value, context: &TemplateContext) -> Result<Rendered, 
     Ok(Rendered::Text(reply["rendered"].as_str().expect("rendered text").to_owned()))
 }
 
-fn source_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gotemplate")
-}
-
-/// The built engine: `<target>/gotemplate/gotemplate-<hash of the source>`.
+/// The built engine (see [`go_program`](super::go_program)).
 fn binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    static LOCK: Mutex<()> = Mutex::new(());
-    if let Some(path) = BUILT.get() {
-        return path.clone();
-    }
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    BUILT.get_or_init(build).clone()
-}
-
-fn build() -> PathBuf {
-    use sha2::Digest;
-    let go = ["/usr/bin/go", "/usr/lib/go/bin/go", "/usr/local/go/bin/go"].iter().map(PathBuf::from).find(|p| p.is_file()).unwrap_or_else(
-        || panic!("`go` is not installed: Nomad templates are executed by Go's own text/template (apt-get install golang-go)"),
-    );
-    let src = source_dir();
-    let mut hash = sha2::Sha256::new();
-    for file in ["go.mod", "main.go"] {
-        hash.update(std::fs::read(src.join(file)).unwrap_or_else(|e| panic!("read {}: {e}", src.join(file).display())));
-    }
-    let digest: String = hash.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let dir = target.join("gotemplate");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-    let binary = dir.join(format!("gotemplate-{digest}"));
-    if binary.is_file() {
-        return binary;
-    }
-    // Another test process may be building the same source: one at a time.
-    let lock = std::fs::File::create(dir.join("build.lock")).unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
-    assert_eq!(unsafe { libc::flock(fd, libc::LOCK_EX) }, 0, "lock {}", dir.display());
-    if !binary.is_file() {
-        let partial = dir.join(format!("gotemplate-{digest}.{}", std::process::id()));
-        let out = Command::new(&go)
-            .current_dir(&src)
-            .args(["build", "-trimpath", "-o"])
-            .arg(&partial)
-            .arg(".")
-            .env("GOFLAGS", "-mod=mod")
-            .env("GOPROXY", "off")
-            .env("GO111MODULE", "on")
-            .env("GOCACHE", dir.join("gocache"))
-            .env("GOPATH", dir.join("gopath"))
-            .output()
-            .unwrap_or_else(|e| panic!("run {}: {e}", go.display()));
-        assert!(
-            out.status.success(),
-            "go build of {} failed:\n{}{}",
-            src.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::rename(&partial, &binary).unwrap();
-    }
-    unsafe { libc::flock(fd, libc::LOCK_UN) };
-    binary
+    BUILT
+        .get_or_init(|| {
+            super::go_program::build(&super::go_program::GoProgram {
+                name: "gotemplate",
+                files: &["go.mod", "main.go"],
+                debian_packages: &[],
+                purpose: "Nomad templates are executed by Go's own text/template",
+            })
+        })
+        .clone()
 }

@@ -119,8 +119,18 @@ pub fn job_errors(job: &Value) -> Vec<String> {
         errors.push(format!("Invalid job type: {job_type:?}"));
     }
     let batchy = matches!(job_type, "batch" | "sysbatch");
-    if job.get("Periodic").is_some_and(|p| !p.is_null() && p.get("Enabled").and_then(Value::as_bool).unwrap_or(true)) && !batchy {
-        errors.push("Periodic can only be used with \"batch\" or \"sysbatch\" scheduler".to_string());
+    if let Some(periodic) = job.get("Periodic").filter(|p| !p.is_null() && p.get("Enabled").and_then(Value::as_bool).unwrap_or(true)) {
+        if !batchy {
+            errors.push("Periodic can only be used with \"batch\" or \"sysbatch\" scheduler".to_string());
+        }
+        // PeriodicConfig.Validate's own multierror, nested as Nomad nests it.
+        let periodic_errors = match str_of(periodic, "SpecType") {
+            "" | "cron" => super::nomad_double::periodic::ask(periodic, std::time::SystemTime::now()).errors,
+            other => vec![format!("Unknown periodic specification type {other:?}")],
+        };
+        if !periodic_errors.is_empty() {
+            errors.push(multierror(&periodic_errors));
+        }
     }
     if job.get("ParameterizedJob").is_some_and(|p| !p.is_null()) && !batchy {
         errors.push("Parameterized job can only be used with \"batch\" or \"sysbatch\" scheduler".to_string());

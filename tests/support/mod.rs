@@ -18,6 +18,7 @@
 
 pub mod cluster;
 pub mod consul_double;
+pub mod go_program;
 pub mod gotemplate;
 pub mod hostile;
 pub mod image;

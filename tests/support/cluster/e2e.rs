@@ -47,9 +47,14 @@ impl StackDriver {
 
 /// The default stack with what this machine forces: Patroni's DCS is the test's etcd (the
 /// Consul double has no KV or sessions), and pgAdmin is off (its image cannot be built here).
+/// Backup schedules no test run reaches: the double launches periodic jobs on their cron as
+/// Nomad does, and a backup the schedule started mid-test would hold a forced one back.
+pub const QUIET_SCHEDULES: &str =
+    "  schedule {\n    full = \"0 0 1 1 * 2099\"\n    diff = \"0 0 1 1 * 2099\"\n    incr = \"0 0 1 1 * 2099\"\n  }\n";
+
 pub fn stack(cluster: &Cluster, driver: StackDriver) -> String {
     let mut text = format!(
-        "cluster \"main\" {{}}\n\npatroni {{\n  dcs        = \"etcd3\"\n  etcd_hosts = [\"{}\"]\n}}\n\npgadmin {{\n  enabled = false\n}}\n",
+        "cluster \"main\" {{}}\n\npatroni {{\n  dcs        = \"etcd3\"\n  etcd_hosts = [\"{}\"]\n}}\n\npgadmin {{\n  enabled = false\n}}\n\nbackup {{\n{QUIET_SCHEDULES}}}\n",
         cluster.etcd.endpoint
     );
     if driver == StackDriver::Exec {
@@ -655,6 +660,12 @@ impl Deployed {
     /// The stack file with `extra` appended (a block that overrides the defaults).
     pub fn set_stack(&self, extra: &str) {
         let text = format!("{}\n{extra}\n", stack(&self.cluster, self.driver));
+        std::fs::write(self.dir.path().join("pgnomad.hcl"), text).unwrap();
+    }
+
+    /// The stack file with `schedules` (a `schedule { … }` block) in place of the quiet ones.
+    pub fn set_backup_schedules(&self, schedules: &str) {
+        let text = stack(&self.cluster, self.driver).replace(QUIET_SCHEDULES, schedules);
         std::fs::write(self.dir.path().join("pgnomad.hcl"), text).unwrap();
     }
 

@@ -45,6 +45,7 @@
 pub mod client;
 pub mod nodes;
 mod ops;
+pub mod periodic;
 mod reconcile;
 mod routes;
 pub mod sched;

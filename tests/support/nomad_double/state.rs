@@ -237,6 +237,8 @@ pub struct State {
     /// Host ports Nomad "mapped" for (group, port label), where a test needs a real program
     /// behind a service (a real Patroni for `status`); others get made-up ports.
     pub host_ports: Vec<((String, String), u16)>,
+    /// The periodic dispatcher's tracked jobs (see `periodic.rs`).
+    pub periodic: BTreeMap<(String, String), super::periodic::Tracked>,
 }
 
 fn scaled(config: &DoubleConfig, nanos: i64) -> Duration {
@@ -527,6 +529,10 @@ impl State {
             for i in changed_allocs {
                 self.allocs[i].modify_index = index;
             }
+        }
+        // The leader's periodic dispatcher launches what is due.
+        if let Some(at) = self.dispatch_periodic(config, now) {
+            due(at);
         }
         // The servers react: deployments follow their allocations, the scheduler places
         // what is missing (blocked evaluations retried), rolls the next batch.
