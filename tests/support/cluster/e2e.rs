@@ -45,13 +45,14 @@ impl StackDriver {
     }
 }
 
-/// The default stack with what this machine forces: Patroni's DCS is the test's etcd (the
-/// Consul double has no KV or sessions), and pgAdmin is off (its image cannot be built here).
 /// Backup schedules no test run reaches: the double launches periodic jobs on their cron as
 /// Nomad does, and a backup the schedule started mid-test would hold a forced one back.
 pub const QUIET_SCHEDULES: &str =
     "  schedule {\n    full = \"0 0 1 1 * 2099\"\n    diff = \"0 0 1 1 * 2099\"\n    incr = \"0 0 1 1 * 2099\"\n  }\n";
 
+/// The default stack with what this machine forces: Patroni's DCS is the test's etcd (the
+/// Consul double has no KV or sessions), and pgAdmin is off (its image cannot be built here);
+/// and [`QUIET_SCHEDULES`].
 pub fn stack(cluster: &Cluster, driver: StackDriver) -> String {
     let mut text = format!(
         "cluster \"main\" {{}}\n\npatroni {{\n  dcs        = \"etcd3\"\n  etcd_hosts = [\"{}\"]\n}}\n\npgadmin {{\n  enabled = false\n}}\n\nbackup {{\n{QUIET_SCHEDULES}}}\n",
