@@ -5,8 +5,13 @@
 //! or reads Debian's Go packages (GOPATH mode, `/usr/share/gocode`). A missing `go` or
 //! package panics naming what to install: the tests that need it never skip.
 
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use serde_json::Value;
 
 pub struct GoProgram {
     /// The binary's name, and its source directory under `tests/`.
@@ -22,8 +27,41 @@ pub struct GoProgram {
 
 const GOCODE: &str = "/usr/share/gocode";
 
+/// What a program answered to one request.
+pub struct Reply {
+    /// The one JSON value it printed on stdout.
+    pub json: Value,
+    /// Whether it exited 0.
+    pub succeeded: bool,
+    pub stderr: String,
+}
+
+/// Runs `program` (built at its first use in this process) on one JSON `request`, its stdin,
+/// and reads its one JSON reply; a reply that is no JSON panics with what it printed.
+pub fn exchange(program: &GoProgram, request: &Value) -> Reply {
+    let mut child = Command::new(built(program))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", program.name));
+    child.stdin.take().unwrap().write_all(request.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{} answered no JSON ({e}):\n{}\n{stderr}", program.name, String::from_utf8_lossy(&out.stdout)));
+    Reply { json, succeeded: out.status.success(), stderr }
+}
+
+/// The path of `program`'s binary, built once per test process.
+fn built(program: &GoProgram) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<&'static str, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    built.entry(program.name).or_insert_with(|| build(program)).clone()
+}
+
 /// The path of `program`'s binary, built if this source has not been built yet.
-pub fn build(program: &GoProgram) -> PathBuf {
+fn build(program: &GoProgram) -> PathBuf {
     use sha2::Digest;
     let go = ["/usr/bin/go", "/usr/lib/go/bin/go", "/usr/local/go/bin/go"]
         .iter()

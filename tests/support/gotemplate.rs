@@ -17,13 +17,11 @@
 //! the Debian package (`golang-go`): tests that use this never skip.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
 use serde::Serialize;
 use serde_json::Value;
+
+use super::go_program;
 
 /// What one template block sees when it renders: the task's environment and the data
 /// consul-template would fetch for it.
@@ -168,43 +166,23 @@ pub fn execute(template: &Value, context: &TemplateContext) -> Result<Rendered, 
     input["right_delimiter"] = Value::from(delim("RightDelim", "}}"));
     input["error_on_missing_key"] = Value::from(template.get("ErrMissingKey").and_then(Value::as_bool).unwrap_or(false));
 
-    let mut child = Command::new(binary())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start the Go template engine: {e}"));
-    child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let reply: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "the Go template engine answered no JSON ({e}):\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let reply = go_program::exchange(&ENGINE, &input);
+    let (succeeded, reply) = (reply.succeeded, reply.json);
     if let Some(error) = reply.get("error").and_then(Value::as_str) {
-        assert!(!out.status.success(), "an error reply must come with a failing exit status");
+        assert!(!succeeded, "an error reply must come with a failing exit status");
         return Err(TemplateError(error.to_owned()));
     }
-    assert!(out.status.success(), "the Go template engine failed: {reply}");
+    assert!(succeeded, "the Go template engine failed: {reply}");
     if let Some(blocked) = reply.get("blocked").and_then(Value::as_array) {
         return Ok(Rendered::Blocked(blocked.iter().map(|d| d.as_str().unwrap().to_owned()).collect()));
     }
     Ok(Rendered::Text(reply["rendered"].as_str().expect("rendered text").to_owned()))
 }
 
-/// The built engine (see [`go_program`](super::go_program)).
-fn binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            super::go_program::build(&super::go_program::GoProgram {
-                name: "gotemplate",
-                files: &["go.mod", "main.go"],
-                debian_packages: &[],
-                purpose: "Nomad templates are executed by Go's own text/template",
-            })
-        })
-        .clone()
-}
+/// The engine: `tests/gotemplate/`, stdlib only.
+const ENGINE: go_program::GoProgram = go_program::GoProgram {
+    name: "gotemplate",
+    files: &["go.mod", "main.go"],
+    debian_packages: &[],
+    purpose: "Nomad templates are executed by Go's own text/template",
+};

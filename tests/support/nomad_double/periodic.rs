@@ -6,10 +6,6 @@
 //! times and the `Validate` errors come from the cron library Nomad calls, run by the Go program
 //! in `tests/cronexpr/`: the double agrees with Nomad on what a spec means, not with pgnomad.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -17,6 +13,7 @@ use tokio::time::Instant;
 
 use super::state::{str_of, State};
 use super::DoubleConfig;
+use crate::support::go_program;
 
 /// A tracked periodic job: the registration it was tracked at, and its next launch (`None`:
 /// no time matches its specs any more).
@@ -42,34 +39,21 @@ pub fn ask(periodic: &Value, after: SystemTime) -> CronAnswer {
         "time_zone": str_of(periodic, "TimeZone"),
         "after_unix_nanos": nanos,
     });
-    let mut child = Command::new(helper())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start the cronexpr helper: {e}"));
-    child.stdin.take().unwrap().write_all(request.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the cronexpr helper failed on {request}: {}", String::from_utf8_lossy(&out.stderr));
-    let reply: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("the cronexpr helper answered no JSON ({e})"));
+    let reply = go_program::exchange(&CRONEXPR, &request);
+    assert!(reply.succeeded, "the cronexpr helper failed on {request}: {}", reply.stderr);
+    let reply = reply.json;
     let errors = reply["errors"].as_array().into_iter().flatten().map(|e| e.as_str().unwrap_or_default().to_owned()).collect();
     let next = reply["next_unix_nanos"].as_u64().filter(|n| *n > 0).map(|n| UNIX_EPOCH + Duration::from_nanos(n));
     CronAnswer { errors, next }
 }
 
-fn helper() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            crate::support::go_program::build(&crate::support::go_program::GoProgram {
-                name: "cronexpr",
-                files: &["main.go"],
-                debian_packages: &[("golang-github-gorhill-cronexpr-dev", "github.com/gorhill/cronexpr")],
-                purpose: "the Nomad double launches periodic jobs with the cron library Nomad uses",
-            })
-        })
-        .clone()
-}
+/// The helper: `tests/cronexpr/`, on Debian's packaged cronexpr.
+const CRONEXPR: go_program::GoProgram = go_program::GoProgram {
+    name: "cronexpr",
+    files: &["main.go"],
+    debian_packages: &[("golang-github-gorhill-cronexpr-dev", "github.com/gorhill/cronexpr")],
+    purpose: "the Nomad double launches periodic jobs with the cron library Nomad uses",
+};
 
 impl State {
     /// Tracks the periodic jobs as registered now and launches those due; the next instant a
