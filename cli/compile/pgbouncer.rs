@@ -24,6 +24,9 @@ pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
     // one's passes up to a check interval later); wait for them to settle a moment, but never
     // more than 1 s: the wait is part of every write gap (see common::check_interval).
     ini.wait = Some(WaitConfig { min: Some(Nanos::millis(250)), max: Some(Nanos::secs(1)) });
+    // And SIGHUP at once once written: left unset, Nomad waits a random 0–5 s (`splay`) before
+    // a template's change_mode, and PgBouncer would send clients to the old primary meanwhile.
+    ini.splay = Some(Nanos::millis(0));
     let mut templates = vec![ini, cx.pack_template("pgbouncer/userlist.txt", None, &holes, "secrets/userlist.txt", Change::Reload)?];
     let job_id = names::pgbouncer_job(c);
     if cx.facts.client_tls.pgbouncer {
@@ -60,4 +63,28 @@ pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
         ..TaskGroup::default()
     }]);
     Ok(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use crate::compile::{compile_with_restore_phase, JobRole};
+    use crate::config::Packs;
+
+    /// Nomad gives a template without `Splay` 5 s (api/tasks.go, Template.Canonicalize) and
+    /// waits a random part of it after every re-rendering before the SIGHUP: PgBouncer would
+    /// keep clients on the old primary that long after a failover or switchover.
+    #[test]
+    fn pgbouncer_reloads_its_routing_as_soon_as_nomad_renders_it() {
+        let checked = crate::stack::load(&crate::stack::Source::new("pgnomad.hcl", "cluster \"main\" {}\n".to_owned())).unwrap();
+        let artifacts = compile_with_restore_phase(&checked.stack, &Packs::default(), None).unwrap();
+        let job = artifacts.jobs.into_iter().find(|j| j.role == JobRole::PgBouncer).unwrap().job;
+        let job = serde_json::to_value(&job).unwrap();
+        let templates: Vec<&Value> = job["TaskGroups"][0]["Tasks"][0]["Templates"].as_array().unwrap().iter().collect();
+        let ini = templates.iter().find(|t| t["DestPath"] == "secrets/pgbouncer.ini").expect("the routing template");
+        assert!(ini["EmbeddedTmpl"].as_str().unwrap().contains("service \"main-primary\""), "it routes by the primary service");
+        assert_eq!(ini["ChangeMode"], "signal");
+        assert_eq!(ini["Splay"], 0, "sent as 0, not left to Nomad's 5 s default: {ini:#}");
+    }
 }
