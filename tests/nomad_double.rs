@@ -85,7 +85,9 @@ fn server_side_validation_answers_like_nomad() {
         }, "on_update value \"ignore\" is not compatible with check_restart"),
         ("signal without a signal", {
             let mut j = simple_job("pg");
-            j["TaskGroups"][0]["Tasks"][0]["Templates"] = json!([{"EmbeddedTmpl": "x", "DestPath": "local/x", "ChangeMode": "signal"}]);
+            // An empty one: left out, Nomad's Canonicalize makes it SIGHUP.
+            j["TaskGroups"][0]["Tasks"][0]["Templates"] =
+                json!([{"EmbeddedTmpl": "x", "DestPath": "local/x", "ChangeMode": "signal", "ChangeSignal": ""}]);
             j
         }, "Task patroni validation failed: 1 error occurred:\n\t* Template 1 validation failed: 1 error occurred:\n\t* Must specify signal value when change mode is \"signal\""),
         ("periodic service", {

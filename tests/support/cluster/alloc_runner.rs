@@ -356,7 +356,7 @@ impl AllocRunner {
 
     /// Renders the task's templates; writes the ones whose content changed. Ok(the change
     /// modes of the templates that changed), or Err(what blocks them).
-    fn render_templates(&self, name: &str, task: &Value, context: &TemplateContext, first: bool) -> Result<Vec<(String, String)>, String> {
+    fn render_templates(&self, name: &str, task: &Value, context: &TemplateContext, first: bool) -> Result<Vec<Change>, String> {
         let mut blocked = Vec::new();
         let mut outputs = Vec::new();
         for template in list(task, "Templates") {
@@ -402,7 +402,11 @@ impl AllocRunner {
             write_template(&path, &text, &template).map_err(|e| format!("writing {dest}: {e}"))?;
             rendered.insert(key, text);
             if !first {
-                changed.push((str_of(&template, "ChangeMode").to_string(), str_of(&template, "ChangeSignal").to_string()));
+                changed.push(Change {
+                    mode: str_of(&template, "ChangeMode").to_string(),
+                    signal: str_of(&template, "ChangeSignal").to_string(),
+                    splay: duration(&template["Splay"], Duration::ZERO),
+                });
             }
         }
         Ok(changed)
@@ -714,19 +718,30 @@ impl AllocRunner {
         Ok(())
     }
 
-    /// change_mode of re-rendered templates: signal, restart or nothing.
-    fn apply_changes(&self, task: &Running, changes: &[(String, String)]) {
-        if changes.iter().any(|(mode, _)| mode == "restart") {
+    /// change_mode of re-rendered templates: signal, restart or nothing, after a random
+    /// delay up to the longest splay among them, as Nomad's template manager does
+    /// (onTemplateRendered; its loop waits too, and so does this one).
+    fn apply_changes(&self, task: &Running, changes: &[Change]) {
+        if !changes.iter().any(|c| matches!(c.mode.as_str(), "restart" | "signal")) {
+            return;
+        }
+        let splay = changes.iter().map(|c| c.splay).max().unwrap_or_default();
+        if !splay.is_zero() {
+            use rand::Rng;
+            let delay = Duration::from_nanos(rand::rng().random_range(0..splay.as_nanos() as u64));
+            if !sleep_unless_stopped(delay, &self.control) {
+                return;
+            }
+        }
+        if changes.iter().any(|c| c.mode == "restart") {
             self.event(&task.name, "running", false, "Restart Signaled", "Template with change_mode restart re-rendered");
             task.container.stop(kill_signal(&task.task), Duration::from_secs(5));
             let _ = task.container.restart();
             return;
         }
-        for (mode, signal) in changes {
-            if mode == "signal" {
-                self.event(&task.name, "running", false, "Signaling", &format!("Template re-rendered: {signal}"));
-                let _ = task.container.signal(signal);
-            }
+        for change in changes.iter().filter(|c| c.mode == "signal") {
+            self.event(&task.name, "running", false, "Signaling", &format!("Template re-rendered: {}", change.signal));
+            let _ = task.container.signal(&change.signal);
         }
     }
 
@@ -824,6 +839,13 @@ impl AllocRunner {
             }
         }
     }
+}
+
+/// A re-rendered template's change_mode, change_signal and splay.
+struct Change {
+    mode: String,
+    signal: String,
+    splay: Duration,
 }
 
 struct RestartPolicy {

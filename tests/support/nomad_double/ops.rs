@@ -43,10 +43,24 @@ pub fn with_defaults(mut job: Value, namespace: &str) -> Value {
         for group in groups {
             if let Some(group) = group.as_object_mut() {
                 group.entry("Count").or_insert(json!(1));
+                let tasks = group.get_mut("Tasks").and_then(Value::as_array_mut).into_iter().flatten();
+                for template in tasks.filter_map(|t| t.get_mut("Templates")).filter_map(Value::as_array_mut).flatten() {
+                    template_defaults(template);
+                }
             }
         }
     }
     job
+}
+
+/// api/tasks.go, Template.Canonicalize: what a template the job left unset gets. `Splay`
+/// matters most: 5 s of random delay before a re-rendered template's change_mode.
+fn template_defaults(template: &mut Value) {
+    let Some(object) = template.as_object_mut() else { return };
+    let mode = object.entry("ChangeMode").or_insert(json!("restart")).as_str().unwrap_or_default().to_string();
+    object.entry("ChangeSignal").or_insert(json!(if mode == "signal" { "SIGHUP" } else { "" }));
+    object.entry("Splay").or_insert(json!(5_000_000_000u64));
+    object.entry("Perms").or_insert(json!("0644"));
 }
 
 fn group_named<'a>(job: &'a Value, name: &str) -> Option<&'a Value> {
