@@ -418,73 +418,134 @@ fn pause_window(target: &dyn Target, poolers: &[String], reporter: &dyn Reporter
     PauseWindow { guard, _signals: crate::interrupts::hold() }
 }
 
-/// PAUSEs every pooler; on a failure RESUMEs every one of them. A PAUSE that does not
-/// complete in time (a transaction holds its server connection) is resumed and tried again,
-/// a few times, before the switchover is called off.
-fn pause_all(target: &dyn Target, poolers: &[String], reporter: &dyn Reporter) -> Result<(), OpsError> {
-    for (i, pooler) in poolers.iter().enumerate() {
-        reporter.note(&format!("PAUSE on PgBouncer {pooler}: clients wait, server connections are released"));
-        let mut attempt = 1;
-        loop {
-            match target.pooler_admin(pooler, "PAUSE", PAUSE_WAIT) {
-                Ok(_) => break,
-                Err(error) => {
-                    // What still holds a server connection, for the report.
-                    let busy = target.pooler_admin(pooler, "SHOW SERVERS", ADMIN_TIMEOUT).unwrap_or_default();
-                    let busy: Vec<String> = busy
-                        .lines()
-                        .map(|row| row.split('|').collect::<Vec<_>>())
-                        .filter(|c| c.len() > 3)
-                        .map(|c| format!("{}/{} {}", c[2], c[1], c[3]))
-                        .collect();
-                    // A PAUSE that did not complete has still put the pooler in pause mode.
-                    resume_all(target, &poolers[..=i], reporter);
-                    if attempt == PAUSE_ATTEMPTS {
-                        return Err(OpsError::Failed(format!(
-                            "PAUSE on PgBouncer {pooler} failed {attempt} times ({error}; server connections still in use: {}); every PgBouncer was resumed and no switchover was asked for",
-                            if busy.is_empty() { "none".into() } else { busy.join(", ") }
-                        )));
-                    }
-                    reporter.note(&format!("PAUSE on {pooler} did not complete ({error}); resumed, trying again"));
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(500));
-                    // The poolers paused before this one were resumed too: pause them again.
-                    for earlier in &poolers[..i] {
-                        target.pooler_admin(earlier, "PAUSE", PAUSE_WAIT).map_err(|e| {
-                            resume_all(target, &poolers[..=i], reporter);
-                            OpsError::Failed(format!("PAUSE on PgBouncer {earlier} failed ({e}); every PgBouncer was resumed"))
-                        })?;
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
+/// `work` on every pooler at once, each on its own thread; the results in `poolers`' order.
+fn on_each_pooler<T: Send>(poolers: &[String], work: impl Fn(&str) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|scope| {
+        let work = &work;
+        let running: Vec<_> = poolers.iter().map(|pooler| scope.spawn(move || work(pooler))).collect();
+        running.into_iter().map(|thread| thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
 }
 
-/// RESUMEs every pooler, trying each even when one fails; what failed comes back.
+/// PAUSEs every pooler, all at once (a client of one waits for no other's PAUSE); on a
+/// failure RESUMEs every one of them. A PAUSE that does not complete in time (a transaction
+/// holds its server connection) is resumed and tried again, a few times, before the
+/// switchover is called off.
+fn pause_all(target: &dyn Target, poolers: &[String], reporter: &dyn Reporter) -> Result<(), OpsError> {
+    for pooler in poolers {
+        reporter.note(&format!("PAUSE on PgBouncer {pooler}: clients wait, server connections are released"));
+    }
+    let mut attempt = 1;
+    loop {
+        let outcomes = on_each_pooler(poolers, |pooler| target.pooler_admin(pooler, "PAUSE", PAUSE_WAIT));
+        let Some((pooler, error)) = poolers.iter().zip(outcomes).find_map(|(pooler, outcome)| outcome.err().map(|e| (pooler, e))) else {
+            return Ok(());
+        };
+        // What still holds a server connection, for the report.
+        let busy = target.pooler_admin(pooler, "SHOW SERVERS", ADMIN_TIMEOUT).unwrap_or_default();
+        let busy: Vec<String> = busy
+            .lines()
+            .map(|row| row.split('|').collect::<Vec<_>>())
+            .filter(|c| c.len() > 3)
+            .map(|c| format!("{}/{} {}", c[2], c[1], c[3]))
+            .collect();
+        // A PAUSE that did not complete has still put its pooler in pause mode.
+        let not_resumed = resume_all(target, poolers, reporter);
+        if attempt == PAUSE_ATTEMPTS || !not_resumed.is_empty() {
+            return with_resume_failures(
+                Err(OpsError::Failed(format!(
+                    "PAUSE on PgBouncer {pooler} failed {attempt} times ({error}; server connections still in use: {}); every PgBouncer was resumed and no switchover was asked for",
+                    if busy.is_empty() { "none".into() } else { busy.join(", ") }
+                ))),
+                &not_resumed,
+            );
+        }
+        reporter.note(&format!("PAUSE on {pooler} did not complete ({error}); every PgBouncer resumed, trying again"));
+        attempt += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// RESUMEs every pooler, all at once, trying each even when one fails; what failed comes back.
 fn resume_all(target: &dyn Target, poolers: &[String], reporter: &dyn Reporter) -> Vec<String> {
-    let mut failed = Vec::new();
     for pooler in poolers {
         reporter.note(&format!("RESUME on PgBouncer {pooler}"));
-        // A RESUME of a pooler that is not paused is refused ("pooler is not paused"): fine.
-        let mut result = target.pooler_admin(pooler, "RESUME", ADMIN_TIMEOUT);
-        for _ in 0..3 {
-            match &result {
-                Err(e) if !e.to_string().contains("not paused") => {
-                    std::thread::sleep(Duration::from_millis(300));
-                    result = target.pooler_admin(pooler, "RESUME", ADMIN_TIMEOUT);
-                }
-                _ => break,
+    }
+    on_each_pooler(poolers, |pooler| resume(target, pooler).err()).into_iter().flatten().collect()
+}
+
+/// RESUME on one pooler, retried a few times; Err names it and says why.
+fn resume(target: &dyn Target, pooler: &str) -> Result<(), String> {
+    // A RESUME of a pooler that is not paused is refused ("pooler is not paused"): fine.
+    let mut result = target.pooler_admin(pooler, "RESUME", ADMIN_TIMEOUT);
+    for _ in 0..3 {
+        match &result {
+            Err(e) if !e.to_string().contains("not paused") => {
+                std::thread::sleep(Duration::from_millis(300));
+                result = target.pooler_admin(pooler, "RESUME", ADMIN_TIMEOUT);
             }
-        }
-        if let Err(e) = result {
-            if !e.to_string().contains("not paused") {
-                failed.push(format!("{pooler}: {e}"));
-            }
+            _ => break,
         }
     }
-    failed
+    match result {
+        Err(e) if !e.to_string().contains("not paused") => Err(format!("{pooler}: {e}")),
+        _ => Ok(()),
+    }
+}
+
+/// Once the candidate takes writes: each PgBouncer, on its own thread, is RESUMEd as soon as
+/// it points at the candidate, so its clients wait for no other PgBouncer's reload; past
+/// `deadline` it is RESUMEd anyway. Gives which PgBouncers did not point at it in time (and
+/// why) and which could not be RESUMEd.
+fn resume_as_routed(
+    target: &dyn Target,
+    poolers: &[String],
+    candidate: &MemberView,
+    deadline: Instant,
+    reporter: &dyn Reporter,
+) -> (Vec<String>, Vec<String>) {
+    let only_candidate = ClusterView { members: vec![candidate.clone()], ..ClusterView::default() };
+    let (routed, routed_news) = std::sync::mpsc::channel::<String>();
+    let outcomes = std::thread::scope(|scope| {
+        let running: Vec<_> = poolers
+            .iter()
+            .map(|pooler| {
+                let (routed, only_candidate) = (routed.clone(), &only_candidate);
+                scope.spawn(move || {
+                    let late = loop {
+                        let status = match pooler_routes_to(target, pooler, only_candidate) {
+                            Ok(Some(member)) if member == candidate.name => break None,
+                            Ok(_) => "does not point at it yet".to_owned(),
+                            Err(e) => e.to_string(),
+                        };
+                        if Instant::now() >= deadline {
+                            break Some(format!("{pooler} {status}"));
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    };
+                    let _ = routed.send(pooler.clone());
+                    (late, resume(target, pooler).err())
+                })
+            })
+            .collect();
+        drop(routed);
+        // The reporter stays on this thread: it says each RESUME as it happens.
+        let started = Instant::now();
+        loop {
+            match routed_news.recv_timeout(Duration::from_millis(250)) {
+                Ok(pooler) => reporter.note(&format!("RESUME on PgBouncer {pooler}")),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => reporter.progress(&format!(
+                    "{} runs as primary; waiting for every PgBouncer to point at it ({:.0} s)",
+                    candidate.name,
+                    started.elapsed().as_secs_f64()
+                )),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        running.into_iter().map(|thread| thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect::<Vec<_>>()
+    });
+    let (late, not_resumed): (Vec<_>, Vec<_>) = outcomes.into_iter().unzip();
+    (late.into_iter().flatten().collect(), not_resumed.into_iter().flatten().collect())
 }
 
 /// `result`, unless a RESUME failed (`not_resumed`): then an error naming those PgBouncers,
@@ -512,7 +573,7 @@ fn wait_sync_standby(target: &dyn Target, deadline: Instant, reporter: &dyn Repo
 }
 
 /// A planned switchover: every PgBouncer PAUSEd, Patroni's `POST /switchover` to the
-/// candidate, a wait until it runs as primary and every PgBouncer points at it, RESUME.
+/// candidate, a wait until it runs as primary, then a RESUME of each PgBouncer once it points at it.
 /// Clients wait instead of failing; past `pause_timeout` PgBouncer is RESUMEd anyway.
 pub fn switchover(
     target: &dyn Target,
@@ -530,7 +591,7 @@ pub fn switchover(
     // Patroni answers POST /switchover only after polling the DCS once a second (api.py,
     // poll_failover_result): up to a second after the new primary runs, with every client
     // paused. So the answer is awaited beside the wait for the new primary, and only a
-    // refusal ends that wait; the clients are RESUMEd as soon as PgBouncer routes to it.
+    // refusal ends that wait; each PgBouncer is RESUMEd as soon as it routes to it.
     let (result, took, not_resumed) = std::thread::scope(|scope| {
         reporter.note(&format!("switchover from {} to {}", leader.name, candidate.name));
         let body = serde_json::json!({ "leader": leader.name, "candidate": candidate.name });
@@ -541,34 +602,19 @@ pub fn switchover(
         });
         let mut accepted = false;
         let deadline = started + options.pause_timeout;
-        let result = wait_for(
-            &format!("{} to run as primary with every PgBouncer on it", candidate.name),
-            deadline,
-            Duration::from_millis(50),
-            reporter,
-            || {
-                match answer.try_recv() {
-                    Ok(Ok((200, _))) => accepted = true,
-                    Ok(Ok((code, text))) => {
-                        return Ok(Some(Err(OpsError::Failed(format!("Patroni refused the switchover ({code}): {}", text.trim())))))
-                    }
-                    Ok(Err(e)) => return Ok(Some(Err(OpsError::Failed(format!("POST /switchover to {}: {e}", leader.name))))),
-                    Err(_) => {}
+        let promoted = wait_for(&format!("{} to run as primary", candidate.name), deadline, Duration::from_millis(50), reporter, || {
+            match answer.try_recv() {
+                Ok(Ok((200, _))) => accepted = true,
+                Ok(Ok((code, text))) => {
+                    return Ok(Some(Err(OpsError::Failed(format!("Patroni refused the switchover ({code}): {}", text.trim())))))
                 }
-                // Not `/primary`: it passes while the candidate still promotes, and clients
-                // resumed then meet "cannot execute INSERT in a read-only transaction".
-                if !view::takes_writes(target, &candidate.rest, Duration::from_millis(500)) {
-                    return Ok(None);
-                }
-                let view = ClusterView { members: vec![candidate.clone()], ..ClusterView::default() };
-                for pooler in &poolers {
-                    if pooler_routes_to(target, pooler, &view).map_err(|e| e.to_string())?.as_deref() != Some(candidate.name.as_str()) {
-                        return Err(format!("PgBouncer {pooler} does not point at it yet"));
-                    }
-                }
-                Ok(Some(Ok(())))
-            },
-        )
+                Ok(Err(e)) => return Ok(Some(Err(OpsError::Failed(format!("POST /switchover to {}: {e}", leader.name))))),
+                Err(_) => {}
+            }
+            // Not `/primary`: it passes while the candidate still promotes, and clients
+            // resumed then meet "cannot execute INSERT in a read-only transaction".
+            Ok(view::takes_writes(target, &candidate.rest, Duration::from_millis(500)).then_some(Ok(())))
+        })
         .and_then(|outcome| outcome)
         .map_err(|e| match e {
             OpsError::TimedOut { what, after } if !accepted => {
@@ -577,7 +623,20 @@ pub fn switchover(
             other => other,
         });
         // Before the scope ends: it waits for Patroni's answer.
-        (result, started.elapsed(), resume_all(target, &poolers, reporter))
+        match promoted {
+            Ok(()) => {
+                let (late, not_resumed) = resume_as_routed(target, &poolers, &candidate, deadline, reporter);
+                let result = match late.is_empty() {
+                    true => Ok(()),
+                    false => Err(OpsError::TimedOut {
+                        what: format!("every PgBouncer to point at {} (PgBouncer {}); resumed anyway", candidate.name, late.join(", ")),
+                        after: started.elapsed(),
+                    }),
+                };
+                (result, started.elapsed(), not_resumed)
+            }
+            Err(e) => (Err(e), started.elapsed(), resume_all(target, &poolers, reporter)),
+        }
     });
     window.close();
     with_resume_failures(result, &not_resumed)?;
