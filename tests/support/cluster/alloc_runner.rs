@@ -639,13 +639,16 @@ impl AllocRunner {
 
     fn restart_policy(&self, task: &Value) -> RestartPolicy {
         let policy = if task["RestartPolicy"].is_object() { &task["RestartPolicy"] } else { &self.facts.group["RestartPolicy"] };
+        // What Nomad's Canonicalize fills in (api TaskGroup.Canonicalize, from the job's type).
+        let batch = matches!(self.facts.job["Type"].as_str(), Some("batch" | "sysbatch"));
+        let (attempts, interval) = if batch { (3, Duration::from_secs(24 * 3600)) } else { (2, Duration::from_secs(1800)) };
         RestartPolicy {
-            attempts: policy["Attempts"].as_u64().unwrap_or(2) as u32,
-            interval: duration(&policy["Interval"], Duration::from_secs(1800)),
+            attempts: policy["Attempts"].as_u64().unwrap_or(attempts) as u32,
+            interval: duration(&policy["Interval"], interval),
             // Real time, not the double's deployment scale: a restart faster than Patroni's
             // ttl would keep the old leader where Nomad would have let a replica take over.
             delay: duration(&policy["Delay"], Duration::from_secs(15)),
-            mode_fail: str_of(policy, "Mode") == "fail",
+            mode_fail: matches!(str_of(policy, "Mode"), "fail" | ""),
         }
     }
 
