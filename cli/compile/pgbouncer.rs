@@ -20,10 +20,12 @@ pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
     // SIGINT is PgBouncer's safe shutdown: it waits for clients to finish.
     task.kill_signal = some("SIGINT");
     let mut ini = cx.pack_template("pgbouncer/pgbouncer.ini", None, &holes, "secrets/pgbouncer.ini", Change::Reload)?;
-    // Consul changes come in bursts during a failover (the old primary's check fails, the new
-    // one's passes up to a check interval later); wait for them to settle a moment, but never
-    // more than 1 s: the wait is part of every write gap (see common::check_interval).
-    ini.wait = Some(WaitConfig { min: Some(Nanos::millis(250)), max: Some(Nanos::secs(1)) });
+    // Rendered as soon as Consul's answer changes: any wait is part of every write gap (see
+    // common::check_interval). Without a `wait` Nomad uses its client's (5 s to 4 min). A
+    // failover's two changes (the old primary's check fails, the new one's passes up to a
+    // check interval later) then cost two reloads instead of one, which PgBouncer takes in
+    // its stride; a wait long enough to merge them would hold clients up to that interval.
+    ini.wait = Some(WaitConfig { min: Some(Nanos::millis(0)), max: Some(Nanos::secs(1)) });
     // And SIGHUP at once once written: left unset, Nomad waits a random 0–5 s (`splay`) before
     // a template's change_mode, and PgBouncer would send clients to the old primary meanwhile.
     ini.splay = Some(Nanos::millis(0));
@@ -73,8 +75,9 @@ mod tests {
     use crate::config::Packs;
 
     /// Nomad gives a template without `Splay` 5 s (api/tasks.go, Template.Canonicalize) and
-    /// waits a random part of it after every re-rendering before the SIGHUP: PgBouncer would
-    /// keep clients on the old primary that long after a failover or switchover.
+    /// waits a random part of it after every re-rendering before the SIGHUP, and one without
+    /// `wait` its client's quiescence (5 s): PgBouncer would keep clients on the old primary
+    /// that long after a failover or switchover.
     #[test]
     fn pgbouncer_reloads_its_routing_as_soon_as_nomad_renders_it() {
         let checked = crate::stack::load(&crate::stack::Source::new("pgnomad.hcl", "cluster \"main\" {}\n".to_owned())).unwrap();
@@ -86,5 +89,7 @@ mod tests {
         assert!(ini["EmbeddedTmpl"].as_str().unwrap().contains("service \"main-primary\""), "it routes by the primary service");
         assert_eq!(ini["ChangeMode"], "signal");
         assert_eq!(ini["Splay"], 0, "sent as 0, not left to Nomad's 5 s default: {ini:#}");
+        // Written as soon as Consul's answer changes; without a `wait` the client's 5 s apply.
+        assert_eq!(ini["Wait"]["Min"], 0, "{ini:#}");
     }
 }
