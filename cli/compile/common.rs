@@ -226,7 +226,7 @@ pub fn resources(cpu: u32, memory_mb: u32) -> Resources {
 /// (`/primary`, `/replica`) decide where PgBouncer routes: after a failover the new leader's
 /// `/primary` passes only at its next run, so the interval is added to every write gap
 /// (on average half of it). 1 s is Nomad's floor for a check interval; with PgBouncer's template
-/// wait of 0.25–1 s a postmaster kill costs Patroni's noticing and promotion (1.8–2.6 s with
+/// then rendered at once (it was 0.25–1 s later when these figures were taken) a postmaster kill costs Patroni's noticing and promotion (1.8–2.6 s with
 /// loop_wait 1), up to 1 s of check and the wait: 3.9 s median on the cluster double, from 7.7 s
 /// with 5 s checks and loop_wait 2 (BENCHMARKS.md). The
 /// other checks only feed deployments and DNS; 5 s keeps the exporter from being scraped each second.

@@ -200,7 +200,7 @@ fn member_group(cx: &Context<'_>, member: &MemberFacts) -> Result<TaskGroup, Con
         services: Some(services),
         meta: Some(member_meta),
         // Services are deregistered this long before Patroni gets SIGTERM: a primary that is
-        // stopped leaves Consul first, and PgBouncer (template wait ≤ 2 s) and the backup jobs
+        // stopped leaves Consul first, and PgBouncer (rendered and reloaded at once) and the backup jobs
         // stop sending to it before Postgres goes down.
         shutdown_delay: Some(Nanos::secs(5)),
         // A member whose node stops heartbeating is not replaced elsewhere: its data is on
