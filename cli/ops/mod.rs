@@ -809,6 +809,75 @@ mod tests {
         }
     }
 
+    /// Two PgBouncers: `a` routes to member-1 at once, `b` only once `a` has been RESUMEd.
+    #[derive(Default)]
+    struct TwoPoolers {
+        said: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Target for TwoPoolers {
+        fn seeds(&self) -> Result<Vec<String>, OpsError> {
+            Ok(Vec::new())
+        }
+        fn rest(&self, _: &str, _: &str, _: &str, _: Option<&Value>, _: Duration) -> Result<(u16, String), String> {
+            Err("no REST API here".into())
+        }
+        fn poolers(&self) -> Result<Vec<String>, OpsError> {
+            Ok(vec!["a".into(), "b".into()])
+        }
+        fn pooler_admin(&self, pooler: &str, command: &str, _: Duration) -> Result<String, OpsError> {
+            let mut said = self.said.lock().unwrap();
+            said.push(format!("{command} {pooler}"));
+            let routed = pooler == "a" || said.iter().any(|s| s == "RESUME a");
+            Ok(match command {
+                "SHOW DATABASES" if routed => "app|member-1|5432|app".into(),
+                "SHOW DATABASES" => "app|member-0|5432|app".into(),
+                _ => String::new(),
+            })
+        }
+        fn oldest_transaction(&self, _: &MemberView) -> Result<Option<Duration>, String> {
+            Ok(None)
+        }
+        fn desired_parameters(&self) -> BTreeMap<String, String> {
+            BTreeMap::new()
+        }
+        fn members_to_update(&self) -> Result<Vec<String>, OpsError> {
+            Ok(Vec::new())
+        }
+        fn update_member(&self, _: &str, _: Instant, _: &dyn Reporter) -> Result<(), OpsError> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "two PgBouncers in a test".into()
+        }
+    }
+
+    #[test]
+    fn each_pgbouncer_is_resumed_as_soon_as_it_routes_to_the_new_primary_not_when_the_last_one_does() {
+        let target = TwoPoolers::default();
+        let candidate = MemberView { name: "member-1".into(), host: "member-1".into(), ..one_member().members[0].clone() };
+        let poolers = target.poolers().unwrap();
+        // Were `a` held until `b` routes, `b` would never route: both late at the deadline.
+        let (late, not_resumed) = resume_as_routed(&target, &poolers, &candidate, Instant::now() + Duration::from_secs(10), &Quiet);
+        assert!(late.is_empty(), "{late:?}: {:?}", target.said.lock().unwrap());
+        assert!(not_resumed.is_empty(), "{not_resumed:?}");
+        let said = target.said.lock().unwrap();
+        assert_eq!(said.iter().filter(|s| s.starts_with("RESUME")).count(), 2, "{said:?}");
+    }
+
+    #[test]
+    fn a_pgbouncer_that_never_routes_to_the_new_primary_is_resumed_at_the_deadline_and_named() {
+        let target = TwoPoolers::default();
+        // member-2 is where no PgBouncer ever routes.
+        let candidate = MemberView { name: "member-2".into(), host: "member-2".into(), ..one_member().members[0].clone() };
+        let (late, not_resumed) =
+            resume_as_routed(&target, &target.poolers().unwrap(), &candidate, Instant::now() + Duration::from_millis(300), &Quiet);
+        assert_eq!(late, vec!["a does not point at it yet".to_owned(), "b does not point at it yet".to_owned()]);
+        assert!(not_resumed.is_empty());
+        let said = target.said.lock().unwrap();
+        assert!(said.contains(&"RESUME a".to_owned()) && said.contains(&"RESUME b".to_owned()), "{said:?}");
+    }
+
     fn one_member() -> ClusterView {
         let member = MemberView {
             name: "member-0".into(),
