@@ -771,51 +771,16 @@ mod tests {
     use super::running::RunningSetting;
     use super::*;
 
-    /// A target whose every member's Postgres shows `settings`; nothing else is reachable.
+    /// A target whose every member's Postgres shows `settings`, with two PgBouncers: `a`
+    /// routes to member-1 at once, `b` only once `a` has been RESUMEd. No REST API.
+    #[derive(Default)]
     struct Shows {
         settings: Vec<RunningSetting>,
-    }
-
-    impl Target for Shows {
-        fn seeds(&self) -> Result<Vec<String>, OpsError> {
-            Ok(Vec::new())
-        }
-        fn rest(&self, _: &str, _: &str, _: &str, _: Option<&Value>, _: Duration) -> Result<(u16, String), String> {
-            Err("no REST API here".into())
-        }
-        fn poolers(&self) -> Result<Vec<String>, OpsError> {
-            Ok(Vec::new())
-        }
-        fn pooler_admin(&self, _: &str, _: &str, _: Duration) -> Result<String, OpsError> {
-            Err(OpsError::Failed("no PgBouncer here".into()))
-        }
-        fn oldest_transaction(&self, _: &MemberView) -> Result<Option<Duration>, String> {
-            Ok(None)
-        }
-        fn postgres_settings(&self, _: &MemberView, names: &[&str]) -> Option<Vec<RunningSetting>> {
-            Some(self.settings.iter().filter(|s| s.pending_restart || names.contains(&s.name.as_str())).cloned().collect())
-        }
-        fn desired_parameters(&self) -> BTreeMap<String, String> {
-            [("max_connections", "250"), ("work_mem", "8MB")].into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
-        }
-        fn members_to_update(&self) -> Result<Vec<String>, OpsError> {
-            Ok(Vec::new())
-        }
-        fn update_member(&self, _: &str, _: Instant, _: &dyn Reporter) -> Result<(), OpsError> {
-            Ok(())
-        }
-        fn describe(&self) -> String {
-            "a target in a test".into()
-        }
-    }
-
-    /// Two PgBouncers: `a` routes to member-1 at once, `b` only once `a` has been RESUMEd.
-    #[derive(Default)]
-    struct TwoPoolers {
+        /// The admin console commands, as "<command> <pooler>".
         said: std::sync::Mutex<Vec<String>>,
     }
 
-    impl Target for TwoPoolers {
+    impl Target for Shows {
         fn seeds(&self) -> Result<Vec<String>, OpsError> {
             Ok(Vec::new())
         }
@@ -838,8 +803,11 @@ mod tests {
         fn oldest_transaction(&self, _: &MemberView) -> Result<Option<Duration>, String> {
             Ok(None)
         }
+        fn postgres_settings(&self, _: &MemberView, names: &[&str]) -> Option<Vec<RunningSetting>> {
+            Some(self.settings.iter().filter(|s| s.pending_restart || names.contains(&s.name.as_str())).cloned().collect())
+        }
         fn desired_parameters(&self) -> BTreeMap<String, String> {
-            BTreeMap::new()
+            [("max_connections", "250"), ("work_mem", "8MB")].into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
         }
         fn members_to_update(&self) -> Result<Vec<String>, OpsError> {
             Ok(Vec::new())
@@ -848,13 +816,13 @@ mod tests {
             Ok(())
         }
         fn describe(&self) -> String {
-            "two PgBouncers in a test".into()
+            "a target in a test".into()
         }
     }
 
     #[test]
     fn each_pgbouncer_is_resumed_as_soon_as_it_routes_to_the_new_primary_not_when_the_last_one_does() {
-        let target = TwoPoolers::default();
+        let target = Shows::default();
         let candidate = MemberView { name: "member-1".into(), host: "member-1".into(), ..one_member().members[0].clone() };
         let poolers = target.poolers().unwrap();
         // Were `a` held until `b` routes, `b` would never route: both late at the deadline.
@@ -867,7 +835,7 @@ mod tests {
 
     #[test]
     fn a_pgbouncer_that_never_routes_to_the_new_primary_is_resumed_at_the_deadline_and_named() {
-        let target = TwoPoolers::default();
+        let target = Shows::default();
         // member-2 is where no PgBouncer ever routes.
         let candidate = MemberView { name: "member-2".into(), host: "member-2".into(), ..one_member().members[0].clone() };
         let (late, not_resumed) =
@@ -902,7 +870,7 @@ mod tests {
 
     #[test]
     fn a_postmaster_running_an_old_restart_setting_counts_as_pending_though_patroni_flags_nothing() {
-        let pending = |settings| with_postgres_pending(&Shows { settings }, one_member()).members[0].pending_restart;
+        let pending = |settings| with_postgres_pending(&Shows { settings, ..Shows::default() }, one_member()).members[0].pending_restart;
         // Patroni adopted a Postgres still running max_connections 200 and has not reloaded it.
         assert!(pending(vec![setting("max_connections", "200", false)]));
         assert!(!pending(vec![setting("max_connections", "250", false)]));
