@@ -279,3 +279,66 @@ fn dev_switchover_with_pgbouncer_pause_has_no_client_errors() {
         assert!(!Path::new(&format!("/proc/{pid}")).exists(), "pid {pid} still runs after `dev destroy`");
     }
 }
+
+/// The processes whose parent is `parent` and whose command line holds `needle`.
+fn children_of(parent: u32, needle: &str) -> Vec<u32> {
+    let pids = std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
+    pids.filter(|pid| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The fields after the command name in parentheses: state, then the parent's pid.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        ppid == Some(parent) && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+    })
+    .collect()
+}
+
+/// The operator's machine lost mid-switchover: pgnomad and the guard that would RESUME
+/// PgBouncer are both killed while it is paused. PgBouncer's own pause watchdog RESUMEs it
+/// once clients have waited `max_pause`, and not before; writes go on, none acknowledged is
+/// lost. A `--pause-timeout` the watchdog would cut short is refused with the bound.
+#[test]
+fn dev_pgbouncer_lifts_a_pause_whose_pgnomad_and_guard_were_killed_after_max_pause() {
+    let dir = postgres_tempdir();
+    let stack_file = dir.path().join("pgnomad.hcl");
+    std::fs::write(&stack_file, format!("{}\npgbouncer {{\n  max_pause = \"15s\"\n}}\n", stack_text("watchdog", 2))).unwrap();
+    let mut dev = DevCluster::at(dir, stack_file, "watchdog", 2);
+    dev.start();
+    let primary = dev.primary().expect("a primary");
+    dev.wait_streaming(primary, Duration::from_secs(30));
+    let writer = Writer::start(&dev);
+    writer.wait_ack_after(Instant::now(), Duration::from_secs(10));
+
+    let out = dev.dev(&["switchover", "--pause-timeout", "30s"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("pass at most 5 s, or raise `max_pause`"), "{}", text(&out.stderr));
+
+    // Once every PgBouncer is paused (the switchover is asked for next): the guard, then pgnomad.
+    let mut child = dev.dev(&["switchover"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("switchover from") {
+        assert!(std::io::BufRead::read_line(&mut stderr, &mut said).unwrap() > 0, "dev switchover ended first: {said}");
+    }
+    let guards = children_of(child.id(), "__resume-guard");
+    assert_eq!(guards.len(), 1, "pgnomad's guard process: {guards:?}\n{said}");
+    kill9(guards[0]);
+    kill9(child.id());
+    let killed_at = Instant::now();
+    child.wait().unwrap();
+
+    writer.wait_ack_after(killed_at, Duration::from_secs(40));
+    let attempts = writer.snapshot();
+    let resumed = attempts.iter().filter(|a| a.acknowledged && a.ended > killed_at).map(|a| a.ended).min().unwrap();
+    let held = resumed - killed_at;
+    assert!(held >= Duration::from_secs(12), "clients went through {held:?} after the kill: something else RESUMEd PgBouncer");
+    assert!(held <= Duration::from_secs(25), "clients held {held:?}, past max_pause (15 s) and the watchdog's polling");
+    let log = std::fs::read_to_string(dev.state_dir.join("pgbouncer/log/pause-watchdog.log")).unwrap();
+    assert!(log.contains("on a PAUSE no one lifted: RESUMEd PgBouncer"), "{log}");
+    eprintln!("clients held {held:?} after pgnomad and its guard were killed");
+
+    let primary = dev.wait_new_primary(None, Duration::from_secs(60));
+    dev.wait_streaming(primary, Duration::from_secs(90));
+    writer.wait_ack_after(Instant::now(), Duration::from_secs(10));
+    let attempts = writer.stop();
+    assert_eq!(lost_on(&dev, primary, &attempts), Vec::<u64>::new(), "acknowledged rows lost");
+}

@@ -37,7 +37,8 @@ pub struct RestartFlags {
 }
 
 pub fn restart_on(target: &dyn Target, flags: &RestartFlags) -> Result<(), Failure> {
-    let options = SwitchoverOptions { max_lag: flags.max_lag, ..SwitchoverOptions::default() };
+    let pause_timeout = ops::pause_timeout(None, target.max_pause()).map_err(|e| ops_failure(&e))?;
+    let options = SwitchoverOptions { max_lag: flags.max_lag, pause_timeout, ..SwitchoverOptions::default() };
     let reporter = OpsReporter::new(false);
     let result = ops::restart(target, flags.member.as_deref(), flags.pending, &options, flags.timeout, &reporter);
     reporter.finish();

@@ -31,15 +31,17 @@ pub struct SwitchoverFlags {
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_lag: u64,
     /// The longest PgBouncer holds clients; then it is resumed anyway.
-    #[arg(long, value_name = "D", default_value = "60s", value_parser = parse_duration)]
-    pub pause_timeout: Duration,
+    /// [default: 60s, or less to stay under the stack's `max_pause` − 10s]
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub pause_timeout: Option<Duration>,
     /// Print the outcome as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn switchover_on(target: &dyn Target, flags: &SwitchoverFlags) -> Result<(), Failure> {
-    let options = SwitchoverOptions { pause: !flags.no_pause, max_lag: flags.max_lag, pause_timeout: flags.pause_timeout };
+    let pause_timeout = ops::pause_timeout(flags.pause_timeout, target.max_pause()).map_err(|e| ops_failure(&e))?;
+    let options = SwitchoverOptions { pause: !flags.no_pause, max_lag: flags.max_lag, pause_timeout };
     let reporter = OpsReporter::new(false);
     let result = ops::switchover(target, flags.to.as_deref(), &options, &reporter);
     reporter.finish();

@@ -40,21 +40,24 @@ pub struct UpgradeFlags {
     #[arg(long, value_name = "D", default_value = "15m", value_parser = parse_duration)]
     pub timeout: Duration,
     /// The longest PgBouncer holds clients during the switchover; then it is resumed anyway.
-    #[arg(long, value_name = "D", default_value = "60s", value_parser = parse_duration)]
-    pub pause_timeout: Duration,
+    /// [default: 60s, or less to stay under the stack's `max_pause` − 10s]
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub pause_timeout: Option<Duration>,
     /// Print the report as JSON on stdout (no progress on stderr).
     #[arg(long)]
     pub json: bool,
 }
 
 impl UpgradeFlags {
-    pub fn options(&self) -> UpgradeOptions {
-        UpgradeOptions {
+    /// The options, the pause timeout kept under `max_pause` (see [`ops::pause_timeout`]).
+    pub fn options(&self, max_pause: Option<Duration>) -> Result<UpgradeOptions, OpsError> {
+        let pause_timeout = ops::pause_timeout(self.pause_timeout, max_pause)?;
+        Ok(UpgradeOptions {
             gate: Gate { max_lag: self.max_lag, max_transaction_age: self.max_transaction_age },
             timeout: self.timeout,
-            switchover: SwitchoverOptions { pause: true, max_lag: self.max_lag, pause_timeout: self.pause_timeout },
+            switchover: SwitchoverOptions { pause: true, max_lag: self.max_lag, pause_timeout },
             dry_run: self.dry_run,
-        }
+        })
     }
 }
 
@@ -74,7 +77,8 @@ pub fn ops_failure(error: &OpsError) -> Failure {
 pub fn upgrade_on(target: &dyn Target, flags: &UpgradeFlags) -> Result<(), Failure> {
     // Progress goes to stderr either way; with --json stdout carries only the report.
     let reporter = OpsReporter::new(false);
-    let result = ops::upgrade(target, &flags.options(), &reporter);
+    let options = flags.options(target.max_pause()).map_err(|e| ops_failure(&e))?;
+    let result = ops::upgrade(target, &options, &reporter);
     reporter.finish();
     let (report, error) = match result {
         Ok(report) => (report, None),

@@ -42,6 +42,11 @@ pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
     // PgBouncer runs from the stack's image (or the hosts' packages) as postgres.
     finish_task(&mut task, cx.postgres_owner());
 
+    let mut tasks = vec![task];
+    if cx.facts.pgbouncer.max_pause_secs > 0 {
+        tasks.push(pause_watchdog_task(cx, &holes)?);
+    }
+
     job.update = Some(UpdateStrategy {
         max_parallel: Some(1),
         health_check: some("checks"),
@@ -57,7 +62,7 @@ pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
         spreads: Some(vec![Spread { attribute: some("${node.unique.id}"), weight: Some(100) }]),
         networks: Some(vec![bridge(vec![port("pgbouncer", stack.pgbouncer.port.value)])]),
         services: Some(vec![service(names::pgbouncer_service(c), "pgbouncer", vec![tcp_check("pgbouncer accepts", "pgbouncer")])]),
-        tasks: Some(vec![task]),
+        tasks: Some(tasks),
         // Out of Consul (DNS, pgAdmin) before SIGINT, so new clients go to the other instance.
         shutdown_delay: Some(Nanos::secs(5)),
         // Stateless: start a replacement at once, keep the better placed one when the node is back.
@@ -65,6 +70,23 @@ pub fn job(cx: &Context<'_>) -> Result<Job, ConfigError> {
         ..TaskGroup::default()
     }]);
     Ok(job)
+}
+
+/// RESUMEs PgBouncer once its clients have waited `max_pause` on a PAUSE no one lifted
+/// (packs/pgbouncer/pause-watchdog.sh): pgnomad and its guard run on the operator's machine,
+/// which may sleep or lose its network while PgBouncer is paused. A sidecar in PgBouncer's
+/// group, so on localhost in its network namespace.
+fn pause_watchdog_task(cx: &Context<'_>, holes: &crate::config::Holes) -> Result<Task, ConfigError> {
+    let script = "secrets/pause-watchdog.sh";
+    let mut task = cx.program_task("pause-watchdog", "/bin/sh", vec![format!("/{script}")], &[]);
+    task.lifecycle = Some(TaskLifecycle { hook: some("poststart"), sidecar: Some(true) });
+    task.resources = Some(resources(20, 32));
+    // The script holds the admin password: a file only postgres reads, never the environment.
+    let mut watchdog = cx.pack_template("pgbouncer/pause-watchdog.sh", None, holes, script, Change::Restart)?;
+    watchdog.perms = some("0700");
+    task.templates = Some(vec![watchdog]);
+    finish_task(&mut task, cx.postgres_owner());
+    Ok(task)
 }
 
 #[cfg(test)]
@@ -91,5 +113,37 @@ mod tests {
         assert_eq!(ini["Splay"], 0, "sent as 0, not left to Nomad's 5 s default: {ini:#}");
         // Written as soon as Consul's answer changes; without a `wait` the client's 5 s apply.
         assert_eq!(ini["Wait"]["Min"], 0, "{ini:#}");
+    }
+
+    /// PgBouncer's pause watchdog runs beside it (a sidecar sharing its network namespace)
+    /// with the stack's `max_pause`, its script readable by postgres alone; `max_pause = 0`
+    /// leaves it out.
+    #[test]
+    fn a_pause_watchdog_runs_beside_pgbouncer_unless_max_pause_is_0() {
+        let job = |extra: &str| {
+            let text = format!("cluster \"main\" {{}}\n{extra}");
+            let checked = crate::stack::load(&crate::stack::Source::new("pgnomad.hcl", text)).unwrap();
+            let artifacts = compile_with_restore_phase(&checked.stack, &Packs::default(), None).unwrap();
+            serde_json::to_value(artifacts.jobs.into_iter().find(|j| j.role == JobRole::PgBouncer).unwrap().job).unwrap()
+        };
+        let with = job("pgbouncer {\n  max_pause = \"45s\"\n}\n");
+        let tasks = with["TaskGroups"][0]["Tasks"].as_array().unwrap();
+        let watchdog = tasks.iter().find(|t| t["Name"] == "pause-watchdog").expect("a pause-watchdog task");
+        assert_eq!(watchdog["Lifecycle"]["Hook"], "poststart");
+        assert_eq!(watchdog["Lifecycle"]["Sidecar"], true);
+        assert_eq!(watchdog["Config"]["command"], "/bin/sh");
+        let script = &watchdog["Templates"][0];
+        assert_eq!(watchdog["Config"]["args"][0], format!("/{}", script["DestPath"].as_str().unwrap()));
+        assert_eq!(script["Perms"], "0700", "{script:#}");
+        let text = script["EmbeddedTmpl"].as_str().unwrap();
+        assert!(text.contains("limit=45\n"), "{text}");
+        assert!(text.contains(r#"-h '127.0.0.1' -p "{{ env "NOMAD_PORT_pgbouncer" }}""#), "the admin console on localhost: {text}");
+        assert!(text.contains("nomadVar \"nomad/jobs/main-pgbouncer\""), "the password from the job's variable: {text}");
+
+        let default = job("");
+        assert!(default["TaskGroups"][0]["Tasks"].as_array().unwrap().iter().any(|t| t["Name"] == "pause-watchdog"), "on by default");
+        let without = job("pgbouncer {\n  max_pause = 0\n}\n");
+        let names: Vec<&Value> = without["TaskGroups"][0]["Tasks"].as_array().unwrap().iter().map(|t| &t["Name"]).collect();
+        assert_eq!(names, ["pgbouncer"]);
     }
 }

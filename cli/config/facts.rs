@@ -92,6 +92,9 @@ pub struct PgBouncerFacts {
     pub query_wait_timeout: u32,
     /// Seconds, as PgBouncer reads them ("0.25").
     pub server_login_retry: String,
+    /// Whole seconds a client may wait on a PAUSE before the pause watchdog beside PgBouncer
+    /// RESUMEs it; 0 when there is no watchdog.
+    pub max_pause_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -255,6 +258,7 @@ impl Facts {
                 reserve_pool_size: stack.pgbouncer.reserve_pool_size,
                 query_wait_timeout: stack.pgbouncer.query_wait_timeout.value,
                 server_login_retry: seconds_text(stack.pgbouncer.server_login_retry_ms),
+                max_pause_secs: stack.pgbouncer.max_pause_ms.value.div_ceil(1000),
             },
             pgadmin_email: stack.pgadmin.email.value.clone(),
             backup: backup_facts(&stack.backup),

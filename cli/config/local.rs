@@ -173,6 +173,7 @@ impl Runtime for LocalRuntime {
         Holes {
             pgbouncer_listen_addr: self.host.clone(),
             pgbouncer_listen_port: self.pgbouncer_port.to_string(),
+            pgbouncer_admin_host: self.host.clone(),
             primary: format!("host={} port={}", self.host, primary.pg),
             secrets: self.secrets_of(&secrets::pgbouncer_keys(facts)),
             ..self.base("pgbouncer", "client")

@@ -31,6 +31,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("postgres/restore-in-place.sh", include_str!("../../packs/postgres/restore-in-place.sh")),
     ("pgbouncer/pgbouncer.ini", include_str!("../../packs/pgbouncer/pgbouncer.ini")),
     ("pgbouncer/userlist.txt", include_str!("../../packs/pgbouncer/userlist.txt")),
+    ("pgbouncer/pause-watchdog.sh", include_str!("../../packs/pgbouncer/pause-watchdog.sh")),
     ("pgadmin/servers.json", include_str!("../../packs/pgadmin/servers.json")),
     ("backup/pgbackrest.conf", include_str!("../../packs/backup/pgbackrest.conf")),
     ("backup/backup.sh", include_str!("../../packs/backup/backup.sh")),

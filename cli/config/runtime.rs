@@ -49,6 +49,9 @@ pub struct Holes {
     pub pgbouncer_listen_port: String,
     pub pgbouncer_connect_host: String,
     pub pgbouncer_connect_port: String,
+    /// Where PgBouncer's pause watchdog reaches its admin console: localhost in the
+    /// allocation's network namespace on Nomad, PgBouncer's address with `dev`.
+    pub pgbouncer_admin_host: String,
     /// pgBackRest's TLS certificates: the CA, the task's own certificate (the server's in a
     /// member or the repository host, the client's in a backup job), and on a member the
     /// client certificate it reaches the repository host with.
@@ -391,6 +394,7 @@ impl Runtime for NomadRuntime {
         Holes {
             pgbouncer_listen_addr: "0.0.0.0".into(),
             pgbouncer_listen_port: "{{ env \"NOMAD_PORT_pgbouncer\" }}".into(),
+            pgbouncer_admin_host: "127.0.0.1".into(),
             // While no member passes the primary check (mid-failover) PgBouncer keeps a DNS
             // name that resolves once a new primary registers; clients wait meanwhile.
             primary: format!(

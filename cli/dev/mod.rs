@@ -126,6 +126,9 @@ fn bin_dir(pg_version: u32) -> String {
 }
 
 /// A dev stack: the stack file and what the state directory holds.
+/// PgBouncer's pause watchdog, in PgBouncer's config directory (run by `sh`).
+pub const PAUSE_WATCHDOG: &str = "pause-watchdog.sh";
+
 pub struct Dev {
     pub state: StateDir,
     pub stack: Stack,
@@ -394,7 +397,8 @@ impl Dev {
         state::write_private(&self.state.pgpass_file(), &pgpass)
     }
 
-    /// pgbouncer.ini and userlist.txt with PgBouncer pointing at member `primary`.
+    /// pgbouncer.ini and userlist.txt with PgBouncer pointing at member `primary`, and the
+    /// pause watchdog's script.
     pub fn write_pgbouncer(&self, primary: u32) -> Result<(), DevError> {
         let runtime = self.runtime(primary);
         let holes = runtime.pgbouncer(&self.facts);
@@ -402,7 +406,8 @@ impl Dev {
             self.owned_dir(Path::new(dir), 0o700)?;
         }
         let renderer = Packs::default().renderer(&self.facts, &runtime);
-        for file in ["pgbouncer.ini", "userlist.txt"] {
+        let watchdog = (self.facts.pgbouncer.max_pause_secs > 0).then_some(PAUSE_WATCHDOG);
+        for file in ["pgbouncer.ini", "userlist.txt"].into_iter().chain(watchdog) {
             let text = renderer.render(&format!("pgbouncer/{file}"), None, &holes)?;
             self.owned_file(&Path::new(&holes.config_dir).join(file), &text)?;
         }

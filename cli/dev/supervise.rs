@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::state::Pids;
-use super::{patroni, process, Dev, DevError, Reporter};
+use super::{patroni, process, Dev, DevError, Reporter, PAUSE_WATCHDOG};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -22,6 +22,8 @@ enum Kind {
     Patroni(usize),
     PgBackRestServer(usize),
     PgBouncer,
+    /// packs/pgbouncer/pause-watchdog.sh: RESUMEs a PAUSE no one lifted.
+    PauseWatchdog,
 }
 
 struct Supervised {
@@ -50,6 +52,9 @@ pub fn run(state_dir: &Path, reporter: &dyn Reporter) -> Result<(), DevError> {
     }
     if dev.facts.pgbouncer.enabled {
         supervised.push(Supervised { name: "pgbouncer".into(), kind: Kind::PgBouncer, child: None, restart_at: None });
+        if dev.facts.pgbouncer.max_pause_secs > 0 {
+            supervised.push(Supervised { name: "pause-watchdog".into(), kind: Kind::PauseWatchdog, child: None, restart_at: None });
+        }
     }
 
     // The DCS first: Patroni exits when it does not answer.
@@ -216,6 +221,11 @@ fn command(dev: &Dev, kind: Kind, primary: u32) -> (Command, PathBuf) {
             cmd.arg(dev.state.config_dir("pgbouncer").join("pgbouncer.ini")).env("HOME", root.join("pgbouncer"));
             (cmd, dev.state.log_dir("pgbouncer").join("pgbouncer.log"))
         }
+        Kind::PauseWatchdog => {
+            let mut cmd = dev.user.command("/bin/sh");
+            cmd.arg(dev.state.config_dir("pgbouncer").join(PAUSE_WATCHDOG)).env("HOME", root.join("pgbouncer"));
+            (cmd, dev.state.log_dir("pgbouncer").join("pause-watchdog.log"))
+        }
     }
 }
 
@@ -267,7 +277,7 @@ fn stop_all(dev: &Dev, supervised: &mut [Supervised], reporter: &dyn Reporter) {
     reporter.step("stopping");
     let leader = (0..dev.member_count()).find(|&i| patroni::is_primary(&dev.rest_address(i)));
     let order = |kind: Kind| match kind {
-        Kind::PgBouncer => 0,
+        Kind::PgBouncer | Kind::PauseWatchdog => 0,
         Kind::PgBackRestServer(_) => 1,
         Kind::Patroni(i) if Some(i) != leader => 2,
         Kind::Patroni(_) => 3,

@@ -82,6 +82,11 @@ fn differs(path: &std::path::Path, wanted: &str) -> bool {
 }
 
 impl Target for DevTarget<'_> {
+    fn max_pause(&self) -> Option<Duration> {
+        let secs = self.dev.facts.pgbouncer.max_pause_secs;
+        (self.dev.facts.pgbouncer.enabled && secs > 0).then(|| Duration::from_secs(secs))
+    }
+
     fn seeds(&self) -> Result<Vec<String>, OpsError> {
         Ok((0..self.dev.member_count()).map(|i| self.dev.rest_address(i)).collect())
     }

@@ -51,6 +51,11 @@ pub trait Target: Sync {
     fn pooler_console(&self, _pooler: &str, _command: &str) -> Result<resume_guard::ConsoleCommand, OpsError> {
         Err(OpsError::Setup(format!("{} runs no admin console command of its own", self.describe())))
     }
+    /// How long PgBouncer's own pause watchdog lets clients wait on a PAUSE (the stack's
+    /// `max_pause`); `None` without one.
+    fn max_pause(&self) -> Option<Duration> {
+        None
+    }
     /// The age of the oldest open transaction on the primary; `None` when the target cannot
     /// tell (the reason is reported).
     fn oldest_transaction(&self, primary: &MemberView) -> Result<Option<Duration>, String>;
@@ -298,7 +303,32 @@ pub struct SwitchoverOptions {
 
 impl Default for SwitchoverOptions {
     fn default() -> Self {
-        SwitchoverOptions { pause: true, max_lag: Gate::default().max_lag, pause_timeout: Duration::from_secs(60) }
+        SwitchoverOptions { pause: true, max_lag: Gate::default().max_lag, pause_timeout: DEFAULT_PAUSE_TIMEOUT }
+    }
+}
+
+/// pgnomad's own bound on a pause when none is asked for.
+pub const DEFAULT_PAUSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The pause timeout to use: the one asked for, or [`DEFAULT_PAUSE_TIMEOUT`]; either way
+/// short enough that PgBouncer's pause watchdog (`max_pause`) does not RESUME clients while
+/// pgnomad still holds them on purpose (a PAUSE may itself take [`PAUSE_WAIT`] to settle).
+/// Without a default that follows it, every switchover of a stack with a short `max_pause`
+/// would need the flag.
+pub fn pause_timeout(asked: Option<Duration>, max_pause: Option<Duration>) -> Result<Duration, OpsError> {
+    let Some(max_pause) = max_pause else { return Ok(asked.unwrap_or(DEFAULT_PAUSE_TIMEOUT)) };
+    let bound = max_pause.saturating_sub(PAUSE_WAIT);
+    match asked {
+        None => Ok(DEFAULT_PAUSE_TIMEOUT.min(bound)),
+        Some(asked) if asked <= bound => Ok(asked),
+        Some(asked) => Err(OpsError::Refused(format!(
+            "--pause-timeout {} s would outlast PgBouncer's pause watchdog: it RESUMEs clients that waited `max_pause` = {} s \
+             (the stack's `pgbouncer` block), and a PAUSE may take {} s to settle; pass at most {} s, or raise `max_pause`",
+            asked.as_secs(),
+            max_pause.as_secs(),
+            PAUSE_WAIT.as_secs(),
+            bound.as_secs()
+        ))),
     }
 }
 
@@ -818,6 +848,21 @@ mod tests {
         fn describe(&self) -> String {
             "a target in a test".into()
         }
+    }
+
+    /// The pause timeout stays under PgBouncer's watchdog: the default shrinks to fit it, a
+    /// longer one asked for is refused with the bound, and without a watchdog nothing changes.
+    #[test]
+    fn the_pause_timeout_stays_under_the_pause_watchdog() {
+        let s = Duration::from_secs;
+        assert_eq!(pause_timeout(None, None).unwrap(), s(60));
+        assert_eq!(pause_timeout(Some(s(300)), None).unwrap(), s(300));
+        assert_eq!(pause_timeout(None, Some(s(90))).unwrap(), s(60));
+        assert_eq!(pause_timeout(None, Some(s(30))).unwrap(), s(20));
+        assert_eq!(pause_timeout(Some(s(20)), Some(s(30))).unwrap(), s(20));
+        let refused = pause_timeout(Some(s(21)), Some(s(30))).unwrap_err();
+        assert!(refused.is_refusal(), "{refused:?}");
+        assert!(refused.to_string().contains("pass at most 20 s"), "{refused}");
     }
 
     #[test]

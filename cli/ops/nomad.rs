@@ -305,6 +305,11 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
 }
 
 impl<N: Transport, C: Transport> Target for NomadTarget<N, C> {
+    fn max_pause(&self) -> Option<Duration> {
+        let secs = self.facts.pgbouncer.max_pause_secs;
+        (self.facts.pgbouncer.enabled && secs > 0).then(|| Duration::from_secs(secs))
+    }
+
     fn seeds(&self) -> Result<Vec<String>, OpsError> {
         self.consul_addresses(&names::patroni_service(&self.facts.cluster), false)
     }

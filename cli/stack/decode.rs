@@ -423,6 +423,9 @@ fn pgbouncer(reader: Option<&Reader<'_>>) -> PgBouncer {
         server_login_retry_ms: reader
             .and_then(|r| r.duration_millis("server_login_retry", 0, 3_600_000))
             .map_or(defaults::PGBOUNCER_SERVER_LOGIN_RETRY_MS, |v| v.value),
+        max_pause_ms: reader
+            .and_then(|r| r.duration_millis("max_pause", 0, 86_400_000))
+            .unwrap_or_else(|| Spanned::new(defaults::PGBOUNCER_MAX_PAUSE_MS, at(reader))),
         tls: bool_or(reader, "tls", false),
         cpu: u32_or(reader, "cpu", 20, 1_000_000, 200).value,
         memory_mb: u32_or(reader, "memory", 16, 10_000_000, 128).value,

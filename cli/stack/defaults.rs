@@ -27,6 +27,13 @@ pub const PGBOUNCER_PORT: u16 = 6432;
 /// rendered; the reload that brings it does not cut the wait short, so the wait adds to every
 /// write gap. Four attempts a second cost nothing on a server that is down.
 pub const PGBOUNCER_SERVER_LOGIN_RETRY_MS: u64 = 250;
+/// How long a client may wait on a PAUSE before PgBouncer's own watchdog RESUMEs it: past
+/// pgnomad's longest pause (`--pause-timeout` 60 s, plus up to 10 s for a PAUSE to take), and
+/// under `query_wait_timeout` (120 s), after which clients get errors anyway.
+pub const PGBOUNCER_MAX_PAUSE_MS: u64 = 90_000;
+/// The shortest watchdog limit: pgnomad's own PAUSE may wait 10 s for transactions to end
+/// before its switchover starts.
+pub const PGBOUNCER_MIN_MAX_PAUSE_MS: u64 = 15_000;
 pub const PGADMIN_PORT: u16 = 5050;
 pub const EXPORTER_PORT: u16 = 9187;
 pub const PGBACKREST_TLS_PORT: u16 = 8432;

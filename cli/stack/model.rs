@@ -161,6 +161,9 @@ pub struct PgBouncer {
     pub query_wait_timeout: Spanned<u32>,
     /// Milliseconds PgBouncer waits after a failed server login before the next.
     pub server_login_retry_ms: u64,
+    /// Milliseconds a client may wait on a PAUSE before PgBouncer's watchdog RESUMEs it;
+    /// 0 turns the watchdog off.
+    pub max_pause_ms: Spanned<u64>,
     /// PgBouncer offers TLS to clients with a certificate from pgnomad's CA.
     pub tls: bool,
     pub cpu: u32,

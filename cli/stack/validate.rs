@@ -266,6 +266,22 @@ fn pgbouncer(stack: &Stack, out: &mut Vec<Diagnostic>) {
             .with_help(format!("clients waiting through a failover would get errors: set `query_wait_timeout` in `pgbouncer` to more than {failover} (seconds), or to 0 to wait without limit")),
         );
     }
+    let max_pause = &b.max_pause_ms;
+    if b.enabled && max_pause.value != 0 && max_pause.value < super::defaults::PGBOUNCER_MIN_MAX_PAUSE_MS {
+        out.push(
+            Diagnostic::error(max_pause.span.clone(), format!("`max_pause` {} is shorter than a switchover's own PAUSE may take", millis_text(max_pause.value)))
+                .with_help("pgnomad's PAUSE may wait 10 s for transactions to end: set `max_pause` in `pgbouncer` to \"15s\" or more, or to 0 to turn PgBouncer's pause watchdog off"),
+        );
+    }
+}
+
+/// A duration as a stack file writes it: "5s", "1500ms".
+fn millis_text(millis: u64) -> String {
+    if millis.is_multiple_of(1000) {
+        format!("{}s", millis / 1000)
+    } else {
+        format!("{millis}ms")
+    }
 }
 
 fn pgadmin(stack: &Stack, out: &mut Vec<Diagnostic>) {

@@ -1,0 +1,5 @@
+cluster "main" {}
+
+pgbouncer {
+  max_pause = "5s"
+}
