@@ -210,8 +210,40 @@ fn the_clone_runs_beside_its_source(deployed: &Deployed) {
 }
 
 /// The whole life of the stack on three nodes with `driver`.
+/// A PAUSE no one lifts (pgnomad and its guard lost with the operator's machine): the pause
+/// watchdog beside the PgBouncer task RESUMEs it once a client has waited `max_pause` (15 s
+/// here), and not before. It runs as its own task in PgBouncer's allocation and reaches the
+/// admin console on localhost with the password from the job's variable.
+fn pause_watchdog(deployed: &Deployed) {
+    let address = deployed.pgbouncer_address();
+    let (host, port) = address.rsplit_once(':').unwrap();
+    let admin = std::process::Command::new("psql")
+        .args(["-X", "-At", "-h", host, "-p", port, "-U", "pgbouncer_auth", "-d", "pgbouncer", "-c", "PAUSE"])
+        .env("PGPASSWORD", deployed.secret("main-pgbouncer", "pgbouncer_auth_password"))
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_ok("PAUSE on PgBouncer's admin console", &admin);
+    let paused_at = Instant::now();
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-At", "-h", host, "-p", port, "-U", "app", "-d", "app", "-c", "SELECT 1"])
+        .env("PGPASSWORD", deployed.secret("main-postgres", "password_app"))
+        .env("PGCONNECT_TIMEOUT", "60")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let held = paused_at.elapsed();
+    assert_ok("a query through the paused PgBouncer", &out);
+    assert!(held >= Duration::from_secs(13), "through after {held:?}: something else RESUMEd PgBouncer");
+    assert!(held <= Duration::from_secs(25), "held {held:?}, past max_pause (15 s) and the watchdog's polling");
+    eprintln!("{}: the pause watchdog RESUMEd PgBouncer after {held:?}", deployed.driver.name());
+}
+
 fn scenario(driver: StackDriver) {
     let deployed = Deployed::new(driver, 0.2);
+    // A short max_pause for pause_watchdog (pgnomad then keeps its own pauses under 5 s).
+    deployed.set_stack("pgbouncer {\n  max_pause = \"15s\"\n}");
     let took = deployed.run_until_healthy();
     eprintln!("{}: pgnomad run healthy after {took:?}", driver.name());
 
@@ -235,6 +267,7 @@ fn scenario(driver: StackDriver) {
     let out = deployed.app_sql("SELECT current_user, pg_is_in_recovery()");
     assert_ok("app through PgBouncer", &out);
     assert_eq!(text(&out.stdout).trim(), "app|f");
+    pause_watchdog(&deployed);
 
     // The stanza exists (created by the rendered callback on promotion) and WAL is archived.
     let info = pgbackrest_info(&deployed);
