@@ -656,6 +656,7 @@ impl AllocRunner {
     fn supervise(&self, running: &mut Vec<Running>) -> Result<(), String> {
         // Batch tasks that finish with exit 0 are done (a service task that exits restarts).
         let batch = matches!(self.facts.job["Type"].as_str(), Some("batch" | "sysbatch"));
+        let mut seen = 0;
         while !self.stopping() {
             let mut finished = Vec::new();
             for (i, task) in running.iter_mut().enumerate() {
@@ -704,21 +705,33 @@ impl AllocRunner {
             if batch && !running.iter().any(|t| phase(&t.task) == Phase::Main) {
                 return Ok(());
             }
-            // consul-template's blocking queries return as soon as the data change: re-render
-            // a task's templates when what they read changed, or when a held change is due.
-            for task in running.iter().filter(|t| !list(&t.task, "Templates").is_empty()) {
-                let context = self.task_template_context(&task.name, &task.task);
-                if !self.template_inputs_changed(&task.name, &context) && !self.holds_changes(&task.name) {
-                    continue;
-                }
-                match self.render_templates(&task.name, &task.task, &context, false) {
-                    Ok(changes) => self.apply_changes(task, &changes),
-                    Err(_) => {} // a dependency went away: Nomad keeps the last rendering
+            // Task exits every 100 ms; templates also as soon as the servers' data change.
+            self.rerender_templates(running);
+            let round_ends = Instant::now() + Duration::from_millis(100);
+            while let Some(left) = round_ends.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) {
+                let index = self.plane.wait_for_change(seen, left);
+                if index != seen {
+                    seen = index;
+                    self.rerender_templates(running);
                 }
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
+    }
+
+    /// consul-template's blocking queries return as soon as the data change: re-renders a
+    /// task's templates when what they read changed, or when a held change is due.
+    fn rerender_templates(&self, running: &[Running]) {
+        for task in running.iter().filter(|t| !list(&t.task, "Templates").is_empty()) {
+            let context = self.task_template_context(&task.name, &task.task);
+            if !self.template_inputs_changed(&task.name, &context) && !self.holds_changes(&task.name) {
+                continue;
+            }
+            match self.render_templates(&task.name, &task.task, &context, false) {
+                Ok(changes) => self.apply_changes(task, &changes),
+                Err(_) => {} // a dependency went away: Nomad keeps the last rendering
+            }
+        }
     }
 
     /// change_mode of re-rendered templates: signal, restart or nothing, after a random

@@ -52,6 +52,10 @@ pub trait ControlPlane: Send + Sync {
     fn service_instances(&self) -> BTreeMap<String, Vec<ServiceInstance>>;
     /// Consul has ACLs on: a task without a Consul token reads nothing from it.
     fn consul_acls(&self) -> bool;
+    /// Blocks until anything the servers hold changed since `seen` (a check's status, a
+    /// variable, …) or `timeout` passes; the new mark. What consul-template's blocking
+    /// queries give a real client: it hears of a change as it happens, not at its next poll.
+    fn wait_for_change(&self, seen: u64, timeout: Duration) -> u64;
 }
 
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::nodes::{HostVolumeSpec, NodeSpec};
 use super::{ClientMode, DoubleConfig, NomadDouble};
@@ -141,6 +142,10 @@ impl ControlPlane for Plane {
             });
         }
         services
+    }
+
+    fn wait_for_change(&self, seen: u64, timeout: Duration) -> u64 {
+        self.nomad.shared.wait_for_index(seen, timeout)
     }
 
     fn consul_acls(&self) -> bool {

@@ -202,6 +202,8 @@ pub(crate) struct Shared {
     pub config: DoubleConfig,
     pub oracle: RwLock<HealthOracle>,
     pub index_changed: watch::Sender<u64>,
+    /// The same index for threads outside any runtime (the clients' allocation runners).
+    pub index_seen: (Mutex<u64>, std::sync::Condvar),
     pub wake_simulation: Notify,
     pub faults: Mutex<Vec<Fault>>,
     pub requests: Mutex<Vec<RecordedRequest>>,
@@ -214,8 +216,25 @@ impl Shared {
     /// After any change: wake blocking queries and the simulation.
     pub fn changed(&self) {
         let index = self.state.lock().unwrap().index;
-        self.index_changed.send_replace(index);
+        self.announce(index);
         self.wake_simulation.notify_one();
+    }
+
+    /// Wakes blocking queries and whatever waits in [`Shared::wait_for_index`].
+    pub fn announce(&self, index: u64) {
+        self.index_changed.send_replace(index);
+        let (seen, wake) = &self.index_seen;
+        *seen.lock().unwrap() = index;
+        wake.notify_all();
+    }
+
+    /// Blocks the calling thread until the state's index is past `index` or `timeout` passes;
+    /// the index then.
+    pub fn wait_for_index(&self, index: u64, timeout: Duration) -> u64 {
+        let (seen, wake) = &self.index_seen;
+        let guard = seen.lock().unwrap();
+        let (guard, _) = wake.wait_timeout_while(guard, timeout, |now| *now <= index).unwrap();
+        *guard
     }
 
     pub fn oracle(&self) -> HealthOracle {
@@ -276,7 +295,7 @@ async fn simulate(shared: Arc<Shared>) {
             (next, before, state.index)
         };
         if after != before {
-            shared.index_changed.send_replace(after);
+            shared.announce(after);
         }
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         tokio::select! {
@@ -302,6 +321,7 @@ impl NomadDouble {
             config,
             oracle: RwLock::new(patroni_like_oracle()),
             index_changed: watch::channel(1).0,
+            index_seen: (Mutex::new(1), std::sync::Condvar::new()),
             wake_simulation: Notify::new(),
             faults: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
