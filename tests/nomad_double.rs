@@ -722,3 +722,61 @@ async fn dispatch_checks_the_meta_keys_and_its_child_ends_dead() {
     let unknown = client.alloc_logs("00000000-0000-0000-0000-000000000000", "backup", false).await.unwrap_err();
     assert_eq!(unknown.api().unwrap().status, 404);
 }
+
+/// The HTTP API canonicalizes a registered job (api TaskGroup.Canonicalize): a group's restart
+/// policy is the job type's default with what the group set over it, and each task's the
+/// group's with what the task set over it. Reading the job back shows them.
+#[test]
+fn a_registered_job_gets_nomads_restart_policy_defaults_for_its_type() {
+    let nomad = NomadDouble::start();
+    let client = nomad.client();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let read = |id: &str| -> Value {
+        let response = runtime.block_on(client.transport().send(&api::read_job(id), None)).unwrap();
+        serde_json::from_slice(&response.body).unwrap()
+    };
+    const SECOND: u64 = 1_000_000_000;
+
+    let mut service = members_job("svc", 2, |_| vec![]);
+    service["TaskGroups"][1]["RestartPolicy"] = json!({"Attempts": 5});
+    service["TaskGroups"][1]["Tasks"][0]["RestartPolicy"] = json!({"Mode": "delay"});
+    runtime.block_on(client.register_job(&service, RegisterOptions::default())).unwrap();
+    let job = read("svc");
+    let defaults = json!({"Attempts": 2, "Interval": 1800 * SECOND, "Delay": 15 * SECOND, "Mode": "fail", "RenderTemplates": false});
+    assert_eq!(job["TaskGroups"][0]["RestartPolicy"], defaults);
+    assert_eq!(job["TaskGroups"][0]["Tasks"][0]["RestartPolicy"], defaults, "a task inherits its group's");
+    let mut group = defaults.clone();
+    group["Attempts"] = json!(5);
+    assert_eq!(job["TaskGroups"][1]["RestartPolicy"], group, "what the group set, over the defaults");
+    let mut task = group.clone();
+    task["Mode"] = json!("delay");
+    assert_eq!(job["TaskGroups"][1]["Tasks"][0]["RestartPolicy"], task, "what the task set, over its group's");
+
+    let mut batch = simple_job("once");
+    batch["Type"] = json!("batch");
+    batch.as_object_mut().unwrap().remove("Update");
+    runtime.block_on(client.register_job(&batch, RegisterOptions::default())).unwrap();
+    let job = read("once");
+    assert_eq!(job["TaskGroups"][0]["RestartPolicy"]["Attempts"], 3);
+    assert_eq!(job["TaskGroups"][0]["RestartPolicy"]["Interval"], 24 * 3600 * SECOND);
+}
+
+/// A client waiting for the servers' data hears of a change when it happens, as a blocking
+/// query does, instead of at the end of its wait.
+#[test]
+fn a_client_waiting_for_a_change_is_woken_by_it() {
+    use crate::support::cluster::ControlPlane;
+    let nomad = std::sync::Arc::new(NomadDouble::start());
+    let plane = crate::support::nomad_double::client::Plane::new(nomad.clone(), false);
+    let seen = plane.wait_for_change(0, Duration::ZERO);
+    let waiter = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        (plane.wait_for_change(seen, Duration::from_secs(60)), started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(nomad.client().register_job(&simple_job("pg"), RegisterOptions::default())).unwrap();
+    let (index, waited) = waiter.join().unwrap();
+    assert!(index > seen, "woken with index {index}, had seen {seen}");
+    assert!(waited < Duration::from_secs(30), "woken only after {waited:?}: the change did not wake it");
+}

@@ -639,7 +639,8 @@ impl AllocRunner {
 
     fn restart_policy(&self, task: &Value) -> RestartPolicy {
         let policy = if task["RestartPolicy"].is_object() { &task["RestartPolicy"] } else { &self.facts.group["RestartPolicy"] };
-        // What Nomad's Canonicalize fills in (api TaskGroup.Canonicalize, from the job's type).
+        // Registration gave every task its policy (nomad_double::ops::with_defaults, as api
+        // TaskGroup.Canonicalize); the same defaults here serve a job put in some other way.
         let batch = matches!(self.facts.job["Type"].as_str(), Some("batch" | "sysbatch"));
         let (attempts, interval) = if batch { (3, Duration::from_secs(24 * 3600)) } else { (2, Duration::from_secs(1800)) };
         RestartPolicy {

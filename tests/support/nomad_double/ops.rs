@@ -39,10 +39,12 @@ pub fn with_defaults(mut job: Value, namespace: &str) -> Value {
     object.entry("Priority").or_insert(json!(50));
     object.entry("NodePool").or_insert(json!("default"));
     object.entry("Stop").or_insert(json!(false));
+    let batch = matches!(object.get("Type").and_then(Value::as_str), Some("batch" | "sysbatch"));
     if let Some(groups) = object.get_mut("TaskGroups").and_then(Value::as_array_mut) {
         for group in groups {
             if let Some(group) = group.as_object_mut() {
                 group.entry("Count").or_insert(json!(1));
+                restart_defaults(group, batch);
                 let tasks = group.get_mut("Tasks").and_then(Value::as_array_mut).into_iter().flatten();
                 for template in tasks.filter_map(|t| t.get_mut("Templates")).filter_map(Value::as_array_mut).flatten() {
                     template_defaults(template);
@@ -61,6 +63,32 @@ fn template_defaults(template: &mut Value) {
     object.entry("ChangeSignal").or_insert(json!(if mode == "signal" { "SIGHUP" } else { "" }));
     object.entry("Splay").or_insert(json!(5_000_000_000u64));
     object.entry("Perms").or_insert(json!("0644"));
+}
+
+/// api/tasks.go, TaskGroup.Canonicalize and Task.Canonicalize: the group's restart policy
+/// is the job type's default with what the group set over it (service and system: 2
+/// attempts in 30 min; batch and sysbatch: 3 in 24 h; 15 s delay, mode fail), and each task's
+/// is the group's with what the task set over it.
+fn restart_defaults(group: &mut serde_json::Map<String, Value>, batch: bool) {
+    const SECOND: u64 = 1_000_000_000;
+    let (attempts, interval) = if batch { (3, 24 * 3600 * SECOND) } else { (2, 1800 * SECOND) };
+    let mut policy = json!({"Attempts": attempts, "Interval": interval, "Delay": 15 * SECOND, "Mode": "fail", "RenderTemplates": false});
+    merge_set(&mut policy, group.get("RestartPolicy"));
+    group.insert("RestartPolicy".into(), policy.clone());
+    for task in group.get_mut("Tasks").and_then(Value::as_array_mut).into_iter().flatten() {
+        let mut own = policy.clone();
+        merge_set(&mut own, task.get("RestartPolicy"));
+        task["RestartPolicy"] = own;
+    }
+}
+
+/// RestartPolicy.Merge: every field `over` sets replaces the one in `into`.
+fn merge_set(into: &mut Value, over: Option<&Value>) {
+    for (key, value) in over.and_then(Value::as_object).into_iter().flatten() {
+        if !value.is_null() {
+            into[key.as_str()] = value.clone();
+        }
+    }
 }
 
 fn group_named<'a>(job: &'a Value, name: &str) -> Option<&'a Value> {
