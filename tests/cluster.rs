@@ -217,22 +217,20 @@ fn the_clone_runs_beside_its_source(deployed: &Deployed) {
 fn pause_watchdog(deployed: &Deployed) {
     let address = deployed.pgbouncer_address();
     let (host, port) = address.rsplit_once(':').unwrap();
-    let admin = std::process::Command::new("psql")
-        .args(["-X", "-At", "-h", host, "-p", port, "-U", "pgbouncer_auth", "-d", "pgbouncer", "-c", "PAUSE"])
-        .env("PGPASSWORD", deployed.secret("main-pgbouncer", "pgbouncer_auth_password"))
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    // psql as `user` on `database` through that PgBouncer, waiting up to `connect` to log in.
+    let psql_as = |user: &str, password: String, database: &str, sql: &str, connect: &str| {
+        std::process::Command::new("psql")
+            .args(["-X", "-At", "-h", host, "-p", port, "-U", user, "-d", database, "-c", sql])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", connect)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let admin = psql_as("pgbouncer_auth", deployed.secret("main-pgbouncer", "pgbouncer_auth_password"), "pgbouncer", "PAUSE", "10");
     assert_ok("PAUSE on PgBouncer's admin console", &admin);
     let paused_at = Instant::now();
-    let out = std::process::Command::new("psql")
-        .args(["-X", "-At", "-h", host, "-p", port, "-U", "app", "-d", "app", "-c", "SELECT 1"])
-        .env("PGPASSWORD", deployed.secret("main-postgres", "password_app"))
-        .env("PGCONNECT_TIMEOUT", "60")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let out = psql_as("app", deployed.secret("main-postgres", "password_app"), "app", "SELECT 1", "60");
     let held = paused_at.elapsed();
     assert_ok("a query through the paused PgBouncer", &out);
     assert!(held >= Duration::from_secs(13), "through after {held:?}: something else RESUMEd PgBouncer");
