@@ -125,10 +125,10 @@ fn bin_dir(pg_version: u32) -> String {
     format!("/usr/lib/postgresql/{pg_version}/bin")
 }
 
-/// A dev stack: the stack file and what the state directory holds.
 /// PgBouncer's pause watchdog, in PgBouncer's config directory (run by `sh`).
 pub const PAUSE_WATCHDOG: &str = "pause-watchdog.sh";
 
+/// A dev stack: the stack file and what the state directory holds.
 pub struct Dev {
     pub state: StateDir,
     pub stack: Stack,
