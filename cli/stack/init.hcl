@@ -75,6 +75,7 @@ pgbouncer {
   max_client_conn    = 1000
   query_wait_timeout = 120 # seconds; must outlast a failover
   server_login_retry = "250ms" # after a failed login; part of every failover's write gap
+  max_pause          = "90s" # a PAUSE no one lifts is RESUMEd after this; 0 turns it off
   tls                = false # offer TLS to clients, with a certificate from pgnomad's CA
 }
 
