@@ -97,6 +97,13 @@ pub struct PgBouncerFacts {
     pub max_pause_secs: u64,
 }
 
+impl PgBouncerFacts {
+    /// How long the pause watchdog lets clients wait on a PAUSE; `None` without one.
+    pub fn max_pause(&self) -> Option<std::time::Duration> {
+        (self.enabled && self.max_pause_secs > 0).then(|| std::time::Duration::from_secs(self.max_pause_secs))
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupFacts {
     pub enabled: bool,

@@ -83,8 +83,7 @@ fn differs(path: &std::path::Path, wanted: &str) -> bool {
 
 impl Target for DevTarget<'_> {
     fn max_pause(&self) -> Option<Duration> {
-        let secs = self.dev.facts.pgbouncer.max_pause_secs;
-        (self.dev.facts.pgbouncer.enabled && secs > 0).then(|| Duration::from_secs(secs))
+        self.dev.facts.pgbouncer.max_pause()
     }
 
     fn seeds(&self) -> Result<Vec<String>, OpsError> {

@@ -306,8 +306,7 @@ impl<N: Transport, C: Transport> NomadTarget<N, C> {
 
 impl<N: Transport, C: Transport> Target for NomadTarget<N, C> {
     fn max_pause(&self) -> Option<Duration> {
-        let secs = self.facts.pgbouncer.max_pause_secs;
-        (self.facts.pgbouncer.enabled && secs > 0).then(|| Duration::from_secs(secs))
+        self.facts.pgbouncer.max_pause()
     }
 
     fn seeds(&self) -> Result<Vec<String>, OpsError> {
